@@ -1,0 +1,114 @@
+"""The request/result API between a caller (CLI, app, scripts) and the generation pipeline.
+
+Everything a generation needs is in one frozen `GenerationRequest`; results and progress come back as
+typed messages. The engine never reads settings or widgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 1000
+RANDOM_SEED = -1
+
+
+class RequestError(ValueError):
+    """A request that cannot run; raised before any model runs."""
+
+    def __init__(self, field_name: str, value: object, allowed: str):
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name} = {value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: str = "DPM++ 2M"  # A1111 names, matched case-insensitively
+    schedule: str = "Automatic"  # Automatic = the sampler's A1111 default
+    seed: int = RANDOM_SEED  # -1 = random; the seed used is reported in the result
+    batch_size: int = 1  # images per model call
+    batch_count: int = 1  # model calls; image k of the whole run uses seed + k
+    clip_skip: int = 1  # A1111 meaning: 1 = the family's normal layer
+    init_image: Image.Image | None = None  # img2img / inpainting source
+    strength: float = 0.75  # img2img denoising strength, 0 returns the input
+    mask: Image.Image | None = None  # inpainting: white = repaint
+    mask_blur: int = 4  # pixels
+    # Initial noise in diffusers layout (batch, 4, height/8, width/8), unscaled standard normal.
+    latents: np.ndarray | None = None
+    aesthetic_score: float = 6.0  # SDXL refiner
+    negative_aesthetic_score: float = 2.5
+    vae_tiling: bool | None = None  # None: tile only when the image is larger than the VAE's tile
+    low_memory: bool = False  # release the text encoders before the UNet runs
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_size * self.batch_count
+
+    def validate(self) -> None:
+        """Check the fields that need no model; raises RequestError naming field, value and rule."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
+                raise RequestError(name, value, f"a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise RequestError("steps", self.steps, f"a whole number from 1 to {MAX_STEPS}")
+        if not 0 <= self.cfg_scale <= 100:
+            raise RequestError("cfg_scale", self.cfg_scale, "a number from 0 to 100")
+        if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed < 2**32):
+            raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {2**32 - 1}")
+        for name in ("batch_size", "batch_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 64:
+                raise RequestError(name, value, "a whole number from 1 to 64")
+        if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
+            raise RequestError("clip_skip", self.clip_skip, "a whole number from 1 to 12")
+        if not 0.0 <= self.strength <= 1.0:
+            raise RequestError("strength", self.strength, "a number from 0 to 1")
+        if self.mask is not None:
+            if self.init_image is None:
+                raise RequestError("mask", "a mask image", "a mask needs an init_image to inpaint")
+            if self.mask.size != self.init_image.size:
+                raise RequestError(
+                    "mask", f"{self.mask.size[0]}x{self.mask.size[1]}",
+                    f"the size of init_image ({self.init_image.size[0]}x{self.init_image.size[1]})",
+                )
+        if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 64:
+            raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
+        if self.latents is not None:
+            expected = (self.batch_size, 4, self.height // 8, self.width // 8)
+            if tuple(self.latents.shape) != expected:
+                raise RequestError(
+                    "latents", f"an array of shape {tuple(self.latents.shape)}",
+                    f"shape (batch_size, 4, height/8, width/8) = {expected}",
+                )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sent to `on_progress` after each sampling step."""
+
+    step: int  # 1-based step within the current image batch
+    total: int  # steps of this batch
+    batch_index: int  # which of batch_count
+    batch_count: int
+    preview: Image.Image | None = None  # cheap latent-to-RGB approximation, no VAE
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    peak_memory_bytes: int = 0  # MLX's own peak-memory counter over the run
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
