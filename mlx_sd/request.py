@@ -44,7 +44,8 @@ class GenerationRequest:
     strength: float = 0.75  # img2img denoising strength, 0 returns the input
     mask: Image.Image | None = None  # inpainting: white = repaint
     mask_blur: int = 4  # pixels
-    # Initial noise in diffusers layout (batch, 4, height/8, width/8), unscaled standard normal.
+    # Initial noise in diffusers layout (batch_size, 4, height/8, width/8), unscaled standard normal;
+    # the sampler scales it by its first sigma.
     latents: np.ndarray | None = None
     aesthetic_score: float = 6.0  # SDXL refiner
     negative_aesthetic_score: float = 2.5
@@ -55,8 +56,10 @@ class GenerationRequest:
     def total_images(self) -> int:
         return self.batch_size * self.batch_count
 
-    def validate(self) -> None:
-        """Check the fields that need no model; raises RequestError naming field, value and rule."""
+    def validate(self, latent_factor: int = 8) -> None:
+        """Check every field against the rules; raises RequestError naming field, value and rule.
+
+        `latent_factor` is the model's VAE downscale (8 for Stable Diffusion)."""
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
@@ -86,11 +89,11 @@ class GenerationRequest:
         if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 64:
             raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
         if self.latents is not None:
-            expected = (self.batch_size, 4, self.height // 8, self.width // 8)
+            expected = (self.batch_size, 4, self.height // latent_factor, self.width // latent_factor)
             if tuple(self.latents.shape) != expected:
                 raise RequestError(
                     "latents", f"an array of shape {tuple(self.latents.shape)}",
-                    f"shape (batch_size, 4, height/8, width/8) = {expected}",
+                    f"shape (batch_size, 4, height/{latent_factor}, width/{latent_factor}) = {expected}",
                 )
 
 
