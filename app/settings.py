@@ -1,0 +1,87 @@
+"""The app's settings: a typed dataclass, stored as JSON, restored on the next start.
+
+Qt-free: the caller passes the file location (from QStandardPaths) and the default library folder.
+A value of the wrong type in the file falls back to its default instead of breaking the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+PRECISIONS = ("float16", "bfloat16", "float32")
+DEVICES = ("gpu", "cpu")
+
+
+@dataclass
+class Preset:
+    """A named set of generation parameters (the built-in ones and the user's own)."""
+
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass
+class AppSettings:
+    library_folder: str = ""  # "" means the platform's app data folder
+    default_model: str = ""  # a model folder name in the library's models/, or "demo"
+    precision: str = "float16"  # storage dtype for conversions; the CPU computes in float32 anyway
+    low_memory: bool = False  # release the text encoders before the UNet runs
+    compute_device: str = "gpu"  # used when MLX offers a GPU
+    preview_every: int = 1  # live preview every N steps (0 = off)
+    output_format: str = "png"
+    prompt_prefix: str = ""
+    prompt_suffix: str = ""
+    user_presets: list[Preset] = field(default_factory=list)
+
+    def validated(self) -> "AppSettings":
+        """A copy with every out-of-range value replaced by its default."""
+        default = AppSettings()
+        fixed = dataclasses.replace(self)
+        if fixed.precision not in PRECISIONS:
+            fixed.precision = default.precision
+        if fixed.compute_device not in DEVICES:
+            fixed.compute_device = default.compute_device
+        if fixed.output_format not in OUTPUT_FORMATS:
+            fixed.output_format = default.output_format
+        if fixed.preview_every < 0:
+            fixed.preview_every = default.preview_every
+        return fixed
+
+
+def load_settings(path: str | os.PathLike[str]) -> AppSettings:
+    """Settings from `path`; defaults for a missing or unreadable file and for each bad value."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return AppSettings()
+    if not isinstance(data, dict):
+        return AppSettings()
+    default = AppSettings()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(AppSettings):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "user_presets":
+            values[f.name] = [
+                Preset(str(p["name"]), dict(p["params"]))
+                for p in value if isinstance(p, dict) and isinstance(p.get("params"), dict) and "name" in p
+            ] if isinstance(value, list) else []
+        elif type(value) is type(getattr(default, f.name)):
+            values[f.name] = value
+    return AppSettings(**values).validated()
+
+
+def save_settings(settings: AppSettings, path: str | os.PathLike[str]) -> None:
+    """Write atomically, so a crash mid-save never leaves a half-written settings file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.partial")
+    temp.write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, target)
