@@ -1,0 +1,157 @@
+"""Save images with their A1111 infotext and read it back (sd_facts 7.1), with Pillow only.
+
+- PNG: a text chunk keyed `parameters`: tEXt when the text is Latin-1 encodable, else iTXt (UTF-8).
+- JPEG and WebP: the EXIF UserComment, "UNICODE" character code + UTF-16 big-endian, which is what
+  A1111 writes through piexif (and what its reader expects).
+
+Reading accepts these files from any A1111-compatible tool. A file Pillow cannot decode raises
+ImageMetadataError; an image without metadata reads as None.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, PngImagePlugin
+from PIL.ExifTags import IFD, Base
+
+PARAMETERS_KEY = "parameters"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+JPEG_EXIF_LIMIT = 65533  # an APP1 segment holds at most this many bytes (length field is 16 bits)
+
+_UNICODE = b"UNICODE\x00"
+_ASCII = b"ASCII\x00\x00\x00"
+
+
+class ImageMetadataError(ValueError):
+    """An image file that cannot be read, or metadata that cannot be written."""
+
+
+def _format_for(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageMetadataError(
+            f"cannot save {path.name}: expected a file name ending in {', '.join(FORMATS)}, got {path.suffix!r}"
+        )
+    return fmt
+
+
+def _user_comment(text: str) -> bytes:
+    return _UNICODE + text.encode("utf-16-be")
+
+
+def _decode_user_comment(data: bytes | str) -> str:
+    if isinstance(data, str):
+        return data
+    prefix, body = data[:8], data[8:]
+    if prefix == _UNICODE:
+        if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            return body.decode("utf-16")
+        # No BOM: writers use the EXIF byte order; for mostly-ASCII text the zero high bytes
+        # sit at even offsets in big-endian and at odd offsets in little-endian.
+        little = body[1::2].count(0) > body[0::2].count(0)
+        return body.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    if prefix == _ASCII:
+        return body.decode("latin-1")
+    return (body if prefix == b"\x00" * 8 else data).decode("utf-8", errors="replace").rstrip("\x00")
+
+
+def _save_to(image: Image.Image, target: str | BinaryIO, fmt: str, infotext: str | None, quality: int) -> None:
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        if infotext is not None:
+            try:
+                infotext.encode("latin-1")
+                info.add_text(PARAMETERS_KEY, infotext)
+            except UnicodeEncodeError:
+                info.add_itxt(PARAMETERS_KEY, infotext)
+        image.save(target, format="PNG", pnginfo=info)
+        return
+    exif = Image.Exif()
+    if infotext is not None:
+        comment = _user_comment(infotext)
+        if fmt == "JPEG" and len(comment) > JPEG_EXIF_LIMIT - 100:  # leave room for the EXIF structure
+            raise ImageMetadataError(
+                f"the infotext is too long for JPEG EXIF: {len(comment)} bytes as UTF-16, "
+                f"at most about {JPEG_EXIF_LIMIT - 100} fit; save as PNG or WebP instead"
+            )
+        exif.get_ifd(IFD.Exif)[Base.UserComment] = comment
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    image.save(target, format=fmt, exif=exif, quality=quality)
+
+
+def save_image(
+    image: Image.Image,
+    path: str | os.PathLike[str],
+    infotext: str | None = None,
+    *,
+    quality: int = 95,
+    durable: bool = False,
+) -> Path:
+    """Save `image` to `path` (format from the suffix: .png, .jpg/.jpeg, .webp) with `infotext`.
+
+    `durable`: write to a temporary file in the same folder, flush and fsync it, then rename it into
+    place and fsync the folder, so that once this returns the file is complete on disk (the app's
+    history records an image only after that); an interrupted save leaves no partial file.
+    """
+    path = Path(path)
+    fmt = _format_for(path)
+    if not durable:
+        _save_to(image, str(path), fmt, infotext, quality)
+        return path
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _save_to(image, handle, fmt, infotext, quality)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; folders cannot be opened for fsync on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def infotext_from_image(image: Image.Image) -> str | None:
+    """The `parameters` text of an opened image (PNG text chunk or EXIF UserComment), or None."""
+    text = getattr(image, "text", None) if image.format == "PNG" else None  # includes chunks after IDAT
+    if text and PARAMETERS_KEY in text:
+        return str(text[PARAMETERS_KEY])
+    if isinstance(image.info.get(PARAMETERS_KEY), str):
+        return image.info[PARAMETERS_KEY]
+    comment = image.getexif().get_ifd(IFD.Exif).get(Base.UserComment)
+    if comment:
+        return _decode_user_comment(comment) or None
+    return None
+
+
+def read_infotext(path: str | os.PathLike[str]) -> str | None:
+    """The infotext stored in an image file, or None when it has none.
+
+    Raises ImageMetadataError when the file is missing or is not a complete image Pillow can decode.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode fully: a truncated or corrupt file fails here, not later
+            return infotext_from_image(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageMetadataError(f"cannot read image metadata from {os.fspath(path)}: {exc}") from exc
