@@ -1,0 +1,213 @@
+"""A1111 infotext: the `parameters` text stored with every image (sd_facts 7.2).
+
+    <prompt, may span lines>
+    Negative prompt: <negative prompt>          (only when it is not empty)
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, ...
+
+`format_infotext` writes it for one image of a request, `parse_infotext` reads any A1111 infotext
+with A1111's rules, and `request_from_infotext` turns one back into a GenerationRequest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from . import __version__
+from .config import ModelConfig
+from .request import GenerationRequest
+
+NEGATIVE_PREFIX = "Negative prompt:"
+VERSION = f"mlx-sd v{__version__}"
+MODEL_HASH_LENGTH = 10
+# The parameter line is the last line only when this finds at least 3 pairs in it (A1111's rule).
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+MIN_PARAMS = 3
+
+# A1111's schedule labels, names and aliases (modules/sd_schedulers.py): older infotexts append one
+# to the sampler name ("DPM++ 2M Karras") instead of writing `Schedule type`.
+SCHEDULE_SUFFIXES = {
+    "Uniform": "Uniform", "uniform": "Uniform",
+    "Karras": "Karras", "karras": "Karras",
+    "Exponential": "Exponential", "exponential": "Exponential",
+    "Polyexponential": "Polyexponential", "polyexponential": "Polyexponential",
+    "SGM Uniform": "SGM Uniform", "sgm_uniform": "SGM Uniform", "SGMUniform": "SGM Uniform",
+    "KL Optimal": "KL Optimal", "kl_optimal": "KL Optimal",
+    "Align Your Steps": "Align Your Steps", "align_your_steps": "Align Your Steps",
+    "Simple": "Simple", "simple": "Simple",
+    "Normal": "Normal", "normal": "Normal",
+    "DDIM": "DDIM", "ddim": "DDIM",
+    "Beta": "Beta", "beta": "Beta",
+}
+
+
+def quote(value: object) -> str:
+    """A1111's quoting: a JSON string when the value holds `,`, a newline or `:`, else as is."""
+    text = str(value)
+    if "," in text or "\n" in text or ":" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
+
+
+def _number(value: float | int) -> str:
+    """7.0 -> "7", 7.5 -> "7.5" (how A1111's sliders print)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def model_name(config: ModelConfig) -> str:
+    """`Model:` is the source checkpoint's base name without extension."""
+    name = PurePath(config.source.name).name
+    suffix = PurePath(name).suffix.lower()
+    return name[: -len(suffix)] if suffix in (".safetensors", ".ckpt", ".pt", ".bin") else name
+
+
+def format_infotext(
+    request: GenerationRequest,
+    seed: int,
+    model: ModelConfig | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> str:
+    """The infotext of one image: `seed` is the seed that image used; `extra` adds parameters
+    (e.g. "Lora hashes", "Hires steps") after the standard ones, in A1111's order."""
+    params: dict[str, object | None] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        "Schedule type": request.schedule,
+        "CFG scale": _number(request.cfg_scale),
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.source.sha256[:MODEL_HASH_LENGTH].lower() if model and model.source.sha256 else None,
+        "Model": (model_name(model) or None) if model else None,
+        "Denoising strength": _number(request.strength) if request.init_image is not None else None,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "Mask blur": request.mask_blur if request.mask is not None else None,
+        **(extra or {}),
+        "Version": VERSION,
+    }
+    line = ", ".join(f"{key}: {quote(value)}" for key, value in params.items() if value is not None)
+    negative = f"\n{NEGATIVE_PREFIX} {request.negative_prompt}" if request.negative_prompt else ""
+    return f"{request.prompt}{negative}\n{line}".strip()
+
+
+@dataclass(frozen=True)
+class Infotext:
+    """A parsed infotext. `params` holds every pair of the parameter line in order (unknown keys
+    included), quoted values decoded, and `WxH` values split into `<key>-1` and `<key>-2`."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_infotext(text: str) -> Infotext:
+    """Parse an A1111 infotext the way A1111's `parse_generation_parameters` does."""
+    *lines, last = text.replace("\r\n", "\n").strip().split("\n")
+    if len(_PARAM.findall(last)) < MIN_PARAMS:
+        lines.append(last)
+        last = ""
+
+    prompt = negative = ""
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        # Like A1111, empty lines before the first text of a part are dropped.
+        if in_negative:
+            negative += ("\n" if negative else "") + line
+        else:
+            prompt += ("\n" if prompt else "") + line
+
+    params: dict[str, str] = {}
+    for key, value in _PARAM.findall(last):
+        if not value:
+            continue  # A1111 skips a key with nothing after the colon
+        value = _unquote(value) if value[0] == '"' else value
+        size = _SIZE.match(value)
+        if size:
+            params[f"{key}-1"], params[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            params[key] = value
+    return Infotext(prompt, negative, params)
+
+
+def split_sampler_name(name: str) -> tuple[str, str | None]:
+    """Split an older combined sampler name: "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras").
+
+    Returns (name, None) when the name carries no schedule."""
+    for suffix in sorted(SCHEDULE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(" " + suffix.lower()) and len(name) > len(suffix) + 1:
+            return name[: -len(suffix) - 1].rstrip(), SCHEDULE_SUFFIXES[suffix]
+    return name, None
+
+
+def _convert(value: str | None, kind: type) -> int | float | None:
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return int(value)  # exact for any size of seed
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        return None
+    return int(number) if kind is int else number
+
+
+def request_from_infotext(
+    source: str | Infotext, base: GenerationRequest = GenerationRequest()
+) -> GenerationRequest:
+    """A request that regenerates the image: fields the infotext gives replace those of `base`.
+
+    Prompt and negative prompt always come from the text (a missing negative line means an empty
+    negative, as A1111 writes it). When the text has a parameter line, a missing `Clip skip` means 1
+    and a missing `Schedule type` means Automatic (A1111's reading). Values that do not parse keep
+    `base`'s value; the result is not validated (call `validate()`).
+    """
+    info = parse_infotext(source) if isinstance(source, str) else source
+    params = info.params
+    changes: dict[str, object] = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
+
+    numbers = {
+        "steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
+        "width": ("Size-1", int), "height": ("Size-2", int), "strength": ("Denoising strength", float),
+        "mask_blur": ("Mask blur", int), "clip_skip": ("Clip skip", int),
+    }
+    for name, (key, kind) in numbers.items():
+        value = _convert(params.get(key), kind)
+        if value is not None:
+            changes[name] = float(value) if kind is float else value
+
+    if params:  # a parameter line was found: what it leaves out has A1111's default meaning
+        if "Clip skip" not in params:
+            changes["clip_skip"] = 1
+        changes["schedule"] = params.get("Schedule type", "Automatic").strip()
+    if params.get("Sampler", "").strip():
+        sampler, named_schedule = split_sampler_name(params["Sampler"].strip())
+        changes["sampler"] = sampler
+        if named_schedule:
+            changes["schedule"] = named_schedule
+    return dataclasses.replace(base, **changes)
