@@ -1,0 +1,256 @@
+"""Pipeline.load on tiny model folders written with model_format.write_model, and its strict errors."""
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_sd import model_format
+from mlx_sd.config import CLIPTextConfig, ModelConfig, UNetConfig, VAEConfig
+from mlx_sd.device import dtype_from_name, policy
+from mlx_sd.model_format import ModelFolderError, WeightsError, write_model
+from mlx_sd.pipeline import Pipeline, build_models
+from mlx_sd.tokenizer import BUNDLED_FOLDER
+
+# Tiny configs: widths, depths and levels shrink; every rule that tensor shapes cannot reveal
+# (heads, GroupNorm groups, activations, vocabulary, positions, time-embedding width) is the family's.
+CLIP_L_TINY = CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2)
+CLIP_L_SDXL_TINY = dataclasses.replace(CLIP_L_TINY, hidden_layer=-2, final_norm=False)
+BIGG_TINY = CLIPTextConfig(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2, hidden_act="gelu",
+    projection_dim=128, hidden_layer=-2, final_norm=False, pad_token_id=0,
+)
+VAE_TINY = VAEConfig(block_out_channels=(32, 32, 64, 64))
+
+UNET_SD1_TINY = UNetConfig(sample_size=8, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128)
+UNET_SDXL_TINY = UNetConfig(
+    sample_size=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(64, 128, 128),
+    transformer_layers_per_block=[1, 1, 2],
+    attention_head_dim=[1, 2, 2],
+    cross_attention_dim=256,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=128 + 6 * 256,
+)
+UNET_REFINER_TINY = dataclasses.replace(
+    UNET_SDXL_TINY,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(64, 128, 128, 128),
+    transformer_layers_per_block=1,
+    attention_head_dim=[1, 2, 2, 2],
+    cross_attention_dim=128,
+    projection_class_embeddings_input_dim=128 + 5 * 256,
+)
+
+CONFIGS = {
+    "sd1": ModelConfig("sd1", UNET_SD1_TINY, VAE_TINY, text_encoder=CLIP_L_TINY, default_size=64),
+    "sdxl": ModelConfig(
+        "sdxl", UNET_SDXL_TINY, VAE_TINY, text_encoder=CLIP_L_SDXL_TINY, text_encoder_2=BIGG_TINY,
+        default_size=64, force_zeros_for_empty_prompt=True,
+    ),
+    "sdxl-refiner": ModelConfig(
+        "sdxl-refiner", UNET_REFINER_TINY, VAE_TINY, text_encoder_2=BIGG_TINY, default_size=64,
+        requires_aesthetics_score=True,
+    ),
+}
+
+
+def written_weights(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, mx.array]]:
+    """Random parameters of our own models, evaluated and cast to the config's storage dtype."""
+    mx.random.seed(seed)
+    storage = dtype_from_name(config.dtype)
+    components = {}
+    for name, model in build_models(config).items():
+        weights = {k: v.astype(storage) for k, v in tree_flatten(model.parameters())}
+        mx.eval(weights)
+        components[name] = weights
+    return components
+
+
+def write_folder(folder: Path, config: ModelConfig) -> dict[str, dict[str, mx.array]]:
+    components = written_weights(config)
+    tokenizers = {model_format.TOKENIZER_FOR[name]: BUNDLED_FOLDER for name in config.text_encoders}
+    write_model(folder, config, components, tokenizers)
+    return components
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: (root / family, write_folder(root / family, config)) for family, config in CONFIGS.items()}
+
+
+def assert_same_parameters(pipe: Pipeline, written: dict[str, dict[str, mx.array]], dtype: mx.Dtype) -> None:
+    for name, weights in written.items():
+        loaded = dict(tree_flatten(getattr(pipe, name).parameters()))
+        assert sorted(loaded) == sorted(weights), name
+        for key, value in weights.items():
+            assert loaded[key].dtype == dtype, (name, key, loaded[key].dtype)
+            assert np.array_equal(np.array(loaded[key].astype(mx.float32)), np.array(value.astype(mx.float32))), key
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
+    folder, written = folders[family]
+    start = time.perf_counter()
+    pipe = Pipeline.load(folder)
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    print(f"\n{family}: loaded {size:.1f} MB of float16 weights in {seconds:.2f} s")
+
+    expected = policy(mx.float16).compute_dtype
+    assert pipe.dtype == expected
+    if policy(mx.float16).device == "cpu":
+        assert expected == mx.float32  # float16 files compute in float32 on the CPU
+    assert pipe.config == CONFIGS[family]
+    assert pipe.folder == folder
+    assert_same_parameters(pipe, written, expected)
+
+    config = CONFIGS[family]
+    for encoder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        text_config = getattr(config, encoder)
+        if text_config is None:
+            assert getattr(pipe, encoder) is None and getattr(pipe, tokenizer) is None
+        else:
+            assert getattr(pipe, tokenizer).pad_id == text_config.pad_token_id
+            assert getattr(pipe, tokenizer)("a cat")[:1] == [49406]
+
+
+def test_dtype_override(folders: dict) -> None:
+    folder, written = folders["sd1"]
+    pipe = Pipeline.load(folder, dtype=mx.float16)
+    assert pipe.dtype == mx.float16
+    assert_same_parameters(pipe, written, mx.float16)
+    assert Pipeline.load(folder, dtype="bfloat16").dtype == mx.bfloat16
+    with pytest.raises(ValueError, match="dtype 'float8'"):
+        Pipeline.load(folder, dtype="float8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict weights
+
+
+def edited_copy(folder: Path, tmp_path: Path, component: str, edit) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    path = model_format.weights_file(copy, component)
+    weights = mx.load(str(path))
+    edit(weights)
+    mx.save_safetensors(str(path), weights)
+    return copy
+
+
+def test_missing_key(folders: dict, tmp_path: Path) -> None:
+    key = "decoder.conv_out.weight"
+    copy = edited_copy(folders["sd1"][0], tmp_path, "vae", lambda w: w.pop(key))
+    with pytest.raises(WeightsError, match=rf"vae: missing weight '{key}' \(expected shape \(3, 3, 3, 32\), found none\)"):
+        Pipeline.load(copy)
+
+
+def test_unexpected_key(folders: dict, tmp_path: Path) -> None:
+    copy = edited_copy(folders["sd1"][0], tmp_path, "vae", lambda w: w.update(extra=mx.zeros((2, 5))))
+    with pytest.raises(WeightsError, match=r"vae: unexpected weight 'extra' \(found shape \(2, 5\)"):
+        Pipeline.load(copy)
+
+
+def test_wrong_shape(folders: dict, tmp_path: Path) -> None:
+    key = "encoder.conv_in.weight"
+    copy = edited_copy(folders["sd1"][0], tmp_path, "vae", lambda w: w.update({key: mx.zeros((32, 3, 3, 4))}))
+    with pytest.raises(
+        WeightsError, match=rf"vae: weight '{key}' has shape \(32, 3, 3, 4\), the model expects \(32, 3, 3, 3\)"
+    ):
+        Pipeline.load(copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged folders
+
+
+def test_folder_without_model_json(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError, match="not an mlx-sd model folder"):
+        Pipeline.load(tmp_path)
+
+
+def test_damaged_model_json(folders: dict, tmp_path: Path) -> None:
+    copy = shutil.copytree(folders["sd1"][0], tmp_path / "model")
+    (copy / "model.json").write_text('{"family": "sd1", "unet": {', encoding="utf-8")
+    with pytest.raises(ModelFolderError, match="model.json is damaged"):
+        Pipeline.load(copy)
+
+
+def test_wrong_format_version(folders: dict, tmp_path: Path) -> None:
+    copy = shutil.copytree(folders["sd1"][0], tmp_path / "model")
+    data = json.loads((copy / "model.json").read_text(encoding="utf-8"))
+    data["format_version"] = 99
+    (copy / "model.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ModelFolderError, match="format_version 99"):
+        Pipeline.load(copy)
+
+
+def test_truncated_weights(folders: dict, tmp_path: Path) -> None:
+    copy = shutil.copytree(folders["sd1"][0], tmp_path / "model")
+    path = copy / "unet.safetensors"
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(ModelFolderError, match=r"unet: cannot read .*unet.safetensors"):
+        Pipeline.load(copy)
+
+
+def test_missing_weight_file_and_tokenizer(folders: dict, tmp_path: Path) -> None:
+    copy = shutil.copytree(folders["sd1"][0], tmp_path / "model")
+    shutil.rmtree(copy / "tokenizer")
+    with pytest.raises(ModelFolderError, match="tokenizer: cannot read"):
+        Pipeline.load(copy)
+    (copy / "vae.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match="vae: weight file .*vae.safetensors is missing"):
+        Pipeline.load(copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# write_model is atomic
+
+
+def test_write_model_leaves_nothing_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = CONFIGS["sd1"]
+    components = written_weights(config)
+    real_save = mx.save_safetensors
+    saved = []
+
+    def save_then_interrupt(path, arrays, metadata=None):
+        if saved:  # the second component: the first file is already on disk
+            raise KeyboardInterrupt
+        real_save(path, arrays, metadata=metadata)
+        saved.append(path)
+
+    monkeypatch.setattr(model_format.mx, "save_safetensors", save_then_interrupt)
+    out = tmp_path / "out" / "model"
+    with pytest.raises(KeyboardInterrupt):
+        write_model(out, config, components, {"tokenizer": BUNDLED_FOLDER})
+    assert saved and not Path(saved[0]).exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_write_model_failure_in_tokenizer_copy_leaves_nothing(tmp_path: Path) -> None:
+    config = CONFIGS["sd1"]
+    with pytest.raises(OSError):
+        write_model(tmp_path / "model", config, written_weights(config), {"tokenizer": tmp_path / "no-such-folder"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_model_refuses_existing_folder(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_model(tmp_path / "model", CONFIGS["sd1"], {}, {})
