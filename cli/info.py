@@ -1,0 +1,116 @@
+"""`mlx-sd info [FOLDER | --preset NAME]`: the MLX setup, a converted model, or a preset's size.
+
+Parameter counts come from building the models lazily: MLX does not allocate parameters that are
+never evaluated, so even SDXL's 2.6 billion cost nothing here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+import mlx.core as mx
+
+from mlx_sd import blas
+from mlx_sd.config import PRESETS, ModelConfig, preset
+from mlx_sd.device import current_device, dtype_name, gpu_available, policy
+from mlx_sd.model_format import read_config, weights_file
+from mlx_sd.pipeline import build_models, parameter_count
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show the MLX setup, a converted model, or a preset architecture's parameter counts",
+        description="Show the MLX setup (device, dtype policy, BLAS, matmul speed); with FOLDER also a "
+        "converted model; with --preset only the parameter counts of a full-size architecture.",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("folder", nargs="?", type=Path, help="a converted model folder (holding model.json)")
+    target.add_argument("--preset", choices=PRESETS, help="a published architecture, counted without weights")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.preset:
+        lines = preset_lines(args.preset)
+    else:
+        lines = system_lines()
+        if args.folder is not None:
+            lines += [""] + model_lines(args.folder)
+    print("\n".join(lines))
+    return 0
+
+
+def matmul_gflops(size: int = 1024, runs: int = 3) -> float:
+    """Measured float32 matmul throughput of the default device."""
+    a = mx.random.normal((size, size), key=mx.random.key(0))
+    b = mx.random.normal((size, size), key=mx.random.key(1))
+    mx.eval(a, b, a @ b)  # warm-up
+    start = time.perf_counter()
+    for _ in range(runs):
+        mx.eval(a @ b)
+    seconds = (time.perf_counter() - start) / runs
+    return 2 * size**3 / seconds / 1e9
+
+
+def system_lines() -> list[str]:
+    device = current_device()
+    half = policy(mx.float16, device)
+    return [
+        f"mlx-sd {mlx_sd.__version__}, mlx {mx.__version__}",
+        f"device: {device} (default {mx.default_device()}; GPU available: {'yes' if gpu_available() else 'no'})",
+        f"compute dtype: {dtype_name(half.compute_dtype)} for float16 weights, "
+        f"{dtype_name(policy(mx.float32, device).compute_dtype)} for float32; attention: {half.attention}",
+        f"BLAS: {blas.STATUS.openblas_path or 'the BLAS mlx was built with'} ({blas.STATUS.reason})",
+        f"float32 1024x1024 matmul: {matmul_gflops():.1f} GFLOPS",
+        f"Python {platform.python_version()} on {platform.platform()}",
+    ]
+
+
+def _table(rows: list[tuple[str, int, str]], size_header: str | None) -> list[str]:
+    header = f"  {'component':<16}{'parameters':>15}" + (f"{size_header:>14}" if size_header else "")
+    lines = [header]
+    for name, count, size in rows:
+        lines.append(f"  {name:<16}{count:>15,}" + (f"{size:>14}" if size_header else ""))
+    lines.append(f"  {'total':<16}{sum(count for _, count, _ in rows):>15,}")
+    return lines
+
+
+def _summary(config: ModelConfig) -> str:
+    return (
+        f"family: {config.family}, prediction: {config.prediction_type}, "
+        f"default size: {config.default_size}x{config.default_size}"
+    )
+
+
+def preset_lines(name: str) -> list[str]:
+    config = preset(name)
+    rows = [(component, parameter_count(model), "") for component, model in build_models(config).items()]
+    return [f"preset {name} ({_summary(config)})"] + _table(rows, None)
+
+
+def _size_on_disk(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def model_lines(folder: Path) -> list[str]:
+    config = read_config(folder)
+    source = config.source
+    rows = [
+        (component, parameter_count(model), _size_on_disk(weights_file(folder, component)))
+        for component, model in build_models(config).items()
+    ]
+    return [
+        f"model: {folder}",
+        _summary(config),
+        f"storage dtype: {config.dtype}",
+        f"source: {source.name or 'unknown'}, sha256 {source.sha256 or 'unknown'}"
+        + (f" (Model hash {source.sha256[:10]})" if source.sha256 else ""),
+    ] + _table(rows, "on disk")
