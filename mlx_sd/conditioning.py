@@ -1,0 +1,230 @@
+"""Prompt text -> the UNet's cross-attention context (and SDXL's pooled vector), as A1111 does it.
+
+For each text encoder (sd_facts 5.3):
+1. the prompt is parsed into weighted fragments and BREAKs (`prompt_parser`); each fragment is
+   tokenised without BOS/EOS;
+2. tokens fill 75-token chunks; when a chunk is full and a comma lies within the last 20 tokens, the
+   tokens after that comma move to the next chunk; BREAK closes the chunk early;
+3. each chunk becomes [BOS] + 75 tokens (padded with EOS) + [EOS]; for encoders whose pad id is not
+   EOS (OpenCLIP), everything after the first EOS becomes the pad id (0);
+4. each 77-token chunk is encoded on its own and the chunks are concatenated along the sequence, so
+   long prompts are never truncated;
+5. A1111 "Original" weighting per chunk: scale each token's hidden state by its weight, then rescale
+   the chunk so its mean over tokens and channels is what it was before weighting.
+
+SDXL runs this for CLIP-L and bigG and concatenates their contexts on the feature axis; the pooled
+vector is bigG's, from the first chunk. The refiner has bigG alone.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .clip import CLIPTextModel
+from .prompt_parser import Break, parse_prompt_attention
+from .tokenizer import CLIPTokenizer
+
+CHUNK_TOKENS = 75  # text tokens per chunk; + BOS + EOS = 77 positions
+COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
+CACHE_SIZE = 16  # distinct prompts kept encoded
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """One encoder input: 77 ids and the emphasis weight of each position."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet receives for a batch: context (B, 77*k, C) and, for SDXL, pooled (B, P)."""
+
+    context: mx.array
+    pooled: mx.array | None = None
+
+
+def _close_chunk(ids: list[int], weights: list[float], tokenizer: CLIPTokenizer) -> PromptChunk:
+    padding = CHUNK_TOKENS - len(ids)
+    ids = [tokenizer.bos_id, *ids, *[tokenizer.eos_id] * padding, tokenizer.eos_id]
+    weights = [1.0, *weights, *[1.0] * padding, 1.0]
+    if tokenizer.pad_id != tokenizer.eos_id:
+        first_eos = ids.index(tokenizer.eos_id)
+        ids[first_eos + 1 :] = [tokenizer.pad_id] * (len(ids) - first_eos - 1)
+    return PromptChunk(tuple(ids), tuple(weights))
+
+
+def prompt_chunks(prompt: str, tokenizer: CLIPTokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
+    """Split a prompt into 77-token chunks with per-token weights (A1111's tokenize_line)."""
+    chunks: list[PromptChunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1  # position in `ids` of the latest comma of the current chunk
+
+    for item in parse_prompt_attention(prompt):
+        if isinstance(item, Break):
+            chunks.append(_close_chunk(ids, weights, tokenizer))
+            ids, weights, last_comma = [], [], -1
+            continue
+        for token in tokenizer.tokenize(item.text):
+            if token == tokenizer.comma_id:
+                last_comma = len(ids)
+            elif (
+                comma_backtrack
+                and len(ids) == CHUNK_TOKENS
+                and last_comma != -1
+                and len(ids) - last_comma <= comma_backtrack
+            ):
+                # The chunk is full: end it at the comma and carry the words after it over.
+                cut = last_comma + 1
+                chunks.append(_close_chunk(ids[:cut], weights[:cut], tokenizer))
+                ids, weights, last_comma = ids[cut:], weights[cut:], -1
+            if len(ids) == CHUNK_TOKENS:
+                chunks.append(_close_chunk(ids, weights, tokenizer))
+                ids, weights, last_comma = [], [], -1
+            ids.append(token)
+            weights.append(item.weight)
+
+    if ids or not chunks:
+        chunks.append(_close_chunk(ids, weights, tokenizer))
+    return chunks
+
+
+def apply_emphasis(hidden: mx.array, weights: mx.array) -> mx.array:
+    """A1111 "Original" emphasis on (N, 77, C) hidden states with (N, 77) weights, per chunk."""
+    z = hidden.astype(mx.float32)
+    mean_before = z.mean(axis=(1, 2), keepdims=True)
+    z = z * weights[..., None]
+    mean_after = z.mean(axis=(1, 2), keepdims=True)
+    # A zero mean after weighting would give NaN in A1111; leave such a chunk unrescaled instead.
+    scale = mx.where(mean_after == 0, 1.0, mean_before / mx.where(mean_after == 0, 1.0, mean_after))
+    return (z * scale).astype(hidden.dtype)
+
+
+def _pad_sequence(context: mx.array, length: int) -> mx.array:
+    """A1111's stack_conds: lengthen (1, L, C) by repeating its last token vector."""
+    missing = length - context.shape[1]
+    if missing == 0:
+        return context
+    return mx.concatenate([context, mx.repeat(context[:, -1:], missing, axis=1)], axis=1)
+
+
+class PromptEncoder:
+    """Encodes prompts with a model's text encoders; identical prompts are encoded once.
+
+    `tokenizers` and `text_encoders` are in the model's order: SD1 / SD2 one encoder, SDXL
+    (CLIP-L, bigG), the refiner (bigG). `force_zeros_for_empty_prompt` is the ModelConfig flag
+    (SDXL base): an all-empty negative prompt then gives zeros for context and pooled.
+    """
+
+    def __init__(
+        self,
+        tokenizers: Sequence[CLIPTokenizer],
+        text_encoders: Sequence[CLIPTextModel],
+        *,
+        force_zeros_for_empty_prompt: bool = False,
+        comma_backtrack: int = COMMA_BACKTRACK,
+    ):
+        if not text_encoders or len(tokenizers) != len(text_encoders):
+            raise ValueError(
+                f"expected one tokenizer per text encoder (at least one), "
+                f"got {len(tokenizers)} tokenizers and {len(text_encoders)} text encoders"
+            )
+        self.encoders = list(zip(tokenizers, text_encoders))
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.comma_backtrack = comma_backtrack
+        self._cache: OrderedDict[tuple[str, int], Conditioning] = OrderedDict()
+
+    def _encode_texts(self, texts: list[str], clip_skip: int) -> list[Conditioning]:
+        """Encode distinct texts: every chunk of every text in one call per encoder."""
+        contexts: list[list[mx.array]] = [[] for _ in texts]
+        pooled: list[mx.array | None] = [None] * len(texts)
+        chunk_counts: list[int] | None = None
+        for tokenizer, model in self.encoders:
+            per_text = [prompt_chunks(text, tokenizer, self.comma_backtrack) for text in texts]
+            counts = [len(chunks) for chunks in per_text]
+            if chunk_counts is not None and counts != chunk_counts:
+                raise ValueError(
+                    f"the text encoders' tokenizers split the prompts differently: {chunk_counts} vs {counts} chunks"
+                )
+            chunk_counts = counts
+            flat = [chunk for chunks in per_text for chunk in chunks]
+            ids = mx.array([chunk.ids for chunk in flat], dtype=mx.int32)
+            weights = mx.array([chunk.weights for chunk in flat], dtype=mx.float32)
+            output = model.encode(ids, clip_skip)
+            hidden = apply_emphasis(output.hidden, weights)
+            start = 0
+            for i, count in enumerate(counts):
+                contexts[i].append(hidden[start : start + count].reshape(1, -1, hidden.shape[-1]))
+                if output.pooled is not None:
+                    pooled[i] = output.pooled[start : start + 1]  # the first chunk's, as A1111
+                start += count
+        results = [
+            Conditioning(mx.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0], vector)
+            for parts, vector in zip(contexts, pooled)
+        ]
+        mx.eval([(r.context, r.pooled) if r.pooled is not None else r.context for r in results])
+        return results
+
+    def _lookup(self, texts: Sequence[str], clip_skip: int) -> list[Conditioning]:
+        missing = list(dict.fromkeys(t for t in texts if (t, clip_skip) not in self._cache))
+        if missing:
+            for text, result in zip(missing, self._encode_texts(missing, clip_skip)):
+                self._cache[(text, clip_skip)] = result
+        found = []
+        for text in texts:
+            self._cache.move_to_end((text, clip_skip))
+            found.append(self._cache[(text, clip_skip)])
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return found
+
+    def encode(self, prompts: Sequence[str], clip_skip: int = 1) -> Conditioning:
+        """A batch of prompts; prompts of fewer chunks are lengthened by repeating their last token
+        vector (A1111's rule inside a batch)."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError(f"expected a non-empty list of prompt strings, got {prompts!r}")
+        parts = self._lookup(prompts, clip_skip)
+        length = max(p.context.shape[1] for p in parts)
+        context = mx.concatenate([_pad_sequence(p.context, length) for p in parts], axis=0)
+        pooled = None if parts[0].pooled is None else mx.concatenate([p.pooled for p in parts], axis=0)
+        return Conditioning(context, pooled)
+
+    def encode_for_guidance(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str], clip_skip: int = 1
+    ) -> tuple[Conditioning, Conditioning]:
+        """(positive, negative) for classifier-free guidance, padded to the same number of tokens.
+
+        The shorter side gets encodings of the empty prompt appended (A1111's pad_cond_uncond), so
+        both go through the UNet in one batched call.
+        """
+        if isinstance(negative_prompts, str) or len(negative_prompts) != len(prompts):
+            raise ValueError(
+                f"expected one negative prompt per prompt ({len(prompts)}), got {negative_prompts!r}"
+            )
+        positive = self.encode(prompts, clip_skip)
+        empty = self.encode([""], clip_skip)
+        if self.force_zeros_for_empty_prompt and all(text == "" for text in negative_prompts):
+            batch = len(negative_prompts)
+            negative = Conditioning(
+                mx.zeros((batch, *empty.context.shape[1:]), dtype=empty.context.dtype),
+                None if empty.pooled is None else mx.zeros((batch, *empty.pooled.shape[1:]), empty.pooled.dtype),
+            )
+        else:
+            negative = self.encode(negative_prompts, clip_skip)
+        length = max(positive.context.shape[1], negative.context.shape[1])
+        return _pad_with_empty(positive, empty, length), _pad_with_empty(negative, empty, length)
+
+
+def _pad_with_empty(cond: Conditioning, empty: Conditioning, length: int) -> Conditioning:
+    """Append whole empty-prompt chunks until the context has `length` tokens."""
+    repeats = (length - cond.context.shape[1]) // empty.context.shape[1]
+    if repeats == 0:
+        return cond
+    filler = mx.tile(empty.context, (cond.context.shape[0], repeats, 1))
+    return Conditioning(mx.concatenate([cond.context, filler], axis=1), cond.pooled)
