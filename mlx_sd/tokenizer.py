@@ -3,6 +3,11 @@
 Text is cleaned the way OpenAI CLIP and open_clip clean it (ftfy, HTML unescape twice, whitespace
 collapse, lower-case), split by CLIP's pre-tokenisation regex, mapped byte-by-byte to printable
 characters and merged by the `tokenizers` library's BPE with the `</w>` end-of-word suffix.
+
+The ids equal A1111's and OpenAI CLIP's. transformers' tokenizer differs only in cleaning: version 5
+(tokenizers-backed) skips ftfy and HTML unescaping and lower-cases character by character (no
+final sigma); version 4's Python tokenizer relied on ftfy's own HTML unescaping, which ftfy skips
+in text containing '<'.
 """
 
 from __future__ import annotations
@@ -58,51 +63,48 @@ class CLIPTokenizer:
     prompts into chunks); calling the tokenizer gives the 77 ids a text encoder takes.
     """
 
-    def __init__(self, backend: Tokenizer, pad_token_id: int, source: str = "tokenizer"):
-        backend.normalizer = None  # clean_text normalises, so every source behaves alike
-        backend.pre_tokenizer = _pre_tokenizer()
-        backend.post_processor = None
-        backend.no_truncation()  # a tokenizer.json may carry its own padding and truncation
-        backend.no_padding()
-        self._backend = backend
-        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
-        ids = {}
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_token_id: int, source: str = "tokenizer"):
         for token in (BOS_TOKEN, EOS_TOKEN, COMMA_TOKEN):
-            ids[token] = backend.token_to_id(token)
-            if ids[token] is None:
+            if token not in vocab:
                 raise TokenizerError(f"{source}: vocabulary has no {token!r} token; expected a CLIP BPE vocabulary")
-        if not 0 <= pad_token_id < self.vocab_size:
-            raise TokenizerError(f"pad_token_id must be in [0, {self.vocab_size}), got {pad_token_id}")
-        self.bos_id: int = ids[BOS_TOKEN]
-        self.eos_id: int = ids[EOS_TOKEN]
-        self.comma_id: int = ids[COMMA_TOKEN]
+        if not 0 <= pad_token_id < len(vocab):
+            raise TokenizerError(f"pad_token_id must be in [0, {len(vocab)}), got {pad_token_id}")
+        model = BPE(
+            vocab, merges, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD, unk_token=EOS_TOKEN,
+            fuse_unk=False,
+        )
+        self._backend = Tokenizer(model)
+        # No normalizer: clean_text does CLIP's cleaning before the backend sees the text.
+        self._backend.pre_tokenizer = _pre_tokenizer()
+        # Registered as special so that a typed "<|endoftext|>" maps to its id, as in CLIP.
+        self._backend.add_special_tokens([BOS_TOKEN, EOS_TOKEN])
+        self.vocab_size = len(vocab)
+        self.bos_id: int = vocab[BOS_TOKEN]
+        self.eos_id: int = vocab[EOS_TOKEN]
+        self.comma_id: int = vocab[COMMA_TOKEN]
         self.pad_id: int = pad_token_id
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike[str], pad_token_id: int) -> "CLIPTokenizer":
         """Read `tokenizer.json`, or else `vocab.json` + `merges.txt` (a diffusers tokenizer folder).
 
+        Only the vocabulary and merges are taken from the files, so every folder tokenizes alike.
         `pad_token_id` is the family's padding (sd_facts 3.3): 49407 (EOS) for OpenAI CLIP-L,
         0 for OpenCLIP ViT-H / bigG.
         """
         folder = Path(folder)
         tokenizer_json = folder / "tokenizer.json"
-        vocab, merges = folder / "vocab.json", folder / "merges.txt"
+        vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
         if tokenizer_json.is_file():
-            backend = Tokenizer.from_file(str(tokenizer_json))
-            if not isinstance(backend.model, BPE) or backend.model.end_of_word_suffix != END_OF_WORD:
-                raise TokenizerError(
-                    f"{tokenizer_json}: expected a BPE model with end-of-word suffix {END_OF_WORD!r}, "
-                    f"found {type(backend.model).__name__}"
-                )
-        elif vocab.is_file() and merges.is_file():
-            backend = _from_vocab_and_merges(vocab, merges)
+            vocab, merges = _read_tokenizer_json(tokenizer_json)
+        elif vocab_json.is_file() and merges_txt.is_file():
+            vocab, merges = _read_vocab_and_merges(vocab_json, merges_txt)
         else:
             raise TokenizerError(
                 f"{folder} is not a tokenizer folder: expected tokenizer.json or vocab.json + merges.txt, "
                 f"found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'no such folder'}"
             )
-        return cls(backend, pad_token_id, source=str(folder))
+        return cls(vocab, merges, pad_token_id, source=str(folder))
 
     @classmethod
     def bundled(cls, pad_token_id: int) -> "CLIPTokenizer":
@@ -119,23 +121,30 @@ class CLIPTokenizer:
         return ids + [self.pad_id] * (CONTEXT_LENGTH - len(ids))
 
 
-def _from_vocab_and_merges(vocab_path: Path, merges_path: Path) -> Tokenizer:
+def _read_vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab: dict[str, int] = json.loads(vocab_path.read_text(encoding="utf-8"))
     lines = [line for line in merges_path.read_text(encoding="utf-8").split("\n") if line]
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
     # The merge file may list more merges than the vocabulary holds results for (OpenAI's full list);
     # CLIP uses one merge per id after the 2 x 256 byte tokens, before the 2 special tokens.
-    merges = []
-    for line in lines[: len(vocab) - 512 - 2]:
-        pair = line.split(" ")
-        if len(pair) != 2:
-            raise TokenizerError(f"{merges_path}: expected merge lines 'a b', found {line!r}")
-        merges.append((pair[0], pair[1]))
-    model = BPE(
-        vocab, merges, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD, unk_token=EOS_TOKEN, fuse_unk=False
-    )
-    backend = Tokenizer(model)
-    # Registered as special so that a typed "<|endoftext|>" maps to its id, as in CLIP.
-    backend.add_special_tokens([BOS_TOKEN, EOS_TOKEN])
-    return backend
+    return vocab, [_merge_pair(line, merges_path) for line in lines[: len(vocab) - 512 - 2]]
+
+
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
+        raise TokenizerError(
+            f"{path}: expected a BPE model with end-of-word suffix {END_OF_WORD!r}, found a "
+            f"{model.get('type')} model with suffix {model.get('end_of_word_suffix')!r}"
+        )
+    # tokenizers writes merges as "a b" strings (before 0.20) or as [a, b] pairs.
+    merges = [_merge_pair(m, path) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def _merge_pair(line: str, source: Path) -> tuple[str, str]:
+    pair = line.split(" ")
+    if len(pair) != 2:
+        raise TokenizerError(f"{source}: expected merges of the form 'a b', found {line!r}")
+    return pair[0], pair[1]

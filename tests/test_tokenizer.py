@@ -226,15 +226,24 @@ def test_empty_and_long_prompts(ours):
     assert len(ours.tokenize(huge)) == 40000 and len(ours(huge)) == 77
 
 
-def test_from_folder_reads_tokenizer_json(tmp_path, hf_fast):
-    hf_fast.save_pretrained(str(tmp_path))
-    (tmp_path / "vocab.json").unlink(missing_ok=True)
-    (tmp_path / "merges.txt").unlink(missing_ok=True)
-    assert (tmp_path / "tokenizer.json").is_file()
+def test_from_folder_reads_tokenizer_json(tmp_path):
+    # Saved like SDXL's tokenizer_2 (pad "!"): its added "!" token must not change tokenization.
+    transformers.CLIPTokenizerFast.from_pretrained(str(BUNDLED_FOLDER), pad_token="!").save_pretrained(str(tmp_path))
+    assert (tmp_path / "tokenizer.json").is_file() and not (tmp_path / "vocab.json").exists()
     from_json = CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
     bundled = CLIPTokenizer.bundled(pad_token_id=0)
     for text in PLAIN_PROMPTS + CLEANED_PROMPTS:
         assert from_json(text) == bundled(text)
+    assert from_json.tokenize("wow!!!") == bundled.tokenize("wow!!!") != [bundled.tokenize("wow")[0], 0, 0, 0]
+    # merges written as "a b" strings (older tokenizers versions) read the same
+    data = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["merges"] = [" ".join(pair) for pair in data["model"]["merges"]]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    assert CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)(LONG_PROMPT) == bundled(LONG_PROMPT)
+    data["model"]["type"] = "WordPiece"
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(TokenizerError, match="expected a BPE model .* found a WordPiece model"):
+        CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
 
 
 def test_from_folder_errors(tmp_path):
@@ -246,5 +255,5 @@ def test_from_folder_errors(tmp_path):
         CLIPTokenizer.bundled(pad_token_id=49408)
     shutil.copy(BUNDLED_FOLDER / "vocab.json", tmp_path / "vocab.json")
     (tmp_path / "merges.txt").write_text("#version: 0.2\ni n t\n", encoding="utf-8")
-    with pytest.raises(TokenizerError, match="expected merge lines"):
+    with pytest.raises(TokenizerError, match="expected merges of the form"):
         CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
