@@ -1,0 +1,77 @@
+"""`.ckpt` / `.pt` / `.bin` checkpoints: torch pickles, read only when the user allows it.
+
+Unpickling can run arbitrary code, so these files are refused unless `allow_pickle` is set; even then
+they are read with torch's weights-only unpickler, which builds tensors and plain containers and
+refuses everything else. torch is imported only here, only on this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+import mlx.core as mx
+
+from .errors import ConversionError
+from .safetensors_file import TensorInfo, hash_file, to_mx
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_TORCH_DTYPES = {
+    "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float64": "F64",
+    "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
+    "torch.uint8": "U8", "torch.bool": "BOOL",
+}
+
+
+def refuse_pickle(path: Path) -> ConversionError:
+    return ConversionError(
+        f"{path.name} is a pickle checkpoint ({path.suffix}): loading a pickle can run code hidden in the file. "
+        "Prefer a .safetensors version of this model; if you trust this file, add --allow-pickle "
+        "(it is then read with torch's weights-only unpickler, which never runs code)"
+    )
+
+
+class PickleCheckpoint:
+    """A torch checkpoint loaded with `torch.load(weights_only=True)`; `tensors` as in SafetensorsFile."""
+
+    def __init__(self, path: Path):
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(
+                f"reading {path.name} needs PyTorch, which is not installed; install it (pip install torch) "
+                "or convert a .safetensors version of this model"
+            ) from None
+        self.path = Path(path)
+        try:
+            loaded = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+            raise ConversionError(
+                f"{self.path.name} cannot be read as a weights-only torch checkpoint "
+                f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+            ) from None
+        while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict):
+            raise ConversionError(f"{self.path.name} holds a {type(loaded).__name__}, expected a dict of tensors")
+        self._tensors = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        self.metadata: dict[str, str] = {}
+        self.tensors = {
+            name: TensorInfo(tuple(t.shape), _TORCH_DTYPES.get(str(t.dtype), str(t.dtype)))
+            for name, t in self._tensors.items()
+        }
+
+    def arrays(self, wanted: Collection[str], hasher: "hashlib._Hash | None" = None) -> Iterator[tuple[str, mx.array]]:
+        """Yield the wanted tensors once each (each is released as it is yielded, to bound memory)."""
+        import torch  # already loaded by __init__
+
+        if hasher:
+            hash_file(self.path, hasher)
+        for name in [n for n in self._tensors if n in wanted]:
+            tensor = self._tensors.pop(name).contiguous()
+            info = self.tensors[name]
+            raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+            yield name, to_mx(raw, info.dtype, info.shape, name)
+
