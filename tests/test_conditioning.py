@@ -1,10 +1,13 @@
 import dataclasses
+import functools
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_sd.clip import CLIPTextModel
@@ -28,14 +31,19 @@ def random_model(config: CLIPTextConfig, seed: int) -> CLIPTextModel:
     mx.random.seed(seed)
     model = CLIPTextModel(config)
     # Unit-scale random parameters everywhere (LayerNorms included) so every path is exercised.
-    params = [(k, mx.random.normal(v.shape) * (0.5 if v.ndim == 1 else 0.1)) for k, v in tree_flatten(model.parameters())]
-    model.update(tree_unflatten(params))
+    params = tree_flatten(model.parameters())
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * (0.5 if v.ndim == 1 else 0.1)) for k, v in params]))
     mx.eval(model.parameters())
     return model
 
 
+@functools.cache
+def bundled(pad_token_id: int) -> CLIPTokenizer:
+    return CLIPTokenizer.bundled(pad_token_id)
+
+
 def tokenizer(config: CLIPTextConfig) -> CLIPTokenizer:
-    return CLIPTokenizer.bundled(config.pad_token_id)
+    return bundled(config.pad_token_id)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +149,18 @@ def test_break_starts_a_new_chunk(sd1):
     assert [ids_of(c)[:4] for c in chunks] == [[BOS, 320, CAT, EOS], [BOS, 320, DOG, EOS]]
     assert len(prompt_chunks("a cat BREAK", tok)) == 1  # a trailing BREAK adds nothing
     assert len(prompt_chunks("BREAK a cat", tok)) == 2  # a leading one leaves an empty chunk
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["cat", "dog", ",", "(", ")", "[", "]", ":1.3)", "BREAK", " ", "\\", "日本", "🎨"]), max_size=250))
+def test_fuzz_chunks_are_always_well_formed(words):
+    for tok in (tokenizer(SD1), tokenizer(SD2)):
+        chunks = prompt_chunks("".join(words), tok)
+        assert chunks
+        for chunk in chunks:
+            assert len(chunk.ids) == len(chunk.weights) == 77
+            assert chunk.ids[0] == BOS and EOS in chunk.ids[1:]
+            assert all(np.isfinite(chunk.weights))
 
 
 # --- encoding ---------------------------------------------------------------------------------
