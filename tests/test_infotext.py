@@ -235,3 +235,16 @@ def test_fuzz_round_trip_single_line_prompts(prompt, negative, seed, cfg):
         assert (back.prompt, back.negative_prompt, back.seed, back.cfg_scale) == (
             prompt.strip(), negative.strip(), seed, cfg
         )
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_request_survives_an_image_file(tmp_path, suffix):
+    from mlx_sd.image_metadata import read_infotext, save_image
+
+    request = GenerationRequest(
+        prompt="ein Café, (Öl auf Leinwand:1.2)\n日本画", negative_prompt="blurry", steps=12, sampler="Euler a",
+        cfg_scale=4.5, width=576, height=704, clip_skip=2,
+    )
+    path = save_image(Image.new("RGB", (32, 32)), tmp_path / f"out{suffix}", format_infotext(request, 5, sd15()),
+                      durable=True)
+    assert request_from_infotext(read_infotext(path)) == dataclasses.replace(request, seed=5)
