@@ -67,8 +67,10 @@ class _Run:
         self.sigmas = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
         if not self.sigmas:
             raise ValueError("sigmas is empty: expected at least the final sigma")
-        if any(s < 0 for s in self.sigmas) or any(a < b for a, b in zip(self.sigmas, self.sigmas[1:])):
-            raise ValueError(f"sigmas must be non-negative and non-increasing, got {self.sigmas}")
+        if any(s <= 0 for s in self.sigmas[:-1]) or self.sigmas[-1] < 0 or any(
+            a < b for a, b in zip(self.sigmas, self.sigmas[1:])
+        ):
+            raise ValueError(f"sigmas must be non-increasing, positive but for a final 0, got {self.sigmas}")
         self.total = len(self.sigmas) - 1
         self.callback, self.cancel = callback, cancel
         self.index = 0

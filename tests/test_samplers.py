@@ -215,6 +215,8 @@ def test_stochastic_samplers_need_noise():
 def test_bad_sigmas_are_rejected():
     with pytest.raises(ValueError, match="non-increasing"):
         run(K.sample_euler, start(), np.array([1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="positive but for a final 0"):
+        run(K.sample_euler, start(), np.array([1.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="sigmas is empty"):
         run(K.sample_euler, start(), np.array([]))
 
