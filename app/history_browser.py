@@ -1,0 +1,454 @@
+"""The history browser: a lazily fetched thumbnail grid with full-text search, filters by model, date
+and favourites, a details pane with every recorded parameter, and the actions on one image (reuse all
+parameters, reuse the seed, use as img2img source, open, reveal, export, favourite, delete).
+
+The browser reads its own HistoryStore on the UI thread (the generation worker writes through another
+connection); call `reload()` after new images are recorded. What the window should do with a reused
+request or an img2img source is up to the window: the browser only emits signals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import shutil
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+from PySide6.QtCore import QItemSelection, QModelIndex, QPoint, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMenu,
+    QMessageBox,
+    QSizePolicy,
+    QSplitter,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
+from mlx_sd.infotext import request_from_infotext
+from mlx_sd.request import GenerationRequest
+
+from . import result_view
+from .history_model import HistoryListModel
+from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
+
+ALL_MODELS = "All models"
+SEARCH_DELAY_MS = 200  # search as the user types, once they pause
+PREVIEW_SIDE = 360
+GRID_ICON = QSize(150, 150)
+# The request fields an image cannot carry in the history (pictures and arrays).
+NOT_REUSABLE = ("init_image", "mask", "latents")
+EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
+
+
+# -- Qt-free helpers -------------------------------------------------------------------------
+
+
+def request_from_entry(entry: HistoryEntry) -> GenerationRequest:
+    """A request that regenerates the entry's image: its infotext read as A1111 would, then every
+    recorded request field of the right type on top, with the seed this image used."""
+    g = entry.generation
+    request = request_from_infotext(g.infotext) if g.infotext.strip() else GenerationRequest()
+    defaults = GenerationRequest()
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(GenerationRequest):
+        if f.name in NOT_REUSABLE or f.name not in g.params:
+            continue
+        value, default = g.params[f.name], getattr(defaults, f.name)
+        if _same_kind(value, default):
+            changes[f.name] = float(value) if isinstance(default, float) else value
+    changes.update(prompt=g.prompt, negative_prompt=g.negative_prompt, seed=g.seed)
+    return dataclasses.replace(request, **changes)
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """Whether a recorded JSON value fits a request field with this default (bool is not an int)."""
+    if default is None:  # vae_tiling: True, False or None (automatic)
+        return value is None or isinstance(value, bool)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+DATE_RANGES = ("Any time", "Today", "Past 7 days", "Past 30 days", "Past year")
+
+
+def date_since(choice: str, now: float) -> float | None:
+    """The start of a date filter as unix time (local midnight for whole days), None for any time."""
+    if choice == DATE_RANGES[0]:
+        return None
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = {"Today": 0, "Past 7 days": 6, "Past 30 days": 29, "Past year": 364}[choice]
+    return (midnight - timedelta(days=days)).timestamp()
+
+
+def export_entry(entry: HistoryEntry, target: Path) -> Path:
+    """Write the entry's image to `target` with its parameters; the format follows the suffix
+    (.png copies the file as recorded, .jpg/.jpeg/.webp re-encode with the infotext in EXIF)."""
+    if target.suffix.lower() not in FORMATS:
+        target = target.with_name(target.name + ".png")
+    if target.suffix.lower() == ".png":
+        if target.resolve() != entry.image_path.resolve():
+            shutil.copyfile(entry.image_path, target)
+        return target
+    with Image.open(entry.image_path) as image:
+        image.load()
+        return save_image(image, target, entry.generation.infotext or None)
+
+
+def details_html(entry: HistoryEntry) -> str:
+    """Every recorded parameter as an HTML table (the prompt first, then the rest by name)."""
+    g = entry.generation
+    rows: list[tuple[str, str]] = [
+        ("Prompt", g.prompt),
+        ("Negative prompt", g.negative_prompt or "(none)"),
+        ("Model", g.model),
+        ("Seed", str(g.seed)),
+        ("Size", f"{g.width} \u00d7 {g.height}"),
+        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created))),
+        ("Favourite", "yes" if entry.favourite else "no"),
+        ("File", str(entry.image_path)),
+    ]
+    shown = {"prompt", "negative_prompt", "seed", "width", "height"}
+    rows += [(name, _format_value(value)) for name, value in sorted(g.params.items()) if name not in shown]
+    body = "".join(
+        f"<tr><td style='padding-right:12px;color:palette(mid)'><b>{html.escape(k)}</b></td>"
+        f"<td>{html.escape(v).replace(chr(10), '<br>')}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table cellspacing='2'>{body}</table>"
+
+
+def _format_value(value: object) -> str:
+    if value is None:
+        return "automatic"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def open_path(path: Path) -> None:
+    QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+
+def reveal_path(path: Path) -> None:
+    result_view.reveal(path)
+
+
+# -- the widget ------------------------------------------------------------------------------
+
+
+class HistoryBrowser(QWidget):
+    reuse_parameters = Signal(object, str)  # GenerationRequest, model name
+    reuse_seed = Signal(int)
+    use_as_source = Signal(str)  # the image file's path
+    entry_deleted = Signal(int)  # history entry id
+
+    def __init__(self, store: HistoryStore, parent: QWidget | None = None, now: Callable[[], float] = time.time):
+        super().__init__(parent)
+        self._now = now
+        self.model = HistoryListModel(store, parent=self)
+        self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(self.apply_filters)
+        self._build()
+        self._refresh_models()
+        self._after_reset()
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.search_box = QLineEdit(placeholderText="Search prompts", clearButtonEnabled=True)
+        self.search_box.textChanged.connect(lambda _: self._search_timer.start())
+        self.search_box.returnPressed.connect(self.apply_filters)
+        self.model_filter = QComboBox()
+        self.model_filter.activated.connect(lambda _: self.apply_filters())
+        self.date_filter = QComboBox()
+        self.date_filter.addItems(DATE_RANGES)
+        self.date_filter.activated.connect(lambda _: self.apply_filters())
+        self.favourites_only = QCheckBox("Favourites only")
+        self.favourites_only.toggled.connect(lambda _: self.apply_filters())
+        self.count_label = QLabel()
+        filters = QHBoxLayout()
+        filters.addWidget(self.search_box, 3)
+        filters.addWidget(self.model_filter, 1)
+        filters.addWidget(self.date_filter, 1)
+        filters.addWidget(self.favourites_only)
+        filters.addWidget(self.count_label)
+
+        self.grid = QListView()
+        self.grid.setViewMode(QListView.ViewMode.IconMode)
+        self.grid.setMovement(QListView.Movement.Static)
+        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
+        self.grid.setUniformItemSizes(True)
+        self.grid.setIconSize(GRID_ICON)
+        self.grid.setGridSize(QSize(GRID_ICON.width() + 16, GRID_ICON.height() + 28))
+        self.grid.setWordWrap(False)
+        self.grid.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.grid.customContextMenuRequested.connect(self._context_menu)
+        self.grid.setModel(self.model)
+        self.grid.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.grid.doubleClicked.connect(lambda _: self.reuse_all())
+        self.empty_label = QLabel(alignment=Qt.AlignmentFlag.AlignCenter, wordWrap=True)
+
+        self.preview = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.preview.setMinimumSize(QSize(PREVIEW_SIDE // 2, PREVIEW_SIDE // 2))
+        self.details = QTextBrowser(openLinks=False)
+        self.actions_by_name: dict[str, QAction] = {}
+        buttons = QGridLayout()
+        specs = (
+            ("reuse", "Reuse Parameters", self.reuse_all, None),
+            ("seed", "Reuse Seed", self.reuse_seed_of_selection, None),
+            ("source", "Use as img2img Source", self.use_selection_as_source, None),
+            ("favourite", "Favourite", self.toggle_favourite, None),
+            ("open", "Open", self.open_selection, None),
+            ("reveal", "Show in Finder" if sys.platform == "darwin" else "Show in Folder",
+             self.reveal_selection, None),
+            ("export", "Export\u2026", self.export_selection, None),
+            ("delete", "Delete\u2026", self.delete_selection, QKeySequence.StandardKey.Delete),
+        )
+        for i, (name, label, slot, shortcut) in enumerate(specs):
+            action = QAction(label, self)
+            action.triggered.connect(slot)
+            if shortcut is not None:
+                action.setShortcut(shortcut)
+                action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+                self.grid.addAction(action)
+            self.actions_by_name[name] = action
+            button = QToolButton()  # follows the action's text and enabled state
+            button.setDefaultAction(action)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            buttons.addWidget(button, i // 2, i % 2)
+
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.preview)
+        side_layout.addWidget(self.details, 1)
+        side_layout.addLayout(buttons)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.grid, 1)
+        left_layout.addWidget(self.empty_label)
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(side)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        self.message = QLabel(wordWrap=True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(filters)
+        layout.addWidget(splitter, 1)
+        layout.addWidget(self.message)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the history afresh (call after images were recorded), keeping search and filters."""
+        self._refresh_models()
+        self.model.reload()
+        self._after_reset()
+
+    def set_store(self, store: HistoryStore) -> None:
+        """Show another library's history (after the library moved)."""
+        self.model.set_store(store)
+        self._refresh_models()
+        self._after_reset()
+
+    def current_query(self) -> HistoryQuery:
+        model = self.model_filter.currentText()
+        return HistoryQuery(
+            text=self.search_box.text().strip(),
+            model=None if self.model_filter.currentIndex() <= 0 else model,
+            since=date_since(self.date_filter.currentText(), self._now()),
+            favourites_only=self.favourites_only.isChecked(),
+        )
+
+    def apply_filters(self) -> None:
+        self._search_timer.stop()
+        self.model.set_query(self.current_query())
+        self._after_reset()
+
+    def selected_row(self) -> int | None:
+        rows = self.grid.selectionModel().selectedIndexes()
+        return rows[0].row() if rows else None
+
+    def selected_entry(self) -> HistoryEntry | None:
+        row = self.selected_row()
+        return self.model.entry(row) if row is not None else None
+
+    def select_row(self, row: int) -> None:
+        self.grid.setCurrentIndex(self.model.index(row))
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def reuse_all(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.reuse_parameters.emit(request_from_entry(entry), entry.generation.model)
+
+    def reuse_seed_of_selection(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.reuse_seed.emit(entry.generation.seed)
+
+    def use_selection_as_source(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.use_as_source.emit(str(entry.image_path))
+
+    def open_selection(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            open_path(entry.image_path)
+
+    def reveal_selection(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            reveal_path(entry.image_path)
+
+    def toggle_favourite(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        favourite = not self.model.entry(row).favourite
+        try:
+            self.model.set_favourite(row, favourite)
+        except HistoryError as exc:
+            self._show_message(str(exc))
+        self._update_count()
+        self._show_selection()
+
+    def export_selection(self) -> None:
+        entry = self.selected_entry()
+        if entry is None:
+            return
+        suggested = str(Path.home() / entry.image_path.name)
+        name, _ = QFileDialog.getSaveFileName(self, "Export Image", suggested, EXPORT_FILTERS)
+        if not name:
+            return
+        try:
+            written = export_entry(entry, Path(name))
+        except (OSError, ImageMetadataError) as exc:
+            self._show_message(f"Could not export the image: {exc}")
+            return
+        self._show_message(f"Exported to {written}")
+
+    def delete_selection(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        entry = self.model.entry(row)
+        answer = QMessageBox.question(
+            self, "Delete Image",
+            f"Delete this image and its file?\n\n{entry.image_path.name}\n\nThis cannot be undone.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        try:
+            self.model.delete(row)
+        except HistoryError as exc:
+            self._show_message(str(exc))
+            return
+        self.entry_deleted.emit(entry.id)
+        self._update_count()
+        if self.model.rowCount():
+            self.select_row(min(row, self.model.rowCount() - 1))
+        else:
+            self._show_selection()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _refresh_models(self) -> None:
+        current = self.model_filter.currentText()
+        self.model_filter.clear()
+        self.model_filter.addItem(ALL_MODELS)
+        self.model_filter.addItems(self.model.store.models())
+        found = self.model_filter.findText(current)
+        self.model_filter.setCurrentIndex(max(0, found))
+
+    def _after_reset(self) -> None:
+        self._update_count()
+        if self.model.canFetchMore():
+            self.model.fetchMore()
+        if self.model.rowCount():
+            self.select_row(0)
+        self._show_selection()
+
+    def _update_count(self) -> None:
+        total = self.model.total
+        self.count_label.setText(f"{total:,} image{'s' if total != 1 else ''}")
+        filtered = self.current_query() != HistoryQuery()
+        self.grid.setVisible(total > 0)
+        self.empty_label.setVisible(total == 0)
+        self.empty_label.setText(
+            "No images match the search and filters." if filtered
+            else "No images yet: everything you generate is kept here."
+        )
+
+    def _selection_changed(self, selected: QItemSelection, deselected: QItemSelection) -> None:
+        self._show_selection()
+
+    def _show_selection(self) -> None:
+        entry = self.selected_entry()
+        for action in self.actions_by_name.values():
+            action.setEnabled(entry is not None)
+        if entry is None:
+            self.details.clear()
+            self.preview.clear()
+            return
+        self.details.setHtml(details_html(entry))
+        self.actions_by_name["favourite"].setText("Unfavourite" if entry.favourite else "Favourite")
+        self.preview.setPixmap(_load_preview(entry.image_path))
+
+    def _context_menu(self, position: QPoint) -> None:
+        index: QModelIndex = self.grid.indexAt(position)
+        if not index.isValid():
+            return
+        self.select_row(index.row())
+        menu = QMenu(self)
+        for name in ("reuse", "seed", "source", "favourite", None, "open", "reveal", "export", None, "delete"):
+            if name is None:
+                menu.addSeparator()
+            else:
+                menu.addAction(self.actions_by_name[name])
+        menu.popup(self.grid.viewport().mapToGlobal(position))
+
+    def _show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.show()
+
+
+def _load_preview(path: Path) -> QPixmap:
+    """The image scaled to fit the details pane, decoded at that size (cheap for large images)."""
+    reader = QImageReader(str(path))
+    size = reader.size()
+    if size.isValid():
+        reader.setScaledSize(size.scaled(QSize(PREVIEW_SIDE, PREVIEW_SIDE), Qt.AspectRatioMode.KeepAspectRatio))
+    image = reader.read()
+    return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
