@@ -45,7 +45,6 @@ from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
 from mlx_sd.infotext import request_from_infotext
 from mlx_sd.request import GenerationRequest
 
-from . import result_view
 from .history_model import HistoryListModel
 from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
 
@@ -151,7 +150,9 @@ def open_path(path: Path) -> None:
 
 
 def reveal_path(path: Path) -> None:
-    result_view.reveal(path)
+    from .result_view import reveal  # the window's helper, so results and history reveal alike
+
+    reveal(path)
 
 
 # -- the widget ------------------------------------------------------------------------------
