@@ -56,7 +56,7 @@ def fetch(repo_id: str, revision: str | None, variant: str | None, cache_dir: Pa
         raise ConversionError(f"{where}: no such revision") from None
     except LocalEntryNotFoundError:
         raise ConversionError(
-            f"{where} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"{where} is not (completely) in the local Hugging Face cache and the Hub cannot be reached "
             "(HF_HUB_OFFLINE is set or the network is down); connect and try again"
         ) from None
     path = Path(folder)
