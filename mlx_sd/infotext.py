@@ -21,6 +21,7 @@ from pathlib import PurePath
 from . import __version__
 from .config import ModelConfig
 from .request import GenerationRequest
+from .samplers import split_sampler_name
 
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
@@ -29,22 +30,6 @@ MODEL_HASH_LENGTH = 10
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMS = 3
-
-# A1111's schedule labels, names and aliases (modules/sd_schedulers.py): older infotexts append one
-# to the sampler name ("DPM++ 2M Karras") instead of writing `Schedule type`.
-SCHEDULE_SUFFIXES = {
-    "Uniform": "Uniform", "uniform": "Uniform",
-    "Karras": "Karras", "karras": "Karras",
-    "Exponential": "Exponential", "exponential": "Exponential",
-    "Polyexponential": "Polyexponential", "polyexponential": "Polyexponential",
-    "SGM Uniform": "SGM Uniform", "sgm_uniform": "SGM Uniform", "SGMUniform": "SGM Uniform",
-    "KL Optimal": "KL Optimal", "kl_optimal": "KL Optimal",
-    "Align Your Steps": "Align Your Steps", "align_your_steps": "Align Your Steps",
-    "Simple": "Simple", "simple": "Simple",
-    "Normal": "Normal", "normal": "Normal",
-    "DDIM": "DDIM", "ddim": "DDIM",
-    "Beta": "Beta", "beta": "Beta",
-}
 
 
 def quote(value: object) -> str:
@@ -150,16 +135,6 @@ def parse_infotext(text: str) -> Infotext:
     return Infotext(prompt, negative, params)
 
 
-def split_sampler_name(name: str) -> tuple[str, str | None]:
-    """Split an older combined sampler name: "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras").
-
-    Returns (name, None) when the name carries no schedule."""
-    for suffix in sorted(SCHEDULE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(" " + suffix.lower()) and len(name) > len(suffix) + 1:
-            return name[: -len(suffix) - 1].rstrip(), SCHEDULE_SUFFIXES[suffix]
-    return name, None
-
-
 def _convert(value: str | None, kind: type) -> int | float | None:
     if value is None:
         return None
@@ -206,8 +181,9 @@ def request_from_infotext(
             changes["clip_skip"] = 1
         changes["schedule"] = params.get("Schedule type", "Automatic").strip()
     if params.get("Sampler", "").strip():
-        sampler, named_schedule = split_sampler_name(params["Sampler"].strip())
+        # Older infotexts combine the two ("DPM++ 2M Karras"); the schedule in the name wins.
+        sampler, named_schedule = split_sampler_name(params["Sampler"])
         changes["sampler"] = sampler
-        if named_schedule:
+        if named_schedule != "Automatic":
             changes["schedule"] = named_schedule
     return dataclasses.replace(base, **changes)

@@ -14,7 +14,6 @@ from mlx_sd.infotext import (
     parse_infotext,
     quote,
     request_from_infotext,
-    split_sampler_name,
 )
 from mlx_sd.request import GenerationRequest
 
@@ -164,20 +163,20 @@ def test_old_combined_sampler_name_and_missing_schedule_type():
 
 
 @pytest.mark.parametrize(
-    "name, expected",
+    "sampler_field, expected",
     [
-        ("DPM++ 2M Karras", ("DPM++ 2M", "Karras")),
-        ("DPM++ 2M SDE Exponential", ("DPM++ 2M SDE", "Exponential")),
-        ("DPM++ SDE karras", ("DPM++ SDE", "Karras")),
-        ("Euler SGM Uniform", ("Euler", "SGM Uniform")),
-        ("Euler a", ("Euler a", None)),
-        ("DDIM", ("DDIM", None)),
-        ("Karras", ("Karras", None)),
-        ("LCM", ("LCM", None)),
+        ("Sampler: DPM++ 2M Karras, Schedule type: Exponential", ("DPM++ 2M", "Karras")),  # the name wins
+        ("Sampler: DPM++ 2M SDE Exponential", ("DPM++ 2M SDE", "Exponential")),
+        ("Sampler: dpm++ sde karras", ("DPM++ SDE", "Karras")),
+        ("Sampler: Euler SGM Uniform", ("Euler", "SGM Uniform")),
+        ("Sampler: Euler a", ("Euler a", "Automatic")),
+        ("Sampler: DDIM, Schedule type: Uniform", ("DDIM", "Uniform")),
+        ("Sampler: UniPC, Schedule type: Karras", ("UniPC", "Karras")),  # unknown names are kept
     ],
 )
-def test_split_sampler_name(name, expected):
-    assert split_sampler_name(name) == expected
+def test_sampler_and_schedule_names(sampler_field, expected):
+    request = request_from_infotext(f"p\nSteps: 20, {sampler_field}, Seed: 1", GenerationRequest(schedule="Simple"))
+    assert (request.sampler, request.schedule) == expected
 
 
 def test_text_without_parameter_line_is_all_prompt_and_keeps_base():
