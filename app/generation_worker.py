@@ -1,0 +1,380 @@
+"""Generation off the UI thread: a worker QObject living in its own QThread.
+
+The worker loads the model (kept loaded between runs), calls `Pipeline.generate`, records every
+finished image in the history store and reports back with signals; the UI thread never runs a model.
+Cancelling sets a flag that the pipeline polls before every step, so a run stops within one step and
+records nothing. `GenerationController` owns the thread and is what the window talks to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from PIL import Image
+from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
+from PySide6.QtGui import QImage
+
+from mlx_sd.model_format import ModelFolderError, WeightsError
+from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
+from mlx_sd.samplers import Cancelled
+
+from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
+from .result_view import pil_to_qimage
+
+# Fields of a request that are images or arrays: the history keeps the rest as JSON.
+_NOT_RECORDED = ("init_image", "mask", "latents")
+
+
+class PipelineLike(Protocol):
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult: ...
+
+
+Loader = Callable[[Path, str], PipelineLike]
+
+
+def load_pipeline(folder: Path, device: str) -> PipelineLike:
+    """Load a model folder for `device` ("gpu" or "cpu"); the CPU is used when MLX has no GPU."""
+    import mlx.core as mx
+
+    from mlx_sd.device import gpu_available
+    from mlx_sd.pipeline import Pipeline
+
+    mx.set_default_device(mx.gpu if device == "gpu" and gpu_available() else mx.cpu)
+    return Pipeline.load(folder)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    request: GenerationRequest
+    model_folder: Path
+    model_name: str  # what the history records as the model
+    job_id: int = 0
+    device: str = "gpu"
+    preview_every: int = 1  # send a live preview every N steps, 0 = never
+
+
+@dataclass(frozen=True)
+class StepReport:
+    job_id: int
+    step: int  # within the current batch, 1-based
+    total: int
+    batch_index: int  # 0-based
+    batch_count: int
+    done: int  # steps done over the whole run
+    overall: int  # steps of the whole run
+    seconds_left: float | None
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    """An error as the window shows it: a short title and a sentence or two of detail."""
+
+    title: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: GenerationJob
+    result: GenerationResult
+    entries: list[HistoryEntry]  # one per recorded image, in order
+    record_error: UserMessage | None = None  # the images exist but could not all be recorded
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left" in str(exc) or "database or disk is full" in str(exc):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("allocate" in text or "out of memory" in text)
+
+
+def describe_error(exc: BaseException) -> UserMessage:
+    """What went wrong, in words a user can act on."""
+    if isinstance(exc, RequestError):
+        return UserMessage("These settings cannot be generated", f"{exc}.")
+    if isinstance(exc, (ModelFolderError, WeightsError)):
+        return UserMessage(
+            "The model could not be loaded",
+            f"{exc}. Convert the checkpoint again or choose another model.",
+        )
+    if _is_out_of_memory(exc):
+        return UserMessage(
+            "Out of memory",
+            f"{exc}. Try a smaller size or batch, or turn on low-memory mode in Settings.",
+        )
+    if _is_disk_full(exc):
+        return UserMessage("The disk is full", f"{exc}. Free some space or move the library in Settings.")
+    if isinstance(exc, HistoryError):
+        return UserMessage("The image could not be recorded in the history", f"{exc}.")
+    if isinstance(exc, OSError):
+        return UserMessage("A file could not be read or written", f"{exc}.")
+    return UserMessage("Generation failed", f"{type(exc).__name__}: {exc}")
+
+
+def request_params(request: GenerationRequest) -> dict[str, Any]:
+    """The request as JSON-ready values for the history (images and arrays left out)."""
+    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in _NOT_RECORDED}
+    params["img2img"] = request.init_image is not None
+    return params
+
+
+def fit_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The img2img source at the request's size (RGB); the engine expects them to match."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+class ProgressClock:
+    """Time left, from the average time per step so far over the whole run."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._start = clock()
+
+    def seconds_left(self, done: int, overall: int) -> float | None:
+        if done <= 0:
+            return None
+        return (self._clock() - self._start) / done * max(0, overall - done)
+
+
+class GenerationWorker(QObject):
+    """Lives in the generation thread; call `run` through a queued signal, `cancel` from anywhere."""
+
+    status = Signal(str)
+    progressed = Signal(object)  # StepReport
+    preview = Signal(int, QImage)  # job id, preview image
+    finished = Signal(object)  # JobResult
+    failed = Signal(int, object)  # job id, UserMessage
+    cancelled = Signal(int)  # job id
+
+    def __init__(self, library: Path | None, loader: Loader = load_pipeline):
+        super().__init__()
+        self._library = library
+        self._loader = loader
+        self._abort = threading.Event()
+        self._pipeline: PipelineLike | None = None
+        self._pipeline_key: tuple[str, str, float] | None = None
+        self._store: HistoryStore | None = None
+
+    # -- called from the UI thread ----------------------------------------------------------
+
+    def cancel(self) -> None:
+        self._abort.set()
+
+    def reset_abort(self) -> None:
+        self._abort.clear()
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    @Slot(object)
+    def run(self, job: GenerationJob) -> None:
+        try:
+            if self._abort.is_set():
+                raise Cancelled("cancelled before the model was loaded")
+            pipeline = self._pipeline_for(job)
+            request = job.request
+            if request.init_image is not None:
+                request = dataclasses.replace(
+                    request, init_image=fit_init_image(request.init_image, request.width, request.height)
+                )
+            self.status.emit("Generating…")
+            clock = ProgressClock()
+            result = pipeline.generate(
+                request, on_progress=lambda p: self._on_progress(job, p, clock), cancel=self._abort.is_set
+            )
+            if self._abort.is_set():  # the last step finished as Cancel was pressed: still record nothing
+                raise Cancelled("cancelled after the last step")
+        except Cancelled:
+            self.cancelled.emit(job.job_id)
+            return
+        except Exception as exc:  # every failure becomes a message in the window, never a crash
+            self.failed.emit(job.job_id, describe_error(exc))
+            return
+        self.status.emit("Saving…")
+        entries, record_error = self._record(job, result)
+        self.finished.emit(JobResult(job, result, entries, record_error))
+
+    def _pipeline_for(self, job: GenerationJob) -> PipelineLike:
+        folder = Path(job.model_folder)
+        config = folder / "model.json"
+        key = (str(folder.resolve()), job.device, config.stat().st_mtime if config.exists() else 0.0)
+        if self._pipeline is None or key != self._pipeline_key:
+            self._pipeline = self._pipeline_key = None  # free the old model before loading the next
+            self.status.emit(f"Loading {job.model_name}…")
+            self._pipeline = self._loader(folder, job.device)
+            self._pipeline_key = key
+        return self._pipeline
+
+    def _on_progress(self, job: GenerationJob, progress: Progress, clock: ProgressClock) -> None:
+        done = progress.batch_index * progress.total + progress.step
+        overall = progress.total * progress.batch_count
+        self.progressed.emit(
+            StepReport(
+                job.job_id, progress.step, progress.total, progress.batch_index, progress.batch_count,
+                done, overall, clock.seconds_left(done, overall),
+            )
+        )
+        every = job.preview_every
+        if progress.preview is not None and every > 0 and (progress.step % every == 0 or progress.step == progress.total):
+            self.preview.emit(job.job_id, pil_to_qimage(progress.preview))
+
+    def _record(self, job: GenerationJob, result: GenerationResult) -> tuple[list[HistoryEntry], UserMessage | None]:
+        if self._library is None:
+            return [], None
+        request = job.request
+        params = request_params(request)
+        entries: list[HistoryEntry] = []
+        try:
+            if self._store is None:
+                self._store = HistoryStore(self._library)
+            for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
+                generation = Generation(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt, model=job.model_name,
+                    seed=seed, width=image.width, height=image.height, params={**params, "seed": seed},
+                    infotext=infotext,
+                )
+                entries.append(self._store.add(image, generation))
+        except (HistoryError, OSError) as exc:
+            return entries, describe_error(exc)
+        return entries, None
+
+    @Slot(object)
+    def set_library(self, library: Path | None) -> None:
+        self.close_store()
+        self._library = library
+
+    @Slot()
+    def close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @Slot()
+    def release(self) -> None:
+        """Forget the loaded model and close the history (before the thread ends)."""
+        self._pipeline = self._pipeline_key = None
+        self.close_store()
+
+
+class GenerationController(QObject):
+    """The UI thread's handle on the worker: starts jobs, cancels, shuts the thread down.
+
+    It relays the worker's signals as its own, emitted on the UI thread (connect to these: a plain
+    Python callable connected to the worker's signals would run in the worker thread)."""
+
+    status = Signal(str)
+    progressed = Signal(object)  # StepReport
+    preview = Signal(int, QImage)
+    finished = Signal(object)  # JobResult
+    failed = Signal(int, object)  # job id, UserMessage
+    cancelled = Signal(int)
+
+    _run = Signal(object)
+    _set_library = Signal(object)
+
+    def __init__(self, library: Path | None, loader: Loader = load_pipeline, parent: QObject | None = None):
+        super().__init__(parent)
+        self._thread = QThread()
+        self._thread.setObjectName("generation")
+        self.worker = GenerationWorker(library, loader)
+        self.worker.moveToThread(self._thread)
+        self._run.connect(self.worker.run)
+        self._set_library.connect(self.worker.set_library)
+        # runs in the worker thread as it ends, so the SQLite connection closes in its own thread
+        self._thread.finished.connect(self.worker.release, Qt.ConnectionType.DirectConnection)
+        self.worker.status.connect(self._on_status)
+        self.worker.progressed.connect(self._on_progressed)
+        self.worker.preview.connect(self._on_preview)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.failed.connect(self._on_failed)
+        self.worker.cancelled.connect(self._on_cancelled)
+        self._busy = False
+        self._next_id = 0
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def start(self, job: GenerationJob) -> GenerationJob:
+        """Queue `job` (its id is assigned here); raises RuntimeError while a job runs."""
+        if self._busy:
+            raise RuntimeError("a generation is already running; cancel it or wait for it to finish")
+        self._next_id += 1
+        job = dataclasses.replace(job, job_id=self._next_id)
+        self._busy = True
+        self.worker.reset_abort()
+        self._run.emit(job)
+        return job
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+    def set_library(self, library: Path | None) -> None:
+        self._set_library.emit(library)
+
+    def release_library(self) -> None:
+        """Cancel a run and close the worker's history connection; returns once it is closed (after
+        at most one sampling step, or a model load in progress)."""
+        self.worker.cancel()
+        QMetaObject.invokeMethod(self.worker, "close_store", Qt.ConnectionType.BlockingQueuedConnection)
+
+    # -- relays (UI thread); `busy` is False before anyone hears that a job ended ----------------
+
+    @Slot(str)
+    def _on_status(self, text: str) -> None:
+        self.status.emit(text)
+
+    @Slot(object)
+    def _on_progressed(self, report: StepReport) -> None:
+        self.progressed.emit(report)
+
+    @Slot(int, QImage)
+    def _on_preview(self, job_id: int, image: QImage) -> None:
+        self.preview.emit(job_id, image)
+
+    @Slot(object)
+    def _on_finished(self, result: JobResult) -> None:
+        self._busy = False
+        self.finished.emit(result)
+
+    @Slot(int, object)
+    def _on_failed(self, job_id: int, message: UserMessage) -> None:
+        self._busy = False
+        self.failed.emit(job_id, message)
+
+    @Slot(int)
+    def _on_cancelled(self, job_id: int) -> None:
+        self._busy = False
+        self.cancelled.emit(job_id)
+
+    def shutdown(self) -> None:
+        """Cancel a running job and wait for the thread to end (at most about one step)."""
+        if not self._thread.isRunning():
+            return
+        self.worker.cancel()
+        self._thread.quit()
+        self._thread.wait()

@@ -1,0 +1,56 @@
+"""The desktop app's entry point: `mlx-sd-app` (a gui-script) and `python -m app`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before anything loads mlx.core)
+
+from PySide6.QtCore import QStandardPaths
+from PySide6.QtWidgets import QApplication
+
+from .main_window import MainWindow
+from .settings import AppSettings, load_settings
+
+APP_NAME = "mlx-sd"
+SETTINGS_FILE = "settings.json"
+
+
+def settings_file() -> Path:
+    """Where the settings live: the platform's config folder (call after the QApplication exists)."""
+    folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
+    return Path(folder) / SETTINGS_FILE
+
+
+def default_library() -> Path:
+    """The library folder when the user has not chosen one: the platform's app data folder."""
+    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation))
+
+
+def library_folder(settings: AppSettings) -> Path:
+    return Path(settings.library_folder).expanduser() if settings.library_folder else default_library()
+
+
+def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:
+    """The main window with everything plugged in."""
+    return MainWindow(settings, library_folder(settings), settings_path)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="mlx-sd-app", description="Stable Diffusion on your Mac, with MLX.")
+    return parser.parse_known_args(argv)  # the rest goes to Qt (-platform, -style, ...)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    _, qt_args = parse_args(argv[1:])
+    app = QApplication([argv[0] if argv else APP_NAME, *qt_args])
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    app.setApplicationDisplayName(APP_NAME)
+    path = settings_file()
+    window = build_window(load_settings(path), path)
+    window.show()
+    return app.exec()

@@ -1,0 +1,519 @@
+"""The main window: prompt and parameters on the left, the result on the right, generation on a
+worker thread, drag and drop anywhere.
+
+Where the rest of the app plugs in (the history browser, model manager and settings dialog):
+- `menu(title)` gives a top-level menu ("File", "Edit", "View", "Models") to add actions to;
+- `add_panel(title, widget)` docks a panel (the history browser) and lists it under View;
+- `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
+- `refresh_models(select)` after a model was imported, renamed or deleted;
+- `apply_settings(settings)` after the settings dialog; `release_library()` before moving the library;
+- `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
+- `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mlx_sd.infotext import parse_infotext, request_from_infotext
+from mlx_sd.request import GenerationRequest, RequestError
+
+from .drop_handler import DropFilter, DropItem, DropKind, classify_file, classify_mime
+from .generation_worker import (
+    GenerationController,
+    GenerationJob,
+    JobResult,
+    Loader,
+    StepReport,
+    UserMessage,
+    describe_error,
+    load_pipeline,
+)
+from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
+from .model_picker import DEMO_TEXT, NO_MODEL_TEXT, ModelPicker
+from .parameters_panel import ParametersPanel
+from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
+from .prompt_panel import PromptPanel
+from .result_view import MessageBar, ResultItem, ResultView, qimage_to_pil
+from .settings import AppSettings, save_settings
+
+READY_TEXT = "Your images appear here. Write a prompt and press Generate (Ctrl+Enter)."
+# the request fields a history entry or an infotext brings back (batch settings stay the user's)
+RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength")
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def progress_text(report: StepReport) -> str:
+    text = f"Step {report.step}/{report.total}"
+    if report.batch_count > 1:
+        text += f" · run {report.batch_index + 1}/{report.batch_count}"
+    if report.seconds_left is not None:
+        text += f" · {format_seconds(report.seconds_left)} left"
+    return text
+
+
+class MainWindow(QMainWindow):
+    imageRecorded = Signal(object)  # HistoryEntry
+
+    def __init__(
+        self,
+        settings: AppSettings,
+        library: Path,
+        settings_path: Path | None = None,
+        *,
+        loader: Loader = load_pipeline,
+        demo_folder: Path | None = DEMO_FOLDER,
+    ):
+        super().__init__()
+        self.setWindowTitle("mlx-sd")
+        self.settings = settings
+        self.library = Path(library)
+        self._settings_path = settings_path
+        self._demo_folder = demo_folder
+        self._checkpoint_importer: Callable[[Path], None] | None = None
+        self._job: GenerationJob | None = None
+        self._started = 0.0
+        self._menus: dict[str, QMenu] = {}
+
+        self.controller = GenerationController(self.library, loader, self)
+        self.controller.status.connect(self._on_status)
+        self.controller.progressed.connect(self._on_progress)
+        self.controller.preview.connect(self._on_preview)
+        self.controller.finished.connect(self._on_finished)
+        self.controller.failed.connect(self._on_failed)
+        self.controller.cancelled.connect(self._on_cancelled)
+
+        self.picker = ModelPicker(ModelLibrary(self.library, demo_folder))
+        self.prompt_panel = PromptPanel()
+        self.parameters = ParametersPanel()
+        self.result_view = ResultView()
+        self.message_bar = MessageBar()
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.setToolTip("Generate (Ctrl+Enter)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the current step; nothing is saved (Esc)")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
+        self.progress_label = QLabel(" ")
+        self._build_layout()
+        self._build_menus()
+        self._connect()
+        self._set_busy(False)
+
+        self.drop_filter = DropFilter(self)
+        self.drop_filter.dropped.connect(self.handle_drop)
+        self.setAcceptDrops(True)
+        self.installEventFilter(self.drop_filter)
+        for child in self.findChildren(QWidget):  # widgets that take drops themselves (text boxes)
+            if child.acceptDrops():
+                child.installEventFilter(self.drop_filter)
+
+        self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
+        self.result_view.output_format = settings.output_format
+        self._refresh_presets()
+        self.refresh_models(settings.default_model or None)
+        self.resize(1200, 800)
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def _build_layout(self) -> None:
+        model_row = QHBoxLayout()
+        model_row.addWidget(QLabel("Model"))
+        model_row.addWidget(self.picker, 1)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.generate_button, 1)
+        buttons.addWidget(self.cancel_button)
+        side = QWidget()
+        column = QVBoxLayout(side)
+        column.addLayout(model_row)
+        column.addWidget(self.prompt_panel)
+        column.addLayout(buttons)
+        column.addWidget(self.progress)
+        column.addWidget(self.progress_label)
+        column.addWidget(self.parameters)
+        scroll = QScrollArea()
+        scroll.setWidget(side)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(380)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        main = QWidget()
+        main_layout = QVBoxLayout(main)
+        main_layout.addWidget(self.message_bar)
+        main_layout.addWidget(self.result_view, 1)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(scroll)
+        splitter.addWidget(main)
+        splitter.setStretchFactor(1, 1)
+        self.setCentralWidget(splitter)
+        self.statusBar()
+
+    def _build_menus(self) -> None:
+        def action(menu: str, text: str, slot: Callable[[], object], *keys: QKeySequence | str) -> QAction:
+            item = QAction(text, self)
+            if keys:
+                item.setShortcuts([QKeySequence(k) for k in keys])
+            item.triggered.connect(lambda _=False: slot())
+            self.menu(menu).addAction(item)
+            return item
+
+        self.generate_action = action("File", "Generate", self.generate, "Ctrl+Return", "Ctrl+Enter")
+        self.cancel_action = action("File", "Cancel Generation", self.cancel, "Esc")
+        self.menu("File").addSeparator()
+        self.save_action = action("File", "Save Image As…", self.result_view.save_current_as, QKeySequence.StandardKey.Save)
+        self.reveal_action = action("File", "Show Image in Folder", self.result_view.reveal_current)
+        self.menu("File").addSeparator()
+        action("File", "Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.copy_action = action("Edit", "Copy Image", self.result_view.copy_current)
+        self.paste_action = action("Edit", "Paste Image as Source", self.paste_from_clipboard, QKeySequence.StandardKey.Paste)
+        action("Edit", "Clear Source Image", self.parameters.init_image.clear)
+        self.menu("View")
+        action("Models", "Import Checkpoint…", self.choose_checkpoint)
+
+    def menu(self, title: str) -> QMenu:
+        """The top-level menu called `title`, created on first use."""
+        if title not in self._menus:
+            self._menus[title] = self.menuBar().addMenu(title)
+        return self._menus[title]
+
+    def add_panel(self, title: str, widget: QWidget, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
+        """Dock a panel (e.g. the history browser) and list it under View."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        self.menu("View").addAction(dock.toggleViewAction())
+        return dock
+
+    def _connect(self) -> None:
+        self.generate_button.clicked.connect(self.generate)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.prompt_panel.generateRequested.connect(self.generate)
+        self.prompt_panel.imagePasted.connect(lambda image: self.set_init_image(qimage_to_pil(image), "the pasted image"))
+        self.prompt_panel.affixesChanged.connect(self._save_affixes)
+        self.parameters.init_image.pasteRequested.connect(self.paste_from_clipboard)
+        self.parameters.presetSaveRequested.connect(self.save_preset)
+        self.parameters.presetDeleteRequested.connect(self.delete_preset)
+        self.picker.modelChanged.connect(self._on_model_changed)
+        self.result_view.error.connect(lambda title, detail: self.show_error(title, detail))
+        self.result_view.info.connect(lambda text: self.statusBar().showMessage(text, 5000))
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def show_error(self, title: str, detail: str = "") -> None:
+        self.message_bar.show_message(title, detail, "error")
+
+    def show_info(self, title: str, detail: str = "", actions: list[tuple[str, Callable[[], None]]] | None = None) -> None:
+        self.message_bar.show_message(title, detail, "info", actions)
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def refresh_models(self, select: str | None = None) -> None:
+        self.picker.refresh(select)
+
+    def _on_model_changed(self, model: ModelInfo | None) -> None:
+        if model is not None:
+            self.parameters.set_native_size(model.native_size)
+        if self.picker.has_own_models():
+            self.result_view.canvas.set_placeholder(READY_TEXT)
+        else:
+            demo = any(m.bundled for m in self.picker.models())
+            self.result_view.canvas.set_placeholder(NO_MODEL_TEXT + (" " + DEMO_TEXT if demo else ""))
+        self.generate_button.setEnabled(model is not None and not self.controller.busy)
+
+    def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
+        """Dropped and chosen checkpoints go to `importer(path)` (the model manager's import)."""
+        self._checkpoint_importer = importer
+
+    def import_checkpoint(self, path: Path) -> None:
+        if self._checkpoint_importer is None:
+            self.show_error(
+                "Importing checkpoints is not available in this window",
+                f"Convert {path.name} in a terminal with `mlx-sd convert \"{path}\" "
+                f"\"{self.library / 'models' / path.stem}\"`, then it appears in the model list.",
+            )
+            return
+        self._checkpoint_importer(path)
+
+    def choose_checkpoint(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(self, "Import Checkpoint", str(Path.home()), "Checkpoints (*.safetensors)")
+        if name:
+            self.import_checkpoint(Path(name))
+
+    # -- settings and presets ---------------------------------------------------------------------
+
+    def apply_settings(self, settings: AppSettings) -> None:
+        """New settings (from the settings dialog): prefix/suffix, output format, library folder."""
+        self.settings = settings
+        self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
+        self.result_view.output_format = settings.output_format
+        self._refresh_presets()
+
+    def set_library(self, library: Path) -> None:
+        """Use another library folder (after the settings dialog moved it)."""
+        self.library = Path(library)
+        self.controller.set_library(self.library)
+        self.picker.set_library(ModelLibrary(self.library, self._demo_folder))
+
+    def release_library(self) -> None:
+        """Stop any run and close the worker's history connection, before the library folder moves."""
+        self.controller.release_library()
+
+    def _persist(self) -> None:
+        if self._settings_path is not None:
+            try:
+                save_settings(self.settings, self._settings_path)
+            except OSError as exc:
+                self.show_error("The settings could not be saved", str(exc))
+
+    def _save_affixes(self, prefix: str, suffix: str) -> None:
+        if (prefix, suffix) != (self.settings.prompt_prefix, self.settings.prompt_suffix):
+            self.settings = dataclasses.replace(self.settings, prompt_prefix=prefix, prompt_suffix=suffix)
+            self._persist()
+
+    def _refresh_presets(self) -> None:
+        self.parameters.set_presets(all_presets(self.settings), [p.name for p in self.settings.user_presets])
+
+    def save_preset(self, name: str) -> None:
+        try:
+            preset = make_preset(name, self.parameters.preset_values())
+        except PresetError as exc:
+            self.show_error("The preset was not saved", str(exc))
+            return
+        self.settings = with_user_preset(self.settings, preset)
+        self._persist()
+        self._refresh_presets()
+        self.parameters.preset_combo.setCurrentText(preset.name)
+        self.statusBar().showMessage(f"Saved the preset {preset.name}", 5000)
+
+    def delete_preset(self, name: str) -> None:
+        self.settings = without_user_preset(self.settings, name)
+        self._persist()
+        self._refresh_presets()
+
+    # -- generating -------------------------------------------------------------------------------
+
+    def build_request(self) -> GenerationRequest:
+        """The request the current widgets describe (not yet validated)."""
+        values = self.parameters.values()
+        return GenerationRequest(
+            prompt=self.prompt_panel.full_prompt(),
+            negative_prompt=self.prompt_panel.negative_prompt(),
+            init_image=self.parameters.init_image.image(),
+            low_memory=self.settings.low_memory,
+            **values,
+        )
+
+    def generate(self) -> GenerationJob | None:
+        """Start a generation on the worker thread; returns the job, or None when it cannot start."""
+        if self.controller.busy:
+            return None
+        model = self.picker.current()
+        if model is None:
+            self.show_error("There is no model to generate with", NO_MODEL_TEXT)
+            return None
+        request = self.build_request()
+        try:
+            request.validate()
+        except RequestError as exc:
+            message = describe_error(exc)
+            self.show_error(message.title, message.detail)
+            return None
+        if self.message_bar.kind == "error":
+            self.message_bar.dismiss()
+        self._job = self.controller.start(
+            GenerationJob(
+                request, model.path, model.name,
+                device=self.settings.compute_device, preview_every=self.settings.preview_every,
+            )
+        )
+        self._started = time.monotonic()
+        self.progress.setRange(0, 0)  # busy until the first step reports
+        self.progress_label.setText("Starting…")
+        self._set_busy(True)
+        return self._job
+
+    def cancel(self) -> None:
+        if self.controller.busy:
+            self.controller.cancel()
+            self.cancel_button.setEnabled(False)
+            self.progress_label.setText("Cancelling…")
+
+    def is_generating(self) -> bool:
+        return self.controller.busy
+
+    def _set_busy(self, busy: bool) -> None:
+        self.generate_button.setEnabled(not busy and self.picker.current() is not None)
+        self.generate_action.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.cancel_action.setEnabled(busy)
+        self.progress.setVisible(busy)
+        if not busy:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+
+    def _current(self, job_id: int) -> bool:
+        return self._job is not None and self._job.job_id == job_id
+
+    @Slot(str)
+    def _on_status(self, text: str) -> None:
+        self.progress_label.setText(text)
+
+    @Slot(object)
+    def _on_progress(self, report: StepReport) -> None:
+        if not self._current(report.job_id):
+            return
+        self.progress.setRange(0, report.overall)
+        self.progress.setValue(report.done)
+        self.progress_label.setText(progress_text(report))
+
+    @Slot(int, QImage)
+    def _on_preview(self, job_id: int, image: QImage) -> None:
+        if self._current(job_id) and self._job is not None:
+            self.result_view.show_preview(image, QSize(self._job.request.width, self._job.request.height))
+
+    @Slot(object)
+    def _on_finished(self, outcome: JobResult) -> None:
+        if not self._current(outcome.job.job_id):
+            return
+        result = outcome.result
+        paths = [entry.image_path for entry in outcome.entries]
+        items = [
+            ResultItem(image, seed, infotext, paths[i] if i < len(paths) else None)
+            for i, (image, seed, infotext) in enumerate(zip(result.images, result.seeds, result.infotexts))
+        ]
+        self.result_view.set_results(items)
+        if result.seeds:
+            self.parameters.seed.set_last_seed(result.seeds[0])
+        self._set_busy(False)
+        seconds = time.monotonic() - self._started
+        count = len(items)
+        self.progress_label.setText(f"{count} image{'s' if count != 1 else ''} in {format_seconds(seconds)}")
+        if outcome.record_error is not None:
+            self.show_error(outcome.record_error.title, outcome.record_error.detail)
+        for entry in outcome.entries:
+            self.imageRecorded.emit(entry)
+
+    @Slot(int, object)
+    def _on_failed(self, job_id: int, message: UserMessage) -> None:
+        if not self._current(job_id):
+            return
+        self._set_busy(False)
+        self.result_view.end_preview()
+        self.progress_label.setText("Failed")
+        self.show_error(message.title, message.detail)
+
+    @Slot(int)
+    def _on_cancelled(self, job_id: int) -> None:
+        if not self._current(job_id):
+            return
+        self._set_busy(False)
+        self.result_view.end_preview()
+        self.progress_label.setText("Cancelled; nothing was saved")
+
+    # -- sources and restoring --------------------------------------------------------------------
+
+    def set_init_image(self, image: Image.Image, name: str = "the image") -> None:
+        """Start from `image`; the size follows its shape at the model's native resolution."""
+        self.parameters.init_image.set_image(image)
+        width, height = snap_size(image.width / image.height, self.parameters.native_size())
+        self.parameters.set_size(width, height)
+        self.statusBar().showMessage(f"Starting from {name} ({image.width} x {image.height})", 5000)
+
+    def use_image_file_as_source(self, path: str | Path) -> None:
+        item = classify_file(Path(path))
+        if item.image is None:
+            self.show_error("The image cannot be used as a source", item.message)
+            return
+        self.set_init_image(item.image, item.name)
+
+    def restore_parameters(self, infotext: str, source: str = "the image") -> list[str]:
+        """Fill the window from an A1111 infotext; returns notes on what could not be restored."""
+        info = parse_infotext(infotext)
+        request = request_from_infotext(info, self.build_request())
+        notes = self.reuse_request(request, info.params.get("Model"))
+        self.show_info(f"Parameters restored from {source}", "; ".join(notes).capitalize() + ("." if notes else ""))
+        return notes
+
+    def reuse_request(self, request: GenerationRequest, model: str | None = None) -> list[str]:
+        """Put a request's prompts and parameters into the window (and select its model when present)."""
+        notes: list[str] = []
+        if model:
+            found = next((m for m in self.picker.models() if m.name == model), None) or self.picker.find_by_source(model)
+            if found is None:
+                notes.append(f"the model {model!r} is not installed, kept {self.picker.current().name if self.picker.current() else 'none'}")
+            else:
+                self.picker.select(found.name)
+        self.prompt_panel.set_prompts(request.prompt, request.negative_prompt)
+        notes += self.parameters.set_values({key: getattr(request, key) for key in RESTORED_FIELDS})
+        return notes
+
+    def reuse_seed(self, seed: int) -> None:
+        self.parameters.seed.set_seed(seed)
+
+    # -- drops and paste ----------------------------------------------------------------------------
+
+    @Slot(object)
+    def handle_drop(self, item: DropItem) -> None:
+        if item.kind is DropKind.IMAGE and item.image is not None:
+            self.set_init_image(item.image, item.name)
+        elif item.kind is DropKind.PARAMETERS and item.image is not None and item.infotext is not None:
+            image, infotext, name = item.image, item.infotext, item.name
+            self.show_info(
+                f"{name} carries generation parameters",
+                "Restore its prompt and settings, or start from the image itself?",
+                [
+                    ("Restore Parameters", lambda: self.restore_parameters(infotext, name)),
+                    ("Use as Source Image", lambda: self.set_init_image(image, name)),
+                ],
+            )
+        elif item.kind is DropKind.CHECKPOINT and item.path is not None:
+            self.import_checkpoint(item.path)
+        else:
+            self.show_error("This cannot be used here", item.message)
+            return
+        if item.message:
+            self.statusBar().showMessage(item.message, 5000)
+
+    def paste_from_clipboard(self) -> None:
+        mime = QGuiApplication.clipboard().mimeData()
+        if mime is None or not (mime.hasImage() or mime.hasUrls()):
+            self.show_error("There is no image on the clipboard", "Copy an image or an image file, then paste again.")
+            return
+        self.handle_drop(classify_mime(mime))
+
+    # -- closing --------------------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.controller.shutdown()
+        super().closeEvent(event)
