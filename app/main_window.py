@@ -462,7 +462,8 @@ class MainWindow(QMainWindow):
         info = parse_infotext(infotext)
         request = request_from_infotext(info, self.build_request())
         notes = self.reuse_request(request, info.params.get("Model"))
-        self.show_info(f"Parameters restored from {source}", "; ".join(notes).capitalize() + ("." if notes else ""))
+        detail = "; ".join(notes)
+        self.show_info(f"Parameters restored from {source}", detail[:1].upper() + detail[1:] + ("." if notes else ""))
         return notes
 
     def reuse_request(self, request: GenerationRequest, model: str | None = None) -> list[str]:

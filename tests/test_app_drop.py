@@ -1,0 +1,281 @@
+"""Drag and drop anywhere on the window, and paste: images become the img2img source, images with
+parameters (ours or A1111's) offer to restore them, checkpoints go to the import, the rest is explained."""
+
+from pathlib import Path
+
+import mlx_sd  # noqa: F401
+
+import pytest
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import QApplication, QWidget
+
+from app.drop_handler import DropKind, accepts, classify_file, classify_mime
+from app.main_window import MainWindow
+from app.result_view import pil_to_qimage
+from app.settings import AppSettings
+from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, scripted_loader
+from mlx_sd.image_metadata import save_image
+from mlx_sd.infotext import format_infotext
+from mlx_sd.request import GenerationRequest
+
+pytestmark = QT_MARKS
+
+A1111_INFOTEXT = (
+    "a castle on a hill, (dramatic sky:1.2)\n"
+    "Negative prompt: lowres, blurry\n"
+    "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 3141592653, Size: 640x448, "
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: v1.10.1'
+)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    image = noise_image(1, 96, 64)
+    request = GenerationRequest(prompt="a red cube", negative_prompt="text", steps=9, seed=77, width=64, height=96,
+                                sampler="Euler a", cfg_scale=5.5)
+    found = {
+        "ours": save_image(image, tmp_path / "ours.png", format_infotext(request, 77)),
+        "a1111": save_image(image, tmp_path / "a1111.png", A1111_INFOTEXT),
+        "jpeg": save_image(image, tmp_path / "params.jpg", A1111_INFOTEXT),
+        "plain": save_image(image, tmp_path / "plain.png"),
+        "checkpoint": tmp_path / "model.safetensors",
+        "pickle": tmp_path / "model.ckpt",
+        "text": tmp_path / "notes.txt",
+        "damaged": tmp_path / "damaged.png",
+        "folder": tmp_path / "some folder",
+        "diffusers": tmp_path / "diffusers-model",
+    }
+    found["checkpoint"].write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    found["pickle"].write_bytes(b"PK\x03\x04")
+    found["text"].write_text("hello", encoding="utf-8")
+    found["damaged"].write_bytes(found["plain"].read_bytes()[:60])
+    found["folder"].mkdir()
+    found["diffusers"].mkdir()
+    (found["diffusers"] / "model_index.json").write_text("{}", encoding="utf-8")
+    return found
+
+
+# -- classifying ----------------------------------------------------------------------------------
+
+
+def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
+    ours = classify_file(files["ours"])
+    assert ours.kind is DropKind.PARAMETERS and "Seed: 77" in ours.infotext and ours.image.size == (96, 64)
+    assert classify_file(files["a1111"]).kind is DropKind.PARAMETERS
+    assert classify_file(files["jpeg"]).infotext == A1111_INFOTEXT  # EXIF UserComment
+    plain = classify_file(files["plain"])
+    assert plain.kind is DropKind.IMAGE and plain.infotext is None
+    assert classify_file(files["checkpoint"]).kind is DropKind.CHECKPOINT
+    assert classify_file(files["diffusers"]).kind is DropKind.CHECKPOINT
+    expected = {
+        "pickle": "pickle checkpoint",
+        "text": "notes.txt is not an image or a checkpoint",
+        "damaged": "damaged.png could not be read as an image",
+        "folder": "some folder is a folder",
+    }
+    for key, text in expected.items():
+        item = classify_file(files[key])
+        assert item.kind is DropKind.UNSUPPORTED and text in item.message, key
+    missing = classify_file(tmp_path / "gone.png")
+    assert missing.kind is DropKind.UNSUPPORTED and "does not exist" in missing.message
+
+
+def test_classify_mime() -> None:
+    mime = QMimeData()
+    mime.setImageData(pil_to_qimage(noise_image(2, 20, 10)))
+    item = classify_mime(mime)
+    assert item.kind is DropKind.IMAGE and item.image.size == (20, 10)
+    web = QMimeData()
+    web.setUrls([QUrl("https://example.com/cat.png")])
+    assert "not a file on this computer" in classify_mime(web).message
+    text = QMimeData()
+    text.setText("just words")
+    assert not accepts(text)  # left to the text boxes
+    assert classify_mime(text).kind is DropKind.UNSUPPORTED
+
+
+# -- on the window --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path) -> MainWindow:
+    library = tmp_path / "library"
+    fake_model_folder(library / "models" / "tiny", native=512)
+    fake_model_folder(library / "models" / "v1-5-pruned-emaonly", native=512)
+    win = MainWindow(AppSettings(), library, None, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    win.picker.select("tiny")
+    return win
+
+
+def drop(target: QWidget, mime: QMimeData) -> bool:
+    """Drag `mime` onto `target` and drop it, as Qt delivers a real drag; returns whether it was taken."""
+    point = QPointF(target.width() / 2, target.height() / 2)
+    actions = Qt.DropAction.CopyAction
+    buttons, modifiers = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    enter = QDragEnterEvent(point, actions, mime, buttons, modifiers)
+    QApplication.sendEvent(target, enter)
+    if not enter.isAccepted():
+        return False
+    event = QDropEvent(point, actions, mime, buttons, modifiers)
+    QApplication.sendEvent(target, event)
+    return event.isAccepted()
+
+
+def file_mime(*paths: Path) -> QMimeData:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    return mime
+
+
+def targets(window: MainWindow) -> list[QWidget]:
+    """Places across the window: the result area, the prompt box, a line edit, the parameters."""
+    return [
+        window.result_view.canvas,
+        window.prompt_panel.prompt_edit.viewport(),
+        window.prompt_panel.prefix_edit,
+        window.parameters.steps,
+    ]
+
+
+def test_dropped_image_becomes_the_source_anywhere(window: MainWindow, files: dict[str, Path]) -> None:
+    box = window.parameters.init_image
+    for target in targets(window):
+        box.clear()
+        assert drop(target, file_mime(files["plain"])), target
+        assert box.image() is not None and box.image().size == (96, 64), target
+    assert box.strength.isEnabled() and box.clear_button.isEnabled()
+    assert (window.parameters.values()["width"], window.parameters.values()["height"]) == (576, 384)  # 3:2
+    box.strength.setValue(40)
+    request = window.build_request()
+    assert request.init_image is box.image() and request.strength == 0.4
+    box.clear_button.click()
+    assert box.image() is None and window.build_request().init_image is None
+    assert window.prompt_panel.prompt() == "" and window.prompt_panel.prefix() == ""  # no path was typed
+
+
+def test_dropped_png_with_our_parameters_restores_them(window: MainWindow, files: dict[str, Path]) -> None:
+    window.prompt_panel.set_affixes("masterpiece", "")
+    assert drop(window.result_view.canvas, file_mime(files["ours"]))
+    bar = window.message_bar
+    assert bar.isVisible() and "ours.png carries generation parameters" in bar.text()
+    assert bar.action_labels() == ["Restore Parameters", "Use as Source Image"]
+    bar.trigger("Restore Parameters")
+    values = window.parameters.values()
+    assert window.prompt_panel.prompt() == "a red cube" and window.prompt_panel.negative_prompt() == "text"
+    assert (values["steps"], values["seed"], values["sampler"], values["cfg_scale"]) == (9, 77, "Euler a", 5.5)
+    assert (values["width"], values["height"]) == (64, 96)
+    assert window.parameters.init_image.image() is None
+    assert "Parameters restored from ours.png" in bar.text()
+    request = window.build_request()
+    assert request.prompt == "masterpiece, a red cube"
+
+
+def test_dropped_a1111_png_restores_and_selects_its_model(window: MainWindow, files: dict[str, Path]) -> None:
+    assert drop(window.prompt_panel.prompt_edit.viewport(), file_mime(files["a1111"]))
+    window.message_bar.trigger("Restore Parameters")
+    values = window.parameters.values()
+    assert window.prompt_panel.prompt() == "a castle on a hill, (dramatic sky:1.2)"
+    assert window.prompt_panel.negative_prompt() == "lowres, blurry"
+    assert (values["sampler"], values["schedule"], values["steps"]) == ("DPM++ 2M", "Karras", 28)
+    assert (values["seed"], values["cfg_scale"], values["clip_skip"]) == (3141592653, 6.5, 2)
+    assert (values["width"], values["height"]) == (640, 448)
+    assert window.picker.current().name == "v1-5-pruned-emaonly"
+
+
+def test_unknown_sampler_and_model_are_noted(window: MainWindow, tmp_path: Path) -> None:
+    text = "a dog\nSteps: 5, Sampler: UniPC, Seed: 1, Size: 64x64, Model: sd_xl_base_1.0"
+    path = save_image(noise_image(3, 64, 64), tmp_path / "unipc.png", text)
+    assert drop(window.result_view.canvas, file_mime(path))
+    window.message_bar.trigger("Restore Parameters")
+    assert "sampler 'UniPC' is not available" in window.message_bar.text()
+    assert "sd_xl_base_1.0" in window.message_bar.text() and "not installed" in window.message_bar.text()
+    assert window.picker.current().name == "tiny" and window.parameters.values()["steps"] == 5
+
+
+def test_dropped_png_with_parameters_can_be_the_source(window: MainWindow, files: dict[str, Path]) -> None:
+    assert drop(window.result_view.canvas, file_mime(files["jpeg"]))
+    window.message_bar.trigger("Use as Source Image")
+    assert window.parameters.init_image.image().size == (96, 64)
+    assert window.prompt_panel.prompt() == ""
+
+
+def test_dropped_checkpoint_goes_to_the_import(window: MainWindow, files: dict[str, Path]) -> None:
+    assert drop(window.result_view.canvas, file_mime(files["checkpoint"]))
+    assert "mlx-sd convert" in window.message_bar.text()  # no importer plugged in: how to do it by hand
+    imported: list[Path] = []
+    window.set_checkpoint_importer(imported.append)
+    assert drop(window.parameters.steps, file_mime(files["checkpoint"]))
+    assert drop(window.result_view.canvas, file_mime(files["diffusers"]))
+    assert imported == [files["checkpoint"], files["diffusers"]]
+
+
+@pytest.mark.parametrize("key", ["pickle", "text", "damaged", "folder"])
+def test_other_drops_are_explained(window: MainWindow, files: dict[str, Path], key: str) -> None:
+    assert drop(window.result_view.canvas, file_mime(files[key]))
+    assert window.message_bar.kind == "error" and "This cannot be used here" in window.message_bar.text()
+    assert files[key].name in window.message_bar.text()
+    assert window.parameters.init_image.image() is None
+
+
+def test_several_files_use_the_first(window: MainWindow, files: dict[str, Path]) -> None:
+    assert drop(window.result_view.canvas, file_mime(files["plain"], files["ours"]))
+    assert window.parameters.init_image.image() is not None
+    assert "drop one file at a time" in window.statusBar().currentMessage()
+
+
+def test_text_drags_stay_with_the_text_boxes(window: MainWindow) -> None:
+    mime = QMimeData()
+    mime.setText("a lighthouse")
+    assert not drop(window.result_view.canvas, mime)
+    assert window.parameters.init_image.image() is None and not window.message_bar.isVisible()
+
+
+# -- paste ------------------------------------------------------------------------------------
+
+
+def test_paste_image_from_the_clipboard(qtbot, window: MainWindow) -> None:
+    QGuiApplication.clipboard().setImage(pil_to_qimage(noise_image(4, 64, 128)))
+    window.paste_from_clipboard()
+    assert window.parameters.init_image.image().size == (64, 128)
+    window.parameters.init_image.clear()
+    window.parameters.init_image.paste_button.click()
+    assert window.parameters.init_image.image().size == (64, 128)
+
+
+def test_ctrl_v_in_the_prompt_box_pastes_an_image_as_source(qtbot, window: MainWindow) -> None:
+    QGuiApplication.clipboard().setImage(pil_to_qimage(noise_image(5, 80, 80)))
+    window.activateWindow()
+    window.prompt_panel.prompt_edit.setFocus()
+    qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert window.parameters.init_image.image().size == (80, 80)
+    assert window.prompt_panel.prompt() == ""
+    QGuiApplication.clipboard().setText("a cat")  # text still pastes as text
+    qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert window.prompt_panel.prompt() == "a cat"
+
+
+def test_paste_a_copied_file_and_nothing_usable(window: MainWindow, files: dict[str, Path]) -> None:
+    QGuiApplication.clipboard().setMimeData(file_mime(files["a1111"]))
+    window.paste_from_clipboard()
+    assert window.message_bar.action_labels() == ["Restore Parameters", "Use as Source Image"]
+    QGuiApplication.clipboard().setText("words")
+    window.paste_from_clipboard()
+    assert "There is no image on the clipboard" in window.message_bar.text()
+
+
+def test_source_image_from_a_history_file(window: MainWindow, files: dict[str, Path]) -> None:
+    window.use_image_file_as_source(str(files["ours"]))
+    assert window.parameters.init_image.image().size == (96, 64)
+    window.use_image_file_as_source(files["text"])
+    assert "cannot be used as a source" in window.message_bar.text()
+
+
+def test_thumbnail_is_shown(window: MainWindow) -> None:
+    window.set_init_image(Image.new("RGB", (300, 150), (200, 10, 10)))
+    pixmap = window.parameters.init_image.thumbnail.pixmap()
+    assert not pixmap.isNull() and pixmap.width() == 120 and pixmap.height() == 60
