@@ -207,6 +207,7 @@ class PromptEncoder:
             raise ValueError(
                 f"expected one negative prompt per prompt ({len(prompts)}), got {negative_prompts!r}"
             )
+        self._lookup([*prompts, "", *negative_prompts], clip_skip)  # every new text in one encoder call
         positive = self.encode(prompts, clip_skip)
         empty = self.encode([""], clip_skip)
         if self.force_zeros_for_empty_prompt and all(text == "" for text in negative_prompts):

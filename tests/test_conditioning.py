@@ -316,8 +316,10 @@ def test_identical_prompts_are_encoded_once(sd1):
     positive, negative = encoder.encode_for_guidance(["a cat"] * 4, [""] * 4)
     assert counting.rows == [3, 1]  # only the empty prompt was new
     close(positive.context, mx.broadcast_to(cond.context[:1, :77], (4, 77, WIDTH)))
+    encoder.encode_for_guidance(["a bird"], ["a fish BREAK x"])
+    assert counting.rows == [3, 1, 3]  # new positive and negative texts share one call
     encoder.encode(["a cat"], clip_skip=2)
-    assert counting.rows == [3, 1, 1]  # clip skip is part of the cache key
+    assert counting.rows == [3, 1, 3, 1]  # clip skip is part of the cache key
 
 
 def test_bad_arguments(sd1):
