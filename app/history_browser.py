@@ -16,10 +16,10 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
-from PySide6.QtCore import QItemSelection, QModelIndex, QPoint, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QItemSelection, QModelIndex, QObject, QPoint, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -47,6 +47,9 @@ from mlx_sd.request import GenerationRequest
 
 from .history_model import HistoryListModel
 from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
 
 ALL_MODELS = "All models"
 SEARCH_DELAY_MS = 200  # search as the user types, once they pause
@@ -164,7 +167,7 @@ class HistoryBrowser(QWidget):
     use_as_source = Signal(str)  # the image file's path
     entry_deleted = Signal(int)  # history entry id
 
-    def __init__(self, store: HistoryStore, parent: QWidget | None = None, now: Callable[[], float] = time.time):
+    def __init__(self, store: HistoryStore | None, parent: QWidget | None = None, now: Callable[[], float] = time.time):
         super().__init__(parent)
         self._now = now
         self.model = HistoryListModel(store, parent=self)
@@ -274,8 +277,8 @@ class HistoryBrowser(QWidget):
         self.model.reload()
         self._after_reset()
 
-    def set_store(self, store: HistoryStore) -> None:
-        """Show another library's history (after the library moved)."""
+    def set_store(self, store: HistoryStore | None) -> None:
+        """Show another library's history (after the library moved), or none while it moves."""
         self.model.set_store(store)
         self._refresh_models()
         self._after_reset()
@@ -389,7 +392,8 @@ class HistoryBrowser(QWidget):
         current = self.model_filter.currentText()
         self.model_filter.clear()
         self.model_filter.addItem(ALL_MODELS)
-        self.model_filter.addItems(self.model.store.models())
+        store = self.model.store
+        self.model_filter.addItems(store.models() if store is not None else [])
         found = self.model_filter.findText(current)
         self.model_filter.setCurrentIndex(max(0, found))
 
@@ -453,3 +457,52 @@ def _load_preview(path: Path) -> QPixmap:
         reader.setScaledSize(size.scaled(QSize(PREVIEW_SIDE, PREVIEW_SIDE), Qt.AspectRatioMode.KeepAspectRatio))
     image = reader.read()
     return QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+
+
+# -- plugging into the main window -------------------------------------------------------------
+
+
+class HistoryPanel(QObject):
+    """The browser docked in the main window (View > History), on its own connection to the
+    library's history: refreshed when images are recorded, closed and reopened when the library moves,
+    its actions handed to the window."""
+
+    def __init__(self, window: "MainWindow"):
+        super().__init__(window)
+        self._window = window
+        self._store: HistoryStore | None = None
+        self.browser = HistoryBrowser(None)
+        self.dock = window.add_panel("History", self.browser, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.dock.toggleViewAction().setShortcut(QKeySequence("Ctrl+Shift+H"))
+        # a batch records several images at once: reload once, after the last
+        self._reload_timer = QTimer(self, singleShot=True, interval=0)
+        self._reload_timer.timeout.connect(self.browser.reload)
+        window.imageRecorded.connect(lambda _entry: self._reload_timer.start())
+        self.browser.reuse_parameters.connect(window.reuse_request)
+        self.browser.reuse_seed.connect(window.reuse_seed)
+        self.browser.use_as_source.connect(window.use_image_file_as_source)
+        self.set_library(window.library)
+
+    @property
+    def store(self) -> HistoryStore | None:
+        return self._store
+
+    def release(self) -> None:
+        """Close the history connection (before the library folder moves); the browser shows nothing."""
+        self.browser.set_store(None)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def set_library(self, library: Path) -> None:
+        self.release()
+        try:
+            self._store = HistoryStore(library)
+        except HistoryError as exc:
+            self._window.show_error("The history cannot be opened", f"{exc}. Choose another library folder in Settings.")
+            return
+        self.browser.set_store(self._store)
+
+
+def install_history_browser(window: "MainWindow") -> HistoryPanel:
+    return HistoryPanel(window)

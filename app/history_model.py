@@ -58,15 +58,16 @@ def tooltip(entry: HistoryEntry) -> str:
 
 
 class HistoryListModel(QAbstractListModel):
-    """Rows of one query over a HistoryStore owned by the caller (used from the UI thread only)."""
+    """Rows of one query over a HistoryStore owned by the caller (used from the UI thread only).
+    Without a store (the library cannot be opened, or is moving) the model is empty."""
 
-    def __init__(self, store: HistoryStore, page_size: int = PAGE_SIZE, parent=None):
+    def __init__(self, store: HistoryStore | None, page_size: int = PAGE_SIZE, parent=None):
         super().__init__(parent)
         self._store = store
         self._page_size = page_size
         self._query = HistoryQuery()
         self._entries: list[HistoryEntry] = []
-        self._total = store.count(self._query)
+        self._total = store.count(self._query) if store is not None else 0
         self._icons: OrderedDict[int, QIcon] = OrderedDict()
         # True while rows are reset, inserted or removed: a view (or QAbstractItemModelTester) reacting
         # to those signals must not start another insertion before the change has finished
@@ -75,7 +76,7 @@ class HistoryListModel(QAbstractListModel):
     # -- what the caller changes --------------------------------------------------------------
 
     @property
-    def store(self) -> HistoryStore:
+    def store(self) -> HistoryStore | None:
         return self._store
 
     @property
@@ -87,8 +88,8 @@ class HistoryListModel(QAbstractListModel):
         """How many entries match the query (fetched or not)."""
         return self._total
 
-    def set_store(self, store: HistoryStore) -> None:
-        """Show another store (the library moved); the query is kept."""
+    def set_store(self, store: HistoryStore | None) -> None:
+        """Show another store (the library moved), or none; the query is kept."""
         self._store = store
         self.reload()
 
@@ -98,7 +99,8 @@ class HistoryListModel(QAbstractListModel):
 
     def reload(self) -> None:
         """Read the query afresh (after a new image, a search, a filter change)."""
-        total = self._store.count(self._query)  # before the reset: a failure leaves the rows as they were
+        # counted before the reset: a failure leaves the rows as they were
+        total = self._store.count(self._query) if self._store is not None else 0
         self._changing = True
         self.beginResetModel()
         self._entries = []
@@ -119,6 +121,7 @@ class HistoryListModel(QAbstractListModel):
 
     def set_favourite(self, row: int, favourite: bool) -> None:
         entry = self._entries[row]
+        assert self._store is not None  # rows exist only with a store
         self._store.set_favourite(entry.id, favourite)
         self._entries[row] = HistoryEntry(entry.id, entry.generation, entry.image_path, favourite)
         index = self.index(row)
@@ -128,6 +131,7 @@ class HistoryListModel(QAbstractListModel):
 
     def delete(self, row: int) -> None:
         """Delete the entry's image and record (HistoryStore.delete), then drop its row."""
+        assert self._store is not None  # rows exist only with a store
         self._store.delete(self._entries[row].id)
         self._remove_row(row)
 
@@ -149,7 +153,7 @@ class HistoryListModel(QAbstractListModel):
         return not parent.isValid() and not self._changing and len(self._entries) < self._total
 
     def fetchMore(self, parent: Index = QModelIndex()) -> None:
-        if not self.canFetchMore(parent):
+        if not self.canFetchMore(parent) or self._store is None:
             return
         page = self._store.page(self._query, len(self._entries), self._page_size)
         if not page:  # entries were deleted behind our back: stop asking
@@ -222,7 +226,7 @@ class HistoryListModel(QAbstractListModel):
     def _icon(self, entry_id: int) -> QIcon:
         icon = self._icons.get(entry_id)
         if icon is None:
-            data = self._store.thumbnail(entry_id)
+            data = self._store.thumbnail(entry_id) if self._store is not None else None
             image = QImage.fromData(data) if data else QImage()
             icon = QIcon(QPixmap.fromImage(image)) if not image.isNull() else QIcon()
             self._icons[entry_id] = icon
