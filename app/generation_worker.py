@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from PIL import Image
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
@@ -139,14 +138,6 @@ def request_params(request: GenerationRequest) -> dict[str, Any]:
     return params
 
 
-def fit_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """The img2img source at the request's size (RGB); the engine expects them to match."""
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    return image
-
-
 class ProgressClock:
     """Time left, from the average time per step so far over the whole run."""
 
@@ -195,11 +186,7 @@ class GenerationWorker(QObject):
             if self._abort.is_set():
                 raise Cancelled("cancelled before the model was loaded")
             pipeline = self._pipeline_for(job)
-            request = job.request
-            if request.init_image is not None:
-                request = dataclasses.replace(
-                    request, init_image=fit_init_image(request.init_image, request.width, request.height)
-                )
+            request = job.request  # the engine fits an init image to the request's size
             self.status.emit("Generating…")
             clock = ProgressClock()
             result = pipeline.generate(

@@ -5,11 +5,12 @@ image-to-image source with its strength."""
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 from PIL import Image
 from PySide6.QtCore import QRegularExpression, QSize, Qt, Signal
-from PySide6.QtGui import QPixmap, QRegularExpressionValidator
+from PySide6.QtGui import QFontMetrics, QPixmap, QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -37,6 +38,7 @@ from .result_view import pil_to_qimage
 from .settings import Preset
 
 MAX_SEED = 2**32 - 1
+DICE = "🎲"
 THUMBNAIL = 120
 
 
@@ -51,7 +53,9 @@ class SeedEdit(QWidget):
         self.edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{1,10}")))
         self.edit.setToolTip("-1 picks a new random seed for every run")
         self.dice = QToolButton()
-        self.dice.setText("🎲")
+        # macOS always has an emoji font; elsewhere the die may be missing, then say it in words
+        has_die = sys.platform == "darwin" or QFontMetrics(self.font()).inFontUcs4(ord(DICE))
+        self.dice.setText(DICE if has_die else "Dice")
         self.dice.setToolTip("Pick a random seed")
         self.dice.clicked.connect(lambda: self.set_seed(random.randint(0, MAX_SEED)))
         self.random_button = QToolButton()
@@ -173,6 +177,7 @@ class ParametersPanel(QWidget):
         # presets
         self.preset_combo = QComboBox()
         self.preset_combo.setToolTip("Apply a preset: built-in ones first, then your own")
+        self.preset_combo.setPlaceholderText("Choose a preset…")
         self.preset_combo.activated.connect(self._preset_activated)
         self.save_preset_button = QToolButton()
         self.save_preset_button.setText("Save…")
@@ -375,8 +380,7 @@ class ParametersPanel(QWidget):
         self.preset_combo.clear()
         for preset in self._presets:
             self.preset_combo.addItem(preset.name)
-        index = self.preset_combo.findText(current)
-        self.preset_combo.setCurrentIndex(max(index, 0))
+        self.preset_combo.setCurrentIndex(self.preset_combo.findText(current))  # -1 shows the placeholder
         self._update_delete()
 
     def preset_names(self) -> list[str]:

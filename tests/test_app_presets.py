@@ -9,7 +9,7 @@ import mlx_sd  # noqa: F401
 import pytest
 from PIL import Image
 
-from app.generation_worker import ProgressClock, describe_error, fit_init_image, request_params
+from app.generation_worker import ProgressClock, describe_error, request_params
 from app.history_store import HistoryError
 from app.presets import (
     ASPECTS,
@@ -150,14 +150,6 @@ def test_request_params_are_json_without_images() -> None:
     json.dumps(params)
     assert params["prompt"] == "a cat" and params["img2img"] is True
     assert "init_image" not in params and "latents" not in params
-
-
-def test_fit_init_image() -> None:
-    source = Image.new("RGBA", (100, 50), (10, 20, 30, 255))
-    fitted = fit_init_image(source, 64, 64)
-    assert fitted.size == (64, 64) and fitted.mode == "RGB"
-    same = Image.new("RGB", (64, 64))
-    assert fit_init_image(same, 64, 64).size == (64, 64)
 
 
 def test_progress_clock() -> None:
