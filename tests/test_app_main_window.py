@@ -17,10 +17,10 @@ from PySide6.QtGui import QGuiApplication
 
 from app import history_store
 from app.history_store import HistoryError, HistoryStore
-from app.main_window import MainWindow, format_seconds, progress_text
+from app.main_window import READY_TEXT, MainWindow, format_seconds, progress_text
 from app.generation_worker import StepReport, load_pipeline
-from app.model_picker import NO_MODEL_TEXT
-from app.result_view import ResultItem, ResultsModel, postprocess_infotext, qimage_to_pil, reveal_command, upscale
+from app.model_picker import DEMO_TEXT, NO_MODEL_TEXT
+from app.result_view import ResultItem, ResultsModel, ResultView, postprocess_infotext, qimage_to_pil, reveal_command, upscale
 from app.settings import AppSettings, load_settings, save_settings
 from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, scripted_loader
 from mlx_sd.image_metadata import read_infotext
@@ -70,6 +70,20 @@ def test_no_model_explains_how_to_get_one(qtbot, tmp_path: Path) -> None:
     assert not window.generate_button.isEnabled()
     assert window.generate() is None
     assert window.message_bar.isVisible() and "no model" in window.message_bar.text().lower()
+
+
+def test_demo_model_is_offered_when_none_is_installed(qtbot, tmp_path: Path) -> None:
+    demo = fake_model_folder(tmp_path / "resources" / "demo", native=256)
+    window = MainWindow(AppSettings(), tmp_path / "empty", None, loader=scripted_loader(ScriptedPipeline()), demo_folder=demo)
+    qtbot.addWidget(window)
+    assert window.picker.current().name == "demo" and window.picker.current().bundled
+    assert window.picker.combo.currentText() == "Demo model (shapes)"
+    placeholder = window.result_view.canvas._placeholder
+    assert placeholder.startswith(NO_MODEL_TEXT) and DEMO_TEXT in placeholder
+    assert window.parameters.values()["width"] == 256 and window.generate_button.isEnabled()
+    fake_model_folder(tmp_path / "empty" / "models" / "mine", native=512)
+    window.refresh_models("mine")
+    assert window.picker.current().name == "mine" and window.result_view.canvas._placeholder == READY_TEXT
 
 
 def test_generate_shows_results_and_records_them(qtbot, library: Path) -> None:
@@ -298,11 +312,29 @@ def test_save_png_jpeg_webp_with_metadata_and_upscale(qtbot, library: Path, tmp_
         assert np.array_equal(np.asarray(saved.convert("RGB"))[::4, ::4], original)  # nearest repeats pixels
     params = parse_infotext(read_infotext(path)).params
     assert params["Postprocess upscale by"] == "4" and params["Postprocess upscaler"] == "Nearest"
-    assert view.canvas._image.width() == 256  # what is shown is what is saved
+    rect = view.canvas.image_rect()
+    assert (rect.width(), rect.height()) == (256, 256)
+    shown = qimage_to_pil(view.canvas.grab(rect).toImage()).convert("RGB")
+    with Image.open(path) as saved:
+        assert np.array_equal(np.asarray(shown), np.asarray(saved.convert("RGB")))  # what is shown is what is saved
 
     view.copy_current()
     copied = qimage_to_pil(QGuiApplication.clipboard().image())
     assert copied.size == (256, 256)
+
+
+def test_a_large_upscale_is_resampled_to_the_screen_size(qtbot) -> None:
+    view = ResultView()
+    qtbot.addWidget(view)
+    view.resize(700, 700)
+    view.show()
+    qtbot.waitExposed(view)
+    view.set_results([ResultItem(noise_image(1, 1024, 768), 1, "x")])
+    view.factor.setCurrentText("4x")
+    view.canvas.repaint()
+    rect = view.canvas.image_rect()
+    assert rect.width() <= view.canvas.width() and abs(rect.width() / rect.height() - 4 / 3) < 0.01
+    assert view.canvas._shown[1].size() == rect.size()  # not a 4096 x 3072 image
 
 
 def test_upscale_filters_differ() -> None:
