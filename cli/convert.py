@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="the model folder to create (must not exist)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float16", help="storage dtype (default float16)")
     parser.add_argument("--family", choices=FAMILIES, help="the model family, when detection cannot tell")
-    parser.add_argument("--prediction", choices=PREDICTION_TYPES, help="the prediction type, when detection cannot tell")
+    parser.add_argument(
+        "--prediction", choices=PREDICTION_TYPES, help="the prediction type, when detection cannot tell"
+    )
     parser.add_argument("--vae", type=Path, metavar="FILE", help="a VAE file replacing the checkpoint's own")
     parser.add_argument(
         "--allow-pickle", action="store_true",

@@ -84,7 +84,9 @@ def detect_layout(name: str, shapes: dict[str, Shape], family: str | None = None
     keys = set(shapes)
     refuse_non_models(name, keys)
     ema_only = not _has_prefix(keys, UNET_PREFIX)
-    sdxl_like = "model.diffusion_model.label_emb.0.0.weight" in keys or _has_prefix(keys, f"{EMA_PREFIX}diffusion_modellabel_emb")
+    sdxl_like = "model.diffusion_model.label_emb.0.0.weight" in keys or _has_prefix(
+        keys, f"{EMA_PREFIX}diffusion_modellabel_emb"
+    )
     if family is not None:
         if family not in FAMILIES:
             raise ConversionError(f"--family {family!r} is not one of {', '.join(FAMILIES)}")
@@ -107,7 +109,9 @@ def detect_layout(name: str, shapes: dict[str, Shape], family: str | None = None
             )
         family, detected_by = by_context[context], f"UNet cross-attention width {context}"
     if family in ("sdxl", "sdxl-refiner") and not sdxl_like:
-        raise ConversionError(f"{name}: an {family} checkpoint needs a text_time UNet (label_emb.*), which this one lacks")
+        raise ConversionError(
+            f"{name}: an {family} checkpoint needs a text_time UNet (label_emb.*), which this one lacks"
+        )
     return Layout(family, _text_encoders(family, keys), ema_only, has_ema(keys), detected_by)
 
 
@@ -120,5 +124,8 @@ def _text_encoders(family: str, keys: set[str]) -> tuple[TextEncoderSource, ...]
     if family == "sd2":
         return (TextEncoderSource("text_encoder", first_present(SD2_OPENCLIP), True),)
     if family == "sdxl":
-        return (TextEncoderSource("text_encoder", SDXL_CLIP, False), TextEncoderSource("text_encoder_2", SDXL_BIGG, True))
+        return (
+            TextEncoderSource("text_encoder", SDXL_CLIP, False),
+            TextEncoderSource("text_encoder_2", SDXL_BIGG, True),
+        )
     return (TextEncoderSource("text_encoder_2", REFINER_BIGG, True),)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mlx_sd.config import CLIPTextConfig, ModelConfig, SourceInfo, UNetConfig, VAEConfig
+from mlx_sd.model_format import TOKENIZER_FOR
 
 from . import infer_config
 from .errors import ConversionError
@@ -16,7 +17,7 @@ from .options import ConvertOptions
 from .pickle_file import PickleCheckpoint, refuse_pickle
 from .plan import Plan, Read, TensorSource
 from .safetensors_file import SafetensorsFile, ShardedSafetensors
-from .single_file import TEXT_USAGE, open_checkpoint, vae_routes
+from .single_file import open_checkpoint, vae_routes
 from .tokenizer_files import check_folder, pad_token_id
 
 MODEL_INDEX = "model_index.json"
@@ -25,9 +26,13 @@ SD_PIPELINES = (
     "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline", "StableDiffusionXLInstructPix2PixPipeline",
 )
-WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model", "text_encoder_2": "model"}
+WEIGHT_NAMES = {
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+    "text_encoder_2": "model",
+}
 PICKLE_NAMES = {"diffusion_pytorch_model": "diffusion_pytorch_model", "model": "pytorch_model"}
-TOKENIZER_FOR = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 
 
 def _json(path: Path) -> dict:
@@ -80,7 +85,8 @@ def find_weights(folder: Path, component: str, variant: str | None, allow_pickle
         shards = sorted(set(_json(index).get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if not shards or missing:
-            raise ConversionError(f"{component}: {index.name} lists shards that are missing: {', '.join(missing) or 'none listed'}")
+            listed = ", ".join(missing) or "none listed"
+            raise ConversionError(f"{component}: {index.name} lists shards that are missing: {listed}")
         return ShardedSafetensors([folder / s for s in shards])
     if variant is None:
         variants = sorted(folder.glob(f"{base}.*.safetensors"))
@@ -93,7 +99,8 @@ def find_weights(folder: Path, component: str, variant: str | None, allow_pickle
         return PickleCheckpoint(pickle)
     wanted = f"{single.name} (variant {variant})" if variant else single.name
     found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise ConversionError(f"{component}: no {wanted} in {folder} (found {found})" + ("; drop --variant" if variant else ""))
+    hint = "; drop --variant" if variant else ""
+    raise ConversionError(f"{component}: no {wanted} in {folder} (found {found}){hint}")
 
 
 def _routes(component: str, source: TensorSource) -> dict[str, list[Route]]:
@@ -126,7 +133,7 @@ def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind
     family, family_by = _detect_family(index, components, unet, raw)
     if options.family:
         family, family_by = options.family, "forced by --family"
-    texts = [c for c in ("text_encoder", "text_encoder_2") if (family, c) in TEXT_USAGE]
+    texts = [c for c in ("text_encoder", "text_encoder_2") if (family, c) in infer_config.TEXT_USAGE]
     missing = [c for c in texts if c not in components]
     if missing:
         raise ConversionError(f"{folder}: a {family} pipeline needs {', '.join(missing)}, which the folder lacks")
@@ -143,7 +150,7 @@ def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind
     tokenizers = {TOKENIZER_FOR[c]: check_folder(folder / TOKENIZER_FOR[c], TOKENIZER_FOR[c]) for c in texts}
     text_configs = {
         c: _text_config(
-            raw[c], TEXT_USAGE[(family, c)], tokenizers[TOKENIZER_FOR[c]],
+            raw[c], infer_config.TEXT_USAGE[(family, c)], tokenizers[TOKENIZER_FOR[c]],
             has_projection="text_projection.weight" in reads[c].source.tensors,
         )
         for c in texts

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .diffusers_folder import WEIGHT_NAMES
 from .errors import ConversionError
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MODEL_COMPONENTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model", "text_encoder_2": "model"}
 
 
 def looks_like_repo_id(text: str) -> bool:
@@ -20,7 +20,7 @@ def looks_like_repo_id(text: str) -> bool:
 def allow_patterns(variant: str | None) -> list[str]:
     """The files of a diffusers repo that a conversion reads."""
     patterns = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*"]
-    for component, base in MODEL_COMPONENTS.items():
+    for component, base in WEIGHT_NAMES.items():
         patterns.append(f"{component}/config.json")
         if variant:
             patterns += [
@@ -41,7 +41,12 @@ def fetch(repo_id: str, revision: str | None, variant: str | None, cache_dir: Pa
     """Download (or find in the cache) the files a conversion needs; returns the snapshot folder."""
     # imported here: it is slow to import and only this path needs it
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
     try:
@@ -49,7 +54,9 @@ def fetch(repo_id: str, revision: str | None, variant: str | None, cache_dir: Pa
             repo_id, revision=revision, allow_patterns=allow_patterns(variant), cache_dir=cache_dir
         )
     except GatedRepoError:
-        raise ConversionError(f"{where} is gated: accept its licence on huggingface.co and log in (hf auth login)") from None
+        raise ConversionError(
+            f"{where} is gated: accept its licence on huggingface.co and log in (hf auth login)"
+        ) from None
     except RepositoryNotFoundError:
         raise ConversionError(f"{where}: no such repository on the Hugging Face Hub (or it is private)") from None
     except RevisionNotFoundError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from mlx_sd.config import CLIPTextConfig, UNetConfig, VAEConfig
+from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig, UNetConfig, VAEConfig
 
 from .errors import ConversionError
 from .layout import Shape
@@ -22,6 +22,14 @@ SD1_UNET_HEADS = 8
 HEAD_DIM = 64
 SDXL_TIME_EMBED_DIM = 256
 VAE_SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl-refiner": 0.13025}
+# How each family reads its text encoders (sd_facts 1.4): hidden layer, final norm, pad id.
+TEXT_USAGE = {
+    ("sd1", "text_encoder"): CLIP_L,
+    ("sd2", "text_encoder"): OPENCLIP_H,
+    ("sdxl", "text_encoder"): CLIP_L_SDXL,
+    ("sdxl", "text_encoder_2"): OPENCLIP_BIGG,
+    ("sdxl-refiner", "text_encoder_2"): OPENCLIP_BIGG,
+}
 
 
 def _indices(shapes: Shapes, pattern: str) -> list[int]:
@@ -31,13 +39,17 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
 
 def _need(shapes: Shapes, key: str, component: str) -> Shape:
     if key not in shapes:
-        raise ConversionError(f"{component}: the checkpoint is missing tensor {key!r}; the file is incomplete or damaged")
+        raise ConversionError(
+            f"{component}: the checkpoint is missing tensor {key!r}; the file is incomplete or damaged"
+        )
     return shapes[key]
 
 
 def _heads(width: int, what: str) -> int:
     if width % HEAD_DIM:
-        raise ConversionError(f"{what} width {width} is not a multiple of the head size {HEAD_DIM}; unknown architecture")
+        raise ConversionError(
+            f"{what} width {width} is not a multiple of the head size {HEAD_DIM}; unknown architecture"
+        )
     return width // HEAD_DIM
 
 
@@ -51,12 +63,17 @@ def unet_config(shapes: Shapes, family: str) -> UNetConfig:
     attention = [f"down_blocks.{b}.attentions.0.proj_in.weight" in shapes for b in range(levels)]
     if not any(attention):
         raise ConversionError("unet: no cross-attention blocks found; unknown architecture")
-    depth = [len(_indices(shapes, rf"down_blocks\.{b}\.attentions\.0\.transformer_blocks\.(\d+)\.")) for b in range(levels)]
+    depth = [
+        len(_indices(shapes, rf"down_blocks\.{b}\.attentions\.0\.transformer_blocks\.(\d+)\."))
+        for b in range(levels)
+    ]
     mid_depth = len(_indices(shapes, r"mid_block\.attentions\.0\.transformer_blocks\.(\d+)\."))
     # diffusers' mid block takes the last level's depth; levels without attention only fill the list
     # (one depth everywhere is written as an int, as diffusers' own configs do)
     if attention[-1] and depth[-1] != mid_depth:
-        raise ConversionError(f"unet: mid-block depth {mid_depth} differs from last level's {depth[-1]}; unknown architecture")
+        raise ConversionError(
+            f"unet: mid-block depth {mid_depth} differs from the last level's {depth[-1]}; unknown architecture"
+        )
     used = {d for d, a in zip(depth, attention) if a} | {mid_depth}
     per_level: int | list[int] = used.pop() if len(used) == 1 else [d if a else 1 for d, a in zip(depth, attention)]
     if isinstance(per_level, list):
@@ -108,8 +125,9 @@ def vae_config(shapes: Shapes, family: str) -> VAEConfig:
     )
 
 
-def text_config(shapes: Shapes, openclip: bool, component: str, usage: CLIPTextConfig) -> CLIPTextConfig:
-    """A text encoder's config; `usage` supplies what the family decides (hidden_layer, final_norm, pad)."""
+def text_config(shapes: Shapes, openclip: bool, component: str, family: str) -> CLIPTextConfig:
+    """A text encoder's config: widths and depth from shapes, hidden_layer, final_norm and pad from the family."""
+    usage = TEXT_USAGE[(family, component)]
     need = lambda key: _need(shapes, key, component)  # noqa: E731
     vocab, width = need("text_model.embeddings.token_embedding.weight")
     layers = len(_indices(shapes, r"text_model\.encoder\.layers\.(\d+)\.self_attn\.q_proj\.weight$"))

@@ -14,7 +14,9 @@ _ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj
 # diffusers < 0.14 named the mid-block attention differently
 _OLD_DIFFUSERS_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
-_LEVEL_RE = re.compile(r"(encoder\.down|decoder\.up)\.(\d+)\.(block\.(\d+)\.(\w+)|downsample\.conv|upsample\.conv)\.(weight|bias)$")
+_LEVEL_RE = re.compile(
+    r"(encoder\.down|decoder\.up)\.(\d+)\.(block\.(\d+)\.(\w+)|downsample\.conv|upsample\.conv)\.(weight|bias)$"
+)
 _MID_RE = re.compile(r"(encoder|decoder)\.mid\.(block_1|block_2|attn_1)\.(\w+)\.(weight|bias)$")
 _DIFFUSERS_ATTENTION_RE = re.compile(r"((?:en|de)coder\.mid_block\.attentions\.0)\.(\w+)\.(weight|bias)$")
 
@@ -41,7 +43,9 @@ def vae_key(key: str, levels: int) -> str | None:
         side, part, inner, tail = mid.groups()
         if part == "attn_1":
             return f"{side}.mid_block.attentions.0.{_ATTENTION[inner]}.{tail}" if inner in _ATTENTION else None
-        return f"{side}.mid_block.resnets.{0 if part == 'block_1' else 1}.{_RESNET[inner]}.{tail}" if inner in _RESNET else None
+        if inner not in _RESNET:
+            return None
+        return f"{side}.mid_block.resnets.{0 if part == 'block_1' else 1}.{_RESNET[inner]}.{tail}"
     return None
 
 

@@ -83,7 +83,8 @@ class ConversionReport:
         if self.dropped:
             out.append(f"note:        left out {self.dropped} unused tensors (training buffers, ids, unused layers)")
         if self.ignored:
-            shown = ", ".join(self.ignored[:3]) + (f" and {len(self.ignored) - 3} more" if len(self.ignored) > 3 else "")
+            more = f" and {len(self.ignored) - 3} more" if len(self.ignored) > 3 else ""
+            shown = ", ".join(self.ignored[:3]) + more
             out.append(f"warning:     ignored {len(self.ignored)} unknown tensors: {shown}")
         out += [f"warning:     {warning}" for warning in self.warnings]
         return out

@@ -129,7 +129,10 @@ def _read(plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel) -
             for route in read.routes[key]:
                 component = weights.setdefault(route.component, {})
                 if route.name in component:
-                    raise ConversionError(f"{read.source.path.name}: two tensors map to {route.component} {route.name!r} (the second is {key!r})")
+                    raise ConversionError(
+                        f"{read.source.path.name}: two tensors map to {route.component} {route.name!r} "
+                        f"(the second is {key!r})"
+                    )
                 component[route.name] = route.apply(array, dtype)
                 converted.append(component[route.name])
             mx.eval(converted)  # drop the source array now: memory stays near the output size
@@ -151,7 +154,9 @@ def _check(config: ModelConfig, weights: Weights) -> None:
         ) from None
     extra = sorted(set(weights) - set(models))
     if extra:
-        raise ConversionError(f"the checkpoint has weights for {', '.join(extra)}, which a {config.family} model does not use")
+        raise ConversionError(
+            f"the checkpoint has weights for {', '.join(extra)}, which a {config.family} model does not use"
+        )
 
 
 def _validate(output: Path, dtype: str) -> None:

@@ -27,7 +27,9 @@ class TensorSource(Protocol):
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
 
-    def arrays(self, wanted: Collection[str], hasher: "hashlib._Hash | None" = None) -> Iterator[tuple[str, mx.array]]: ...
+    def arrays(
+        self, wanted: Collection[str], hasher: "hashlib._Hash | None" = None
+    ) -> Iterator[tuple[str, mx.array]]: ...
 
 
 @dataclass

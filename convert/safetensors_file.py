@@ -69,7 +69,8 @@ class SafetensorsFile:
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise ConversionError(
-                    f"{self.path.name} is not a safetensors file: it has {size} bytes, fewer than the 8-byte header length"
+                    f"{self.path.name} is not a safetensors file: it has {size} bytes, "
+                    "fewer than the 8-byte header length"
                 )
             length = int.from_bytes(prefix, "little")
             if length > min(size - 8, _MAX_HEADER):
@@ -108,7 +109,9 @@ class SafetensorsFile:
         begin, end = offsets
         expected = math.prod(shape) * np.dtype(_NUMPY[entry["dtype"]]).itemsize
         if not 0 <= begin <= end or end - begin != expected:
-            raise ConversionError(f"{bad} spans bytes {begin}..{end}, but shape {shape} of {entry['dtype']} needs {expected}")
+            raise ConversionError(
+                f"{bad} spans bytes {begin}..{end}, but shape {shape} of {entry['dtype']} needs {expected}"
+            )
         if end > data_size:
             raise ConversionError(
                 f"{self.path.name} is truncated: tensor {name!r} needs bytes up to {end} of the data section but the "

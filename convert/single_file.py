@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, ModelConfig, SourceInfo
+from mlx_sd.config import ModelConfig, SourceInfo
+from mlx_sd.model_format import TOKENIZER_FOR
 
 from . import infer_config
 from .detect import SDXL_V_PRED_MARKER, UNET_PREFIX, VAE_PREFIX, Layout, TextEncoderSource, detect_layout
@@ -23,19 +24,13 @@ from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
 from .tokenizer_files import EOS_TOKEN, OPENCLIP_PAD_TOKEN, bundled
 
-TEXT_USAGE = {  # how each family reads its text encoders (sd_facts 1.4)
-    ("sd1", "text_encoder"): CLIP_L,
-    ("sd2", "text_encoder"): OPENCLIP_H,
-    ("sdxl", "text_encoder"): CLIP_L_SDXL,
-    ("sdxl", "text_encoder_2"): OPENCLIP_BIGG,
-    ("sdxl-refiner", "text_encoder_2"): OPENCLIP_BIGG,
-}
 DEFAULT_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sdxl-refiner": 1024}
 SD2_V_SIZE = 768
 _OP_RE = re.compile(r"model\.diffusion_model\.input_blocks\.(\d+)\.0\.op\.weight$")
 _RESBLOCK_RE = re.compile(r"transformer\.resblocks\.(\d+)\.")
 _VAE_LEVEL_RE = re.compile(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$")
-_OTHER_MARKERS = {
+_VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_MARKERS = {  # other schedule markers (sd_facts 2.3.6) we report but do not apply
     "ztsnr": "a zero-terminal-SNR schedule (ztsnr)",
     "edm_vpred.sigma_max": "an EDM v-prediction schedule",
     "edm_mean": "Playground v2.5's EDM latent statistics",
@@ -84,9 +79,7 @@ def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan
 
     family = layout.family
     texts = {
-        t.component: infer_config.text_config(
-            shapes_by_component[t.component], t.openclip, t.component, TEXT_USAGE[(family, t.component)]
-        )
+        t.component: infer_config.text_config(shapes_by_component[t.component], t.openclip, t.component, family)
         for t in layout.text_encoders
     }
     config = ModelConfig(
@@ -101,9 +94,7 @@ def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan
         source=SourceInfo(name=path.name),
     )
     tokenizers = {
-        "tokenizer" if t.component == "text_encoder" else "tokenizer_2": bundled(
-            OPENCLIP_PAD_TOKEN if t.openclip else EOS_TOKEN, staging
-        )
+        TOKENIZER_FOR[t.component]: bundled(OPENCLIP_PAD_TOKEN if t.openclip else EOS_TOKEN, staging)
         for t in layout.text_encoders
     }
     plan = Plan(
@@ -115,7 +106,7 @@ def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan
         prediction_by="",
         hashed=f"the whole file {path.name}",
         notes=notes,
-        warnings=[f"the file marks {what}, which mlx-sd does not apply" for key, what in _OTHER_MARKERS.items() if key in shapes],
+        warnings=[f"the file marks {what}, which mlx-sd does not apply" for k, what in _MARKERS.items() if k in shapes],
         dropped=len(set(source.tensors) - set(routes) - set(ignored)),
         ignored=ignored,
     )
@@ -170,7 +161,7 @@ def _vae_routes(source: TensorSource, keys: dict[str, str], ignored: list[str]) 
     routes: dict[str, list[Route]] = {}
     for key, name in keys.items():
         target = vae_key(name, levels) if ldm else diffusers_vae_key(name)
-        if target is None or (not ldm and not target.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))):
+        if target is None or (not ldm and not target.startswith(_VAE_PARTS)):
             ignored.append(key)
             continue
         squeeze = is_attention_projection(target) and len(source.tensors[key].shape) > 2

@@ -45,6 +45,7 @@ def pad_token_id(folder: Path) -> int | None:
 
 
 def check_folder(folder: Path, component: str) -> Path:
-    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (folder / "tokenizer.json").is_file():
+    bpe_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not bpe_files and not (folder / "tokenizer.json").is_file():
         raise ConversionError(f"{component}: {folder} has no vocab.json + merges.txt (or tokenizer.json)")
     return folder

@@ -82,8 +82,10 @@ def test_clip_keys_without_text_model_level(tiny_models, tmp_path):
 def test_ema_weights(tiny_models, tmp_path):
     """The EMA file: pipeline weights under model_ema.*, perturbed "training" weights as the regular ones."""
     both = tiny_models.single_file("sd1", ema=True)
-    only = _edited(tiny_models, "sd1", tmp_path / "ema-only.safetensors",
-                   lambda s: {k: v for k, v in load_file(str(both)).items() if not k.startswith("model.diffusion_model.")})
+    drop_regular = lambda s: {  # noqa: E731
+        k: v for k, v in load_file(str(both)).items() if not k.startswith("model.diffusion_model.")
+    }
+    only = _edited(tiny_models, "sd1", tmp_path / "ema-only.safetensors", drop_regular)
     reports = {
         "plain": convert_model(tiny_models.single_file("sd1"), tmp_path / "plain", ConvertOptions(dtype="float32")),
         "ema-only": convert_model(only, tmp_path / "ema-only", ConvertOptions(dtype="float32")),
@@ -121,7 +123,9 @@ def test_sd2_v_prediction_probe(tiny_models, tmp_path, bias, expected):
     )
 
 
-@pytest.mark.parametrize("text, expected", [('parameterization: "v"', "v_prediction"), ("parameterization: eps", "epsilon")])
+@pytest.mark.parametrize(
+    "text, expected", [('parameterization: "v"', "v_prediction"), ("parameterization: eps", "epsilon")]
+)
 def test_side_car_yaml_wins_over_the_probe(tiny_models, tmp_path, text, expected):
     bias = 1.0 if expected == "v_prediction" else -3.0  # the probe alone would say the opposite
     path = _edited(tiny_models, "sd2-v", tmp_path / "sd2.safetensors", _with_constant_output(bias))
@@ -163,7 +167,8 @@ def test_family_flag_when_detection_cannot_tell(tiny_models, tmp_path):
 
 
 def test_wrong_family_flag_is_explained(tiny_models, tmp_path):
-    with pytest.raises(ConversionError, match=r"has no text_encoder weights \(expected keys under cond_stage_model.model"):
+    expected = r"has no text_encoder weights \(expected keys under cond_stage_model.model"
+    with pytest.raises(ConversionError, match=expected):
         plan_single_file(tiny_models.single_file("sd1"), ConvertOptions(family="sd2"), tmp_path)
 
 

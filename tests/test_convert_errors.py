@@ -2,7 +2,10 @@
 and no conversion leaves a half-written folder behind (failure, cancel, or a result that will not load)."""
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 
 import mlx_sd  # noqa: F401
 import pytest
@@ -72,7 +75,8 @@ def test_missing_text_encoder(tiny_models, tmp_path):
     state = load_file(str(tiny_models.single_file("sd1")))
     path = tmp_path / "unet-and-vae.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}, str(path))
-    _fails(path, tmp_path / "out", r"has no text_encoder weights \(expected keys under cond_stage_model.transformer.\*\)", family="sd1")
+    expected = r"has no text_encoder weights \(expected keys under cond_stage_model.transformer.\*\)"
+    _fails(path, tmp_path / "out", expected, family="sd1")
 
 
 def test_unknown_architecture(tmp_path):
@@ -86,7 +90,8 @@ def test_unknown_diffusers_pipeline(tiny_models, tmp_path):
 
     folder = tmp_path / "flux"
     shutil.copytree(tiny_models.configs_only("sd1"), folder)
-    (folder / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
     _fails(folder, tmp_path / "out", "unknown architecture: pipeline FluxPipeline")
 
 
@@ -163,3 +168,17 @@ def test_result_that_does_not_load_is_removed(tiny_models, tmp_path, monkeypatch
     monkeypatch.setattr(orchestrator.Pipeline, "load", broken_load)
     _fails(tiny_models.single_file("sd1"), tmp_path / "out", "the converted model does not load")
     assert _leftovers(tmp_path, keep=set()) == []  # ...and removed again
+
+
+def test_pickle_path_without_torch(tmp_path, monkeypatch):
+    from convert.pickle_file import PickleCheckpoint
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ConversionError, match="reading model.ckpt needs PyTorch, which is not installed"):
+        PickleCheckpoint(tmp_path / "model.ckpt")
+
+
+def test_converter_does_not_import_torch():
+    code = "import sys, convert, cli.convert, convert.hub; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr

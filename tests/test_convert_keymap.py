@@ -76,7 +76,9 @@ def test_unet_table_examples():
 def test_vae_table_reverses_decoder_levels():
     assert vae_key("decoder.up.0.block.2.conv1.weight", 4) == "decoder.up_blocks.3.resnets.2.conv1.weight"
     assert vae_key("decoder.up.3.upsample.conv.bias", 4) == "decoder.up_blocks.0.upsamplers.0.conv.bias"
-    assert vae_key("encoder.down.1.block.0.nin_shortcut.weight", 4) == "encoder.down_blocks.1.resnets.0.conv_shortcut.weight"
+    assert vae_key("encoder.down.1.block.0.nin_shortcut.weight", 4) == (
+        "encoder.down_blocks.1.resnets.0.conv_shortcut.weight"
+    )
     assert vae_key("encoder.mid.attn_1.proj_out.weight", 4) == "encoder.mid_block.attentions.0.to_out.0.weight"
     assert vae_key("decoder.norm_out.bias", 4) == "decoder.conv_norm_out.bias"
     assert vae_key("encoder.down.0.upsample.conv.weight", 4) is None

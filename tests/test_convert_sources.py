@@ -40,10 +40,14 @@ def _hub_like_folder(tiny_models, root: Path) -> Path:
     """The sd1 folder as a hub repo has it: plus fp16 variants and files a conversion must not fetch."""
     folder = root / "repo"
     shutil.copytree(tiny_models.diffusers("sd1"), folder)
-    for component, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for component, name, pickle in (
+        ("unet", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
+        ("vae", "diffusion_pytorch_model", "diffusion_pytorch_model.bin"),
+        ("text_encoder", "model", "pytorch_model.bin"),
+    ):
         state = load_file(str(folder / component / f"{name}.safetensors"))
         save_file({k: v.half() for k, v in state.items()}, str(folder / component / f"{name}.fp16.safetensors"))
-        (folder / component / ("diffusion_pytorch_model.bin" if name != "model" else "pytorch_model.bin")).write_bytes(b"pickle")
+        (folder / component / pickle).write_bytes(b"pickle")
     (folder / "safety_checker").mkdir()
     (folder / "safety_checker" / "model.safetensors").write_bytes(b"not needed")
     (folder / "v1-5-pruned.ckpt").write_bytes(b"not needed")
@@ -106,7 +110,8 @@ def test_download_asks_only_for_needed_files(tiny_models, tmp_path, monkeypatch,
     options = ConvertOptions(dtype="float32", revision="v1", variant=variant)
     report = convert_model(REPO, tmp_path / "out", options)
     assert calls == [{"repo_id": REPO, "revision": "v1", "allow_patterns": allow_patterns(variant)}]
-    fetched = sorted(str(p.relative_to(tmp_path / "snapshot")) for p in (tmp_path / "snapshot").rglob("*") if p.is_file())
+    snapshot = tmp_path / "snapshot"
+    fetched = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
     assert not [f for f in fetched if f.endswith((".bin", ".ckpt")) or f.startswith("safety_checker")]
     weights = [f for f in fetched if f.endswith(".safetensors")]
     assert len(weights) == 3 and all((".fp16." in f) == (variant == "fp16") for f in weights)
@@ -118,7 +123,8 @@ def test_download_asks_only_for_needed_files(tiny_models, tmp_path, monkeypatch,
 
 
 def test_missing_variant_is_explained(tiny_models, tmp_path):
-    with pytest.raises(ConversionError, match=r"unet: no diffusion_pytorch_model.fp16.safetensors \(variant fp16\).*drop --variant"):
+    expected = r"unet: no diffusion_pytorch_model.fp16.safetensors \(variant fp16\).*drop --variant"
+    with pytest.raises(ConversionError, match=expected):
         convert_model(tiny_models.diffusers("sd1"), tmp_path / "out", ConvertOptions(variant="fp16"))
 
 
@@ -147,7 +153,8 @@ def test_replacement_vae(tiny_models, tmp_path, naming):
     other = tmp_path / f"other-vae-{naming}.safetensors"
     if naming == "ldm":
         state = load_file(str(tiny_models.single_file("sd1-inpaint")))
-        save_file({k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}, str(other))
+        prefix = "first_stage_model."
+        save_file({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(other))
     else:
         shutil.copyfile(tiny_models.diffusers("sd1-inpaint") / "vae" / "diffusion_pytorch_model.safetensors", other)
     convert_model(tiny_models.diffusers("sd1-inpaint"), tmp_path / "inpaint", ConvertOptions(dtype="float32"))
