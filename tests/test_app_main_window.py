@@ -331,7 +331,7 @@ def test_a_large_upscale_is_resampled_to_the_screen_size(qtbot) -> None:
     qtbot.waitExposed(view)
     view.set_results([ResultItem(noise_image(1, 1024, 768), 1, "x")])
     view.factor.setCurrentText("4x")
-    view.canvas.repaint()
+    view.canvas.grab()  # paints the canvas
     rect = view.canvas.image_rect()
     assert rect.width() <= view.canvas.width() and abs(rect.width() / rect.height() - 4 / 3) < 0.01
     assert view.canvas._shown[1].size() == rect.size()  # not a 4096 x 3072 image
