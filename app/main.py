@@ -11,8 +11,12 @@ import mlx_sd  # noqa: F401  (binds OpenBLAS before anything loads mlx.core)
 from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QApplication
 
+from . import desktop_entry
+from .history_browser import install_history_browser
 from .main_window import MainWindow
+from .model_manager import install_model_manager
 from .settings import AppSettings, load_settings
+from .settings_dialog import install_settings_dialog
 
 APP_NAME = "mlx-sd"
 SETTINGS_FILE = "settings.json"
@@ -35,18 +39,30 @@ def library_folder(settings: AppSettings) -> Path:
 
 def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:
     """The main window with everything plugged in."""
-    return MainWindow(settings, library_folder(settings), settings_path)
+    window = MainWindow(settings, library_folder(settings), settings_path)
+    history = install_history_browser(window)
+    models = install_model_manager(window, settings_path)
+    install_settings_dialog(
+        window, settings_path, default_library(),
+        releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
+    )
+    return window
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="mlx-sd-app", description="Stable Diffusion on your Mac, with MLX.")
+    parser.add_argument("--install-desktop-entry", action="store_true",
+                        help="Linux: add mlx-sd with its icon to the desktop's application menu, then exit")
     return parser.parse_known_args(argv)  # the rest goes to Qt (-platform, -style, ...)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    _, qt_args = parse_args(argv[1:])
+    args, qt_args = parse_args(argv[1:])
+    if args.install_desktop_entry:
+        return desktop_entry.main()
     app = QApplication([argv[0] if argv else APP_NAME, *qt_args])
+    app.setWindowIcon(desktop_entry.app_icon())
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
     app.setApplicationDisplayName(APP_NAME)
