@@ -45,9 +45,20 @@ def library(tmp_path: Path, tiny_model: Path) -> Path:
 def window(qtbot, library: Path) -> MainWindow:
     threads: list[str] = []
 
+    def where() -> tuple[str, bool]:
+        return QThread.currentThread().objectName(), threading.current_thread() is threading.main_thread()
+
     def load(folder: Path, device: str):
-        threads.append((QThread.currentThread().objectName(), threading.current_thread() is threading.main_thread()))
-        return load_pipeline(folder, device)
+        threads.append(("load", *where()))
+        pipeline = load_pipeline(folder, device)
+        generate = pipeline.generate
+
+        def generate_and_note(*args, **kwargs):
+            threads.append(("generate", *where()))
+            return generate(*args, **kwargs)
+
+        pipeline.generate = generate_and_note
+        return pipeline
 
     win = MainWindow(AppSettings(), library, None, loader=load, demo_folder=None)
     win.load_threads = threads
@@ -87,7 +98,8 @@ def test_generate_end_to_end_with_history_and_screenshot(qtbot, window: MainWind
     assert view.model.rowCount() == 2 and view.strip.isVisible()
     items = [view.model.item(i) for i in range(2)]
     assert [i.seed for i in items] == [5, 6] and all(i.image.size == (64, 64) for i in items)
-    assert window.load_threads == [("generation", False)]  # the model was loaded on the worker thread
+    # the model was loaded and run on the worker thread, never on the UI thread
+    assert window.load_threads == [("load", "generation", False), ("generate", "generation", False)]
 
     history = sorted(entries(library), key=lambda e: e.generation.seed)
     assert [e.generation.seed for e in history] == [5, 6] == [e.generation.seed for e in recorded]
