@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return desktop_entry.main()
     app = QApplication([argv[0] if argv else APP_NAME, *qt_args])
     app.setWindowIcon(desktop_entry.app_icon())
-    app.setApplicationName(APP_NAME)
-    app.setOrganizationName(APP_NAME)
+    app.setApplicationName(APP_NAME)  # no organisation name: folders are .../mlx-sd, not .../mlx-sd/mlx-sd
     app.setApplicationDisplayName(APP_NAME)
     path = settings_file()
     window = build_window(load_settings(path), path)
