@@ -18,6 +18,7 @@ from .pickle_file import PickleCheckpoint, refuse_pickle
 from .plan import Plan, Read, TensorSource
 from .safetensors_file import SafetensorsFile, ShardedSafetensors
 from .single_file import open_checkpoint, vae_routes
+from .text_encoders import clip_targets
 from .tokenizer_files import check_folder, pad_token_id
 
 MODEL_INDEX = "model_index.json"
@@ -103,10 +104,17 @@ def find_weights(folder: Path, component: str, variant: str | None, allow_pickle
     raise ConversionError(f"{component}: no {wanted} in {folder} (found {found}){hint}")
 
 
-def _routes(component: str, source: TensorSource) -> dict[str, list[Route]]:
+def _routes(component: str, source: TensorSource, ignored: list[str]) -> dict[str, list[Route]]:
+    """diffusers names are ours; text encoders saved by transformers 5 lack `text_model.`, old VAEs
+    use pre-0.14 attention names."""
     routes: dict[str, list[Route]] = {}
     for key, info in source.tensors.items():
-        if key.endswith("position_ids"):
+        if component.startswith("text_encoder"):
+            targets = clip_targets(key)
+            if targets is None:
+                ignored.append(key)
+            elif targets:
+                routes[key] = [Route(component, name) for name, _ in targets]
             continue
         name = diffusers_vae_key(key) if component == "vae" else key
         squeeze = component == "vae" and is_attention_projection(name) and len(info.shape) > 2
@@ -146,7 +154,7 @@ def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind
             reads[component] = Read(replacement, vae_routes(replacement, ignored))
             continue
         source = find_weights(folder / component, component, options.variant, options.allow_pickle)
-        reads[component] = Read(source, _routes(component, source), hashed=component == "unet")
+        reads[component] = Read(source, _routes(component, source, ignored), hashed=component == "unet")
     tokenizers = {TOKENIZER_FOR[c]: check_folder(folder / TOKENIZER_FOR[c], TOKENIZER_FOR[c]) for c in texts}
     text_configs = {
         c: _text_config(

@@ -34,7 +34,10 @@ class ConvertOptions:
             if value not in allowed:
                 choices = ", ".join(a for a in allowed if a)
                 raise ConversionError(f"{flag} {value!r} is not one of {choices}")
-        if self.vae is not None and not Path(self.vae).is_file():
+        for name in ("vae", "hub_cache"):  # callers may pass strings
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        if self.vae is not None and not self.vae.is_file():
             raise ConversionError(f"--vae {self.vae}: no such file")
 
 

@@ -197,3 +197,15 @@ def test_cli_entry_point(tiny_models, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "family:      sdxl-refiner" in done.stdout
     assert json.loads((tmp_path / "out" / "model.json").read_text())["requires_aesthetics_score"] is True
+
+
+def test_text_encoder_saved_without_text_model_prefix(tiny_models, sd1_reference, tmp_path):
+    """transformers 5 saves CLIPTextModel weights without `text_model.`; such folders convert the same."""
+    folder = tmp_path / "new-transformers"
+    shutil.copytree(tiny_models.diffusers("sd1"), folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    assert all(k.startswith("text_model.") for k in state)
+    save_file({k[len("text_model."):]: v for k, v in state.items()}, str(weights))
+    convert_model(folder, tmp_path / "out", ConvertOptions(dtype="float32"))
+    assert _same_weights(tmp_path / "out", sd1_reference, "text_encoder")
