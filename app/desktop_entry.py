@@ -72,7 +72,7 @@ def desktop_entry_text(command: list[str], icon: Path) -> str:
     return "\n".join([
         "[Desktop Entry]",
         "Type=Application",
-        "Version=1.5",
+        "Version=1.4",
         "Name=mlx-sd",
         "GenericName=Image Generator",
         "Comment=Make images from text with Stable Diffusion, on your own computer",

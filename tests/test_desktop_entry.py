@@ -158,3 +158,55 @@ def test_window_icon_has_every_size(qapp):
     icon = desktop_entry.app_icon()
     assert not icon.isNull()
     assert {s.width() for s in icon.availableSizes()} >= set(ICON_SIZES)
+
+
+def stand_in(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def test_macos_bundle_script_with_stand_ins_for_the_mac_tools(tmp_path):
+    """scripts/build_macos_app.sh cannot run here; with stand-ins for uname, iconutil and plutil it shows
+    that it lays out the bundle, names the iconset as iconutil wants and writes a launcher that works
+    with a Python path holding a space and a quote."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    stand_in(tools, "uname", "echo Darwin")
+    stand_in(tools, "plutil", 'test "$1" = -lint && test -f "$2"')
+    # iconutil --convert icns --output OUT ICONSET: keep the iconset beside OUT for inspection
+    stand_in(tools, "iconutil", 'test "$1 $2 $3" = "--convert icns --output" && cp -R "$5" "$4.iconset" && echo icns > "$4"')
+    odd = tmp_path / "my env's" / "bin"
+    odd.mkdir(parents=True)
+    (odd / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+    result = subprocess.run(["sh", str(REPO / "scripts" / "build_macos_app.sh"), str(odd / "python"), str(tmp_path / "dist")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    app = tmp_path / "dist" / "mlx-sd.app" / "Contents"
+    import plistlib
+
+    import mlx_sd
+
+    info = plistlib.loads((app / "Info.plist").read_bytes())
+    assert (info["CFBundleExecutable"], info["CFBundleIconFile"], info["CFBundlePackageType"]) == ("mlx-sd", "mlx-sd", "APPL")
+    assert info["CFBundleShortVersionString"] == mlx_sd.__version__
+    iconset = app / "Resources" / "mlx-sd.icns.iconset"
+    names = sorted(p.name for p in iconset.iterdir())
+    assert len(names) == 10
+    for name in names:
+        base = int(name.split("_")[1].split("x")[0])
+        assert Image.open(iconset / name).size == ((base * 2,) * 2 if "@2x" in name else (base, base))
+    launcher = app / "MacOS" / "mlx-sd"
+    assert launcher.stat().st_mode & 0o111
+    run = subprocess.run([str(launcher), "--install-desktop-entry"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}, timeout=120)
+    assert run.returncode == 0, run.stderr  # the bundle's launcher started `python -m app`
+    assert (tmp_path / "data" / "applications" / "mlx-sd.desktop").is_file()
+
+
+def test_macos_bundle_script_refuses_other_systems(tmp_path):
+    result = subprocess.run(["sh", str(REPO / "scripts" / "build_macos_app.sh"), sys.executable, str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "run it on a Mac" in result.stderr
+    assert not (tmp_path / "mlx-sd.app").exists()
