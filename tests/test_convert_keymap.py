@@ -102,3 +102,63 @@ def test_openclip_table():
     assert name == "text_projection.weight" and transform.shape((128, 64)) == (64, 128)
     assert openclip_targets("logit_scale", None, False) == []
     assert openclip_targets("transformer.resblocks.0.attn.unknown.weight", None, False) is None
+
+
+FULL_SIZE = [("sd15", "sd1"), ("sd21", "sd2"), ("sdxl", "sdxl"), ("sdxl-refiner", "sdxl-refiner")]
+UNET_FIELDS = (
+    "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block",
+    "context_dim", "use_linear_projection", "addition_embed_type", "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+)
+
+
+def _attention_depths(config) -> list[int]:
+    """Transformer depth of each level with attention, then the mid block's."""
+    depths = config.transformer_depth_per_level()
+    return [d for level, d in enumerate(depths) if config.has_attention(level)] + [depths[-1]]
+
+
+@pytest.mark.parametrize("preset_name, family", FULL_SIZE)
+def test_full_size_configs_inferred_from_shapes(preset_name, family):
+    """Real architectures, shapes only (torch meta tensors, nothing allocated): shapes plus the family
+    rules give back the published configs, heads and depths included."""
+    import dataclasses
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from mlx_sd.config import preset
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from convert import infer_config
+
+    expected = preset(preset_name)
+    usage_only = ("hidden_layer", "final_norm", "projection_dim")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**dataclasses.asdict(expected.unet))
+        vae = AutoencoderKL(
+            block_out_channels=expected.vae.block_out_channels,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        texts = {}
+        for name, config in expected.text_encoders.items():
+            cls = CLIPTextModelWithProjection if config.projection_dim else CLIPTextModel
+            fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in usage_only}
+            texts[name] = cls(CLIPTextConfig(**fields, projection_dim=config.projection_dim or 512))
+
+    def shapes(model):
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    got = infer_config.unet_config(shapes(unet), family)
+    assert {f: getattr(got, f) for f in UNET_FIELDS} == {f: getattr(expected.unet, f) for f in UNET_FIELDS}
+    assert got.heads_per_level() == expected.unet.heads_per_level()
+    assert _attention_depths(got) == _attention_depths(expected.unet)
+    vae_config = infer_config.vae_config(shapes(vae), family)
+    assert (vae_config.block_out_channels, vae_config.scaling_factor) == (
+        expected.vae.block_out_channels, expected.vae.scaling_factor
+    )
+    for name, model in texts.items():
+        openclip = expected.text_encoders[name].hidden_act == "gelu"
+        # transformers 5 names CLIPTextModel weights without `text_model.`: the CLIP table puts it back
+        named = {target: shape for key, shape in shapes(model).items() for target, _ in clip_targets(key) or []}
+        assert infer_config.text_config(named, openclip, name, family) == expected.text_encoders[name], name
