@@ -73,7 +73,9 @@ def unet_key_to_ldm(key: str, layout: UNetLayout) -> str:
     if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         level, kind, slot, rest = int(m[1]), m[2], int(m[3]), m[4]
         block = 1 + level * per_level + slot
-        return f"input_blocks.{block}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"input_blocks.{block}.1.{rest}"
+        if kind == "resnets":
+            return f"input_blocks.{block}.0.{_resnet_rest(rest)}"
+        return f"input_blocks.{block}.1.{rest}"
     if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
         block = 1 + int(m[1]) * per_level + layout.layers_per_block
         return f"input_blocks.{block}.0.op.{m[2]}"
@@ -85,7 +87,9 @@ def unet_key_to_ldm(key: str, layout: UNetLayout) -> str:
     if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         level, kind, slot, rest = int(m[1]), m[2], int(m[3]), m[4]
         block = level * per_level + slot
-        return f"output_blocks.{block}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"output_blocks.{block}.1.{rest}"
+        if kind == "resnets":
+            return f"output_blocks.{block}.0.{_resnet_rest(rest)}"
+        return f"output_blocks.{block}.1.{rest}"
     if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
         level = int(m[1])
         block = level * per_level + layout.layers_per_block

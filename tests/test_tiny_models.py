@@ -26,6 +26,12 @@ SCHEDULERS = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with tm.single_threaded_torch():
+        yield
+
+
 @pytest.fixture(scope="module")
 def pipelines():
     return {kind: tm.build_pipeline(kind) for kind in tm.KINDS}
@@ -205,21 +211,22 @@ def test_activations_are_unit_scale(kind, pipelines):
     pipe, s = pipelines[kind], tm.spec(kind)
     g = torch.Generator().manual_seed(0)
     added = None
-    if s.family == "sdxl":
-        added = {"text_embeds": torch.randn(1, 192, generator=g), "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]])}
-    elif s.family == "sdxl-refiner":
-        added = {"text_embeds": torch.randn(1, 192, generator=g), "time_ids": torch.tensor([[128.0, 128, 0, 0, 6.0]])}
+    if s.family in ("sdxl", "sdxl-refiner"):
+        time_ids = [128.0, 128, 0, 0, 128, 128] if s.family == "sdxl" else [128.0, 128, 0, 0, 6.0]
+        added = {"text_embeds": torch.randn(1, 192, generator=g), "time_ids": torch.tensor([time_ids])}
     sample = torch.randn(1, s.unet["in_channels"], 16, 16, generator=g)
     context = torch.randn(1, 77, s.unet["cross_attention_dim"], generator=g)
+    latents, images = torch.randn(1, 4, 16, 16, generator=g), torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
     runs = {
         "unet": (pipe.unet, lambda: pipe.unet(sample, torch.tensor([500.0]), context, added_cond_kwargs=added).sample),
-        "vae decode": (pipe.vae, lambda: pipe.vae.decode(torch.randn(1, 4, 16, 16, generator=g)).sample),
-        "vae encode": (pipe.vae, lambda: pipe.vae.encode(torch.rand(1, 3, 64, 64, generator=g) * 2 - 1).latent_dist.parameters),
+        "vae decode": (pipe.vae, lambda: pipe.vae.decode(latents).sample),
+        "vae encode": (pipe.vae, lambda: pipe.vae.encode(images).latent_dist.parameters),  # mean and log-variance
     }
     for name, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
         te = getattr(pipe, name, None)
         if te is not None:
-            ids = getattr(pipe, tok)("a photo of a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+            ids = getattr(pipe, tok)("a photo of a cat", padding="max_length", max_length=77, return_tensors="pt")
+            ids = ids.input_ids
             runs[name] = (te, lambda te=te, ids=ids: te(ids, output_hidden_states=True).hidden_states[-2])
     for name, (model, run) in runs.items():
         stds, out = _layer_stds(model, run)
