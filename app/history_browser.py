@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 
 ALL_MODELS = "All models"
 SEARCH_DELAY_MS = 200  # search as the user types, once they pause
-PREVIEW_SIDE = 360
-GRID_ICON = QSize(150, 150)
+PREVIEW_SIDE = 220
+GRID_ICON = QSize(112, 112)
+DOCK_HEIGHT = 0.4  # of the window, when first docked
 # The request fields an image cannot carry in the history (pictures and arrays).
 NOT_REUSABLE = ("init_image", "mask", "latents")
 EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
@@ -216,7 +217,7 @@ class HistoryBrowser(QWidget):
         self.empty_label = QLabel(alignment=Qt.AlignmentFlag.AlignCenter, wordWrap=True)
 
         self.preview = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumSize(QSize(PREVIEW_SIDE // 2, PREVIEW_SIDE // 2))
+        self.preview.setFixedSize(QSize(PREVIEW_SIDE, PREVIEW_SIDE))
         self.details = QTextBrowser(openLinks=False)
         self.actions_by_name: dict[str, QAction] = {}
         buttons = QGridLayout()
@@ -243,12 +244,15 @@ class HistoryBrowser(QWidget):
             button.setDefaultAction(action)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
             button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            buttons.addWidget(button, i // 2, i % 2)
+            buttons.addWidget(button, i // 4, i % 4)
 
         side = QWidget()
         side_layout = QVBoxLayout(side)
-        side_layout.addWidget(self.preview)
-        side_layout.addWidget(self.details, 1)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        top.addWidget(self.preview, 0, Qt.AlignmentFlag.AlignTop)
+        top.addWidget(self.details, 1)
+        side_layout.addLayout(top, 1)
         side_layout.addLayout(buttons)
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -473,6 +477,7 @@ class HistoryPanel(QObject):
         self._store: HistoryStore | None = None
         self.browser = HistoryBrowser(None)
         self.dock = window.add_panel("History", self.browser, Qt.DockWidgetArea.BottomDockWidgetArea)
+        window.resizeDocks([self.dock], [int(window.height() * DOCK_HEIGHT)], Qt.Orientation.Vertical)
         self.dock.toggleViewAction().setShortcut(QKeySequence("Ctrl+Shift+H"))
         # a batch records several images at once: reload once, after the last
         self._reload_timer = QTimer(self, singleShot=True, interval=0)

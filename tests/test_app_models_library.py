@@ -125,3 +125,11 @@ def test_import_names(library):
     name, folder = library.import_target("/d/Dreamshaper_8.safetensors")
     assert name == "Dreamshaper_8-3" and folder == library.folder / name
     assert library.import_target("/d/demo.safetensors")[0] == "demo-model"
+
+
+def test_the_library_is_qt_free():
+    import subprocess
+    import sys
+
+    code = "import app.model_library, sys; assert not [m for m in sys.modules if m.startswith('PySide6')]"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0

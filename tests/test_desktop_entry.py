@@ -22,6 +22,7 @@ from app.desktop_entry import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.qt_log_level_fail("WARNING")
 
 
 def read_desktop_file(path: Path) -> dict[str, str]:
