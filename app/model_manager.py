@@ -142,8 +142,12 @@ class ModelImporter(QObject):
         if self.busy:
             self.failed.emit(f"{self._name} is still being imported; wait for it or cancel it first.")
             return False
-        self._source = str(source)
-        self._name, output = library.import_target(self._source)
+        try:
+            name, output = library.import_target(str(source))
+        except OSError as exc:
+            self.failed.emit(f"The library's models folder cannot be read: {exc}")
+            return False
+        self._source, self._name = str(source), name
         self._thread = QThread()
         self._thread.setObjectName("model-import")
         self._worker = ConversionWorker(self._source, output, options, self._convert)

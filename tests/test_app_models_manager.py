@@ -246,3 +246,15 @@ def test_dropping_a_checkpoint_on_the_dialog_imports_it(qtbot, tmp_path, library
                        Qt.KeyboardModifier.NoModifier)
     dialog.dropEvent(other)
     assert len(calls) == 1
+
+
+def test_an_unreadable_models_folder_is_a_message(qtbot, monkeypatch, library):
+    def unreadable(self, source):
+        raise PermissionError(13, "Permission denied", str(self.folder))
+
+    monkeypatch.setattr(ModelLibrary, "import_target", unreadable)
+    importer = ModelImporter()
+    with qtbot.waitSignal(importer.failed) as failed:
+        assert not importer.start("x.safetensors", library, ConvertOptions())
+    assert failed.args[0].startswith("The library's models folder cannot be read: ")
+    assert not importer.busy
