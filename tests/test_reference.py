@@ -195,6 +195,16 @@ def test_pipeline_class_from_checkpoint_keys():
         pipeline_class_for_checkpoint({"encoder.conv_in.weight": (128, 3, 3, 3)})
 
 
+def test_pickled_ckpt_loads_like_the_safetensors_file(tmp_path, tiny_models, from_folder):
+    state = tm.single_file_state_dict("sd1-inpaint")
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": state, "global_step": 1000}, str(path))
+    ref = ReferencePipeline.load(path, config=tiny_models.configs_only("sd1-inpaint"))
+    assert type(ref.pipeline).__name__ == "StableDiffusionInpaintPipeline"
+    latents = np.random.default_rng(2).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    np.testing.assert_array_equal(ref.vae_decode(latents), from_folder("sd1-inpaint").vae_decode(latents))
+
+
 def test_load_errors_name_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected a diffusers folder or a single-file checkpoint"):
         ReferencePipeline.load(tmp_path / "missing")

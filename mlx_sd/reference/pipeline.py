@@ -18,6 +18,7 @@ import diffusers
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_INDEX = "model_index.json"
@@ -40,8 +41,6 @@ def torch_device() -> torch.device:
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a single-file checkpoint, without reading tensor data where the format allows."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
