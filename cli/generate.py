@@ -1,0 +1,248 @@
+"""`mlx-sd generate --model FOLDER "prompt"`: generate images and save them as numbered PNGs with
+their A1111 infotext.
+
+The request is checked against the model's config (mlx_sd.generation.plan) before any weights load,
+so a bad argument fails at once with the engine's own message. Each batch is saved as soon as it is
+done, under names that never overwrite a file (mlx_sd.output_files), and its paths are printed on
+stdout; a progress bar with steps per second goes to stderr. Ctrl-C stops the run at the next step:
+nothing partial is written and the exit code is 130 (a second Ctrl-C stops at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn, TextIO
+
+from PIL import Image
+
+from mlx_sd.request import GenerationRequest, Progress
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+DEFAULTS = GenerationRequest()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate images from a prompt (txt2img, img2img, inpainting)",
+        description="Generate images with a converted model and save them as PNGs carrying A1111's "
+        "`parameters` text. Prints the paths of the saved files, one per line.",
+    )
+    parser.add_argument("prompt", help="the prompt, in A1111 syntax: (word:1.2), [word], BREAK")
+    parser.add_argument(
+        "--model", required=True, metavar="FOLDER",
+        help="a model folder made by `mlx-sd convert`, or 'demo' for the bundled demo model",
+    )
+    parser.add_argument("--negative", default=DEFAULTS.negative_prompt, metavar="TEXT", help="the negative prompt")
+    parser.add_argument(
+        "--width", type=int, metavar="PIXELS",
+        help="multiple of 8 from 64 to 2048 (default: the init image's size, else the model's native size)",
+    )
+    parser.add_argument("--height", type=int, metavar="PIXELS", help="as --width")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"sampling steps (default {DEFAULTS.steps})")
+    parser.add_argument(
+        "--cfg", type=float, default=DEFAULTS.cfg_scale, metavar="SCALE",
+        help=f"classifier-free guidance scale; 1 skips the negative prompt (default {DEFAULTS.cfg_scale:g})",
+    )
+    parser.add_argument(
+        "--sampler", default=DEFAULTS.sampler, metavar="NAME",
+        help=f"an A1111 sampler name, any case (default {DEFAULTS.sampler!r}; `mlx-sd samplers` lists them)",
+    )
+    parser.add_argument(
+        "--schedule", default=DEFAULTS.schedule, metavar="NAME",
+        help="Automatic (the sampler's default), Uniform, Karras, Exponential, SGM Uniform, Simple or Normal",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="-1 picks a random seed; image k uses seed + k")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, metavar="N", help="images per model call")
+    parser.add_argument("--batch-count", type=int, default=DEFAULTS.batch_count, metavar="N", help="batches to run")
+    parser.add_argument("--init-image", type=Path, metavar="FILE", help="img2img: the image to start from")
+    parser.add_argument(
+        "--strength", type=float, default=DEFAULTS.strength,
+        help=f"img2img denoising strength from 0 (the input) to 1 (default {DEFAULTS.strength:g})",
+    )
+    parser.add_argument("--mask", type=Path, metavar="FILE", help="inpainting: white repaints, black keeps")
+    parser.add_argument(
+        "--mask-blur", type=int, default=DEFAULTS.mask_blur, metavar="PIXELS",
+        help=f"blur of the mask edge (default {DEFAULTS.mask_blur})",
+    )
+    parser.add_argument("--clip-skip", type=int, default=DEFAULTS.clip_skip, metavar="N", help="A1111's Clip skip")
+    parser.add_argument(
+        "--output", type=Path, default=Path("outputs"), metavar="DIR", help="where to save images (default ./outputs)"
+    )
+
+    def one_line_error(message: str) -> NoReturn:
+        parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
+
+    parser.error = one_line_error  # type: ignore[method-assign]  # argparse would print the long usage first
+    parser.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments -> request
+
+
+def read_image(path: Path, option: str) -> Image.Image:
+    """Open and decode an image file; a ValueError names the option, the file and the reason."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{option} {path}: cannot read it as an image ({reason}); expected a PNG, JPEG or WebP file") from None
+
+
+def size_from_image(width: int, height: int, largest: int = 2048, smallest: int = 64) -> tuple[int, int]:
+    """An output size for an init image: its own, scaled to fit `largest`, in multiples of 8."""
+    scale = min(1.0, largest / max(width, height))
+    return tuple(max(smallest, int(side * scale) // 8 * 8) for side in (width, height))  # type: ignore[return-value]
+
+
+def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
+    init = read_image(args.init_image, "--init-image") if args.init_image else None
+    mask = read_image(args.mask, "--mask") if args.mask else None
+    width, height = size_from_image(*init.size) if init is not None else (default_size, default_size)
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        width=width if args.width is None else args.width,
+        height=height if args.height is None else args.height,
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        batch_count=args.batch_count,
+        clip_skip=args.clip_skip,
+        init_image=init,
+        strength=args.strength,
+        mask=mask,
+        mask_blur=args.mask_blur,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and Ctrl-C
+
+
+class ProgressBar:
+    """Steps of each batch on `stream`: redrawn in place on a terminal; elsewhere (logs, pipes) a line
+    for the first and last step of a batch and at most one every `interval` seconds between."""
+
+    def __init__(self, stream: TextIO, live: bool | None = None, width: int = 24, interval: float = 5.0):
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self.width, self.interval = width, interval
+        self.batch_index, self.batch_count = 0, 1
+        self.started = self.first_step = self.last_line = time.perf_counter()
+
+    def start_batch(self, batch_index: int, batch_count: int) -> None:
+        self.batch_index, self.batch_count = batch_index, batch_count
+        self.started = time.perf_counter()
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.perf_counter()
+        if progress.step == 1:
+            self.first_step = now
+            rate = 1.0 / max(now - self.started, 1e-9)  # includes the prompt encoding: a first estimate
+        else:
+            rate = (progress.step - 1) / max(now - self.first_step, 1e-9)
+        label = f"batch {self.batch_index + 1}/{self.batch_count} " if self.batch_count > 1 else ""
+        last = progress.step == progress.total
+        if self.live:
+            filled = self.width * progress.step // progress.total
+            bar = "#" * filled + "-" * (self.width - filled)
+            line = f"\r{label}[{bar}] {progress.step}/{progress.total} {rate:.2f} steps/s"
+            self.stream.write(line + ("\n" if last else ""))
+        elif progress.step == 1 or last or now - self.last_line >= self.interval:
+            self.stream.write(f"{label}step {progress.step}/{progress.total}, {rate:.2f} steps/s\n")
+            self.last_line = now
+        self.stream.flush()
+
+
+class StopOnInterrupt:
+    """While active, the first Ctrl-C (SIGINT) asks the run to stop at its next step: calling the object
+    returns True from then on. A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread
+    (signals cannot be caught there) it does nothing."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.requested = False
+        self._previous: object = None
+        self._installed = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.stream.write("\nstopping at the next step (Ctrl-C again to stop at once)\n")
+        self.stream.flush()
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            # None: the previous handler was not set from Python; the default is the closest
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def run(args: argparse.Namespace) -> int:
+    # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.model_format import read_config
+    from mlx_sd.model_paths import resolve_model_folder
+    from mlx_sd.output_files import save_numbered
+    from mlx_sd.pipeline import Pipeline
+    from mlx_sd.samplers import Cancelled
+
+    err = sys.stderr
+    folder = resolve_model_folder(args.model)
+    config = read_config(folder)
+    request = build_request(args, config.default_size)
+    request = plan(config, request).request  # every check before the weights load; canonical names
+    seed = resolve_seed(request.seed)
+
+    err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
+    err.flush()
+    pipe = Pipeline.load(folder)
+    bar = ProgressBar(err)
+    saved = 0
+    started = time.perf_counter()
+    with StopOnInterrupt(err) as stop:
+        for batch_index in range(request.batch_count):
+            # one call per batch, so finished batches are saved even if a later one is stopped
+            batch = dataclasses.replace(request, seed=seed + batch_index * request.batch_size, batch_count=1)
+            bar.start_batch(batch_index, request.batch_count)
+            try:
+                result = pipe.generate(batch, on_progress=bar, cancel=stop)
+            except Cancelled:
+                break
+            for image, image_seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
+                print(save_numbered(image, args.output, image_seed, infotext), flush=True)
+                saved += 1
+            if stop():
+                break
+    if stop():
+        err.write(f"stopped: {saved} of {request.total_images} images saved\n")
+        return EXIT_INTERRUPTED
+    err.write(f"{saved} images in {time.perf_counter() - started:.1f} s\n")
+    return 0

@@ -1,0 +1,34 @@
+"""Where a model named by the user lives: the one rule shared by the CLI and the app.
+
+"demo" names the small demo model bundled in resources/demo/; anything else is a model folder path.
+(A folder that happens to be called "demo" is reached as ./demo.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .model_format import MODEL_JSON, ModelFolderError
+
+DEMO_NAME = "demo"
+DEMO_FOLDER = Path(__file__).resolve().parents[1] / "resources" / "demo"
+
+
+def demo_available(folder: Path = DEMO_FOLDER) -> bool:
+    return (folder / MODEL_JSON).is_file()
+
+
+def resolve_model_folder(name: str | os.PathLike[str], demo_folder: Path = DEMO_FOLDER) -> Path:
+    """The folder of the model called `name`: DEMO_NAME is the bundled demo model, anything else a path.
+
+    Raises ModelFolderError when the demo model is asked for but not installed. Whether another folder
+    is a usable model is checked when it is read (model_format.read_config)."""
+    if os.fspath(name) == DEMO_NAME:
+        if not demo_available(demo_folder):
+            raise ModelFolderError(
+                f"the bundled demo model is not installed: expected {demo_folder / MODEL_JSON}; "
+                "pass a converted model folder instead"
+            )
+        return demo_folder
+    return Path(name).expanduser()
