@@ -1,0 +1,1 @@
+"""The bundled demo model: its procedural shapes dataset, a classifier for it, training and scoring."""
