@@ -17,11 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_sd.model_format import MODEL_JSON, ModelFolderError, read_config
+from mlx_sd.model_format import ModelFolderError, read_config
+from mlx_sd.model_paths import DEMO_FOLDER, DEMO_NAME, demo_available
 
 MODELS_DIR = "models"
-DEMO_NAME = "demo"  # what settings and the CLI call the bundled model
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "resources" / "demo"
 DELETING_PREFIX = ".deleting-"
 MAX_NAME_LENGTH = 100
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}
@@ -126,7 +125,7 @@ class ModelLibrary:
 
     @property
     def demo_available(self) -> bool:
-        return self.demo_folder is not None and (self.demo_folder / MODEL_JSON).is_file()
+        return self.demo_folder is not None and demo_available(self.demo_folder)
 
     def models(self) -> list[ModelInfo]:
         """The converted models by name (case-insensitive), then the demo model if it is bundled."""

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 from mlx_sd.device import gpu_available
 
 from .history_store import DB_NAME, HistoryError, move_library
-from .model_library import DEMO_NAME, MODELS_DIR, ModelInfo
+from .model_library import MODELS_DIR, ModelInfo
 from .settings import DEVICES, OUTPUT_FORMATS, PRECISIONS, AppSettings, save_settings
 
 if TYPE_CHECKING:
