@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from mlx_sd.config import FAMILIES
 
-from .ema import EMA_PREFIX, has_ema
+from .ema import ema_name, has_ema
 from .errors import ConversionError
 from .layout import Shape
+from .ldm_unet import PREFIX as UNET_PREFIX
+from .ldm_vae import PREFIX as VAE_PREFIX
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_OPENCLIP = ("cond_stage_model.model.", "conditioner.embedders.0.model.")  # the second: SGM-packed SD2
 SDXL_CLIP = "conditioner.embedders.0.transformer."
@@ -84,9 +84,8 @@ def detect_layout(name: str, shapes: dict[str, Shape], family: str | None = None
     keys = set(shapes)
     refuse_non_models(name, keys)
     ema_only = not _has_prefix(keys, UNET_PREFIX)
-    sdxl_like = "model.diffusion_model.label_emb.0.0.weight" in keys or _has_prefix(
-        keys, f"{EMA_PREFIX}diffusion_modellabel_emb"
-    )
+    label_emb = f"{UNET_PREFIX}label_emb.0.0.weight"  # SDXL's text_time embedding
+    sdxl_like = label_emb in keys or ema_name(label_emb) in keys
     if family is not None:
         if family not in FAMILIES:
             raise ConversionError(f"--family {family!r} is not one of {', '.join(FAMILIES)}")

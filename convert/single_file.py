@@ -10,10 +10,12 @@ from mlx_sd.config import ModelConfig, SourceInfo
 from mlx_sd.model_format import TOKENIZER_FOR
 
 from . import infer_config
-from .detect import SDXL_V_PRED_MARKER, UNET_PREFIX, VAE_PREFIX, Layout, TextEncoderSource, detect_layout
+from .detect import SDXL_V_PRED_MARKER, Layout, TextEncoderSource, detect_layout
 from .ema import restore_dots
 from .errors import ConversionError
+from .ldm_unet import PREFIX as UNET_PREFIX
 from .ldm_unet import unet_key
+from .ldm_vae import PREFIX as VAE_PREFIX
 from .ldm_vae import diffusers_vae_key, is_attention_projection, vae_key
 from .layout import Route, SqueezeToLinear
 from .options import ConvertOptions
