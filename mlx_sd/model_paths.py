@@ -15,16 +15,18 @@ DEMO_NAME = "demo"
 DEMO_FOLDER = Path(__file__).resolve().parents[1] / "resources" / "demo"
 
 
-def demo_available(folder: Path = DEMO_FOLDER) -> bool:
-    return (folder / MODEL_JSON).is_file()
+def demo_available(folder: Path | None = None) -> bool:
+    return ((folder or DEMO_FOLDER) / MODEL_JSON).is_file()
 
 
-def resolve_model_folder(name: str | os.PathLike[str], demo_folder: Path = DEMO_FOLDER) -> Path:
-    """The folder of the model called `name`: DEMO_NAME is the bundled demo model, anything else a path.
+def resolve_model_folder(name: str | os.PathLike[str], demo_folder: Path | None = None) -> Path:
+    """The folder of the model called `name`: DEMO_NAME is the bundled demo model (in `demo_folder`,
+    by default DEMO_FOLDER), anything else a path.
 
     Raises ModelFolderError when the demo model is asked for but not installed. Whether another folder
     is a usable model is checked when it is read (model_format.read_config)."""
     if os.fspath(name) == DEMO_NAME:
+        demo_folder = demo_folder or DEMO_FOLDER
         if not demo_available(demo_folder):
             raise ModelFolderError(
                 f"the bundled demo model is not installed: expected {demo_folder / MODEL_JSON}; "

@@ -28,6 +28,7 @@ from mlx_sd.config import CLIPTextConfig, ModelConfig, SourceInfo, UNetConfig, V
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.model_format import MODEL_JSON, TOKENIZER_FOR, write_model
+from mlx_sd import model_paths
 from mlx_sd.model_paths import DEMO_NAME, resolve_model_folder
 from mlx_sd.output_files import next_number, reserve_path, save_numbered
 from mlx_sd.pipeline import build_models
@@ -250,6 +251,17 @@ def test_bad_arguments_fail_with_one_line_naming_the_value(capsys, model: Path, 
     assert len(lines) == 1, err
     assert lines[0].startswith("mlx-sd generate: error: ") and expected in lines[0], lines[0]
     assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_demo_names_the_bundled_model(capsys, model: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(model_paths, "DEMO_FOLDER", tmp_path / "not-installed")
+    code, paths, err = generate(capsys, Path(DEMO_NAME), tmp_path / "out", "a prompt")
+    assert code == 1 and paths == [] and len(err.strip().splitlines()) == 1
+    assert "the bundled demo model is not installed: expected " in err
+    monkeypatch.setattr(model_paths, "DEMO_FOLDER", model)
+    code, paths, err = generate(capsys, Path(DEMO_NAME), tmp_path / "out", "a prompt", "--steps", "1")
+    assert code == 0 and len(paths) == 1, err
+    assert f"loading {model} " in err
 
 
 def test_missing_model_folder_and_bad_numbers(capsys, tmp_path: Path):
