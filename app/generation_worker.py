@@ -237,6 +237,7 @@ class GenerationWorker(QObject):
         try:
             if self._store is None:
                 self._store = HistoryStore(self._library)
+                self._store.reconcile_all()  # the full images-folder scan, here off the UI thread
             for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
                 generation = Generation(
                     prompt=request.prompt, negative_prompt=request.negative_prompt, model=job.model_name,

@@ -2,12 +2,16 @@
 
     <library>/history.sqlite3     WAL-mode database: one row per image, FTS5 index over the prompts
     <library>/images/YYYY-MM-DD/  the PNGs (with A1111 `parameters` and our own `mlx-sd` JSON chunk)
+    <library>/.pending/           one marker per image being added, until its row is committed
     <library>/.trash/             images being deleted (a crash mid-delete is undone on the next open)
 
-Durability: an image is written, fsynced and renamed into place before its row is committed. Rows keep
-image paths relative to the library, so moving the library folder keeps the history. On open, the
-store reconciles the two: a PNG without a row (a crash between the image write and the commit) is
-recorded again from the JSON chunk it carries; a row whose image has vanished is dropped.
+Durability: a pending marker is written, then the image is written, fsynced and renamed into place,
+then its row is committed, then the marker is removed. Rows keep image paths relative to the library,
+so moving the library folder keeps the history. Opening the store finishes whatever a crash
+interrupted, looking only at the markers and the trash, so it costs the same with 10 or 100,000 images:
+a PNG whose row was never committed is recorded from the JSON chunk it carries. `reconcile_all` also
+scans the whole images folder (for PNGs without a row, and rows whose image was deleted behind the
+app's back); the app runs it off the UI thread.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PIL import Image, PngImagePlugin
 
 DB_NAME = "history.sqlite3"
 IMAGES_DIR = "images"
+PENDING_DIR = ".pending"
 TRASH_DIR = ".trash"
 RECORD_CHUNK = "mlx-sd"  # PNG text chunk holding the record as JSON, used to recover a lost row
 THUMBNAIL_SIDE = 256
@@ -176,7 +181,7 @@ class HistoryStore:
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise HistoryError(f"cannot open the history in {self.library}: {exc}") from exc
-        self.reconcile()
+        self._finish_interrupted()
 
     def close(self) -> None:
         self._db.close()
@@ -188,12 +193,16 @@ class HistoryStore:
         created = generation.created or time.time()
         generation = Generation(**{**_record(generation), "created": created})
         path = self._new_image_path(created, generation.seed)
+        marker = self.library / PENDING_DIR / f"{path.stem}.json"
         try:
+            _write_durably(marker, json.dumps(self._relative(path)).encode())
             _write_durably(path, encode_png(image, generation))
             entry_id = self._insert(generation, path, make_thumbnail(image))
         except (OSError, sqlite3.Error) as exc:
             path.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
             raise HistoryError(f"could not record the image in {self.library}: {exc}") from exc
+        marker.unlink(missing_ok=True)
         return HistoryEntry(entry_id, generation, path, False)
 
     def _new_image_path(self, created: float, seed: int) -> Path:
@@ -295,9 +304,29 @@ class HistoryStore:
 
     # -- consistency -------------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Make rows and image files agree after a crash (see the module docstring)."""
+    def _finish_interrupted(self) -> None:
+        """Complete or undo the adds and deletes a crash interrupted (see the module docstring)."""
         self._restore_trash()
+        pending = self.library / PENDING_DIR
+        if not pending.is_dir():
+            return
+        for marker in pending.glob("*.json"):
+            try:
+                path = self.library / json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError, TypeError):
+                marker.unlink(missing_ok=True)
+                continue
+            recorded = self._db.execute(
+                "SELECT 1 FROM generations WHERE image_path = ?", (self._relative(path),)
+            ).fetchone()
+            if not recorded and path.exists():
+                self._recover(path)
+            path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+
+    def reconcile_all(self) -> None:
+        """Also scan every image: record PNGs without a row, drop rows whose image is gone."""
+        self._finish_interrupted()
         known = {row[0] for row in self._db.execute("SELECT image_path FROM generations")}
         for path in self._image_files():
             if self._relative(path) not in known:
@@ -338,6 +367,8 @@ class HistoryStore:
             return  # not one of ours, or unreadable: leave the file alone
 
     def _relative(self, path: Path) -> str:
+        if not path.is_relative_to(self.library):
+            raise ValueError(f"{path} is outside the library {self.library}")
         return path.relative_to(self.library).as_posix()
 
     def _transaction(self) -> "_Transaction":

@@ -44,7 +44,7 @@ def main() -> None:
 
         def open_browser() -> None:
             start = time.perf_counter()
-            store = HistoryStore(library)  # includes the crash-reconciliation scan of the images folder
+            store = HistoryStore(library)  # finishes interrupted adds; the full scan runs on the worker thread
             figures["open_store_s"] = time.perf_counter() - start
             # "now" just after the newest entry, so the date filters match part of the history
             browser = HistoryBrowser(store, now=lambda: 1.7e9 + args.entries)

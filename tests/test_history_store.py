@@ -82,29 +82,67 @@ def test_delete_removes_the_file_and_the_row(store):
     assert not any((store.library / history_store.TRASH_DIR).iterdir())
 
 
-def test_image_written_but_row_not_committed_is_recovered_on_open(tmp_path):
+def test_image_written_but_row_not_committed_is_recovered_on_open(tmp_path, monkeypatch):
     library = tmp_path / "lib"
     store = HistoryStore(library)
-    entry = store.add(image(), make_generation("survives a crash", seed=42))
-    store._db.execute("DELETE FROM generations")  # the crash: the commit never happened
+
+    def crash(*args):
+        raise KeyboardInterrupt  # the process dies between the image write and the commit
+
+    monkeypatch.setattr(store, "_insert", crash)
+    monkeypatch.setattr(history_store.Path, "unlink", lambda self, missing_ok=False: None)  # no clean-up runs
+    with pytest.raises(KeyboardInterrupt):
+        store.add(image(), make_generation("survives a crash", seed=42))
+    monkeypatch.undo()
+    [written] = list(store._image_files())
+    assert store.count() == 0 and list((library / history_store.PENDING_DIR).iterdir())
     store.close()
     reopened = HistoryStore(library)
     [recovered] = reopened.page(HistoryQuery(text="crash"), 0, 10)
-    assert recovered.image_path == entry.image_path
+    assert recovered.image_path == written
+    assert not list((library / history_store.PENDING_DIR).iterdir())
     assert recovered.generation.seed == 42
     assert recovered.generation.params == {"prompt": "survives a crash", "steps": 20, "seed": 42}
     reopened.close()
 
 
-def test_row_whose_image_vanished_is_dropped_on_open(tmp_path):
+def test_crash_before_the_image_was_complete_leaves_nothing(tmp_path, monkeypatch):
     library = tmp_path / "lib"
     store = HistoryStore(library)
-    entry = store.add(image(), make_generation())
+    real_write = history_store._write_durably
+
+    def die_writing_the_png(path, data):
+        if path.suffix == ".png":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_name(f".{path.name}.partial").write_bytes(data[:100])  # half a temp file
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(history_store, "_write_durably", die_writing_the_png)
+    monkeypatch.setattr(history_store.Path, "unlink", lambda self, missing_ok=False: None)
+    with pytest.raises(KeyboardInterrupt):
+        store.add(image(), make_generation())
+    monkeypatch.undo()
     store.close()
-    entry.image_path.unlink()
     reopened = HistoryStore(library)
     assert reopened.count() == 0
+    leftovers = [p for p in library.rglob("*") if p.is_file() and not p.name.startswith(history_store.DB_NAME)]
+    assert leftovers == []
     reopened.close()
+
+
+def test_full_reconcile_drops_rows_whose_image_vanished_and_adopts_lost_pngs(tmp_path):
+    library = tmp_path / "lib"
+    store = HistoryStore(library)
+    gone = store.add(image(), make_generation("deleted behind our back"))
+    lost = store.add(image(), make_generation("row lost"))
+    store._db.execute("DELETE FROM generations WHERE id = ?", (lost.id,))
+    gone.image_path.unlink()
+    store.reconcile_all()
+    assert store.get(gone.id) is None
+    [adopted] = store.page(HistoryQuery(text="lost"), 0, 5)
+    assert adopted.image_path == lost.image_path
+    store.close()
 
 
 def test_crash_in_the_middle_of_a_delete_is_undone(tmp_path):
@@ -129,8 +167,8 @@ def test_a_full_disk_records_nothing_and_leaves_no_file(store, monkeypatch):
         store.add(image(), make_generation())
     monkeypatch.undo()
     assert store.count() == 0
-    assert list(store._image_files()) == []
-    assert not [p for p in (store.library / history_store.IMAGES_DIR).rglob("*") if p.is_file()]
+    leftovers = [p for p in store.library.rglob("*") if p.is_file() and not p.name.startswith(history_store.DB_NAME)]
+    assert leftovers == []
 
 
 def test_failed_commit_removes_the_written_image(store, monkeypatch):
@@ -166,6 +204,7 @@ def test_foreign_png_in_the_images_folder_is_left_alone(tmp_path):
     (library / "images").mkdir(parents=True)
     image().save(library / "images" / "someone-elses.png")
     store = HistoryStore(library)
+    store.reconcile_all()
     assert store.count() == 0
     assert (library / "images" / "someone-elses.png").exists()
     store.close()
