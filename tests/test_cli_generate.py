@@ -321,6 +321,7 @@ def test_subprocess_run_prints_paths_of_complete_files(model: Path, tmp_path: Pa
     assert "Traceback" not in stderr and "step 2/2" in stderr
 
 
+@pytest.mark.slow
 def test_subprocess_ctrl_c_exits_130_without_traceback_or_files(model: Path, tmp_path: Path):
     out = tmp_path / "out"
     proc = _subprocess(model, out, "a slow run", "--steps", "1000")  # minutes if it ran to the end

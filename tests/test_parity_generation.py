@@ -57,8 +57,11 @@ from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SamplerInfo, sampler_by_name, sigmas_for
 from mlx_sd.schedules import SCHEDULES, NoiseSchedule
 
-# diffusers' schedulers build numpy arrays from torch tensors the numpy-2 way it deprecates
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [
+    pytest.mark.slow,  # about a minute of CPU for the whole file
+    # diffusers' schedulers build numpy arrays from torch tensors the numpy-2 way it deprecates
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
 
 TOLERANCE = 1 / 255
 SIZE = 64  # pixels: latents are 8 x 8
