@@ -17,8 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_sd.resources import resource
+
 APP_ID = "mlx-sd"
-ICON_DIR = Path(__file__).resolve().parents[1] / "resources" / "icon"
+ICON_DIR = resource("icon")
 ICON_SIZES = (16, 32, 64, 128, 256, 512)  # hicolor sizes we ship (1024 is for the macOS bundle)
 GUI_SCRIPT = "mlx-sd-app"
 

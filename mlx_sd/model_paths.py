@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from .model_format import MODEL_JSON, ModelFolderError
+from .resources import resource
 
 DEMO_NAME = "demo"
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "resources" / "demo"
+DEMO_FOLDER = resource("demo")
 
 
 def demo_available(folder: Path | None = None) -> bool:

@@ -22,6 +22,8 @@ import ftfy
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 from tokenizers.models import BPE
 
+from .resources import resource
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 COMMA_TOKEN = ",</w>"
@@ -29,7 +31,7 @@ END_OF_WORD = "</w>"
 CONTEXT_LENGTH = 77  # BOS + 75 tokens + EOS
 # Special tokens, English contractions, letter runs, single digits, runs of other non-space symbols.
 PRETOKEN_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-BUNDLED_FOLDER = Path(__file__).resolve().parent.parent / "resources" / "clip_tokenizer"
+BUNDLED_FOLDER = resource("clip_tokenizer")
 
 _WHITESPACE = re.compile(r"\s+")
 
