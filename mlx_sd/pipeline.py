@@ -3,26 +3,33 @@
 `Pipeline.load(folder)` reads `model.json`, builds the family's components lazily (no weights are
 evaluated until loaded), loads each weight file strictly and casts it to the compute dtype that
 `device.policy` picks for the storage dtype (float32 on the CPU, the storage dtype on the GPU).
-Generation methods build on this class.
+`Pipeline.generate(request)` runs a generation (mlx_sd.generation); the text encoders can be released
+to save memory and are reloaded from the folder when next needed.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .clip import CLIPTextModel
+from .conditioning import PromptEncoder
 from .config import ModelConfig
 from .device import dtype_from_name, policy
+from .generation import generate
 from .model_format import TOKENIZER_FOR, ModelFolderError, load_weights, read_config, weights_file
+from .request import GenerationRequest, GenerationResult, Progress
 from .tokenizer import CLIPTokenizer, TokenizerError
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
+from .vae_codec import VAECodec
 
 
 def build_models(config: ModelConfig) -> dict[str, nn.Module]:
@@ -54,6 +61,8 @@ class Pipeline:
     tokenizer_2: CLIPTokenizer | None
     dtype: mx.Dtype  # the compute dtype of every model
     folder: Path
+    _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
+    _codec: VAECodec | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None) -> "Pipeline":
@@ -71,8 +80,7 @@ class Pipeline:
 
         models = build_models(config)
         for name, model in models.items():
-            load_weights(model, weights_file(folder, name), name, dtype)
-            mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O
+            _load(model, folder, name, dtype)
 
         tokenizers: dict[str, CLIPTokenizer | None] = {"tokenizer": None, "tokenizer_2": None}
         for name, text_config in config.text_encoders.items():
@@ -94,3 +102,51 @@ class Pipeline:
             folder=folder,
         )
 
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Generate the request's images (see mlx_sd.generation).
+
+        Raises RequestError before any model runs when the request cannot run on this model, and
+        samplers.Cancelled (with no result) when `cancel()` returns True."""
+        return generate(self, request, on_progress, cancel)
+
+    @property
+    def codec(self) -> VAECodec:
+        """The VAE with scaling, tiling and the float32 fallback (mlx_sd.vae_codec)."""
+        if self._codec is None or self._codec.vae is not self.vae:
+            self._codec = VAECodec(self.vae)
+        return self._codec
+
+    def prompt_encoder(self) -> PromptEncoder:
+        """The family's prompt encoder; released text encoders are loaded again first."""
+        if self._prompt_encoder is None:
+            pairs = []
+            for name, text_config in self.config.text_encoders.items():
+                if getattr(self, name) is None:
+                    model = CLIPTextModel(text_config)
+                    _load(model, self.folder, name, self.dtype)
+                    setattr(self, name, model)
+                pairs.append((getattr(self, TOKENIZER_FOR[name]), getattr(self, name)))
+            self._prompt_encoder = PromptEncoder(
+                [tokenizer for tokenizer, _ in pairs],
+                [model for _, model in pairs],
+                force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+            )
+        return self._prompt_encoder
+
+    def release_text_encoders(self) -> None:
+        """Drop the text encoders (and the prompt cache) so MLX can free their memory."""
+        self.text_encoder = self.text_encoder_2 = None
+        self._prompt_encoder = None
+        gc.collect()
+        mx.clear_cache()
+
+
+def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype) -> None:
+    load_weights(model, weights_file(folder, name), name, dtype)
+    mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O

@@ -1,0 +1,275 @@
+"""`Pipeline.generate`: one request -> images, seeds and infotexts (txt2img, img2img, inpainting).
+
+Order of work:
+1. `plan`: validate everything and prepare the init image and mask, before any model runs;
+2. resolve the seed (-1 = random); image k of the whole run uses seed + k (A1111);
+3. encode the prompts once (positive, and negative only when cfg_scale > 1); with `low_memory`
+   the text encoders are released before the UNet runs;
+4. per batch of `batch_size`: seeded noise (or the request's `latents`), the img2img start point
+   (A1111's strength rule: the tail of the full schedule from `schedules.img2img_sigmas`), the
+   sampler over the CFG denoiser, progress with a latent preview after every step, then the VAE
+   decode and, when inpainting, the composite over the init image.
+
+Noise draws per image (its own Philox stream, `noise.ImageNoise`): the first is the initial noise,
+the second the VAE posterior sample of the init image (img2img), later ones feed stochastic samplers.
+`cancel()` is polled before every step and between stages; a cancelled run raises
+`samplers.Cancelled` and returns nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from .config import ModelConfig
+from .denoiser import Conditioning, Denoiser
+from .image_prep import prepare_init_image, prepare_mask, to_image
+from .infotext import format_infotext
+from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
+from .noise import ImageNoise, image_seeds, latents_from_request
+from .preview import preview_image
+from .request import RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
+from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
+from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
+from .sdxl_conditioning import needs_time_ids, time_ids
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+SEED_RANGE = 2**32
+# A1111's "RNG" infotext key: our seeded noise is its platform-independent "NV" generator.
+INFOTEXT_EXTRA = {"RNG": "NV"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request and what is derived from it before any model runs."""
+
+    request: GenerationRequest  # sampler and schedule under their canonical A1111 labels
+    sampler: SamplerInfo
+    sigmas: np.ndarray  # the noise levels this run steps through (img2img: the schedule's tail)
+    init: np.ndarray | None  # (H, W, 3) in [0, 1] at the requested size
+    mask: np.ndarray | None  # (H, W) in [0, 1], blurred; 1 = repaint
+
+
+def resolve_seed(seed: int) -> int:
+    """The seed a run uses: a random one for -1, else the request's (0 stays 0)."""
+    return secrets.randbelow(SEED_RANGE) if seed == RANDOM_SEED else seed
+
+
+def _check_clip_skip(config: ModelConfig, clip_skip: int) -> None:
+    for name, text_config in config.text_encoders.items():
+        deepest = text_config.num_hidden_layers + 2 + text_config.hidden_layer
+        if clip_skip > deepest:
+            raise RequestError("clip_skip", clip_skip, f"a whole number from 1 to {deepest} for this model's {name}")
+
+
+def _check_image(name: str, image: object) -> None:
+    if image is None:
+        return
+    if not isinstance(image, Image.Image):
+        raise RequestError(name, f"a {type(image).__name__}", "a PIL.Image.Image")
+    if image.width < 1 or image.height < 1:
+        raise RequestError(name, f"an image of {image.width}x{image.height} pixels", "an image with pixels")
+
+
+def _prepared(name: str, prepare: Callable[..., np.ndarray], image: Image.Image, *args: int) -> np.ndarray:
+    try:
+        return prepare(image, *args)
+    except (OSError, ValueError) as exc:  # e.g. a truncated file Pillow opened lazily
+        raise RequestError(name, f"a {image.mode} image Pillow cannot convert ({exc})", "a readable image") from None
+
+
+def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
+    """Check the request against the rules and this model; RequestError names field, value and rule."""
+    if not isinstance(request, GenerationRequest):
+        raise TypeError(f"expected a GenerationRequest, got {type(request).__name__}")
+    _check_image("init_image", request.init_image)
+    _check_image("mask", request.mask)
+    request.validate(config.vae.downscale)
+    try:
+        sampler = sampler_by_name(request.sampler)
+    except ValueError:
+        raise RequestError("sampler", request.sampler, "one of " + ", ".join(s.name for s in SAMPLERS)) from None
+    try:
+        schedule = schedule_by_name(request.schedule)
+    except ValueError:
+        raise RequestError("schedule", request.schedule, "one of " + ", ".join(s.name for s in SCHEDULES)) from None
+    _check_clip_skip(config, request.clip_skip)
+    if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
+        raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
+    try:
+        sigmas = sigmas_for(sampler.name, schedule.name, request.steps, NoiseSchedule.from_config(config.noise_schedule))
+    except ValueError as exc:
+        raise RequestError("steps", request.steps, f"a step count {sampler.name} can run ({exc})") from None
+
+    init = mask = None
+    if request.init_image is not None:
+        sigmas = img2img_sigmas(sigmas, request.strength)
+        init = _prepared("init_image", prepare_init_image, request.init_image, request.width, request.height)
+        if request.mask is not None:
+            mask = _prepared("mask", prepare_mask, request.mask, request.width, request.height, request.mask_blur)
+    canonical = dataclasses.replace(request, sampler=sampler.name, schedule=schedule.name)
+    return Plan(canonical, sampler, sigmas, init, mask)
+
+
+def _infotext_model(pipe: "Pipeline") -> ModelConfig:
+    """The config for `Model` / `Model hash`; a model converted without a source name is named after its folder."""
+    if pipe.config.source.name:
+        return pipe.config
+    return dataclasses.replace(pipe.config, source=dataclasses.replace(pipe.config.source, name=pipe.folder.name))
+
+
+def _check_cancel(cancel: CancelFn | None, where: str) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled(f"cancelled {where}")
+
+
+def _conditioning(pipe: "Pipeline", request: GenerationRequest, c_concat: mx.array | None) -> Conditioning:
+    """The UNet conditioning for one batch of `batch_size` images."""
+    batch = request.batch_size
+    encoder = pipe.prompt_encoder()
+    prompts = [request.prompt] * batch
+    if request.cfg_scale > 1:
+        positive, negative = encoder.encode_for_guidance(prompts, [request.negative_prompt] * batch, request.clip_skip)
+    else:  # no negative branch at all: the denoiser makes one UNet call of `batch` rows
+        positive, negative = encoder.encode(prompts, request.clip_skip), None
+    extra: dict[str, mx.array] = {}
+    negative_extra: dict[str, mx.array] = {}
+    if needs_time_ids(pipe.config):
+        size = (request.height, request.width)
+        extra = {"text_embeds": positive.pooled, "time_ids": time_ids(pipe.config, *size, request.aesthetic_score, batch)}
+        if negative is not None:
+            negative_extra = {
+                "text_embeds": negative.pooled,
+                "time_ids": time_ids(pipe.config, *size, request.negative_aesthetic_score, batch),
+            }
+    return Conditioning(
+        context=positive.context,
+        negative_context=None if negative is None else negative.context,
+        cfg_scale=request.cfg_scale,
+        extra=extra,
+        negative_extra=negative_extra,
+        c_concat=c_concat,
+    )
+
+
+def generate(
+    pipe: "Pipeline",
+    request: GenerationRequest,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> GenerationResult:
+    started = time.perf_counter()
+    p = plan(pipe.config, request)
+    request = p.request
+    seeds = image_seeds(resolve_seed(request.seed), request.total_images)
+    model = _infotext_model(pipe)
+    infotexts = [format_infotext(request, seed, model, INFOTEXT_EXTRA) for seed in seeds]
+    mx.reset_peak_memory()
+    timings: dict[str, float] = {}
+
+    if p.init is not None and request.strength == 0:
+        image = to_image(p.init)  # nothing to denoise: the input, converted and resized
+        return GenerationResult([image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings)
+
+    def timed(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - since
+        return now
+
+    _check_cancel(cancel, "before any model ran")
+    codec = pipe.codec
+    now = time.perf_counter()
+    c_concat = None
+    if pipe.config.is_inpainting:
+        c_concat = inpainting_concat(
+            codec, p.init, p.mask, request.height, request.width, request.batch_size, request.vae_tiling
+        )
+    init_moments = None if p.init is None else codec.encode(mx.array(p.init)[None], request.vae_tiling)
+    if c_concat is not None or init_moments is not None:
+        now = timed("vae_encode", now)
+    conditioning = _conditioning(pipe, request, c_concat)
+    now = timed("text_encoders", now)
+    if request.low_memory:
+        pipe.release_text_encoders()
+
+    sampler = _BatchSampler(pipe, p, conditioning, init_moments, on_progress, cancel)
+    images: list[Image.Image] = []
+    for batch_index in range(request.batch_count):
+        _check_cancel(cancel, f"before batch {batch_index + 1} of {request.batch_count}")
+        batch_seeds = seeds[batch_index * request.batch_size : (batch_index + 1) * request.batch_size]
+        latents = sampler(batch_index, batch_seeds)
+        now = timed("sampling", now)
+        _check_cancel(cancel, "before the VAE decode")
+        pixels = np.array(codec.decode(latents, request.vae_tiling))
+        if p.mask is not None:
+            pixels = composite(pixels, p.init, p.mask)
+        images.extend(to_image(image) for image in pixels)
+        now = timed("vae_decode", now)
+
+    timings["total"] = time.perf_counter() - started
+    return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings)
+
+
+class _BatchSampler:
+    """Runs the sampler for one batch: start latent, denoiser (blended when inpainting with an
+    ordinary model), progress with previews."""
+
+    def __init__(
+        self,
+        pipe: "Pipeline",
+        p: Plan,
+        conditioning: Conditioning,
+        init_moments: mx.array | None,
+        on_progress: ProgressFn | None,
+        cancel: CancelFn | None,
+    ):
+        self.pipe, self.plan, self.init_moments = pipe, p, init_moments
+        self.on_progress, self.cancel = on_progress, cancel
+        config = pipe.config
+        self.denoiser = Denoiser(
+            pipe.unet, NoiseSchedule.from_config(config.noise_schedule), conditioning,
+            config.prediction_type, p.sampler.timesteps, pipe.dtype,
+        )
+        request = p.request
+        factor = config.vae.downscale
+        self.latent_shape = (request.height // factor, request.width // factor, config.vae.latent_channels)
+        self.repaint = None
+        if p.mask is not None and not config.is_inpainting:
+            self.repaint = repaint_latent_mask(p.mask, request.height, request.width, factor)
+
+    def __call__(self, batch_index: int, seeds: list[int]) -> mx.array:
+        request, sigmas = self.plan.request, self.plan.sigmas
+        noise = ImageNoise(seeds, self.latent_shape)
+        x = noise.initial()  # drawn even when replaced, so later draws do not depend on `latents`
+        if request.latents is not None:
+            x = latents_from_request(request.latents, self.latent_shape[-1])
+        denoiser = self.denoiser
+        if self.init_moments is None:
+            x = x * float(sigmas[0])
+        else:
+            original = self.pipe.codec.latents(self.init_moments, noise())
+            x = original + x * float(sigmas[0])
+            if self.repaint is not None:
+                denoiser = BlendedDenoiser(denoiser, original, self.repaint)
+
+        family = self.pipe.config.family
+
+        def report(step: Step) -> None:
+            if self.on_progress is not None:
+                preview = preview_image(step.denoised[0], family)
+                self.on_progress(Progress(step.step, step.total, batch_index, request.batch_count, preview))
+
+        return self.plan.sampler.function(
+            denoiser, x, sigmas, noise=noise, callback=report, cancel=self.cancel
+        )
