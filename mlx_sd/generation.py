@@ -34,7 +34,6 @@ from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
 from .noise import ImageNoise, image_seeds, latents_from_request
-from .preview import preview_image
 from .request import RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
@@ -180,6 +179,7 @@ def generate(
 
     if p.init is not None and request.strength == 0:
         image = to_image(p.init)  # nothing to denoise: the input, converted and resized
+        timings["total"] = time.perf_counter() - started
         return GenerationResult([image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings)
 
     def timed(stage: str, since: float) -> float:
@@ -263,11 +263,9 @@ class _BatchSampler:
             if self.repaint is not None:
                 denoiser = BlendedDenoiser(denoiser, original, self.repaint)
 
-        family = self.pipe.config.family
-
         def report(step: Step) -> None:
             if self.on_progress is not None:
-                preview = preview_image(step.denoised[0], family)
+                preview = self.pipe.preview.image(step.denoised[0])
                 self.on_progress(Progress(step.step, step.total, batch_index, request.batch_count, preview))
 
         return self.plan.sampler.function(

@@ -25,6 +25,7 @@ from .config import ModelConfig
 from .device import dtype_from_name, policy
 from .generation import generate
 from .model_format import TOKENIZER_FOR, ModelFolderError, load_weights, read_config, weights_file
+from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
 from .tokenizer import CLIPTokenizer, TokenizerError
 from .unet import UNet2DConditionModel
@@ -63,6 +64,7 @@ class Pipeline:
     folder: Path
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
+    _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None) -> "Pipeline":
@@ -121,6 +123,14 @@ class Pipeline:
         if self._codec is None or self._codec.vae is not self.vae:
             self._codec = VAECodec(self.vae)
         return self._codec
+
+    @property
+    def preview(self) -> PreviewMap:
+        """The latent-to-RGB map for progress previews (mlx_sd.preview), made on first use."""
+        codec = self.codec
+        if self._preview is None or self._preview[0] is not codec:
+            self._preview = (codec, preview_map(self.config.family, codec))
+        return self._preview[1]
 
     def prompt_encoder(self) -> PromptEncoder:
         """The family's prompt encoder; released text encoders are loaded again first."""

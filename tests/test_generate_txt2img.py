@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -18,11 +17,10 @@ from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.model_format import write_model
 from mlx_sd.noise import ImageNoise
 from mlx_sd.pipeline import Pipeline
-from mlx_sd.preview import preview_image
 from mlx_sd.samplers import Cancelled
+from mlx_sd.tokenizer import BUNDLED_FOLDER
 from test_generate_models import CONFIGS, SIZE, CountingUNet, levels_apart, model_folders, pipes, pixels, request  # noqa: F401
 from test_pipeline_load import written_weights
-from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 
 @pytest.fixture
@@ -146,7 +144,7 @@ def test_progress_and_preview_after_every_step(pipes, monkeypatch) -> None:
     assert all(p.preview.size == (8, 10) and p.preview.mode == "RGB" for p in progress)
     # Euler's last step to sigma 0 returns the prediction itself: the last preview is its latent's
     for batch in range(2):
-        expected = np.asarray(preview_image(decoded[batch][0], "sd1"))
+        expected = np.asarray(pipe.preview.image(decoded[batch][0]))
         assert np.array_equal(np.asarray(progress[4 * batch + 3].preview), expected)
     assert not np.array_equal(np.asarray(progress[0].preview), np.asarray(progress[3].preview))
 

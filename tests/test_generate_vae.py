@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_sd.config import VAEConfig
+from mlx_sd.config import VAE_SD, VAE_SDXL, VAEConfig
 from mlx_sd.pipeline import Pipeline
-from mlx_sd.preview import SD_FACTORS, SDXL_FACTORS, latent_to_rgb, preview_image
+from mlx_sd.preview import SD_FACTORS, SDXL_FACTORS, PreviewMap, calibration_pictures, fit, published
 from mlx_sd.sdxl_conditioning import time_ids
 from mlx_sd.vae import AutoencoderKL
 from mlx_sd.vae_codec import VAECodec
@@ -47,7 +47,7 @@ def seam_ratio(image: np.ndarray, boundaries: list[int]) -> float:
     return float(max(steps[b - 1] for b in boundaries) / np.median(steps))
 
 
-def vae_pair(config: VAEConfig) -> tuple[AutoencoderKL, "torch.nn.Module"]:
+def vae_pair(config: VAEConfig) -> tuple[AutoencoderKL, object]:
     """The same random weights (diffusers' initialisation) in our VAE and in diffusers' AutoencoderKL."""
     from test_vae import to_mlx, torch_vae  # torch only for the tests that compare with diffusers
 
@@ -186,20 +186,61 @@ def test_generate_with_a_float16_pipeline_survives_a_vae_overflow(model_folders,
     assert np.asarray(result.images[0]).std() > 0  # not a black (NaN) image
 
 
-def test_preview_factors() -> None:
+def test_published_preview_factors_for_the_stable_diffusion_vae() -> None:
+    assert published("sd1", VAE_SD).matrix is SD_FACTORS and published("sd2", VAE_SD).matrix is SD_FACTORS
+    assert published("sdxl", VAE_SDXL).matrix is SDXL_FACTORS and published("sdxl-refiner", VAE_SDXL).matrix is SDXL_FACTORS
+    assert published("sd1", VAEConfig(block_out_channels=(32, 32, 64, 64))) is None  # another latent space
+    preview = published("sd1", VAE_SD)
     for c in range(4):
         unit = np.zeros((1, 1, 4), np.float32)
         unit[0, 0, c] = 1.0
-        assert np.allclose(latent_to_rgb(unit, "sd1")[0, 0], (SD_FACTORS[c] + 1) / 2)
-        assert np.allclose(latent_to_rgb(unit, "sdxl")[0, 0], (SDXL_FACTORS[c] + 1) / 2)
-    assert np.array_equal(latent_to_rgb(np.full((2, 2, 4), 10.0, np.float32), "sd2"), np.ones((2, 2, 3)))  # clipped
-    assert np.array_equal(latent_to_rgb(np.full((2, 2, 4), -10.0, np.float32), "sd2"), np.zeros((2, 2, 3)))
-    image = preview_image(mx.zeros((8, 12, 4)), "sdxl-refiner")
-    assert image.size == (12, 8) and np.asarray(image).tolist()[0][0] == [128, 128, 128]
-    with pytest.raises(ValueError, match="family 'sd3' has no preview factors"):
-        latent_to_rgb(np.zeros((1, 1, 4), np.float32), "sd3")
+        assert np.allclose(preview.rgb(unit)[0, 0], (SD_FACTORS[c] + 1) / 2)  # A1111: (x + 1) / 2, clipped
+    assert np.array_equal(preview.rgb(np.full((2, 2, 4), 10.0, np.float32)), np.ones((2, 2, 3)))
+    assert np.array_equal(preview.rgb(np.full((2, 2, 4), -10.0, np.float32)), np.zeros((2, 2, 3)))
+    image = preview.image(mx.zeros((8, 12, 4)))
+    assert image.size == (12, 8) and image.mode == "RGB" and np.asarray(image)[0, 0].tolist() == [128, 128, 128]
     with pytest.raises(ValueError, match=r"expected one latent of shape \(h, w, 4\), got \(1, 2, 2, 4\)"):
-        latent_to_rgb(np.zeros((1, 2, 2, 4), np.float32), "sd1")
+        preview.rgb(np.zeros((1, 2, 2, 4), np.float32))
+
+
+class LinearDecoderCodec:
+    """A stand-in VAE with a 4x latent factor whose decoder is exactly linear in the scaled latent:
+    decoded RGB in [-1, 1] = latent @ MATRIX + BIAS on every pixel of the latent's cell."""
+
+    MATRIX = np.array([[0.5, -0.2, 0.1], [0.3, 0.4, -0.6], [-0.1, 0.2, 0.3], [0.7, -0.5, 0.2]], np.float32)
+    BIAS = np.array([0.05, -0.1, 0.2], np.float32)
+    downscale = 4
+
+    def encode(self, images: mx.array, tiling=None) -> mx.array:
+        cells = np.array(images).reshape(images.shape[0], images.shape[1] // 4, 4, images.shape[2] // 4, 4, 3)
+        mean = cells.mean(axis=(2, 4))
+        spread = cells.std(axis=(2, 4)).mean(axis=-1, keepdims=True)  # a fourth, non-linear channel
+        latent = np.concatenate([mean * 2 - 1, spread], axis=-1)
+        return mx.array(np.concatenate([latent, np.zeros_like(latent)], axis=-1))
+
+    def latents(self, moments: mx.array, noise=None) -> mx.array:
+        return moments[..., :4] * 0.5
+
+    def decode(self, latents: mx.array, tiling=None) -> mx.array:
+        rgb = np.array(latents) @ self.MATRIX + self.BIAS
+        return mx.array((np.repeat(np.repeat(rgb, 4, axis=1), 4, axis=2) + 1) / 2)
+
+
+def test_fitted_preview_recovers_a_linear_decoder() -> None:
+    preview = fit(LinearDecoderCodec())
+    assert preview.source == "fitted"
+    assert np.abs(preview.matrix - LinearDecoderCodec.MATRIX).max() < 1e-4
+    assert np.abs(preview.bias - LinearDecoderCodec.BIAS).max() < 1e-4
+    assert calibration_pictures().shape == (5, 64, 64, 3)
+
+
+def test_models_without_the_sd_vae_get_a_fitted_preview(pipes) -> None:
+    start = time.perf_counter()
+    preview = pipes["sdxl"].preview
+    seconds = time.perf_counter() - start
+    assert preview.source == "fitted" and preview.matrix.shape == (4, 3) and preview is pipes["sdxl"].preview
+    print(f"\npreview map fitted for the tiny SDXL-like VAE in {seconds:.2f} s")
+    assert isinstance(preview, PreviewMap) and np.isfinite(preview.matrix).all()
 
 
 def test_sdxl_time_ids() -> None:
