@@ -104,7 +104,6 @@ class Pipeline:
             folder=folder,
         )
 
-
     def generate(
         self,
         request: GenerationRequest,
