@@ -28,11 +28,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import CLIPTextConfig
-from .layers import attention, causal_mask
+from .layers import attention, causal_mask, gelu, quick_gelu
 
 ACTIVATIONS = {
-    "quick_gelu": lambda x: x * mx.sigmoid(1.702 * x),  # OpenAI CLIP
-    "gelu": nn.gelu,  # OpenCLIP (erf form)
+    "quick_gelu": quick_gelu,  # OpenAI CLIP: x * sigmoid(1.702 x)
+    "gelu": gelu,  # OpenCLIP (erf form)
 }
 
 

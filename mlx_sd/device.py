@@ -3,23 +3,44 @@
 On the CPU mlx's float16/bfloat16 matmuls run at about 5 GFLOPS against ~200 for float32 with
 OpenBLAS, so the CPU always computes in float32 whatever the storage dtype. On the GPU (Metal, CUDA)
 half precision is the fast path. Layers ask this module rather than testing the device themselves.
+
+The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in float32:
+- attention "chunked": exact attention in blocks of heads and queries with a polynomial exp2 and the
+  softmax normalised after the product with v; mlx's CPU softmax spends ~11 ns an element in exp.
+- element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) from multiply/add/shift only, fused by
+  mx.compile.
+- conv "matmul": 1x1 convolutions as matmuls, wide 3x3 ones as nine shifted matmuls (no 9x patch
+  buffer).
+- a buffer cache for freed activations: the CPU allocator keeps only 32 MB by default, so every
+  larger activation comes fresh from the OS and each of its pages costs a fault (an element-wise op
+  over 64 MB runs 10x slower than over a reused buffer).
+The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv2d, mlx's activations.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+ATTENTION_CHUNK_BYTES = 16 << 20  # scores per block: stays in a 32 MB L3; larger blocks gain nothing
+CPU_CACHE_FRACTION = 0.25  # of the machine's memory, for freed buffers kept for reuse
 
 
 @dataclass(frozen=True)
 class DevicePolicy:
     device: str  # "cpu" or "gpu"
     compute_dtype: mx.Dtype
-    # "fused": mx.fast.scaled_dot_product_attention; "matmul": explicit q@k^T, softmax, @v.
+    # "fused": mx.fast.scaled_dot_product_attention; "matmul": explicit q@k^T, softmax, @v;
+    # "chunked": matmul over query chunks with a polynomial exp2 (float32).
     attention: str
+    # "native": mlx's activations and GroupNorm; "polynomial": the fused float32 forms in mlx_sd.layers.
+    elementwise: str = "native"
+    # "native": mx.conv2d; "matmul": 1x1 and wide 3x3 convolutions as matmuls (float32, mlx_sd.layers.Conv2d).
+    conv: str = "native"
+    attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
 
 
 def dtype_from_name(name: str) -> mx.Dtype:
@@ -43,7 +64,7 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     """The compute dtype and kernels to use for weights stored as `storage_dtype` on `device`."""
     device = device or current_device()
     if device == "cpu":
-        return DevicePolicy("cpu", mx.float32, attention="matmul")
+        return DevicePolicy("cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul")
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 
 
@@ -52,3 +73,20 @@ def gpu_available() -> bool:
         return mx.is_available(mx.gpu)
     except (AttributeError, RuntimeError):
         return False
+
+
+def configure_cpu_allocator() -> int | None:
+    """Keep freed buffers for reuse when mlx runs on its CPU allocator; returns the limit set.
+
+    Nothing changes where a GPU exists: the CPU then shares the GPU allocator, whose default cache
+    is already as large as its memory limit.
+    """
+    if gpu_available():
+        return None
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = int(CPU_CACHE_FRACTION * memory)
+    mx.set_cache_limit(limit)
+    return limit
+
+
+configure_cpu_allocator()

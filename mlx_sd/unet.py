@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import UNetConfig
-from .layers import GroupNorm, attention
+from .layers import Conv2d, GroupNorm, attention, geglu, silu
 
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2D's GroupNorm; resnets use config.norm_eps
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -39,24 +39,24 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(out_dim, out_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
+        return self.linear_2(silu(self.linear_1(x)))
 
 
 class ResnetBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_channels, eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels)
         self.norm2 = GroupNorm(groups, out_channels, eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            self.conv_shortcut = Conv2d(in_channels, out_channels, kernel_size=1)
 
     def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(nn.silu(temb))[:, None, None, :]
-        h = self.conv2(nn.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, silu=True))
+        h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
+        h = self.conv2(self.norm2(h, silu=True))
         shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
         return shortcut + h
 
@@ -86,7 +86,7 @@ class GEGLU(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.proj(x), 2, axis=-1)
-        return value * nn.gelu(gate)  # exact (erf) GELU
+        return geglu(value, gate)  # exact (erf) GELU
 
 
 class FeedForward(nn.Module):
@@ -129,8 +129,8 @@ class Transformer2DModel(nn.Module):
             self.proj_in = nn.Linear(channels, channels)
             self.proj_out = nn.Linear(channels, channels)
         else:
-            self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
-            self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+            self.proj_in = Conv2d(channels, channels, kernel_size=1)
+            self.proj_out = Conv2d(channels, channels, kernel_size=1)
         self.transformer_blocks = [
             BasicTransformerBlock(channels, context_dim, heads, config.upcast_attention) for _ in range(depth)
         ]
@@ -146,7 +146,7 @@ class Transformer2DModel(nn.Module):
 class Downsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+        self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.conv(x)
@@ -155,7 +155,7 @@ class Downsample2D(nn.Module):
 class Upsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def __call__(self, x: mx.array, size: tuple[int, int]) -> mx.array:
         # Nearest x2, cropped to the skip connection's size: for an odd side n (downsampled to
@@ -272,7 +272,7 @@ class UNet2DConditionModel(nn.Module):
         _check_config(config)
         self.config = config
         channels = config.block_out_channels
-        self.conv_in = nn.Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
         self.time_embedding = TimestepEmbedding(channels[0], config.time_embed_dim)
         if config.addition_embed_type == "text_time":
             self.add_embedding = TimestepEmbedding(
@@ -288,7 +288,7 @@ class UNet2DConditionModel(nn.Module):
             prev_channels = channels[config.levels - index] if index > 0 else channels[-1]
             self.up_blocks.append(UpBlock(config, index, prev_channels))
         self.conv_norm_out = GroupNorm(config.norm_num_groups, channels[0], config.norm_eps)
-        self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
 
     def __call__(
         self,
@@ -339,7 +339,7 @@ class UNet2DConditionModel(nn.Module):
             x = block(x, temb, context, block_skips, upsample_size)
 
         # output
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
     def _check_inputs(
         self,

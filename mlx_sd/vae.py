@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .layers import GroupNorm, attention
+from .layers import Conv2d, GroupNorm, attention
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -22,15 +22,15 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_channels, EPS)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = GroupNorm(groups, out_channels, EPS)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.conv_shortcut = Conv2d(in_channels, out_channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, silu=True))
+        h = self.conv2(self.norm2(h, silu=True))
         shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
         return shortcut + h
 
@@ -71,7 +71,7 @@ class MidBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def __call__(self, x: mx.array) -> mx.array:
         # asymmetric: one row of zeros at the bottom, one column at the right
@@ -81,7 +81,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         batch, height, width, channels = x.shape
@@ -123,7 +123,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = config.block_out_channels, config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.conv_in = Conv2d(config.in_channels, widths[0], 3, padding=1)
         self.down_blocks = [
             EncoderBlock(
                 widths[max(i - 1, 0)], width, config.layers_per_block, groups, downsample=i < len(widths) - 1
@@ -132,21 +132,21 @@ class Encoder(nn.Module):
         ]
         self.mid_block = MidBlock(widths[-1], groups, config.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(groups, widths[-1], EPS)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
 class Decoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = tuple(reversed(config.block_out_channels)), config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        self.conv_in = Conv2d(config.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], groups, config.mid_block_add_attention)
         # one resnet more per level than the encoder
         self.up_blocks = [
@@ -156,13 +156,13 @@ class Decoder(nn.Module):
             for i, width in enumerate(widths)
         ]
         self.conv_norm_out = GroupNorm(groups, widths[-1], EPS)
-        self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.mid_block(self.conv_in(x))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
 class AutoencoderKL(nn.Module):
@@ -175,9 +175,9 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(config)
         moments = 2 * config.latent_channels
         if config.use_quant_conv:
-            self.quant_conv = nn.Conv2d(moments, moments, 1)
+            self.quant_conv = Conv2d(moments, moments, 1)
         if config.use_post_quant_conv:
-            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+            self.post_quant_conv = Conv2d(config.latent_channels, config.latent_channels, 1)
 
     @property
     def dtype(self) -> mx.Dtype:

@@ -1,0 +1,279 @@
+"""Every per-device formulation gives the same results as the plain one, at float32 tolerance.
+
+The CPU policy uses formulations chosen for speed (chunked attention with a polynomial exp2,
+polynomial SiLU/GELU, fused GroupNorm, convolutions as matmuls); the GPU policy keeps mlx's fused
+kernels. Each pair is checked against the other and against a float64 or torch reference, forcing
+the formulations through `mlx_sd.layers.policy` so both paths run here whatever the device.
+Nothing here is timed (speed is measured by `python -m benchmarks.run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import torch
+from scipy.special import erf
+
+import mlx_sd.layers as layers
+from mlx_sd import device
+from mlx_sd.config import UNetConfig, VAEConfig
+from mlx_sd.device import DevicePolicy
+from mlx_sd.unet import UNet2DConditionModel
+from mlx_sd.vae import AutoencoderKL
+
+CPU = device.policy(mx.float16, "cpu")
+# The GPU's formulations, run on whatever device this is.
+NATIVE = dataclasses.replace(device.policy(mx.float16, "gpu"), device="cpu", compute_dtype=mx.float32)
+TOLERANCE = 1e-5  # between formulations on unit-scale inputs
+
+
+@pytest.fixture
+def use_policy(monkeypatch):
+    def use(choice: DevicePolicy) -> None:
+        monkeypatch.setattr(layers, "policy", lambda *a, **k: choice)
+    return use
+
+
+def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
+    return mx.array(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy
+
+
+def test_cpu_and_gpu_policies_choose_their_formulations():
+    assert (CPU.attention, CPU.elementwise, CPU.conv, CPU.compute_dtype) == (
+        "chunked", "polynomial", "matmul", mx.float32,
+    )
+    gpu = device.policy(mx.float16, "gpu")
+    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.compute_dtype) == ("fused", "native", "native", mx.float16)
+
+
+def test_cpu_allocator_keeps_freed_buffers_for_reuse():
+    if device.gpu_available():
+        assert device.configure_cpu_allocator() is None
+        return
+    limit = device.configure_cpu_allocator()
+    assert limit > 1 << 30  # far above mlx's 32 MB default
+    big = mx.random.normal((64, 1 << 20))  # 256 MiB, freed into the cache below
+    mx.eval(big)
+    del big
+    assert mx.get_cache_memory() >= 256 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Element-wise functions
+
+
+def test_exp2_polynomial_is_accurate_over_the_float32_range():
+    t = np.linspace(-126, 126, 400_001, dtype=np.float32)
+    got = np.array(mx.compile(layers._exp2)(mx.array(t))).astype(np.float64)
+    relative = np.abs(got / 2.0 ** t.astype(np.float64) - 1)
+    assert relative.max() < 5e-7  # mx.exp itself is at 1.8e-6
+
+
+ACTIVATIONS = {
+    "silu": (layers.silu, lambda x: x / (1 + np.exp(-x))),
+    "gelu": (layers.gelu, lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))),
+    "quick_gelu": (layers.quick_gelu, lambda x: x / (1 + np.exp(-1.702 * x))),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_polynomial_activations_match_float64_and_native(name, use_policy):
+    fn, reference = ACTIVATIONS[name]
+    x = np.concatenate([
+        np.linspace(-12, 12, 200_001), np.linspace(-200, 200, 20_001), [0.0, -1e-30, 1e4, -1e4, 3.4e38, -3.4e38],
+    ]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = reference(x.astype(np.float64))
+    use_policy(CPU)
+    ours = np.array(fn(mx.array(x))).astype(np.float64)
+    use_policy(NATIVE)
+    native = np.array(fn(mx.array(x))).astype(np.float64)
+    scale = np.maximum(np.abs(expected), 1.0)
+    assert np.isfinite(ours).all()
+    assert (np.abs(ours - expected) / scale).max() < 1e-6
+    finite = np.isfinite(native)  # mlx's gelu overflows to inf at 3.4e38, where ours stays exact
+    assert (np.abs(ours - native) / scale)[finite].max() < 1e-6
+
+
+def test_geglu_fused_matches_native(use_policy):
+    value, gate = rand(2, 64, 320, seed=1), rand(2, 64, 320, seed=2, scale=3.0)
+    use_policy(CPU)
+    fused = layers.geglu(value, gate)
+    use_policy(NATIVE)
+    assert np.abs(np.array(fused - layers.geglu(value, gate))).max() < TOLERANCE
+
+
+def test_half_precision_keeps_mlx_activations(use_policy):
+    use_policy(CPU)
+    x = rand(1000, scale=4.0).astype(mx.float16)
+    got = layers.silu(x)
+    assert got.dtype == mx.float16
+    assert np.array_equal(np.array(got), np.array(nn.silu(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def attention_reference(q, k, v, heads, mask=None) -> np.ndarray:
+    """float64 multi-head softmax attention on (B, N, C) arrays."""
+    q, k, v = (np.array(a, dtype=np.float64) for a in (q, k, v))
+    b, n, c = q.shape
+    d = c // heads
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, d).transpose(0, 2, 1, 3)
+    scores = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(d)
+    if mask is not None:
+        scores = scores + np.array(mask, dtype=np.float64)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return (weights @ split(v)).transpose(0, 2, 1, 3).reshape(b, n, c)
+
+
+CASES = {
+    # (batch, queries, keys, channels, heads, chunk bytes): the chunk sizes force several query chunks
+    # per head, several heads per block, or one block for everything
+    "self, query chunks": (2, 300, 300, 64, 4, 4 * 300 * 64),
+    "cross 77 keys, head groups": (2, 256, 77, 64, 8, 4 * 77 * 256 * 3),
+    "one block": (1, 64, 64, 32, 1, 16 << 20),
+    "one query row per chunk": (1, 5, 40, 16, 2, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_attention_formulations_agree(case, use_policy):
+    batch, queries, keys, channels, heads, chunk = CASES[case]
+    q = rand(batch, queries, channels, seed=1, scale=2.0)
+    k, v = rand(batch, keys, channels, seed=2, scale=2.0), rand(batch, keys, channels, seed=3)
+    expected = attention_reference(q, k, v, heads)
+    use_policy(dataclasses.replace(CPU, attention_chunk_bytes=chunk))
+    outputs = {impl: np.array(layers.attention(q, k, v, heads, impl=impl)) for impl in ("fused", "matmul", "chunked")}
+    for impl, out in outputs.items():
+        assert np.abs(out - expected).max() < TOLERANCE, impl
+    assert np.abs(outputs["chunked"] - outputs["fused"]).max() < TOLERANCE
+
+
+def test_chunked_attention_with_causal_mask_and_half_inputs(use_policy):
+    use_policy(dataclasses.replace(CPU, attention_chunk_bytes=4 * 77 * 20))
+    q, k, v = (rand(2, 77, 96, seed=s) for s in (4, 5, 6))
+    mask = layers.causal_mask(77)
+    expected = attention_reference(q, k, v, 6, mask)
+    chunked = layers.attention(q, k, v, 6, mask=mask, impl="chunked")
+    assert np.abs(np.array(chunked) - expected).max() < TOLERANCE
+    half = layers.attention(*(a.astype(mx.float16) for a in (q, k, v)), 6, mask=mask.astype(mx.float16), impl="chunked")
+    assert half.dtype == mx.float16
+    assert np.abs(np.array(half.astype(mx.float32)) - expected).max() < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupNorm
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("shape, groups", [((2, 9, 7, 64), 32), ((1, 16, 16, 96), 32), ((2, 4, 4, 8), 4)])
+def test_group_norm_formulations_match_torch(shape, groups, silu, use_policy):
+    norm = layers.GroupNorm(groups, shape[-1], eps=1e-6)
+    norm.weight, norm.bias = rand(shape[-1], seed=7) + 1, rand(shape[-1], seed=8)
+    x = rand(*shape, seed=9, scale=3.0) + 2.0  # an offset mean tests the centring
+    reference = torch.nn.functional.group_norm(
+        torch.from_numpy(np.array(x)).permute(0, 3, 1, 2), groups,
+        torch.from_numpy(np.array(norm.weight)), torch.from_numpy(np.array(norm.bias)), 1e-6,
+    )
+    reference = (torch.nn.functional.silu(reference) if silu else reference).permute(0, 2, 3, 1).numpy()
+    for choice in (CPU, NATIVE):
+        use_policy(choice)
+        got = norm(x, silu=silu)
+        assert got.shape == x.shape and got.dtype == mx.float32
+        assert np.abs(np.array(got) - reference).max() < 2e-5, choice.elementwise
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions
+
+
+def torch_conv(x: mx.array, conv: nn.Conv2d) -> np.ndarray:
+    weight = torch.from_numpy(np.array(conv.weight)).permute(0, 3, 1, 2)
+    bias = torch.from_numpy(np.array(conv.bias)) if "bias" in conv else None
+    out = torch.nn.functional.conv2d(
+        torch.from_numpy(np.array(x)).permute(0, 3, 1, 2), weight, bias, conv.stride, conv.padding
+    )
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+CONVS = {
+    # (in, out, kernel, stride, padding, bias, input (B, H, W)): which path each takes on the CPU
+    "1x1 matmul": (24, 40, 1, 1, 0, True, (2, 9, 7)),
+    "1x1 matmul, no bias": (24, 40, 1, 1, 0, False, (1, 5, 5)),
+    "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, layers.SHIFTED_CONV_MIN_WIDTH)),
+    "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, layers.SHIFTED_CONV_MIN_WIDTH + 3)),
+    "3x3 narrow: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, 10)),
+    "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70)),
+    "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONVS))
+def test_conv_formulations_match_torch(case, use_policy):
+    cin, cout, kernel, stride, padding, bias, (batch, height, width) = CONVS[case]
+    conv = layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+    if bias:
+        conv.bias = rand(cout, seed=10)
+    x = rand(batch, height, width, cin, seed=11)
+    reference = torch_conv(x, conv)
+    outputs = {}
+    for choice in (CPU, NATIVE):
+        use_policy(choice)
+        outputs[choice.conv] = np.array(conv(x))
+        assert outputs[choice.conv].shape == reference.shape
+        assert np.abs(outputs[choice.conv] - reference).max() < 2e-5, choice.conv
+    assert np.abs(outputs["matmul"] - outputs["native"]).max() < TOLERANCE
+
+
+def test_shifted_conv_runs_without_the_patch_buffer(use_policy):
+    """The point of the shifted formulation: no 9x patch buffer, so far less peak memory."""
+    conv = layers.Conv2d(64, 64, 3, padding=1)
+    x = rand(1, 128, 128, 64, seed=12)
+    mx.eval(conv.parameters(), x)
+    peaks = {}
+    for choice in (CPU, NATIVE):
+        use_policy(choice)
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        mx.eval(conv(x))
+        peaks[choice.conv] = mx.get_peak_memory() - base
+    patches = 128 * 128 * 9 * 64 * 4
+    assert peaks["native"] > patches
+    assert peaks["matmul"] < patches / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole models: every CPU formulation at once against the GPU's
+
+
+TINY_UNET = UNetConfig(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                       attention_head_dim=4)
+
+
+def test_unet_and_vae_agree_across_policies(use_policy):
+    unet, vae = UNet2DConditionModel(TINY_UNET), AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
+    sample = rand(2, 8, layers.SHIFTED_CONV_MIN_WIDTH, 4, seed=13)  # wide enough for the shifted 3x3 path
+    context, latents = rand(2, 77, 32, seed=14), rand(1, 4, 10, 4, seed=15)
+    outputs = {}
+    for choice in (CPU, NATIVE):
+        use_policy(choice)
+        outputs[choice.device + choice.attention] = (
+            np.array(unet(sample, mx.array([10.0, 900.0]), context)), np.array(vae.decode(latents))
+        )
+    (unet_cpu, vae_cpu), (unet_native, vae_native) = outputs.values()
+    assert np.abs(unet_cpu - unet_native).max() < 1e-4
+    assert np.abs(vae_cpu - vae_native).max() < 1e-4
