@@ -1,0 +1,130 @@
+"""Seeded random full-size Stable Diffusion weights saved as a diffusers folder (torch side).
+
+Used by benchmarks.sd_weights when its cache lacks a family; kept apart so that the benchmark's MLX
+process never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig as HFTextConfig
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from mlx_sd.config import CLIPTextConfig, ModelConfig
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "resources" / "clip_tokenizer"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+PIPELINES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+
+
+def save_diffusers(config: ModelConfig, folder: Path) -> None:
+    """Write `config`'s architecture with seeded unit-scale random weights in float16 to `folder`."""
+    generator = torch.Generator().manual_seed(0)
+    unet = _unit_scale(UNet2DConditionModel(**dataclasses.asdict(config.unet)), generator)
+    levels = len(config.vae.block_out_channels)
+    vae = _unit_scale(
+        AutoencoderKL(
+            **dataclasses.asdict(config.vae),
+            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        ),
+        generator,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=config.noise_schedule.beta_start, beta_end=config.noise_schedule.beta_end,
+        beta_schedule=config.noise_schedule.beta_schedule, prediction_type=config.prediction_type,
+        timestep_spacing="leading", steps_offset=1,
+    )
+    components: dict = {"unet": unet, "vae": vae, "scheduler": scheduler}
+    for name, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        text_config = getattr(config, name)
+        if text_config is not None:
+            components[name] = _text_encoder(text_config, generator)
+            components[tok] = _tokenizer(text_config)
+    pipeline_cls = PIPELINES[config.family]
+    if pipeline_cls is StableDiffusionPipeline:
+        components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    else:
+        components |= {"force_zeros_for_empty_prompt": config.force_zeros_for_empty_prompt, "add_watermarker": False}
+    pipe = pipeline_cls(**components).to(torch.float16)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _checkpoint_layout(pipe, folder)
+
+
+@torch.no_grad()
+def _unit_scale(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """normal(0, 1/sqrt(fan_in)) weights, small biases, norm scales near 1: activations stay unit-scale
+    (default initialisations can drift towards denormals or overflow over 20 steps, which changes speed)."""
+    for module in model.modules():
+        params = dict(module.named_parameters(recurse=False))
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            params["weight"].normal_(0.0, 1.0 / math.sqrt(params["weight"][0].numel()), generator=generator)
+        elif isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            params["weight"].normal_(1.0, 0.1, generator=generator)
+        elif isinstance(module, torch.nn.Embedding):
+            params["weight"].normal_(0.0, 1.0, generator=generator)
+        if params.get("bias") is not None:
+            params["bias"].normal_(0.0, 0.1, generator=generator)
+    return model.eval()
+
+
+def _text_encoder(config: CLIPTextConfig, generator: torch.Generator) -> torch.nn.Module:
+    hf = HFTextConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        projection_dim=config.projection_dim or config.hidden_size,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    model = (CLIPTextModelWithProjection if config.projection_dim else CLIPTextModel)(hf)
+    _unit_scale(model, generator)
+    with torch.no_grad():  # keep the residual stream unit-scale through every layer
+        for name, param in model.named_parameters():
+            if name.endswith(("self_attn.out_proj.weight", "mlp.fc2.weight")):
+                param.mul_(1 / math.sqrt(config.num_hidden_layers))
+    return model
+
+
+def _tokenizer(config: CLIPTextConfig) -> CLIPTokenizer:
+    pad = "!" if config.pad_token_id == 0 else "<|endoftext|>"  # OpenCLIP pads with id 0
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token=pad, model_max_length=77, local_files_only=True)
+
+
+def _checkpoint_layout(pipe, folder: Path) -> None:
+    """As hub repos are laid out: vocab.json and merges.txt next to tokenizer.json, and text-encoder keys
+    under `text_model.` (transformers >= 5.6 saves CLIPTextModel without the prefix)."""
+    for tok in ("tokenizer", "tokenizer_2"):
+        if (folder / tok).is_dir():
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(TOKENIZER_DIR / name, folder / tok / name)
+    for name in ("text_encoder", "text_encoder_2"):
+        weights = folder / name / "model.safetensors"
+        if not weights.is_file():
+            continue
+        state = {}
+        for key, value in getattr(pipe, name).state_dict().items():
+            if key.endswith("position_ids"):
+                continue
+            if not key.startswith(("text_model.", "text_projection.")):
+                key = "text_model." + key
+            state[key] = value.contiguous()
+        safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
