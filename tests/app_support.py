@@ -4,25 +4,21 @@ memory, exact step timing)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-
-import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from model_folders import CONFIGS, write_random_model
 from PIL import Image
 
-from mlx_sd.config import CLIPTextConfig, ModelConfig, UNetConfig, VAEConfig
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from mlx_sd.infotext import format_infotext
-from mlx_sd.model_format import TOKENIZER_FOR, write_model
-from mlx_sd.pipeline import build_models
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress
 from mlx_sd.samplers import Cancelled
-from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 # Qt warnings fail the app tests; the offscreen platform's one harmless warning is ignored.
 QT_MARKS = [
@@ -30,28 +26,14 @@ QT_MARKS = [
     pytest.mark.qt_log_ignore(r"This plugin does not support propagateSizeHints\(\)"),
 ]
 
-# A tiny SD1: widths and depths shrink, the family's rules stay (8 heads per level, GroupNorm 32,
-# 4 VAE levels, CLIP vocabulary and 77 positions). Native size 64 keeps generation fast.
-TINY_SD1 = ModelConfig(
-    "sd1",
-    UNetConfig(sample_size=8, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128),
-    VAEConfig(block_out_channels=(32, 32, 64, 64)),
-    text_encoder=CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2),
-    default_size=64,
-    dtype="float32",
-)
+# The tiny SD1 at float32 storage; native size 64 keeps generation fast.
+TINY_SD1 = dataclasses.replace(CONFIGS["sd1"], dtype="float32")
 
 
 def write_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A model folder written with model_format.write_model from randomly initialised models."""
-    mx.random.seed(seed)
-    components = {}
-    for name, model in build_models(TINY_SD1).items():
-        weights = dict(tree_flatten(model.parameters()))
-        mx.eval(weights)
-        components[name] = weights
-    tokenizers = {TOKENIZER_FOR[name]: BUNDLED_FOLDER for name in TINY_SD1.text_encoders}
-    return write_model(folder, TINY_SD1, components, tokenizers)
+    write_random_model(folder, TINY_SD1, seed)
+    return folder
 
 
 class ScriptedPipeline:
@@ -106,9 +88,6 @@ def scripted_loader(pipeline: ScriptedPipeline) -> Callable[[Path, str], Scripte
 
 def fake_model_folder(folder: Path, native: int = 512) -> Path:
     """A model folder the library lists (model.json only): for windows driven by ScriptedPipeline."""
-    import dataclasses
-    import json
-
     config = dataclasses.replace(TINY_SD1, default_size=native)
     folder.mkdir(parents=True)
     (folder / "model.json").write_text(json.dumps(config.to_dict()), encoding="utf-8")

@@ -3,6 +3,7 @@ tiny random SD1-like model folder written with model_format.write_model; and mlx
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -14,53 +15,37 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-
-import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from model_folders import CONFIGS, write_random_model
 from PIL import Image
 
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from cli.generate import ProgressBar
 from cli.main import main
-from mlx_sd.config import CLIPTextConfig, ModelConfig, SourceInfo, UNetConfig, VAEConfig
+from mlx_sd import model_paths
+from mlx_sd.config import SourceInfo
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext, request_from_infotext
-from mlx_sd.model_format import MODEL_JSON, TOKENIZER_FOR, write_model
-from mlx_sd import model_paths
+from mlx_sd.model_format import MODEL_JSON
 from mlx_sd.model_paths import DEMO_NAME, resolve_model_folder
 from mlx_sd.output_files import next_number, reserve_path, save_numbered
-from mlx_sd.pipeline import build_models
 from mlx_sd.request import Progress
 from mlx_sd.samplers import SAMPLERS
 from mlx_sd.schedules import SCHEDULES
-from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 SHA256 = "0123456789abcdef" * 4
-# Tiny SD1-like model: widths and depths shrunk, the family's rules kept (tests/tiny_models.py).
-CONFIG = ModelConfig(
-    "sd1",
-    UNetConfig(sample_size=8, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128),
-    VAEConfig(block_out_channels=(32, 32, 64, 64)),
-    text_encoder=CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2),
-    default_size=64,
-    dtype="float32",
-    source=SourceInfo(name="tiny-sd1.safetensors", sha256=SHA256),
+CONFIG = dataclasses.replace(
+    CONFIGS["sd1"], dtype="float32", source=SourceInfo(name="tiny-sd1.safetensors", sha256=SHA256)
 )
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    mx.random.seed(3)
-    components = {}
-    for name, module in build_models(CONFIG).items():
-        weights = dict(tree_flatten(module.parameters()))
-        mx.eval(weights)
-        components[name] = weights
-    tokenizers = {TOKENIZER_FOR[name]: BUNDLED_FOLDER for name in CONFIG.text_encoders}
-    return write_model(tmp_path_factory.mktemp("cli") / "tiny-sd1", CONFIG, components, tokenizers)
+    folder = tmp_path_factory.mktemp("cli") / "tiny-sd1"
+    write_random_model(folder, CONFIG, seed=3)
+    return folder
 
 
 def generate(capsys, model: Path, out: Path, *args: str) -> tuple[int, list[Path], str]:

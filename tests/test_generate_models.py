@@ -1,5 +1,5 @@
 """Tiny random model folders for the generate tests (SD1-like, 9-channel inpainting, SDXL-like, refiner-like),
-written with model_format.write_model from the tiny configs of test_pipeline_load, and helpers to watch a
+written with model_format.write_model from the tiny configs of tests/model_folders.py, and helpers to watch a
 pipeline's model calls. Imported by the other test_generate_* files; the checks here are about the fixtures."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.request import GenerationRequest
-from test_pipeline_load import CONFIGS as LOAD_CONFIGS, write_folder
+from model_folders import CONFIGS as LOAD_CONFIGS, write_random_model
 
 CONFIGS = {
     **LOAD_CONFIGS,
@@ -55,7 +55,7 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not _FOLDERS:
         root = tmp_path_factory.mktemp("generate_models")
         for family, config in CONFIGS.items():
-            write_folder(root / family, config)
+            write_random_model(root / family, config)
             _FOLDERS[family] = root / family
     return _FOLDERS
 

@@ -7,20 +7,26 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-
 import numpy as np
 import pytest
+from model_folders import write_random_model
+from test_generate_models import (  # noqa: F401
+    CONFIGS,
+    SIZE,
+    CountingUNet,
+    levels_apart,
+    model_folders,
+    pipes,
+    pixels,
+    request,
+)
 
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from mlx_sd.config import SourceInfo
 from mlx_sd.infotext import parse_infotext, request_from_infotext
-from mlx_sd.model_format import write_model
 from mlx_sd.noise import ImageNoise
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.samplers import Cancelled
-from mlx_sd.tokenizer import BUNDLED_FOLDER
-from test_generate_models import CONFIGS, SIZE, CountingUNet, levels_apart, model_folders, pipes, pixels, request  # noqa: F401
-from test_pipeline_load import written_weights
 
 
 @pytest.fixture
@@ -200,7 +206,7 @@ def test_infotext_of_every_image(tmp_path: Path) -> None:
     config = dataclasses.replace(
         CONFIGS["sd1"], source=SourceInfo(name="tiny-v1.safetensors", sha256="0123456789ABCDEF" * 4)
     )
-    write_model(tmp_path / "tiny", config, written_weights(config), {"tokenizer": BUNDLED_FOLDER})
+    write_random_model(tmp_path / "tiny", config)
     pipe = Pipeline.load(tmp_path / "tiny")
     req = request(
         prompt="a (red:1.2) circle, studio", negative_prompt="blurry", sampler="euler a", schedule="karras",

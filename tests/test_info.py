@@ -10,7 +10,7 @@ import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import pytest
-from test_pipeline_load import CONFIGS, write_folder
+from model_folders import CONFIGS, write_random_model
 
 from cli.main import main
 from mlx_sd.config import SourceInfo
@@ -66,7 +66,7 @@ def test_model_folder_report(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         CONFIGS["sdxl"], source=SourceInfo(name="tiny.safetensors", sha256="0123456789abcdef" * 4)
     )
     folder = tmp_path / "tiny"
-    written = write_folder(folder, config)
+    written = write_random_model(folder, config)
     assert main(["info", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "family: sdxl, prediction: epsilon, default size: 64x64" in out

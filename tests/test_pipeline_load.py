@@ -1,6 +1,5 @@
 """Pipeline.load on tiny model folders written with model_format.write_model, and its strict errors."""
 
-import dataclasses
 import json
 import shutil
 import time
@@ -14,83 +13,16 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_sd import model_format
-from mlx_sd.config import CLIPTextConfig, ModelConfig, UNetConfig, VAEConfig
-from mlx_sd.device import dtype_from_name, policy
+from mlx_sd.device import policy
 from mlx_sd.model_format import ModelFolderError, WeightsError, write_model
-from mlx_sd.pipeline import Pipeline, build_models
+from mlx_sd.pipeline import Pipeline
 from mlx_sd.tokenizer import BUNDLED_FOLDER
-
-# Tiny configs: widths, depths and levels shrink; every rule that tensor shapes cannot reveal
-# (heads, GroupNorm groups, activations, vocabulary, positions, time-embedding width) is the family's.
-CLIP_L_TINY = CLIPTextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2)
-CLIP_L_SDXL_TINY = dataclasses.replace(CLIP_L_TINY, hidden_layer=-2, final_norm=False)
-BIGG_TINY = CLIPTextConfig(
-    hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2, hidden_act="gelu",
-    projection_dim=128, hidden_layer=-2, final_norm=False, pad_token_id=0,
-)
-VAE_TINY = VAEConfig(block_out_channels=(32, 32, 64, 64))
-
-UNET_SD1_TINY = UNetConfig(sample_size=8, block_out_channels=(32, 64, 64, 64), cross_attention_dim=128)
-UNET_SDXL_TINY = UNetConfig(
-    sample_size=8,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(64, 128, 128),
-    transformer_layers_per_block=[1, 1, 2],
-    attention_head_dim=[1, 2, 2],
-    cross_attention_dim=256,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=128 + 6 * 256,
-)
-UNET_REFINER_TINY = dataclasses.replace(
-    UNET_SDXL_TINY,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(64, 128, 128, 128),
-    transformer_layers_per_block=1,
-    attention_head_dim=[1, 2, 2, 2],
-    cross_attention_dim=128,
-    projection_class_embeddings_input_dim=128 + 5 * 256,
-)
-
-CONFIGS = {
-    "sd1": ModelConfig("sd1", UNET_SD1_TINY, VAE_TINY, text_encoder=CLIP_L_TINY, default_size=64),
-    "sdxl": ModelConfig(
-        "sdxl", UNET_SDXL_TINY, VAE_TINY, text_encoder=CLIP_L_SDXL_TINY, text_encoder_2=BIGG_TINY,
-        default_size=64, force_zeros_for_empty_prompt=True,
-    ),
-    "sdxl-refiner": ModelConfig(
-        "sdxl-refiner", UNET_REFINER_TINY, VAE_TINY, text_encoder_2=BIGG_TINY, default_size=64,
-        requires_aesthetics_score=True,
-    ),
-}
-
-
-def written_weights(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, mx.array]]:
-    """Random parameters of our own models, evaluated and cast to the config's storage dtype."""
-    mx.random.seed(seed)
-    storage = dtype_from_name(config.dtype)
-    components = {}
-    for name, model in build_models(config).items():
-        weights = {k: v.astype(storage) for k, v in tree_flatten(model.parameters())}
-        mx.eval(weights)
-        components[name] = weights
-    return components
-
-
-def write_folder(folder: Path, config: ModelConfig) -> dict[str, dict[str, mx.array]]:
-    components = written_weights(config)
-    tokenizers = {model_format.TOKENIZER_FOR[name]: BUNDLED_FOLDER for name in config.text_encoders}
-    write_model(folder, config, components, tokenizers)
-    return components
-
+from model_folders import CONFIGS, random_weights, write_random_model
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
     root = tmp_path_factory.mktemp("models")
-    return {family: (root / family, write_folder(root / family, config)) for family, config in CONFIGS.items()}
+    return {family: (root / family, write_random_model(root / family, config)) for family, config in CONFIGS.items()}
 
 
 def assert_same_parameters(pipe: Pipeline, written: dict[str, dict[str, mx.array]], dtype: mx.Dtype) -> None:
@@ -225,7 +157,7 @@ def test_missing_weight_file_and_tokenizer(folders: dict, tmp_path: Path) -> Non
 
 def test_write_model_leaves_nothing_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = CONFIGS["sd1"]
-    components = written_weights(config)
+    components = random_weights(config)
     real_save = mx.save_safetensors
     saved = []
 
@@ -246,7 +178,7 @@ def test_write_model_leaves_nothing_when_interrupted(tmp_path: Path, monkeypatch
 def test_write_model_failure_in_tokenizer_copy_leaves_nothing(tmp_path: Path) -> None:
     config = CONFIGS["sd1"]
     with pytest.raises(OSError):
-        write_model(tmp_path / "model", config, written_weights(config), {"tokenizer": tmp_path / "no-such-folder"})
+        write_model(tmp_path / "model", config, random_weights(config), {"tokenizer": tmp_path / "no-such-folder"})
     assert list(tmp_path.iterdir()) == []
 
 
