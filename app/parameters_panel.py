@@ -4,7 +4,6 @@ image-to-image source with its strength."""
 
 from __future__ import annotations
 
-import random
 import sys
 from typing import Any
 
@@ -29,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mlx_sd.generation import random_seed
 from mlx_sd.request import MAX_SIZE, MAX_STEPS, MIN_SIZE, RANDOM_SEED
 from mlx_sd.samplers import SAMPLERS, sampler_by_name
 from mlx_sd.schedules import SCHEDULES, schedule_by_name
@@ -37,7 +37,6 @@ from .presets import ASPECTS, aspect_size, clean_params, resolve, size_step
 from .result_view import pil_to_qimage
 from .settings import Preset
 
-MAX_SEED = 2**32 - 1
 DICE = "🎲"
 THUMBNAIL = 120
 
@@ -57,7 +56,7 @@ class SeedEdit(QWidget):
         has_die = sys.platform == "darwin" or QFontMetrics(self.font()).inFontUcs4(ord(DICE))
         self.dice.setText(DICE if has_die else "Dice")
         self.dice.setToolTip("Pick a random seed")
-        self.dice.clicked.connect(lambda: self.set_seed(random.randint(0, MAX_SEED)))
+        self.dice.clicked.connect(lambda: self.set_seed(random_seed()))
         self.random_button = QToolButton()
         self.random_button.setText("-1")
         self.random_button.setToolTip("A new random seed every run")
@@ -74,12 +73,12 @@ class SeedEdit(QWidget):
             layout.addWidget(widget)
 
     def seed(self) -> int:
-        """The seed typed in; out-of-range or unfinished text counts as random."""
+        """The seed typed in; an empty field (or a lone "-") means random. A number out of range is
+        passed on as typed, so the request's validation names it instead of it silently becoming random."""
         try:
-            value = int(self.edit.text())
+            return int(self.edit.text())
         except ValueError:
             return RANDOM_SEED
-        return value if RANDOM_SEED <= value <= MAX_SEED else RANDOM_SEED
 
     def set_seed(self, seed: int) -> None:
         self.edit.setText(str(seed))

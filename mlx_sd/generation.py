@@ -34,7 +34,7 @@ from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
 from .noise import ImageNoise, image_seeds, latents_from_request
-from .request import RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
+from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
 from .sdxl_conditioning import needs_time_ids, time_ids
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
-SEED_RANGE = 2**32
 # A1111's "RNG" infotext key: our seeded noise is its platform-independent "NV" generator.
 INFOTEXT_EXTRA = {"RNG": "NV"}
 
@@ -60,9 +59,14 @@ class Plan:
     mask: np.ndarray | None  # (H, W) in [0, 1], blurred; 1 = repaint
 
 
+def random_seed() -> int:
+    """A fresh seed from 0 to MAX_SEED: what -1 becomes, and what the app's dice button picks."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
 def resolve_seed(seed: int) -> int:
     """The seed a run uses: a random one for -1, else the request's (0 stays 0)."""
-    return secrets.randbelow(SEED_RANGE) if seed == RANDOM_SEED else seed
+    return random_seed() if seed == RANDOM_SEED else seed
 
 
 def _check_clip_skip(config: ModelConfig, clip_skip: int) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 1000
 RANDOM_SEED = -1
+MAX_SEED = 2**32 - 1  # seeds are A1111's unsigned 32-bit values
 
 
 class RequestError(ValueError):
@@ -68,8 +69,8 @@ class GenerationRequest:
             raise RequestError("steps", self.steps, f"a whole number from 1 to {MAX_STEPS}")
         if not 0 <= self.cfg_scale <= 100:
             raise RequestError("cfg_scale", self.cfg_scale, "a number from 0 to 100")
-        if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed < 2**32):
-            raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {2**32 - 1}")
+        if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed <= MAX_SEED):
+            raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {MAX_SEED}")
         for name in ("batch_size", "batch_count"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 64:

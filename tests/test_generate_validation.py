@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlx_sd.generation import plan
-from mlx_sd.request import RequestError
+from mlx_sd.generation import plan, random_seed, resolve_seed
+from mlx_sd.request import MAX_SEED, RANDOM_SEED, GenerationRequest, RequestError
 from test_generate_models import model_folders, pipes, request  # noqa: F401
 
 RGB = Image.new("RGB", (64, 64), (10, 20, 30))
@@ -107,3 +107,14 @@ def test_unreadable_init_image(guarded, tmp_path) -> None:
     path.write_bytes(path.read_bytes()[:60])  # Pillow opens the header lazily, the pixels are gone
     with pytest.raises(RequestError, match=r"init_image = 'a RGB image Pillow cannot convert .*a readable image"):
         guarded["sd1"].generate(request(init_image=Image.open(path)))
+
+
+def test_one_seed_rule_for_every_caller() -> None:
+    """-1 becomes a random seed that validation accepts; every other seed, 0 included, is kept."""
+    drawn = {resolve_seed(RANDOM_SEED) for _ in range(20)} | {random_seed() for _ in range(20)}
+    assert len(drawn) > 1 and all(0 <= seed <= MAX_SEED for seed in drawn)
+    for seed in drawn:
+        GenerationRequest(seed=seed).validate()
+    assert resolve_seed(0) == 0 and resolve_seed(MAX_SEED) == MAX_SEED
+    with pytest.raises(RequestError, match=f"from 0 to {MAX_SEED}"):
+        GenerationRequest(seed=MAX_SEED + 1).validate()
