@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_sd.infotext import checkpoint_stem
 from mlx_sd.model_format import ModelFolderError, read_config
 from mlx_sd.model_paths import DEMO_FOLDER, DEMO_NAME, demo_available
 
@@ -107,10 +108,8 @@ def check_name(name: str) -> str:
 
 def name_from_source(source: str) -> str:
     """A model name for an import: the checkpoint's file stem, or the name part of a repo id."""
-    base = source.rstrip("/\\")
-    base = base.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = Path(base).stem if Path(base).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else base
-    cleaned = "".join(c if c not in '/\\:' and ord(c) >= 32 else "-" for c in stem).strip().lstrip(".")
+    stem = checkpoint_stem(source)
+    cleaned = "".join(c if c != ":" and ord(c) >= 32 else "-" for c in stem).strip().lstrip(".")
     return cleaned[:MAX_NAME_LENGTH] or "model"
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QWidget
 
+from mlx_sd.infotext import checkpoint_stem
+
 from .model_library import ModelInfo, ModelLibrary
 
 NO_MODEL_TEXT = (
@@ -74,9 +76,6 @@ class ModelPicker(QWidget):
         """A model converted from a checkpoint of this name (infotext's `Model:` field), or None."""
         wanted = source_name.strip().casefold()
         for model in self._models:
-            stem = model.source.replace("\\", "/").rsplit("/", 1)[-1]
-            for suffix in (".safetensors", ".ckpt"):
-                stem = stem.removesuffix(suffix)
-            if wanted and wanted in (model.name.casefold(), stem.casefold()):
+            if wanted and wanted in (model.name.casefold(), checkpoint_stem(model.source).casefold()):
                 return model
         return None

@@ -17,6 +17,7 @@ import mlx.core as mx
 from mlx_sd import blas
 from mlx_sd.config import PRESETS, ModelConfig, preset
 from mlx_sd.device import current_device, dtype_name, gpu_available, policy
+from mlx_sd.infotext import model_hash
 from mlx_sd.model_format import read_config, weights_file
 from mlx_sd.pipeline import build_models, parameter_count
 
@@ -112,5 +113,5 @@ def model_lines(folder: Path) -> list[str]:
         _summary(config),
         f"storage dtype: {config.dtype}",
         f"source: {source.name or 'unknown'}, sha256 {source.sha256 or 'unknown'}"
-        + (f" (Model hash {source.sha256[:10]})" if source.sha256 else ""),
+        + (f" (Model hash {model_hash(source.sha256)})" if source.sha256 else ""),
     ] + _table(rows, "on disk")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
 from mlx_sd.device import DTYPES
+from mlx_sd.infotext import model_hash
 
 from .errors import ConversionError
 
@@ -78,7 +79,7 @@ class ConversionReport:
             f"family:      {self.family}{kind}  [{self.family_by}]",
             f"prediction:  {self.prediction_type}  [{self.prediction_by}]",
             f"size:        {self.default_size}x{self.default_size} default",
-            f"model hash:  {self.sha256[:10]}  (SHA-256 of {self.hashed})",
+            f"model hash:  {model_hash(self.sha256)}  (SHA-256 of {self.hashed})",
             "components:  " + ", ".join(f"{name} {count / 1e6:.1f}M" for name, count in self.parameters.items()),
             f"written:     {self.output} ({self.dtype}) in {self.seconds:.1f} s",
         ]

@@ -26,6 +26,7 @@ from .samplers import split_sampler_name
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
 MODEL_HASH_LENGTH = 10
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # The parameter line is the last line only when this finds at least 3 pairs in it (A1111's rule).
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -57,11 +58,22 @@ def _number(value: float | int) -> str:
     return str(value)
 
 
+def checkpoint_stem(name: str) -> str:
+    """A checkpoint path or repo id without its folders and checkpoint extension, as A1111 writes
+    `Model:` ("C:\\models\\v1-5.ckpt" -> "v1-5", "stabilityai/sdxl-turbo" -> "sdxl-turbo")."""
+    base = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    suffix = PurePath(base).suffix
+    return base[: -len(suffix)] if suffix.lower() in CHECKPOINT_SUFFIXES else base
+
+
+def model_hash(sha256: str) -> str:
+    """`Model hash:` (A1111's "sha256" short hash): the first 10 hex digits of the source's SHA-256."""
+    return sha256[:MODEL_HASH_LENGTH].lower()
+
+
 def model_name(config: ModelConfig) -> str:
     """`Model:` is the source checkpoint's base name without extension."""
-    name = PurePath(config.source.name).name
-    suffix = PurePath(name).suffix.lower()
-    return name[: -len(suffix)] if suffix in (".safetensors", ".ckpt", ".pt", ".bin") else name
+    return checkpoint_stem(config.source.name)
 
 
 def format_infotext(
@@ -79,7 +91,7 @@ def format_infotext(
         "CFG scale": _number(request.cfg_scale),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
-        "Model hash": model.source.sha256[:MODEL_HASH_LENGTH].lower() if model and model.source.sha256 else None,
+        "Model hash": model_hash(model.source.sha256) if model and model.source.sha256 else None,
         "Model": (model_name(model) or None) if model else None,
         "Denoising strength": _number(request.strength) if request.init_image is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,

@@ -9,7 +9,9 @@ from mlx_sd.config import SourceInfo, preset
 from mlx_sd.infotext import (
     VERSION,
     Infotext,
+    checkpoint_stem,
     format_infotext,
+    model_hash,
     model_name,
     parse_infotext,
     quote,
@@ -70,6 +72,16 @@ def test_model_name_drops_folder_and_checkpoint_extension():
     assert model_name(sd15("/models/sd_xl_base_1.0.safetensors")) == "sd_xl_base_1.0"
     assert model_name(sd15("dreamshaper_8.ckpt")) == "dreamshaper_8"
     assert model_name(sd15("stable-diffusion-v1-5")) == "stable-diffusion-v1-5"
+
+
+def test_checkpoint_stem_and_model_hash_are_the_one_rule():
+    assert checkpoint_stem("C:\\models\\v1-5.CKPT") == "v1-5"
+    assert checkpoint_stem("/models/anything-v3.pth") == "anything-v3"
+    assert checkpoint_stem("stabilityai/sdxl-turbo") == "sdxl-turbo"
+    assert checkpoint_stem("dreamshaper.v8") == "dreamshaper.v8"  # not a checkpoint extension: kept
+    assert checkpoint_stem("///") == ""
+    assert model_hash(SHA.upper()) == SHA[:10]
+    assert model_hash("") == ""
 
 
 @pytest.mark.parametrize(
