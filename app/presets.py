@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from mlx_sd.request import MAX_SIZE, MAX_STEPS, MIN_SIZE
+from mlx_sd.request import MAX_SIZE, MIN_SIZE, GenerationRequest
 from mlx_sd.samplers import sampler_by_name
 from mlx_sd.schedules import schedule_by_name
 
@@ -102,25 +102,21 @@ def clean_params(params: dict[str, Any]) -> dict[str, Any]:
         if type(value) is not kind:
             continue
         clean[key] = value
-    checks = {
-        "sampler": lambda v: _known(sampler_by_name, v),
-        "schedule": lambda v: _known(schedule_by_name, v),
-        "steps": lambda v: 1 <= v <= MAX_STEPS,
-        "cfg_scale": lambda v: 0 <= v <= 100,
-        "aspect": lambda v: v in ASPECTS,
-        "width": lambda v: v % 8 == 0 and MIN_SIZE <= v <= MAX_SIZE,
-        "height": lambda v: v % 8 == 0 and MIN_SIZE <= v <= MAX_SIZE,
-        "batch_size": lambda v: 1 <= v <= 64,
-        "batch_count": lambda v: 1 <= v <= 64,
-        "clip_skip": lambda v: 1 <= v <= 12,
-    }
-    return {k: v for k, v in clean.items() if checks[k](v)}
+    return {k: v for k, v in clean.items() if _valid(k, v)}
 
 
-def _known(lookup: Any, name: str) -> bool:
+def _valid(key: str, value: Any) -> bool:
+    """Whether a preset value is one a request accepts, by the engine's own rules."""
+    if key == "aspect":
+        return value in ASPECTS
     try:
-        lookup(name)
-    except ValueError:
+        if key == "sampler":
+            sampler_by_name(value)
+        elif key == "schedule":
+            schedule_by_name(value)
+        else:
+            dataclasses.replace(GenerationRequest(), **{key: value}).validate()
+    except ValueError:  # RequestError is a ValueError
         return False
     return True
 
