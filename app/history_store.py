@@ -16,6 +16,7 @@ app's back); the app runs it off the UI thread.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from PIL import Image, PngImagePlugin
+
+from mlx_sd.image_metadata import PARAMETERS_KEY, write_durably
 
 DB_NAME = "history.sqlite3"
 IMAGES_DIR = "images"
@@ -111,35 +114,9 @@ def fts_expression(text: str) -> str:
     return " ".join(f'"{w}"*' for w in words)
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write `data` to a new file at `path`: temp file, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(temp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def encode_png(image: Image.Image, generation: Generation) -> bytes:
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", generation.infotext, zip=False)
+    info.add_text(PARAMETERS_KEY, generation.infotext, zip=False)
     info.add_text(RECORD_CHUNK, json.dumps(_record(generation)), zip=True)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
@@ -195,8 +172,8 @@ class HistoryStore:
         path = self._new_image_path(created, generation.seed)
         marker = self.library / PENDING_DIR / f"{path.stem}.json"
         try:
-            _write_durably(marker, json.dumps(self._relative(path)).encode())
-            _write_durably(path, encode_png(image, generation))
+            write_durably(marker, json.dumps(self._relative(path)).encode())
+            write_durably(path, encode_png(image, generation))
             entry_id = self._insert(generation, path, make_thumbnail(image))
         except (OSError, sqlite3.Error) as exc:
             path.unlink(missing_ok=True)
@@ -321,7 +298,8 @@ class HistoryStore:
             ).fetchone()
             if not recorded and path.exists():
                 self._recover(path)
-            path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
+            for partial in path.parent.glob(f".{glob.escape(path.name)}.*partial"):  # write_durably's temp
+                partial.unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
 
     def reconcile_all(self) -> None:

@@ -10,6 +10,7 @@ ImageMetadataError; an image without metadata reads as None.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -94,19 +95,30 @@ def save_image(
 ) -> Path:
     """Save `image` to `path` (format from the suffix: .png, .jpg/.jpeg, .webp) with `infotext`.
 
-    `durable`: write to a temporary file in the same folder, flush and fsync it, then rename it into
-    place and fsync the folder, so that once this returns the file is complete on disk (the app's
-    history records an image only after that); an interrupted save leaves no partial file.
+    `durable`: written with `write_durably`, so that once this returns the file is complete on disk;
+    an interrupted save leaves no partial file.
     """
     path = Path(path)
     fmt = _format_for(path)
     if not durable:
         _save_to(image, str(path), fmt, infotext, quality)
         return path
+    buffer = io.BytesIO()
+    _save_to(image, buffer, fmt, infotext, quality)
+    write_durably(path, buffer.getvalue())
+    return path
+
+
+def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` so that once this returns the file is complete on disk: a temporary
+    `.<name>.*.partial` in the same folder, flushed and fsynced, renamed into place, then the folder
+    fsynced. An interrupted write leaves no partial file and the previous file at `path` untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _save_to(image, handle, fmt, infotext, quality)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
@@ -114,7 +126,6 @@ def save_image(
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
-    return path
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -109,7 +109,7 @@ def test_image_written_but_row_not_committed_is_recovered_on_open(tmp_path, monk
 def test_crash_before_the_image_was_complete_leaves_nothing(tmp_path, monkeypatch):
     library = tmp_path / "lib"
     store = HistoryStore(library)
-    real_write = history_store._write_durably
+    real_write = history_store.write_durably
 
     def die_writing_the_png(path, data):
         if path.suffix == ".png":
@@ -118,7 +118,7 @@ def test_crash_before_the_image_was_complete_leaves_nothing(tmp_path, monkeypatc
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(history_store, "_write_durably", die_writing_the_png)
+    monkeypatch.setattr(history_store, "write_durably", die_writing_the_png)
     monkeypatch.setattr(history_store.Path, "unlink", lambda self, missing_ok=False: None)
     with pytest.raises(KeyboardInterrupt):
         store.add(image(), make_generation())
