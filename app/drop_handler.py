@@ -17,12 +17,14 @@ from PIL import Image
 from PySide6.QtCore import QEvent, QMimeData, QObject, Signal
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 
+from convert.diffusers_folder import MODEL_INDEX
+from convert.pickle_file import PICKLE_SUFFIXES
 from mlx_sd.image_metadata import infotext_from_image
 
 from .result_view import qimage_to_pil
 
-CHECKPOINT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors",)  # what the app imports (pickles only through the CLI)
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 WHAT_TO_DROP = (
     "Drop an image to start from it, a PNG with generation parameters to restore them, "
@@ -55,7 +57,7 @@ def classify_file(path: Path) -> DropItem:
     if not path.exists():
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path} does not exist (was it moved or deleted?).")
     if path.is_dir():
-        if (path / "model_index.json").is_file():  # a diffusers model folder
+        if (path / MODEL_INDEX).is_file():  # a diffusers model folder
             return DropItem(DropKind.CHECKPOINT, path)
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} is a folder. {WHAT_TO_DROP}")
     suffix = path.suffix.lower()

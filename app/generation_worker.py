@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from mlx_sd.model_format import ModelFolderError, WeightsError
+from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
@@ -27,7 +27,7 @@ from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
 
 # Fields of a request that are images or arrays: the history keeps the rest as JSON.
-_NOT_RECORDED = ("init_image", "mask", "latents")
+NOT_RECORDED = ("init_image", "mask", "latents")
 
 
 class PipelineLike(Protocol):
@@ -133,7 +133,7 @@ def describe_error(exc: BaseException) -> UserMessage:
 
 def request_params(request: GenerationRequest) -> dict[str, Any]:
     """The request as JSON-ready values for the history (images and arrays left out)."""
-    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in _NOT_RECORDED}
+    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in NOT_RECORDED}
     params["img2img"] = request.init_image is not None
     return params
 
@@ -206,7 +206,7 @@ class GenerationWorker(QObject):
 
     def _pipeline_for(self, job: GenerationJob) -> PipelineLike:
         folder = Path(job.model_folder)
-        config = folder / "model.json"
+        config = folder / MODEL_JSON
         key = (str(folder.resolve()), job.device, config.stat().st_mtime if config.exists() else 0.0)
         if self._pipeline is None or key != self._pipeline_key:
             self._pipeline = self._pipeline_key = None  # free the old model before loading the next

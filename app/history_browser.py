@@ -45,8 +45,10 @@ from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
 from mlx_sd.infotext import request_from_infotext
 from mlx_sd.request import GenerationRequest
 
+from .generation_worker import NOT_RECORDED
 from .history_model import HistoryListModel
 from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
+from .result_view import SAVE_FILTERS
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -56,9 +58,7 @@ SEARCH_DELAY_MS = 200  # search as the user types, once they pause
 PREVIEW_SIDE = 220
 GRID_ICON = QSize(112, 112)
 DOCK_HEIGHT = 0.4  # of the window, when first docked
-# The request fields an image cannot carry in the history (pictures and arrays).
-NOT_REUSABLE = ("init_image", "mask", "latents")
-EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
+EXPORT_FILTERS = ";;".join(SAVE_FILTERS.values())
 
 
 # -- Qt-free helpers -------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def request_from_entry(entry: HistoryEntry) -> GenerationRequest:
     defaults = GenerationRequest()
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(GenerationRequest):
-        if f.name in NOT_REUSABLE or f.name not in g.params:
+        if f.name in NOT_RECORDED or f.name not in g.params:
             continue
         value, default = g.params[f.name], getattr(defaults, f.name)
         if _same_kind(value, default):

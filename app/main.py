@@ -15,7 +15,7 @@ from . import desktop_entry
 from .history_browser import install_history_browser
 from .main_window import MainWindow
 from .model_manager import install_model_manager
-from .settings import AppSettings, load_settings
+from .settings import AppSettings, library_path, load_settings
 from .settings_dialog import install_settings_dialog
 
 APP_NAME = "mlx-sd"
@@ -33,13 +33,9 @@ def default_library() -> Path:
     return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation))
 
 
-def library_folder(settings: AppSettings) -> Path:
-    return Path(settings.library_folder).expanduser() if settings.library_folder else default_library()
-
-
 def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:
     """The main window with everything plugged in."""
-    window = MainWindow(settings, library_folder(settings), settings_path)
+    window = MainWindow(settings, library_path(settings.library_folder, default_library()), settings_path)
     history = install_history_browser(window)
     models = install_model_manager(window, settings_path)
     install_settings_dialog(

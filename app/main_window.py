@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
-from .drop_handler import DropFilter, DropItem, DropKind, classify_file, classify_mime
+from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file, classify_mime
 from .generation_worker import (
     GenerationController,
     GenerationJob,
@@ -266,7 +266,7 @@ class MainWindow(QMainWindow):
         self._checkpoint_importer(path)
 
     def choose_checkpoint(self) -> None:
-        name, _ = QFileDialog.getOpenFileName(self, "Import Checkpoint", str(Path.home()), "Checkpoints (*.safetensors)")
+        name, _ = QFileDialog.getOpenFileName(self, "Import Checkpoint", str(Path.home()), CHECKPOINT_FILTER)
         if name:
             self.import_checkpoint(Path(name))
 

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 from convert import ConversionCancelled, ConversionReport, ConvertOptions, Progress, convert_model
 from convert.hub import looks_like_repo_id
 
+from .drop_handler import CHECKPOINT_FILTER, CHECKPOINT_SUFFIXES
 from .model_library import ModelInfo, ModelLibrary, ModelLibraryError
 from .settings import save_settings
 
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 
 Converter = Callable[..., ConversionReport]  # convert_model's signature
 Index = QModelIndex | QPersistentModelIndex
-CHECKPOINT_SUFFIXES = (".safetensors",)
-CHECKPOINT_FILTER = "Checkpoints (*.safetensors)"
 REPO_EXAMPLE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 

@@ -54,6 +54,11 @@ class AppSettings:
         return fixed
 
 
+def library_path(folder: str, default: Path) -> Path:
+    """The library folder a `library_folder` setting means ("" is the platform default, `default`)."""
+    return Path(folder).expanduser() if folder else default
+
+
 def load_settings(path: str | os.PathLike[str]) -> AppSettings:
     """Settings from `path`; defaults for a missing or unreadable file and for each bad value."""
     try:

@@ -39,7 +39,7 @@ from mlx_sd.device import gpu_available
 
 from .history_store import DB_NAME, HistoryError, move_library
 from .model_library import MODELS_DIR, ModelInfo
-from .settings import DEVICES, OUTPUT_FORMATS, PRECISIONS, AppSettings, save_settings
+from .settings import DEVICES, OUTPUT_FORMATS, PRECISIONS, AppSettings, library_path, save_settings
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -54,11 +54,6 @@ FORMAT_LABELS = {"png": "PNG (lossless, parameters in the file)", "jpeg": "JPEG"
 MAX_PREVIEW_EVERY = 100
 
 LibraryMover = Callable[[Path, Path], None]
-
-
-def library_path(folder: str, default: Path) -> Path:
-    """The library folder a setting means ("" is the platform default)."""
-    return Path(folder).expanduser() if folder else default
 
 
 def is_library(folder: Path) -> bool:

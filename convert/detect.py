@@ -11,7 +11,6 @@ from .ema import ema_name, has_ema
 from .errors import ConversionError
 from .layout import Shape
 from .ldm_unet import PREFIX as UNET_PREFIX
-from .ldm_vae import PREFIX as VAE_PREFIX
 
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_OPENCLIP = ("cond_stage_model.model.", "conditioner.embedders.0.model.")  # the second: SGM-packed SD2

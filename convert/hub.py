@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .diffusers_folder import WEIGHT_NAMES
+from .diffusers_folder import MODEL_INDEX, WEIGHT_NAMES
 from .errors import ConversionError
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -19,7 +19,7 @@ def looks_like_repo_id(text: str) -> bool:
 
 def allow_patterns(variant: str | None) -> list[str]:
     """The files of a diffusers repo that a conversion reads."""
-    patterns = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*"]
+    patterns = [MODEL_INDEX, "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*"]
     for component, base in WEIGHT_NAMES.items():
         patterns.append(f"{component}/config.json")
         if variant:
@@ -67,7 +67,7 @@ def fetch(repo_id: str, revision: str | None, variant: str | None, cache_dir: Pa
             "(HF_HUB_OFFLINE is set or the network is down); connect and try again"
         ) from None
     path = Path(folder)
-    if not (path / "model_index.json").is_file():
+    if not (path / MODEL_INDEX).is_file():
         raise ConversionError(
             f"{where} is not a diffusers pipeline (no model_index.json); download its checkpoint file and convert that"
         )

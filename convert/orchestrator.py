@@ -19,7 +19,7 @@ import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.config import ModelConfig
 from mlx_sd.device import dtype_from_name
-from mlx_sd.model_format import ModelFolderError, WeightsError, check_weights, write_model
+from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError, check_weights, write_model
 from mlx_sd.pipeline import Pipeline, build_models
 
 from . import hub
@@ -99,7 +99,7 @@ def _plan(source: str, options: ConvertOptions, scratch: Path, notify: ProgressC
     if path.is_file():
         return plan_single_file(path, options, scratch)
     if path.is_dir():
-        if (path / "model.json").is_file():
+        if (path / MODEL_JSON).is_file():
             raise ConversionError(f"{path} is already an mlx-sd model folder; there is nothing to convert")
         if not (path / MODEL_INDEX).is_file():
             raise ConversionError(

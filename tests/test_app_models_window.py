@@ -4,7 +4,6 @@ progress dialog and is then selected; renames and deletes reach the picker and t
 
 from pathlib import Path
 
-import pytest
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
 from app.drop_handler import classify_file

@@ -10,7 +10,7 @@ from app.history_browser import install_history_browser
 from app.history_store import HistoryQuery, HistoryStore
 from app.main_window import MainWindow
 from app.model_manager import install_model_manager
-from app.settings import AppSettings, load_settings
+from app.settings import library_path, load_settings
 from app.settings_dialog import install_settings_dialog
 from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, scripted_loader
 
@@ -21,7 +21,7 @@ TIMEOUT = 20_000
 def open_window(qtbot, settings_path: Path, default_library: Path):
     """A window wired as app.main.build_window wires it, generating with ScriptedPipeline."""
     settings = load_settings(settings_path)
-    library = Path(settings.library_folder) if settings.library_folder else default_library
+    library = library_path(settings.library_folder, default_library)
     window = MainWindow(settings, library, settings_path, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
     history = install_history_browser(window)
     models = install_model_manager(window, settings_path)
