@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 from PIL import Image
 
 from mlx_sd.request import GenerationRequest, Progress
+from mlx_sd.schedules import SCHEDULES
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 DEFAULTS = GenerationRequest()
@@ -57,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--schedule", default=DEFAULTS.schedule, metavar="NAME",
-        help="Automatic (the sampler's default), Uniform, Karras, Exponential, SGM Uniform, Simple or Normal",
+        help=f"{SCHEDULES[0].name} (the sampler's default), " + ", ".join(s.name for s in SCHEDULES[1:]),
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="-1 picks a random seed; image k uses seed + k")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, metavar="N", help="images per model call")

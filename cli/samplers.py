@@ -24,11 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def default_schedule_label(info: SamplerInfo) -> str:
-    for schedule in SCHEDULES:
-        if schedule.function is info.default_schedule:
-            return schedule.name
     name = info.default_schedule.__name__
-    return _OWN_TIMESTEPS.get(name, name)
+    return info.default_schedule_name or _OWN_TIMESTEPS.get(name, name)
 
 
 def write_listing(out: TextIO) -> None:

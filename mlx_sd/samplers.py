@@ -345,6 +345,12 @@ class SamplerInfo:
     stochastic: bool = False  # draws noise at each step
     aliases: tuple[str, ...] = ()  # A1111's internal names
 
+    @property
+    def default_schedule_name(self) -> str | None:
+        """The A1111 schedule label that "Automatic" means here; None when the sampler brings its own
+        timesteps (DDIM, LCM), which A1111's schedule list does not name."""
+        return next((s.name for s in SCHEDULES if s.function is self.default_schedule), None)
+
 
 SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM++ 2M", sample_dpmpp_2m, karras, 1, aliases=("k_dpmpp_2m",)),

@@ -169,8 +169,7 @@ def lcm_timesteps(schedule: NoiseSchedule, steps: int, original_steps: int = LCM
     _check_steps(steps)
     if steps > original_steps:
         raise ValueError(f"LCM takes at most {original_steps} steps, got {steps}")
-    skip = schedule.num_timesteps // original_steps
-    origin = (np.arange(original_steps, 0, -1) * skip) - 1
+    origin = lcm_original_timesteps(schedule, original_steps)[::-1]
     return origin[np.floor(np.linspace(0, original_steps, steps, endpoint=False)).astype(np.int64)]
 
 

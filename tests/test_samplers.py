@@ -322,6 +322,12 @@ def test_sampler_by_name():
         assert info.name in str(error.value)
 
 
+def test_default_schedule_name_is_the_a1111_label_or_none():
+    names = {info.name: info.default_schedule_name for info in K.SAMPLERS}
+    assert names["DPM++ 2M"] == "Karras" and names["DPM++ 2M SDE"] == "Exponential" and names["Euler a"] == "Uniform"
+    assert names["DDIM"] is None and names["LCM"] is None  # their own timesteps, no A1111 schedule label
+
+
 def test_split_combined_names():
     assert K.split_sampler_name("DPM++ 2M Karras") == ("DPM++ 2M", "Karras")
     assert K.split_sampler_name("DPM++ 2M SDE Exponential") == ("DPM++ 2M SDE", "Exponential")

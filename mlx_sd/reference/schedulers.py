@@ -58,7 +58,7 @@ from diffusers.schedulers import (
 
 from ..config import NoiseScheduleConfig
 from ..samplers import sampler_by_name, sigmas_for
-from ..schedules import SCHEDULES, NoiseSchedule, ScheduleFn, schedule_by_name, trailing_timesteps
+from ..schedules import NoiseSchedule, schedule_by_name, trailing_timesteps
 
 _A1111_NOISE = "A1111 starts from unit noise * sigma_max; diffusers' DDPM-frame start is sqrt(1 + sigma_max^2) * noise"
 
@@ -149,14 +149,6 @@ def _native_euler_like(
     return {"timestep_spacing": spacing}, exact, [] if exact else [note]
 
 
-def _label(function: ScheduleFn) -> str:
-    """The schedule label of a sampler's default ("ddim" and "lcm" have none in A1111's list)."""
-    for schedule in SCHEDULES:
-        if schedule.function is function:
-            return schedule.name
-    return function.__name__.upper()
-
-
 def diffusers_scheduler(
     sampler: str,
     schedule: str = "Automatic",
@@ -170,7 +162,10 @@ def diffusers_scheduler(
     info = sampler_by_name(sampler)
     schedule_info = schedule_by_name(schedule)
     sigmas = sigmas_for(info.name, schedule_info.name, steps, ns)
-    resolved = schedule_info.name if schedule_info.function else _label(info.default_schedule)
+    # "ddim" and "lcm" have no label in A1111's list: "DDIM", "LCM"
+    resolved = schedule_info.name if schedule_info.function else (
+        info.default_schedule_name or info.default_schedule.__name__.upper()
+    )
     config = _base_config(noise, prediction_type)
     quantize = info.timesteps != "fractional"
     unet_t = ns.sigma_to_t(sigmas[:-1], quantize=quantize)
