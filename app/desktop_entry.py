@@ -16,8 +16,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlx_sd.resources import resource
+
+if TYPE_CHECKING:
+    from PySide6.QtGui import QIcon
 
 APP_ID = "mlx-sd"
 ICON_DIR = resource("icon")
@@ -29,8 +33,9 @@ def icon_file(size: int) -> Path:
     return ICON_DIR / f"{APP_ID}-{size}.png"
 
 
-def app_icon():  # -> QIcon; Qt is imported here so the launcher code stays usable without a display
-    """The window icon, with every rendered size."""
+def app_icon() -> "QIcon":
+    """The window icon, with every rendered size (Qt is imported here, so the launcher code stays
+    usable without a display)."""
     from PySide6.QtGui import QIcon
 
     icon = QIcon()

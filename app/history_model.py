@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QIcon, QImage, QPixmap
 
 from .history_store import HistoryEntry, HistoryQuery, HistoryStore
@@ -61,7 +62,7 @@ class HistoryListModel(QAbstractListModel):
     """Rows of one query over a HistoryStore owned by the caller (used from the UI thread only).
     Without a store (the library cannot be opened, or is moving) the model is empty."""
 
-    def __init__(self, store: HistoryStore | None, page_size: int = PAGE_SIZE, parent=None):
+    def __init__(self, store: HistoryStore | None, page_size: int = PAGE_SIZE, parent: QObject | None = None):
         super().__init__(parent)
         self._store = store
         self._page_size = page_size
@@ -176,7 +177,7 @@ class HistoryListModel(QAbstractListModel):
         names.update({role: QByteArray(name) for role, name in _ROLE_NAMES.items()})
         return names
 
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not self._valid(index):
             return None
         entry = self._entries[index.row()]
@@ -214,7 +215,7 @@ class HistoryListModel(QAbstractListModel):
                 return entry.favourite
         return None
 
-    def setData(self, index: Index, value, role: int = Qt.ItemDataRole.EditRole) -> bool:
+    def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
         if role != HistoryRoles.FAVOURITE or not self._valid(index):
             return False
         self.set_favourite(index.row(), bool(value))

@@ -369,9 +369,6 @@ class MainWindow(QMainWindow):
             self.cancel_button.setEnabled(False)
             self.progress_label.setText("Cancelling…")
 
-    def is_generating(self) -> bool:
-        return self.controller.busy
-
     def _set_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy and self.picker.current() is not None)
         self.generate_action.setEnabled(not busy)

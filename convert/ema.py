@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-EMA_PREFIX = "model_ema."
+from .ldm_unet import PREFIX as UNET_PREFIX
+
 _EMA_UNET = "model_ema.diffusion_model"
 # Every word of an LDM UNet key; longest first so that `out_layers` wins over `out`, `norm1` over `norm`.
 _WORDS = sorted(
@@ -26,7 +27,7 @@ def has_ema(keys: set[str] | dict) -> bool:
 
 def ema_name(ldm_key: str) -> str:
     """`model.diffusion_model.a.b.c` -> its EMA copy's name."""
-    return _EMA_UNET + ldm_key[len("model.diffusion_model."):].replace(".", "")
+    return _EMA_UNET + ldm_key[len(UNET_PREFIX):].replace(".", "")
 
 
 def restore_dots(ema_key: str) -> str | None:
@@ -45,4 +46,4 @@ def restore_dots(ema_key: str) -> str | None:
             parts += [token[0], token[1:]]  # always `label_emb.0.<0|2>`
         else:
             parts.append(token)
-    return "model.diffusion_model." + ".".join(parts)
+    return UNET_PREFIX + ".".join(parts)

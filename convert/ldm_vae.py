@@ -57,7 +57,6 @@ def diffusers_vae_key(key: str) -> str:
     return key
 
 
-
 def is_attention_projection(name: str) -> bool:
     """Mid-block q/k/v/out weights: Linear in diffusers and in our models, 1x1 convs in LDM files."""
     return ".mid_block.attentions.0.to_" in name and name.endswith(".weight")

@@ -94,7 +94,9 @@ def convert_model(
     )
 
 
-def _plan(source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel) -> Plan:
+def _plan(
+    source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel: Callable[[], None]
+) -> Plan:
     path = Path(source).expanduser()
     if path.is_file():
         return plan_single_file(path, options, scratch)
@@ -116,7 +118,9 @@ def _plan(source: str, options: ConvertOptions, scratch: Path, notify: ProgressC
     raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)")
 
 
-def _read(plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel) -> tuple[Weights, str]:
+def _read(
+    plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
+) -> tuple[Weights, str]:
     """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed source."""
     weights: Weights = {}
     hasher = hashlib.sha256()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlx_sd.config import ModelConfig, SourceInfo
 from mlx_sd.model_format import TOKENIZER_FOR
+from mlx_sd.tokenizer import EOS_TOKEN
 
 from . import infer_config
 from .detect import SDXL_V_PRED_MARKER, Layout, TextEncoderSource, detect_layout
@@ -24,7 +25,7 @@ from .plan import Plan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
 from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
-from .tokenizer_files import EOS_TOKEN, OPENCLIP_PAD_TOKEN, bundled
+from .tokenizer_files import OPENCLIP_PAD_TOKEN, bundled
 
 DEFAULT_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sdxl-refiner": 1024}
 SD2_V_SIZE = 768
@@ -140,7 +141,9 @@ def _layers_per_block(unet_keys: dict[str, str]) -> int:
     return downsamplers[0] - 1
 
 
-def _route_text(source: TensorSource, layout: Layout, text: TextEncoderSource, routes, ignored) -> None:
+def _route_text(
+    source: TensorSource, layout: Layout, text: TextEncoderSource, routes: dict[str, list[Route]], ignored: list[str]
+) -> None:
     keys = [k for k in source.tensors if k.startswith(text.prefix)]
     # SD2 uses 23 of OpenCLIP ViT-H's 24 layers (diffusers drops the last, sd_facts 2.6)
     drop_layer = None

@@ -7,11 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from mlx_sd.tokenizer import BUNDLED_FOLDER
+from mlx_sd.tokenizer import BUNDLED_FOLDER, EOS_TOKEN
 
 from .errors import ConversionError
 
-EOS_TOKEN = "<|endoftext|>"
 OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (sd_facts 3.3)
 
 
