@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
+from mlx_sd.generation import is_out_of_memory
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
@@ -101,13 +102,6 @@ def _is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("allocate" in text or "out of memory" in text)
-
-
 def describe_error(exc: BaseException) -> UserMessage:
     """What went wrong, in words a user can act on."""
     if isinstance(exc, RequestError):
@@ -117,7 +111,7 @@ def describe_error(exc: BaseException) -> UserMessage:
             "The model could not be loaded",
             f"{exc}. Convert the checkpoint again or choose another model.",
         )
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         return UserMessage(
             "Out of memory",
             f"{exc}. Try a smaller size or batch, or turn on low-memory mode in Settings.",

@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mlx-sd {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as exc:
+        from mlx_sd.generation import is_out_of_memory
+
+        if not is_out_of_memory(exc) or os.environ.get("MLX_SD_DEBUG"):
+            raise
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"mlx-sd {args.command}: error: out of memory{detail}; try a smaller size or batch", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -59,6 +59,15 @@ class Plan:
     mask: np.ndarray | None  # (H, W) in [0, 1], blurred; 1 = repaint
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure is an allocation that did not fit: Python's MemoryError, or the RuntimeError
+    MLX raises when a buffer cannot be allocated ("[metal::malloc] Attempting to allocate ...")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("allocate" in text or "out of memory" in text)
+
+
 def random_seed() -> int:
     """A fresh seed from 0 to MAX_SEED: what -1 becomes, and what the app's dice button picks."""
     return secrets.randbelow(MAX_SEED + 1)

@@ -260,6 +260,17 @@ def test_missing_model_folder_and_bad_numbers(capsys, tmp_path: Path):
     assert "argument --width: invalid int value: 'wide'" in err
 
 
+@pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[metal::malloc] Attempting to allocate 99999999999 bytes")])
+def test_out_of_memory_is_one_line_not_a_traceback(capsys, model: Path, tmp_path: Path, monkeypatch, failure):
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("mlx_sd.pipeline.Pipeline.generate", fail)
+    code, files, err = generate(capsys, model, tmp_path / "out", "a prompt", "--steps", "1")
+    assert code == 1 and files == [] and len(err.strip().splitlines()) == 2  # "loading ..." and the error
+    assert "out of memory" in err and "smaller size or batch" in err and "Traceback" not in err
+
+
 def test_a_cancel_request_stops_at_the_next_step_and_saves_nothing(capsys, model: Path, tmp_path: Path, monkeypatch):
     """The in-process path of Ctrl-C: the SIGINT handler is installed, and a signal during sampling
     stops the run within a step with exit code 130 and no file."""
