@@ -37,7 +37,8 @@ def from_folder(tiny_models):
     return get
 
 
-def test_torch_is_loaded_only_by_the_reference_package():
+def test_torch_qt_and_the_converter_stay_out_of_the_engine():
+    """Importing every mlx_sd module but the reference package loads neither torch nor Qt nor `convert`."""
     script = textwrap.dedent(
         """
         import importlib, pkgutil, sys
@@ -46,7 +47,7 @@ def test_torch_is_loaded_only_by_the_reference_package():
         names = [m.name for m in pkgutil.iter_modules(mlx_sd.__path__, "mlx_sd.") if m.name != "mlx_sd.reference"]
         for name in names:
             importlib.import_module(name)
-        heavy = sorted({"torch", "diffusers", "transformers"} & set(sys.modules))
+        heavy = sorted({"torch", "diffusers", "transformers", "PySide6", "convert"} & set(sys.modules))
         print(len(names), heavy)
         """
     )
