@@ -1,20 +1,18 @@
 """The model manager: a dialog listing the library's models (family, native size, precision, size on
 disk) that imports from a checkpoint file or a Hugging Face repo id, renames and deletes.
 
-Imports run the converter (`convert.convert_model`) on a worker thread behind a progress dialog whose
-Cancel stops the conversion between two tensors; the converter leaves nothing behind when cancelled
-or failing. `ModelImporter` is shared by the dialog and the main window (dropped checkpoints), and
+Imports run through `app.model_import.ModelImporter` (the converter on a worker thread behind a
+cancellable progress dialog), shared by the dialog and the main window (dropped checkpoints);
 `install_model_manager` plugs both into the window.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from PySide6.QtCore import QAbstractTableModel, QCoreApplication, QModelIndex, QObject, QPersistentModelIndex, Qt, QThread, QUrl, Signal, Slot
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QUrl, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -27,25 +25,23 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMessageBox,
-    QProgressBar,
-    QProgressDialog,
     QPushButton,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from convert import ConversionCancelled, ConversionReport, ConvertOptions, Progress, convert_model
+from convert import ConvertOptions
 from convert.hub import looks_like_repo_id
 
 from .drop_handler import CHECKPOINT_FILTER, CHECKPOINT_SUFFIXES
+from .model_import import ModelImporter
 from .model_library import ModelInfo, ModelLibrary, ModelLibraryError
 from .settings import save_settings
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
 
-Converter = Callable[..., ConversionReport]  # convert_model's signature
 Index = QModelIndex | QPersistentModelIndex
 REPO_EXAMPLE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -56,183 +52,6 @@ def format_size(size: int) -> str:
             return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1000  # type: ignore[assignment]
     raise AssertionError("unreachable")
-
-
-def progress_label(progress: Progress, source: str) -> str:
-    """What the progress dialog says at each stage of a conversion."""
-    match progress.stage:
-        case "fetch":
-            return f"Downloading {source} from Hugging Face\u2026"
-        case "read":
-            return f"Converting weights: {progress.done} of {progress.total}"
-        case "write":
-            return "Writing the model into the library\u2026"
-        case "validate":
-            return "Checking that the model loads\u2026"
-    return "Finishing\u2026"
-
-
-# -- import on a worker thread ---------------------------------------------------------------
-
-
-class ConversionWorker(QObject):
-    """Runs one conversion in its thread; `abort` may be called from any thread."""
-
-    progressed = Signal(object)  # convert.Progress
-    succeeded = Signal(object)  # convert.ConversionReport
-    failed = Signal(str)
-    cancelled = Signal()
-
-    def __init__(self, source: str, output: Path, options: ConvertOptions, convert: Converter = convert_model):
-        super().__init__()
-        self._source = source
-        self._output = output
-        self._options = options
-        self._convert = convert
-        self._abort = threading.Event()
-
-    def abort(self) -> None:
-        self._abort.set()
-
-    @Slot()
-    def run(self) -> None:
-        try:
-            report = self._convert(self._source, self._output, self._options, self.progressed.emit, self._abort.is_set)
-        except ConversionCancelled:
-            self.cancelled.emit()
-        except MemoryError:
-            self.failed.emit("There is not enough memory to convert this model; close other apps and try again.")
-        except (ValueError, OSError) as exc:  # ConversionError is a ValueError: it says what to do
-            self.failed.emit(str(exc))
-        except Exception as exc:  # a converter bug must not take the app down
-            self.failed.emit(f"The converter failed unexpectedly: {type(exc).__name__}: {exc}")
-        else:
-            self.succeeded.emit(report)
-
-
-class ModelImporter(QObject):
-    """Converts checkpoints into the library one at a time, showing a cancellable progress dialog."""
-
-    progressed = Signal(object)  # convert.Progress, after the progress dialog has shown it
-    imported = Signal(str)  # the new model's name
-    failed = Signal(str)  # what went wrong, in words
-    cancelled = Signal()
-
-    def __init__(self, parent_widget: QWidget | None = None, convert: Converter = convert_model):
-        super().__init__(parent_widget)
-        self._parent_widget = parent_widget
-        self._convert = convert
-        self._thread: QThread | None = None
-        self._worker: ConversionWorker | None = None
-        self._name = ""
-        self._source = ""
-        self.progress_dialog: QProgressDialog | None = None
-        self._bar: QProgressBar | None = None
-        app = QCoreApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
-
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None
-
-    def start(self, source: str | Path, library: ModelLibrary, options: ConvertOptions) -> bool:
-        """Begin importing `source` (a checkpoint file or a repo id); False if an import is running."""
-        if self.busy:
-            self.failed.emit(f"{self._name} is still being imported; wait for it or cancel it first.")
-            return False
-        try:
-            name, output = library.import_target(str(source))
-        except OSError as exc:
-            self.failed.emit(f"The library's models folder cannot be read: {exc}")
-            return False
-        self._source, self._name = str(source), name
-        self._thread = QThread()
-        self._thread.setObjectName("model-import")
-        self._worker = ConversionWorker(self._source, output, options, self._convert)
-        self._worker.moveToThread(self._thread)
-        self._thread.started.connect(self._worker.run)
-        self._worker.progressed.connect(self._on_progress)
-        self._worker.succeeded.connect(self._on_succeeded)
-        self._worker.failed.connect(self._on_failed)
-        self._worker.cancelled.connect(self._on_cancelled)
-        self._show_progress()
-        self._thread.start()
-        return True
-
-    def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.abort()
-            if self.progress_dialog is not None:
-                self.progress_dialog.setLabelText("Cancelling\u2026")
-
-    @Slot()
-    def shutdown(self) -> None:
-        """Cancel a running import and wait for its thread (on quit)."""
-        if self._worker is not None and self._thread is not None:
-            self._worker.abort()
-            self._thread.quit()
-            self._thread.wait()
-            self._end()
-
-    def _show_progress(self) -> None:
-        dialog = QProgressDialog(f"Preparing to import {self._name}\u2026", "Cancel", 0, 0, self._parent_widget)
-        dialog.setWindowTitle(f"Importing {self._name}")
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        dialog.setMinimumDuration(0)
-        dialog.setAutoClose(False)
-        dialog.setAutoReset(False)
-        dialog.setMinimumWidth(420)
-        # Our own bar, set directly: QProgressDialog.setValue runs the event loop when modal, which
-        # would deliver the next queued progress (or the result) inside this one.
-        self._bar = QProgressBar()
-        self._bar.setRange(0, 0)
-        dialog.setBar(self._bar)
-        dialog.canceled.connect(self.cancel)
-        dialog.show()
-        self.progress_dialog = dialog
-
-    @Slot(object)
-    def _on_progress(self, progress: Progress) -> None:
-        dialog, bar = self.progress_dialog, self._bar
-        if dialog is None or bar is None or dialog.wasCanceled():
-            return
-        dialog.setLabelText(progress_label(progress, self._source))
-        if progress.stage == "read" and progress.total > 0:
-            bar.setRange(0, progress.total)
-            bar.setValue(progress.done)
-        else:
-            bar.setRange(0, 0)  # a busy indicator: these stages have no count
-        self.progressed.emit(progress)
-
-    @Slot(object)
-    def _on_succeeded(self, report: ConversionReport) -> None:
-        name = self._name
-        self._end()
-        self.imported.emit(name)
-
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
-        self._end()
-        self.failed.emit(message)
-
-    @Slot()
-    def _on_cancelled(self) -> None:
-        self._end()
-        self.cancelled.emit()
-
-    def _end(self) -> None:
-        if self._thread is not None:
-            self._thread.quit()
-            self._thread.wait()
-            self._thread.deleteLater()
-        if self._worker is not None:
-            self._worker.deleteLater()
-        if self.progress_dialog is not None:
-            self.progress_dialog.canceled.disconnect(self.cancel)
-            self.progress_dialog.hide()
-            self.progress_dialog.deleteLater()
-        self._thread = self._worker = self.progress_dialog = self._bar = None
 
 
 # -- the list of models ----------------------------------------------------------------------

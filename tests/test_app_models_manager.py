@@ -11,13 +11,8 @@ from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
 from app.model_library import ModelLibrary
-from app.model_manager import (
-    ModelImporter,
-    ModelListModel,
-    ModelManagerDialog,
-    format_size,
-    progress_label,
-)
+from app.model_import import ModelImporter, progress_label
+from app.model_manager import ModelListModel, ModelManagerDialog, format_size
 from convert import ConvertOptions, Progress, convert_model
 from test_app_models_library import write_model_folder
 
