@@ -19,7 +19,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 
 from convert.diffusers_folder import MODEL_INDEX
 from convert.pickle_file import PICKLE_SUFFIXES
-from mlx_sd.image_metadata import infotext_from_image
+from mlx_sd.image_metadata import UNDECODABLE, open_image
 
 from .result_view import qimage_to_pil
 
@@ -73,11 +73,8 @@ def classify_file(path: Path) -> DropItem:
             ),
         )
     try:
-        with Image.open(path) as opened:
-            opened.load()  # decode fully: a damaged file fails here, not later
-            infotext = infotext_from_image(opened)
-            image = opened.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        image, infotext = open_image(path)
+    except UNDECODABLE as exc:
         if suffix in IMAGE_SUFFIXES:
             return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} could not be read as an image: {exc}")
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} is not an image or a checkpoint. {WHAT_TO_DROP}")

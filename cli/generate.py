@@ -22,6 +22,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.request import GenerationRequest, Progress
 from mlx_sd.schedules import SCHEDULES
 
@@ -92,10 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def read_image(path: Path, option: str) -> Image.Image:
     """Open and decode an image file; a ValueError names the option, the file and the reason."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return open_image(path)[0]
+    except UNDECODABLE as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ValueError(f"{option} {path}: cannot read it as an image ({reason}); expected a PNG, JPEG or WebP file") from None
 

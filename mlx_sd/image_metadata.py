@@ -23,6 +23,9 @@ PARAMETERS_KEY = "parameters"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 JPEG_EXIF_LIMIT = 65533  # an APP1 segment holds at most this many bytes (length field is 16 bits)
 
+# What Pillow raises for a file it cannot decode (missing, truncated, not an image, a decompression bomb).
+UNDECODABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 _UNICODE = b"UNICODE\x00"
 _ASCII = b"ASCII\x00\x00\x00"
 
@@ -155,14 +158,20 @@ def infotext_from_image(image: Image.Image) -> str | None:
     return None
 
 
+def open_image(path: str | os.PathLike[str]) -> tuple[Image.Image, str | None]:
+    """An image file decoded completely (a truncated or corrupt file fails here, not later): the image,
+    detached from the file, and its infotext or None. Raises one of UNDECODABLE."""
+    with Image.open(path) as image:
+        image.load()
+        return image.copy(), infotext_from_image(image)
+
+
 def read_infotext(path: str | os.PathLike[str]) -> str | None:
     """The infotext stored in an image file, or None when it has none.
 
     Raises ImageMetadataError when the file is missing or is not a complete image Pillow can decode.
     """
     try:
-        with Image.open(path) as image:
-            image.load()  # decode fully: a truncated or corrupt file fails here, not later
-            return infotext_from_image(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return open_image(path)[1]
+    except UNDECODABLE as exc:
         raise ImageMetadataError(f"cannot read image metadata from {os.fspath(path)}: {exc}") from exc
