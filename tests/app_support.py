@@ -1,5 +1,5 @@
-"""Shared by the tests/test_app_*.py modules: a tiny model folder of our own classes, a window factory,
-and a scripted stand-in for Pipeline.generate (for failures a tiny model cannot produce: out of
+"""Shared by the tests/test_app_*.py modules: a tiny model folder of our own classes, a window factory
+(`open_window`), and a scripted stand-in for Pipeline.generate (for failures a tiny model cannot produce: out of
 memory, exact step timing)."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from model_folders import CONFIGS, write_random_model
 from PIL import Image
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+from app.generation_worker import Loader
+from app.main_window import MainWindow
+from app.settings import AppSettings
 from mlx_sd.infotext import format_infotext
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress
 from mlx_sd.samplers import Cancelled
@@ -92,3 +95,24 @@ def fake_model_folder(folder: Path, native: int = 512) -> Path:
     folder.mkdir(parents=True)
     (folder / "model.json").write_text(json.dumps(config.to_dict()), encoding="utf-8")
     return folder
+
+
+def open_window(
+    qtbot,
+    library: Path,
+    pipeline: ScriptedPipeline | None = None,
+    *,
+    settings: AppSettings | None = None,
+    settings_path: Path | None = None,
+    loader: Loader | None = None,
+) -> MainWindow:
+    """A shown main window on `library` without the demo model, generating with `pipeline` (a fresh
+    ScriptedPipeline by default) or through `loader`."""
+    window = MainWindow(
+        settings or AppSettings(), library, settings_path,
+        loader=loader or scripted_loader(pipeline or ScriptedPipeline()), demo_folder=None,
+    )
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window

@@ -14,8 +14,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 from app.drop_handler import DropKind, accepts, classify_file, classify_mime
 from app.main_window import MainWindow
 from app.result_view import pil_to_qimage
-from app.settings import AppSettings
-from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, scripted_loader
+from app_support import QT_MARKS, fake_model_folder, noise_image, open_window
 from mlx_sd.image_metadata import save_image
 from mlx_sd.infotext import format_infotext
 from mlx_sd.request import GenerationRequest
@@ -104,10 +103,7 @@ def window(qtbot, tmp_path: Path) -> MainWindow:
     library = tmp_path / "library"
     fake_model_folder(library / "models" / "tiny", native=512)
     fake_model_folder(library / "models" / "v1-5-pruned-emaonly", native=512)
-    win = MainWindow(AppSettings(), library, None, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
+    win = open_window(qtbot, library)
     win.picker.select("tiny")
     return win
 

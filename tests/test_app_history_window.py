@@ -12,7 +12,7 @@ from app.history_browser import install_history_browser
 from app.main import build_window
 from app.main_window import MainWindow
 from app.settings import AppSettings
-from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, scripted_loader
+from app_support import QT_MARKS, fake_model_folder, open_window
 
 pytestmark = QT_MARKS
 TIMEOUT = 20_000
@@ -23,14 +23,6 @@ def library(tmp_path: Path) -> Path:
     folder = tmp_path / "library"
     fake_model_folder(folder / "models" / "tiny", native=64)
     return folder
-
-
-def open_window(qtbot, library: Path, settings: AppSettings | None = None) -> MainWindow:
-    window = MainWindow(settings or AppSettings(), library, None, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    return window
 
 
 def generate(qtbot, window: MainWindow, prompt: str, seed: int, batch: int = 1) -> None:

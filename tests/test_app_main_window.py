@@ -22,7 +22,7 @@ from app.generation_worker import StepReport, load_pipeline
 from app.model_picker import DEMO_TEXT, NO_MODEL_TEXT
 from app.result_view import ResultItem, ResultsModel, ResultView, postprocess_infotext, qimage_to_pil, reveal_command, upscale
 from app.settings import AppSettings, load_settings, save_settings
-from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, scripted_loader
+from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, open_window, scripted_loader
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext
 
@@ -35,18 +35,6 @@ def library(tmp_path: Path) -> Path:
     folder = tmp_path / "library"
     fake_model_folder(folder / "models" / "tiny", native=512)
     return folder
-
-
-def open_window(qtbot, library: Path, pipeline: ScriptedPipeline | None = None, settings: AppSettings | None = None,
-                settings_path: Path | None = None, loader=None) -> MainWindow:
-    window = MainWindow(
-        settings or AppSettings(), library, settings_path,
-        loader=loader or scripted_loader(pipeline or ScriptedPipeline()), demo_folder=None,
-    )
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    return window
 
 
 def generate(qtbot, window: MainWindow) -> None:

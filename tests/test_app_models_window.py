@@ -2,32 +2,22 @@
 dropped or chosen checkpoint is converted (the real converter, a tiny single-file checkpoint) with a
 progress dialog and is then selected; renames and deletes reach the picker and the default model."""
 
-from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
 from app.drop_handler import classify_file
-from app.main_window import MainWindow
 from app.model_manager import install_model_manager
 from app.model_picker import NO_MODEL_TEXT
 from app.settings import AppSettings, load_settings, save_settings
-from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, scripted_loader
+from app_support import QT_MARKS, fake_model_folder, open_window
 
 pytestmark = QT_MARKS
 TIMEOUT = 120_000
 
 
-def open_window(qtbot, library: Path, settings: AppSettings, settings_path: Path | None = None) -> MainWindow:
-    window = MainWindow(settings, library, settings_path, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    return window
-
-
 def test_drop_or_choose_a_checkpoint_then_generate_with_it(qtbot, monkeypatch, tmp_path, tiny_models):
     library = tmp_path / "library"
-    window = open_window(qtbot, library, AppSettings(precision="float32"))
+    window = open_window(qtbot, library, settings=AppSettings(precision="float32"))
     plugin = install_model_manager(window)
     assert window.picker.current() is None
     assert window.result_view.canvas._placeholder.startswith(NO_MODEL_TEXT)
@@ -57,7 +47,7 @@ def test_manager_rename_and_delete_follow_the_picker_and_default_model(qtbot, mo
     fake_model_folder(library / "models" / "beta", native=64)
     path = tmp_path / "settings.json"
     save_settings(AppSettings(default_model="alpha", prompt_prefix="kept"), path)
-    window = open_window(qtbot, library, load_settings(path), path)
+    window = open_window(qtbot, library, settings=load_settings(path), settings_path=path)
     plugin = install_model_manager(window, path)
     assert window.picker.current().name == "alpha"
     dialog = plugin.open()
@@ -81,7 +71,7 @@ def test_manager_rename_and_delete_follow_the_picker_and_default_model(qtbot, mo
 
 
 def test_import_menu_entry(qtbot, tmp_path):
-    window = open_window(qtbot, tmp_path / "library", AppSettings())
+    window = open_window(qtbot, tmp_path / "library", settings=AppSettings())
     install_model_manager(window)
     entries = [a.text() for a in window.menu("Models").actions()]
     assert entries == ["Import Checkpoint\u2026", "Manage Models\u2026"]
