@@ -72,7 +72,7 @@ def describe(folder: Path, name: str, bundled: bool = False) -> ModelInfo:
     size = folder_size(folder)
     try:
         config = read_config(folder)
-    except ModelFolderError as exc:
+    except (ModelFolderError, OSError) as exc:  # OSError: model.json unreadable, or deleted meanwhile
         return ModelInfo(name, folder, size_bytes=size, bundled=bundled, error=str(exc))
     return ModelInfo(
         name=name,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,21 @@ def test_hidden_and_damaged_folders(library):
     assert all(not m.usable for m in models)
     assert "damaged" in models[0].error and "no model.json" in models[1].error
     assert library.converted_models() == []
+
+
+def test_an_unreadable_model_json_is_listed_with_its_error(library, monkeypatch):
+    write_model_folder(library.folder / "locked")
+    write_model_folder(library.folder / "fine")
+    read_text = Path.read_text
+
+    def refuse_locked(self, *args, **kwargs):
+        if self.parent.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse_locked)
+    fine, locked = library.models()
+    assert fine.usable and not locked.usable and "Permission denied" in locked.error
 
 
 def test_demo_model_listed_when_bundled(tmp_path):
