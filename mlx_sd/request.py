@@ -6,6 +6,7 @@ typed messages. The engine never reads settings or widgets.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,7 @@ class GenerationRequest:
                 raise RequestError(name, value, f"a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
             raise RequestError("steps", self.steps, f"a whole number from 1 to {MAX_STEPS}")
-        if not 0 <= self.cfg_scale <= 100:
+        if not _is_number(self.cfg_scale) or not 0 <= self.cfg_scale <= 100:
             raise RequestError("cfg_scale", self.cfg_scale, "a number from 0 to 100")
         if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed <= MAX_SEED):
             raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {MAX_SEED}")
@@ -77,7 +78,7 @@ class GenerationRequest:
                 raise RequestError(name, value, "a whole number from 1 to 64")
         if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
             raise RequestError("clip_skip", self.clip_skip, "a whole number from 1 to 12")
-        if not 0.0 <= self.strength <= 1.0:
+        if not _is_number(self.strength) or not 0.0 <= self.strength <= 1.0:
             raise RequestError("strength", self.strength, "a number from 0 to 1")
         if self.mask is not None:
             if self.init_image is None:
@@ -90,12 +91,18 @@ class GenerationRequest:
         if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 64:
             raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
         if self.latents is not None:
+            if not isinstance(self.latents, np.ndarray):
+                raise RequestError("latents", f"a {type(self.latents).__name__}", "a numpy array (or None)")
             expected = (self.batch_size, 4, self.height // latent_factor, self.width // latent_factor)
             if tuple(self.latents.shape) != expected:
                 raise RequestError(
                     "latents", f"an array of shape {tuple(self.latents.shape)}",
                     f"shape (batch_size, 4, height/{latent_factor}, width/{latent_factor}) = {expected}",
                 )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars included
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ BAD = [
     ("latents", dict(latents=np.zeros((1, 4, 4, 4), np.float32)), ["shape (1, 4, 4, 4)", "(1, 4, 8, 8)"]),
     ("latents", dict(batch_size=2, latents=np.zeros((1, 4, 8, 8), np.float32)), ["(2, 4, 8, 8)"]),
     ("latents", dict(latents=np.full((1, 4, 8, 8), np.nan, np.float32)), ["NaN or inf", "finite numbers"]),
+    ("latents", dict(latents=[[0.0] * 8] * 8), ["latents = 'a list'", "a numpy array"]),
+    ("cfg_scale", dict(cfg_scale="7"), ["cfg_scale = '7'", "a number from 0 to 100"]),
+    ("strength", dict(strength=None, init_image=RGB), ["strength = None", "a number from 0 to 1"]),
 ]
 
 
