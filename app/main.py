@@ -37,7 +37,7 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     """The main window with everything plugged in."""
     window = MainWindow(settings, library_path(settings.library_folder, default_library()), settings_path)
     history = install_history_browser(window)
-    models = install_model_manager(window, settings_path)
+    models = install_model_manager(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],

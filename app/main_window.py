@@ -6,7 +6,8 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `add_panel(title, widget)` docks a panel (the history browser) and lists it under View;
 - `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
 - `refresh_models(select)` after a model was imported, renamed or deleted;
-- `apply_settings(settings)` after the settings dialog; `release_library()` before moving the library;
+- `apply_settings(settings)` after the settings dialog (which saved them), `update_settings(settings)` to
+  apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 """
@@ -278,6 +279,11 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
         self.result_view.output_format = settings.output_format
         self._refresh_presets()
+
+    def update_settings(self, settings: AppSettings) -> None:
+        """Apply settings changed outside the settings dialog and write them to the settings file."""
+        self.apply_settings(settings)
+        self._persist()
 
     def set_library(self, library: Path) -> None:
         """Use another library folder (after the settings dialog moved it)."""

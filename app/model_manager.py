@@ -37,7 +37,6 @@ from convert.hub import looks_like_repo_id
 from .drop_handler import CHECKPOINT_FILTER, CHECKPOINT_SUFFIXES
 from .model_import import ModelImporter
 from .model_library import ModelInfo, ModelLibrary, ModelLibraryError
-from .settings import save_settings
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -327,10 +326,9 @@ class ModelManagerPlugin(QObject):
     the converter, Models > Manage Models… opens the dialog, renames and deletes reach the model picker
     and the default-model setting."""
 
-    def __init__(self, window: "MainWindow", settings_path: Path | None):
+    def __init__(self, window: "MainWindow"):
         super().__init__(window)
         self._window = window
-        self._settings_path = settings_path
         self.importer = ModelImporter(window)
         self.dialog: ModelManagerDialog | None = None
         window.set_checkpoint_importer(lambda path: self.importer.start(path, window.picker.library, self.options()))
@@ -371,14 +369,8 @@ class ModelManagerPlugin(QObject):
             self._set_default_model("")
 
     def _set_default_model(self, name: str) -> None:
-        settings = dataclasses.replace(self._window.settings, default_model=name)
-        if self._settings_path is not None:
-            try:
-                save_settings(settings, self._settings_path)
-            except OSError as exc:
-                self._window.show_error("The settings could not be saved", str(exc))
-        self._window.apply_settings(settings)
+        self._window.update_settings(dataclasses.replace(self._window.settings, default_model=name))
 
 
-def install_model_manager(window: "MainWindow", settings_path: Path | None = None) -> ModelManagerPlugin:
-    return ModelManagerPlugin(window, settings_path)
+def install_model_manager(window: "MainWindow") -> ModelManagerPlugin:
+    return ModelManagerPlugin(window)

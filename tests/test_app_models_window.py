@@ -48,7 +48,7 @@ def test_manager_rename_and_delete_follow_the_picker_and_default_model(qtbot, mo
     path = tmp_path / "settings.json"
     save_settings(AppSettings(default_model="alpha", prompt_prefix="kept"), path)
     window = open_window(qtbot, library, settings=load_settings(path), settings_path=path)
-    plugin = install_model_manager(window, path)
+    plugin = install_model_manager(window)
     assert window.picker.current().name == "alpha"
     dialog = plugin.open()
     assert dialog.isVisible() and dialog.selected().name == "alpha"

@@ -24,7 +24,7 @@ def open_window(qtbot, settings_path: Path, default_library: Path):
     library = library_path(settings.library_folder, default_library)
     window = MainWindow(settings, library, settings_path, loader=scripted_loader(ScriptedPipeline()), demo_folder=None)
     history = install_history_browser(window)
-    models = install_model_manager(window, settings_path)
+    models = install_model_manager(window)
     plugin = install_settings_dialog(window, settings_path, default_library,
                                      releasers=[history.release, models.importer.shutdown],
                                      listeners=[history.set_library])
