@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 
-from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig, UNetConfig, VAEConfig
+from mlx_sd.config import (
+    CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, VAE_SD, VAE_SDXL, CLIPTextConfig, UNetConfig, VAEConfig,
+)
 
 from .errors import ConversionError
 from .layout import Shape
@@ -21,7 +23,8 @@ Shapes = dict[str, Shape]
 SD1_UNET_HEADS = 8
 HEAD_DIM = 64
 SDXL_TIME_EMBED_DIM = 256
-VAE_SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025, "sdxl-refiner": 0.13025}
+# Each family's VAE scaling factor and float16 upcast (sd_facts 1.5, 9.3), from the released models' configs.
+VAE_USAGE = {"sd1": VAE_SD, "sd2": VAE_SD, "sdxl": VAE_SDXL, "sdxl-refiner": VAE_SDXL}
 # How each family reads its text encoders (sd_facts 1.4): hidden layer, final norm, pad id.
 TEXT_USAGE = {
     ("sd1", "text_encoder"): CLIP_L,
@@ -117,8 +120,8 @@ def vae_config(shapes: Shapes, family: str) -> VAEConfig:
         latent_channels=need("decoder.conv_in.weight")[1],
         block_out_channels=tuple(need(f"encoder.down_blocks.{b}.resnets.0.conv1.weight")[0] for b in range(levels)),
         layers_per_block=layers,
-        scaling_factor=VAE_SCALING[family],
-        force_upcast=family in ("sdxl", "sdxl-refiner"),  # the SDXL VAE overflows in float16 (sd_facts 9.3)
+        scaling_factor=VAE_USAGE[family].scaling_factor,
+        force_upcast=VAE_USAGE[family].force_upcast,  # the SDXL VAE overflows in float16
         use_quant_conv="quant_conv.weight" in shapes,
         use_post_quant_conv="post_quant_conv.weight" in shapes,
         mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
