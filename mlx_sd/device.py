@@ -41,6 +41,9 @@ class DevicePolicy:
     # "native": mx.conv2d; "matmul": 1x1 and wide 3x3 convolutions as matmuls (float32, mlx_sd.layers.Conv2d).
     conv: str = "native"
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
+    # quantized Linear layers (mlx_sd.quantize): "kernel": mx.quantized_matmul; "dequantize": a
+    # float32 copy of the weight per call for a BLAS matmul (mlx's CPU quantized matmul is scalar).
+    quantized: str = "kernel"
 
 
 def dtype_from_name(name: str) -> mx.Dtype:
@@ -64,7 +67,9 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     """The compute dtype and kernels to use for weights stored as `storage_dtype` on `device`."""
     device = device or current_device()
     if device == "cpu":
-        return DevicePolicy("cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul")
+        return DevicePolicy(
+            "cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul", quantized="dequantize"
+        )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 
 

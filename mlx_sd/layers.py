@@ -55,7 +55,11 @@ def _exp2(t: mx.array) -> mx.array:
 
     Below -126 it returns the smallest normal number (2**-126) rather than 0; from 128 on, +inf.
     """
-    t = mx.clip(t, -126.0, 128.0)
+    return _exp2_in_range(mx.clip(t, -126.0, 128.0))
+
+
+def _exp2_in_range(t: mx.array) -> mx.array:
+    """_exp2 for t already within [-126, 128] (each op saved keeps more of the graph in one kernel)."""
     whole = (t + _ROUND) - _ROUND
     bits = mx.left_shift(whole.astype(mx.int32) + 127, 23)
     return _estrin5(_EXP2, t - whole) * mx.view(bits, mx.float32)
@@ -76,7 +80,7 @@ def _gelu(x: mx.array) -> mx.array:
 
 
 # exp2(scores - row max) of base-2 scores; the difference is never positive
-_softmax_numerator = mx.compile(lambda s, peak: _exp2(mx.maximum(s - peak, -126.0)))
+_softmax_numerator = mx.compile(lambda s, peak: _exp2_in_range(mx.maximum(s - peak, -126.0)))
 _silu_poly = mx.compile(_silu)
 _quick_gelu_poly = mx.compile(lambda x: x / (1 + _exp2(x * (-1.702 * LOG2E))))
 _gelu_poly = mx.compile(_gelu)
@@ -111,7 +115,7 @@ class GroupNorm(nn.Module):
 
     Groups are contiguous channel ranges (as in NCHW PyTorch); statistics are computed in float32.
     `silu=True` applies SiLU to the result, as every resnet does next: on the CPU (float32) the
-    normalisation, affine and SiLU are one fused pass after the two statistics passes.
+    normalisation, affine and SiLU are one fused pass after the statistics.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
@@ -126,18 +130,30 @@ class GroupNorm(nn.Module):
     def __call__(self, x: mx.array, silu: bool = False) -> mx.array:
         shape = x.shape
         channels = shape[-1]
+        if _polynomial(x):
+            return self._fused(x.reshape(shape[0], -1, channels), silu).reshape(shape)
         grouped = x.reshape(shape[0], -1, self.num_groups, channels // self.num_groups).astype(mx.float32)
         mean = grouped.mean(axis=(1, 3), keepdims=True)
-        if _polynomial(x):
-            var = _squared_deviation(grouped, mean).mean(axis=(1, 3), keepdims=True)
-            scale = mx.rsqrt(var + self.eps) * self.weight.reshape(grouped.shape[2:])
-            bias = self.bias.reshape(grouped.shape[2:])
-            fused = _group_affine_silu if silu else _group_affine
-            return fused(grouped, mean, scale, bias).reshape(shape)
         var = grouped.var(axis=(1, 3), keepdims=True)
         normed = ((grouped - mean) * mx.rsqrt(var + self.eps)).reshape(shape).astype(x.dtype)
         out = normed * self.weight + self.bias
         return nn.silu(out) if silu else out
+
+    def _fused(self, x: mx.array, silu: bool) -> mx.array:
+        """(B, N, C) float32. Statistics per channel over the contiguous N axis first, then per group:
+        reductions and broadcasts along whole rows run 10-20x faster on the CPU than over the
+        interleaved (N, channels-in-group) axes of the grouped view; the two passes stay exact
+        (mean, then squared deviations from it)."""
+        batch, _, channels = x.shape
+        per_group = (batch, self.num_groups, channels // self.num_groups)
+
+        def by_channel(group_values: mx.array) -> mx.array:  # (B, G, 1) -> (B, 1, C)
+            return mx.broadcast_to(group_values, per_group).reshape(batch, 1, channels)
+
+        mean = by_channel(x.mean(axis=1).reshape(per_group).mean(axis=-1, keepdims=True))
+        var = _squared_deviation(x, mean).mean(axis=1).reshape(per_group).mean(axis=-1, keepdims=True)
+        scale = by_channel(mx.rsqrt(var + self.eps)) * self.weight
+        return (_group_affine_silu if silu else _group_affine)(x, mean, scale, self.bias)
 
 
 def _normalize(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> mx.array:
@@ -154,10 +170,14 @@ class Conv2d(nn.Conv2d):
 
     mlx's CPU convolution copies the zero-padded input, then gathers every 3x3 patch into a buffer
     nine times the input's size before one GEMM (1.4 GB for a 128-channel 512x512 VAE layer). On the
-    CPU (float32) a 1x1 convolution is a plain matmul, and a 3x3 stride-1 convolution on a wide
-    enough image is nine matmuls of shifted row ranges of the padded, flattened input, accumulated
-    in the GEMM itself: no patch buffer, and as fast or faster. Narrow images keep mx.conv2d, whose
-    single larger GEMM wins there.
+    CPU (float32), with stride 1 and "same" padding:
+    - 1x1: a plain matmul;
+    - 3x3 with many channels on a large enough map: Winograd F(2x2, 3x3), 16 GEMMs with 2.25x fewer
+      multiplications than the direct form (1.3-1.9x faster than mx.conv2d here), in bands of rows
+      to bound memory;
+    - other 3x3 on a wide image: nine matmuls of shifted row ranges of the flattened padded input,
+      accumulated in the GEMM itself (no patch buffer);
+    - everything else (narrow maps, strides, other paddings): mx.conv2d.
     """
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -166,8 +186,15 @@ class Conv2d(nn.Conv2d):
             plain = _pair(self.stride) == (1, 1) and _pair(self.dilation) == (1, 1) and self.groups == 1
             if plain and kernel == 1 and _pair(self.padding) == (0, 0):
                 return _conv1x1(x, self.weight, self.get("bias"))
-            if plain and kernel == 3 and _pair(self.padding) == (1, 1) and x.shape[2] >= SHIFTED_CONV_MIN_WIDTH:
-                return _conv3x3_shifted(x, self.weight, self.get("bias"))
+            if plain and kernel == 3 and _pair(self.padding) == (1, 1):
+                batch, height, width, channels = x.shape
+                if (
+                    min(channels, self.weight.shape[0]) >= WINOGRAD_MIN_CHANNELS
+                    and batch * height * width >= WINOGRAD_MIN_PIXELS and height % 2 == 0 and width % 2 == 0
+                ):
+                    return _conv3x3_winograd(x, self.weight, self.get("bias"))
+                if width >= SHIFTED_CONV_MIN_WIDTH:
+                    return _conv3x3_shifted(x, self.weight, self.get("bias"))
         return super().__call__(x)
 
 
@@ -205,6 +232,67 @@ def _conv3x3_shifted(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx
             window = flat[:, offset : offset + rows]
             out = window @ taps[i, j] if out is None else mx.addmm(out, window, taps[i, j])
     return out.reshape(batch, height, padded_width, -1)[:, :, :width]
+
+
+# Winograd F(2x2, 3x3) loses below these sizes (measured): with few input or output channels the
+# transforms (memory passes) outweigh the saved multiplications; on small maps (SD's 8x8 level)
+# transforming the weights at every call does.
+WINOGRAD_MIN_CHANNELS = 128  # input and output
+WINOGRAD_MIN_PIXELS = 512  # batch * height * width
+WINOGRAD_BAND_BYTES = 256 << 20  # transformed input and products per band of rows
+
+
+def _winograd_input(d0: mx.array, d1: mx.array, d2: mx.array, d3: mx.array) -> tuple[mx.array, ...]:
+    """B^T d along one axis: four rows (or columns) of 4x4 input tiles -> four transformed."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _winograd_output(m0: mx.array, m1: mx.array, m2: mx.array, m3: mx.array) -> tuple[mx.array, mx.array]:
+    """A^T m along one axis: four transformed rows (or columns) -> the two of a 2x2 output tile."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+def _winograd_filter(g0: mx.array, g1: mx.array, g2: mx.array) -> tuple[mx.array, ...]:
+    """G g along one axis: three filter rows (or columns) -> four transformed."""
+    return g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2
+
+
+_winograd_input_c = mx.compile(_winograd_input)
+_winograd_output_c = mx.compile(_winograd_output)
+_winograd_output_bias = mx.compile(lambda m0, m1, m2, m3, bias: tuple(y + bias for y in _winograd_output(m0, m1, m2, m3)))
+_winograd_filter_c = mx.compile(_winograd_filter)
+
+
+def _conv3x3_winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    """3x3, stride 1, padding 1 by Winograd F(2x2, 3x3) (Lavin and Gray, 2016), H and W even.
+
+    Each 2x2 output tile comes from a 4x4 input tile d and the filter g as A^T [(G g G^T) * (B^T d B)] A;
+    over all tiles and channels the element-wise product is 16 GEMMs (tiles x in) @ (in x out).
+    """
+    batch, height, width, channels = x.shape
+    out_channels = weight.shape[0]
+    # filter transform, (out, in) per tap pair: each product below takes its transpose as-is
+    rows = [_winograd_filter_c(*(weight[:, i, j] for i in range(3))) for j in range(3)]
+    filters = [_winograd_filter_c(*(rows[j][a] for j in range(3))) for a in range(4)]  # [a][b]
+    padded = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    per_tile_row = 4 * batch * width * (12 * channels + 8 * out_channels)
+    band = max(1, min(height // 2, WINOGRAD_BAND_BYTES // per_tile_row))
+    bands = []
+    for first in range(0, height // 2, band):
+        tile_rows = min(band, height // 2 - first)
+        window = padded[:, 2 * first : 2 * (first + tile_rows) + 2]
+        vertical = _winograd_input_c(*(window[:, r : r + 2 * tile_rows : 2] for r in range(4)))
+        products = []  # [a][b]: (batch * tile_rows * width / 2, out)
+        for a in range(4):
+            tiles = _winograd_input_c(*(vertical[a][:, :, c : c + width : 2] for c in range(4)))
+            products.append([t.reshape(-1, channels) @ filters[a][b].T for b, t in enumerate(tiles)])
+        columns = [_winograd_output_c(*(products[a][b] for a in range(4))) for b in range(4)]  # [b][i]
+        finish = _winograd_output_c if bias is None else (lambda *m: _winograd_output_bias(*m, bias))
+        y = [finish(*(columns[b][i] for b in range(4))) for i in range(2)]  # [i][j]
+        tile = mx.stack([mx.stack(y[0], axis=1), mx.stack(y[1], axis=1)], axis=1)  # (tiles, i, j, out)
+        tile = tile.reshape(batch, tile_rows, width // 2, 2, 2, out_channels).transpose(0, 1, 3, 2, 4, 5)
+        bands.append(tile.reshape(batch, 2 * tile_rows, width, out_channels))
+    return bands[0] if len(bands) == 1 else mx.concatenate(bands, axis=1)
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:

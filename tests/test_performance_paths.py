@@ -24,6 +24,7 @@ import mlx_sd.layers as layers
 from mlx_sd import device
 from mlx_sd.config import UNetConfig, VAEConfig
 from mlx_sd.device import DevicePolicy
+from mlx_sd.quantize import QuantizedLinear, quantize
 from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
 
@@ -53,7 +54,10 @@ def test_cpu_and_gpu_policies_choose_their_formulations():
         "chunked", "polynomial", "matmul", mx.float32,
     )
     gpu = device.policy(mx.float16, "gpu")
-    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.compute_dtype) == ("fused", "native", "native", mx.float16)
+    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.quantized, gpu.compute_dtype) == (
+        "fused", "native", "native", "kernel", mx.float16,
+    )
+    assert CPU.quantized == "dequantize"
 
 
 def test_cpu_allocator_keeps_freed_buffers_for_reuse():
@@ -209,21 +213,29 @@ def torch_conv(x: mx.array, conv: nn.Conv2d) -> np.ndarray:
     return out.permute(0, 2, 3, 1).numpy()
 
 
+WINOGRAD_EVERYWHERE = {"WINOGRAD_MIN_CHANNELS": 1, "WINOGRAD_MIN_PIXELS": 1}
 CONVS = {
-    # (in, out, kernel, stride, padding, bias, input (B, H, W)): which path each takes on the CPU
-    "1x1 matmul": (24, 40, 1, 1, 0, True, (2, 9, 7)),
-    "1x1 matmul, no bias": (24, 40, 1, 1, 0, False, (1, 5, 5)),
-    "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, layers.SHIFTED_CONV_MIN_WIDTH)),
-    "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, layers.SHIFTED_CONV_MIN_WIDTH + 3)),
-    "3x3 narrow: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, 10)),
-    "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70)),
-    "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70)),
+    # (in, out, kernel, stride, padding, bias, input (B, H, W), layers constants): which path each
+    # takes on the CPU; Winograd's thresholds are lowered to reach it at test sizes
+    "1x1 matmul": (24, 40, 1, 1, 0, True, (2, 9, 7), {}),
+    "1x1 matmul, no bias": (24, 40, 1, 1, 0, False, (1, 5, 5), {}),
+    "3x3 winograd": (16, 24, 3, 1, 1, True, (2, 6, 10), WINOGRAD_EVERYWHERE),
+    "3x3 winograd, no bias": (8, 12, 3, 1, 1, False, (1, 4, 2), WINOGRAD_EVERYWHERE),
+    "3x3 winograd in bands": (16, 8, 3, 1, 1, True, (2, 10, 8), {**WINOGRAD_EVERYWHERE, "WINOGRAD_BAND_BYTES": 1}),
+    "3x3 winograd, odd height: shifted": (16, 8, 3, 1, 1, True, (1, 5, 64), WINOGRAD_EVERYWHERE),
+    "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, layers.SHIFTED_CONV_MIN_WIDTH), {}),
+    "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, layers.SHIFTED_CONV_MIN_WIDTH + 3), {}),
+    "3x3 narrow: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, 10), {}),
+    "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70), WINOGRAD_EVERYWHERE),
+    "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70), WINOGRAD_EVERYWHERE),
 }
 
 
 @pytest.mark.parametrize("case", list(CONVS))
-def test_conv_formulations_match_torch(case, use_policy):
-    cin, cout, kernel, stride, padding, bias, (batch, height, width) = CONVS[case]
+def test_conv_formulations_match_torch(case, use_policy, monkeypatch):
+    cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
+    for name, value in constants.items():
+        monkeypatch.setattr(layers, name, value)
     conv = layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
     if bias:
         conv.bias = rand(cout, seed=10)
@@ -236,6 +248,27 @@ def test_conv_formulations_match_torch(case, use_policy):
         assert outputs[choice.conv].shape == reference.shape
         assert np.abs(outputs[choice.conv] - reference).max() < 2e-5, choice.conv
     assert np.abs(outputs["matmul"] - outputs["native"]).max() < TOLERANCE
+
+
+def test_each_conv_case_takes_its_path(monkeypatch, use_policy):
+    use_policy(CPU)
+    taken = []
+    for name in ("_conv1x1", "_conv3x3_winograd", "_conv3x3_shifted"):
+        original = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, name=name, original=original: taken.append(name) or original(*a))
+    expected = {
+        "1x1 matmul": "_conv1x1", "3x3 winograd in bands": "_conv3x3_winograd",
+        "3x3 winograd, odd height: shifted": "_conv3x3_shifted", "3x3 shifted matmuls": "_conv3x3_shifted",
+        "3x3 narrow: mx.conv2d": None, "3x3 stride 2: mx.conv2d": None,
+    }
+    for case, path in expected.items():
+        cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
+        with monkeypatch.context() as patch:
+            for name, value in constants.items():
+                patch.setattr(layers, name, value)
+            taken.clear()
+            layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)(rand(batch, height, width, cin))
+        assert taken == ([path] if path else []), case
 
 
 def test_shifted_conv_runs_without_the_patch_buffer(use_policy):
@@ -264,7 +297,10 @@ TINY_UNET = UNetConfig(block_out_channels=(32, 64), down_block_types=("CrossAttn
                        attention_head_dim=4)
 
 
-def test_unet_and_vae_agree_across_policies(use_policy):
+@pytest.mark.parametrize("constants", [{}, WINOGRAD_EVERYWHERE], ids=["default sizes", "winograd everywhere"])
+def test_unet_and_vae_agree_across_policies(constants, use_policy, monkeypatch):
+    for name, value in constants.items():
+        monkeypatch.setattr(layers, name, value)
     unet, vae = UNet2DConditionModel(TINY_UNET), AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
     sample = rand(2, 8, layers.SHIFTED_CONV_MIN_WIDTH, 4, seed=13)  # wide enough for the shifted 3x3 path
     context, latents = rand(2, 77, 32, seed=14), rand(1, 4, 10, 4, seed=15)
@@ -277,3 +313,31 @@ def test_unet_and_vae_agree_across_policies(use_policy):
     (unet_cpu, vae_cpu), (unet_native, vae_native) = outputs.values()
     assert np.abs(unet_cpu - unet_native).max() < 1e-4
     assert np.abs(vae_cpu - vae_native).max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized Linear layers
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_linear_formulations_agree(bits, monkeypatch):
+    import mlx_sd.quantize as quantize_module
+
+    model = nn.Sequential(nn.Linear(128, 192), nn.Linear(192, 64, bias=False), nn.Linear(100, 8))
+    x = rand(3, 7, 128, seed=16)
+    reference = np.array(model.layers[1](model.layers[0](x)))
+    assert quantize(model, bits) == 2  # 100 inputs is not a multiple of the 64-wide groups
+    assert [type(layer) for layer in model.layers] == [QuantizedLinear, QuantizedLinear, nn.Linear]
+    outputs = {}
+    for choice in (CPU, NATIVE):
+        monkeypatch.setattr(quantize_module, "policy", lambda *a, choice=choice, **k: choice)
+        outputs[choice.quantized] = np.array(model.layers[1](model.layers[0](x)))
+    assert np.abs(outputs["dequantize"] - outputs["kernel"]).max() < TOLERANCE
+    # affine quantization per group of 64: error about a 255th (8-bit) or 15th (4-bit) of each group's range
+    relative = np.abs(outputs["dequantize"] - reference).max() / np.abs(reference).max()
+    assert relative < (0.02 if bits == 8 else 0.3)
+
+
+def test_quantize_rejects_other_widths():
+    with pytest.raises(ValueError, match=r"bits must be one of \(4, 8\); received 3"):
+        quantize(nn.Linear(64, 64), 3)
