@@ -6,24 +6,17 @@ process never imports torch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 from pathlib import Path
 
 import safetensors.torch
 import torch
-from diffusers import (
-    AutoencoderKL,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig as HFTextConfig
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from transformers import CLIPTokenizer
 
 from mlx_sd.config import CLIPTextConfig, ModelConfig
+from mlx_sd.reference import models
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "resources" / "clip_tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -33,15 +26,8 @@ PIPELINES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sd
 def save_diffusers(config: ModelConfig, folder: Path) -> None:
     """Write `config`'s architecture with seeded unit-scale random weights in float16 to `folder`."""
     generator = torch.Generator().manual_seed(0)
-    unet = _unit_scale(UNet2DConditionModel(**dataclasses.asdict(config.unet)), generator)
-    levels = len(config.vae.block_out_channels)
-    vae = _unit_scale(
-        AutoencoderKL(
-            **dataclasses.asdict(config.vae),
-            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        ),
-        generator,
-    )
+    unet = _unit_scale(models.unet(config.unet), generator)
+    vae = _unit_scale(models.vae(config.vae), generator)
     scheduler = EulerDiscreteScheduler(
         beta_start=config.noise_schedule.beta_start, beta_end=config.noise_schedule.beta_end,
         beta_schedule=config.noise_schedule.beta_schedule, prediction_type=config.prediction_type,
@@ -81,21 +67,7 @@ def _unit_scale(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.
 
 
 def _text_encoder(config: CLIPTextConfig, generator: torch.Generator) -> torch.nn.Module:
-    hf = HFTextConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        projection_dim=config.projection_dim or config.hidden_size,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-    )
-    model = (CLIPTextModelWithProjection if config.projection_dim else CLIPTextModel)(hf)
+    model = models.text_encoder(config)
     _unit_scale(model, generator)
     with torch.no_grad():  # keep the residual stream unit-scale through every layer
         for name, param in model.named_parameters():

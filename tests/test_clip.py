@@ -9,7 +9,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
@@ -20,6 +19,7 @@ from mlx_sd.clip import CLIPTextModel, TextEmbedding
 from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig
 from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import check_weights
+from mlx_sd.reference import models as reference_models
 from mlx_sd.tokenizer import CLIPTokenizer
 
 TOL = 1e-4
@@ -41,15 +41,7 @@ PROMPTS = [
 
 def hf_model(config: CLIPTextConfig, seed: int = 0) -> torch.nn.Module:
     """A transformers tower with random weights at unit scale (so errors are measured on O(1) values)."""
-    hf_config = transformers.CLIPTextConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings, hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps, projection_dim=config.projection_dim or 512,
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=1,
-    )
-    cls = transformers.CLIPTextModelWithProjection if config.projection_dim else transformers.CLIPTextModel
-    model = cls(hf_config).eval()
+    model = reference_models.text_encoder(config).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -14,6 +14,7 @@ from mlx_sd.clip import CLIPTextModel
 from mlx_sd.conditioning import PromptEncoder, apply_emphasis, prompt_chunks
 from mlx_sd.config import CLIPTextConfig
 from mlx_sd.model_format import check_weights
+from mlx_sd.reference import models as reference_models
 from mlx_sd.tokenizer import BUNDLED_FOLDER, CLIPTokenizer
 
 EOS, BOS = 49407, 49406
@@ -337,19 +338,8 @@ def test_bad_arguments(sd1):
 
 
 def transformers_clip(config: CLIPTextConfig, seed: int):
-    from transformers import CLIPTextConfig as HFConfig
-    from transformers import CLIPTextModel as HFModel
-    from transformers import CLIPTextModelWithProjection
-
     torch.manual_seed(seed)
-    hf_config = HFConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings, hidden_act=config.hidden_act,
-        projection_dim=config.projection_dim or config.hidden_size, bos_token_id=BOS, eos_token_id=EOS,
-        pad_token_id=1,
-    )
-    hf = (CLIPTextModelWithProjection if config.projection_dim else HFModel)(hf_config).eval()
+    hf = reference_models.text_encoder(config).eval()
     with torch.no_grad():  # unit-scale activations rather than the tiny ones of the default init
         for name, param in hf.named_parameters():
             param.normal_(0.0, 1.0 if "embedding" in name else 0.5 if param.ndim == 1 else 0.1)

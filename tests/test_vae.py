@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_sd.config import VAE_SD, VAEConfig
+from mlx_sd.reference import models as reference_models
 from mlx_sd.vae import AutoencoderKL
 
 TINY = VAEConfig(block_out_channels=(32, 32, 64, 64))
@@ -19,20 +20,7 @@ TINY = VAEConfig(block_out_channels=(32, 32, 64, 64))
 
 def torch_vae(config: VAEConfig, seed: int = 0) -> TorchAutoencoderKL:
     torch.manual_seed(seed)
-    levels = len(config.block_out_channels)
-    model = TorchAutoencoderKL(
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=config.block_out_channels,
-        layers_per_block=config.layers_per_block,
-        latent_channels=config.latent_channels,
-        norm_num_groups=config.norm_num_groups,
-        use_quant_conv=config.use_quant_conv,
-        use_post_quant_conv=config.use_post_quant_conv,
-        mid_block_add_attention=config.mid_block_add_attention,
-    ).eval()
+    model = reference_models.vae(config).eval()
     # Perturb the GroupNorm affines (initialised to 1 and 0) so that the test exercises them.
     with torch.no_grad():
         for name, param in model.named_parameters():
