@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from training.evaluate import contact_sheet, evaluate, grid_cases, img2img_check, prompt_for
+from training.evaluate import IMG2IMG_SOURCES, contact_sheet, evaluate, grid_cases, img2img_check, prompt_for
 from training.shapes import COLOURS, SHAPES, ShapeLabel, render
 
 
@@ -51,15 +51,19 @@ def test_a_constant_picture_is_right_only_where_it_happens_to_match():
 
 
 def test_img2img_check_measures_change_and_content():
+    target = render(ShapeLabel("square", "yellow", "blue", "large", "center"))
+
     def fake_img2img(image, prompt, strength, seed):
-        target = render(ShapeLabel("square", "yellow", "blue", "large", "center"))
         return image if strength < 0.5 else target
 
-    source, results = img2img_check(fake_img2img, strengths=(0.2, 0.8))
-    assert source.size == (64, 64)
-    low, high = results
-    assert low.mean_abs_change == 0.0 and low.prediction.shape == "circle"
+    sources, results = img2img_check(fake_img2img, strengths=(0.2, 0.8))
+    assert len(sources) == len(IMG2IMG_SOURCES) and sources[0].size == (64, 64)
+    assert len(results) == 2 * len(sources)
+    low, high = results[:2]
+    assert (low.source, low.strength, high.strength) == (IMG2IMG_SOURCES[0], 0.2, 0.8)
+    assert low.mean_abs_change == 0.0 and low.kept_everything and low.prediction.shape == "circle"
     assert high.mean_abs_change > 20 and (high.prediction.shape, high.prediction.colour) == ("square", "yellow")
+    assert not high.kept_composition
 
 
 def test_contact_sheet_layout():

@@ -16,6 +16,9 @@ from .classify import classify
 from .shapes import COLOURS, SHAPES, ShapeLabel, render
 
 Generate = Callable[[str, int], Image.Image]
+# One sampler of each family: first-order ODE, ancestral (stochastic), multistep, DDIM. Each engine
+# (training.mlx_eval, training.torch_eval) maps these names onto its own samplers.
+SAMPLER_FAMILIES = ("euler", "euler_a", "dpmpp_2m", "ddim")
 Img2Img = Callable[[Image.Image, str, float, int], Image.Image]
 
 
@@ -89,27 +92,51 @@ def contact_sheet(images: Sequence[Image.Image], columns: int = 16) -> Image.Ima
     return sheet
 
 
+# Dataset pictures to repaint: a shape of each kind other than the prompt's square, in colours and on
+# backgrounds other than the prompt's yellow and blue except for the first (which shares the blue).
+IMG2IMG_SOURCES = (
+    ShapeLabel("circle", "red", "blue", "large", "center"),
+    ShapeLabel("star", "green", "white", "large", "center"),
+    ShapeLabel("triangle", "purple", "orange", "medium", "center"),
+    ShapeLabel("circle", "white", "black", "medium", "center"),
+)
+IMG2IMG_PROMPT = "a yellow square on a blue background"
+
+
 @dataclass(frozen=True)
 class Img2ImgResult:
+    source: ShapeLabel
     strength: float
     mean_abs_change: float  # mean |output - input| over pixels and channels, in 0..255
     prediction: ShapeLabel
 
+    @property
+    def kept_composition(self) -> bool:
+        """Still the source's shape on the source's background."""
+        return (self.prediction.shape, self.prediction.background) == (self.source.shape, self.source.background)
+
+    @property
+    def kept_everything(self) -> bool:
+        return self.kept_composition and self.prediction.colour == self.source.colour
+
 
 def img2img_check(
     img2img: Img2Img,
-    source: ShapeLabel = ShapeLabel("circle", "red", "blue", "large", "center"),
-    prompt: str = "a yellow square on a blue background",
+    sources: Sequence[ShapeLabel] = IMG2IMG_SOURCES,
+    prompt: str = IMG2IMG_PROMPT,
     strengths: Sequence[float] = (0.2, 0.8),
     seed: int = 0,
     image_size: int = 64,
-) -> tuple[Image.Image, list[Img2ImgResult]]:
-    """Repaint a dataset picture toward `prompt` at each strength; how far did it move, what is it now?"""
-    image = render(source, image_size)
-    before = np.asarray(image, dtype=np.float64)
-    results = []
-    for strength in strengths:
-        output = img2img(image, prompt, strength, seed).convert("RGB")
-        change = float(np.abs(np.asarray(output, dtype=np.float64) - before).mean())
-        results.append(Img2ImgResult(strength, change, classify(output)))
-    return image, results
+) -> tuple[list[Image.Image], list[Img2ImgResult]]:
+    """Repaint each source picture toward `prompt` at each strength; how far did it move, what is it now?
+    Returns the source images and one result per (source, strength), sources outermost."""
+    images, results = [], []
+    for source in sources:
+        image = render(source, image_size)
+        images.append(image)
+        before = np.asarray(image, dtype=np.float64)
+        for strength in strengths:
+            output = img2img(image, prompt, strength, seed).convert("RGB")
+            change = float(np.abs(np.asarray(output, dtype=np.float64) - before).mean())
+            results.append(Img2ImgResult(source, strength, change, classify(output)))
+    return images, results
