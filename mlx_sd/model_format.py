@@ -24,6 +24,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
+from .device import cast_streams, current_device
 
 MODEL_JSON = "model.json"
 TOKENIZER_FOR = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
@@ -89,7 +90,10 @@ def load_weights(module: nn.Module, path: Path, component: str, dtype: mx.Dtype)
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelFolderError(f"{component}: cannot read {path}: {exc}") from exc
     check_weights(module, weights, component)
-    module.update(tree_unflatten([(k, v.astype(dtype)) for k, v in weights.items()]))
+    streams = cast_streams(current_device())
+    module.update(tree_unflatten([
+        (k, v.astype(dtype, stream=streams[i % len(streams)])) for i, (k, v) in enumerate(weights.items())
+    ]))
 
 
 def write_model(

@@ -15,6 +15,7 @@ import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 import numpy as np
 import pytest
 import torch
@@ -24,6 +25,7 @@ import mlx_sd.layers as layers
 from mlx_sd import device
 from mlx_sd.config import UNetConfig, VAEConfig
 from mlx_sd.device import DevicePolicy
+from mlx_sd.model_format import load_weights
 from mlx_sd.quantize import QuantizedLinear, quantize
 from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
@@ -60,12 +62,27 @@ def test_cpu_and_gpu_policies_choose_their_formulations():
     assert CPU.quantized == "dequantize"
 
 
+def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_weights(tmp_path):
+    streams = device.cast_streams("cpu")
+    assert len(streams) == device.CPU_CAST_STREAMS == 2 and streams[0] != streams[1]
+    assert all(stream.device == mx.cpu for stream in streams) and device.cast_streams("cpu") == streams
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    weights = {f"layers.{i}.{name}": rand(*shape, seed=20 + i).astype(mx.float16)
+               for i, (fan_in, fan_out) in enumerate(((8, 16), (16, 4)))
+               for name, shape in (("weight", (fan_out, fan_in)), ("bias", (fan_out,)))}
+    path = tmp_path / "weights.safetensors"
+    mx.save_safetensors(str(path), weights)
+    load_weights(model, path, "test", mx.float32)
+    for name, value in tree_flatten(model.parameters()):
+        assert value.dtype == mx.float32 and mx.array_equal(value, weights[name].astype(mx.float32)).item()
+
+
 def test_cpu_allocator_keeps_freed_buffers_for_reuse():
     if device.gpu_available():
         assert device.configure_cpu_allocator() is None
         return
     limit = device.configure_cpu_allocator()
-    assert limit > 1 << 30  # far above mlx's 32 MB default
+    assert limit >= 512 << 20  # far above mlx's 32 MB default
     big = mx.random.normal((64, 1 << 20))  # 256 MiB, freed into the cache below
     mx.eval(big)
     del big
