@@ -19,7 +19,7 @@ The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -80,12 +80,18 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
 CPU_CAST_STREAMS = 2
 
 
-@functools.cache
+_thread_streams = threading.local()  # mlx streams belong to the thread that made them
+
+
 def cast_streams(device: str) -> tuple[mx.Stream, ...]:
-    """The streams to spread the weight casts of a model load over, on `device` ("cpu" or "gpu")."""
-    if device == "cpu":
-        return tuple(mx.new_stream(mx.cpu) for _ in range(CPU_CAST_STREAMS))
-    return (mx.default_stream(mx.gpu),)
+    """The streams to spread the weight casts of a model load over, on `device` ("cpu" or "gpu"),
+    made once per thread."""
+    if device != "cpu":
+        return (mx.default_stream(mx.gpu),)
+    streams = getattr(_thread_streams, "cpu", None)
+    if streams is None:
+        streams = _thread_streams.cpu = tuple(mx.new_stream(mx.cpu) for _ in range(CPU_CAST_STREAMS))
+    return streams
 
 
 def gpu_available() -> bool:

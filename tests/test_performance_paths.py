@@ -10,6 +10,7 @@ Nothing here is timed (speed is measured by `python -m benchmarks.run`).
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
@@ -66,6 +67,9 @@ def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_
     streams = device.cast_streams("cpu")
     assert len(streams) == device.CPU_CAST_STREAMS == 2 and streams[0] != streams[1]
     assert all(stream.device == mx.cpu for stream in streams) and device.cast_streams("cpu") == streams
+    # mlx streams belong to their thread: a load on another thread (the app's worker) gets its own
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(load_on_this_thread, tmp_path).result() == "loaded"
     model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
     weights = {f"layers.{i}.{name}": rand(*shape, seed=20 + i).astype(mx.float16)
                for i, (fan_in, fan_out) in enumerate(((8, 16), (16, 4)))
@@ -75,6 +79,15 @@ def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_
     load_weights(model, path, "test", mx.float32)
     for name, value in tree_flatten(model.parameters()):
         assert value.dtype == mx.float32 and mx.array_equal(value, weights[name].astype(mx.float32)).item()
+
+
+def load_on_this_thread(tmp_path) -> str:
+    layer = nn.Linear(4, 4)
+    path = tmp_path / "thread.safetensors"
+    mx.save_safetensors(str(path), {"weight": rand(4, 4).astype(mx.float16), "bias": rand(4).astype(mx.float16)})
+    load_weights(layer, path, "test", mx.float32)
+    mx.eval(layer.parameters())
+    return "loaded"
 
 
 def test_cpu_allocator_keeps_freed_buffers_for_reuse():
