@@ -7,19 +7,16 @@ process never imports torch.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from transformers import CLIPTokenizer
 
 from mlx_sd.config import CLIPTextConfig, ModelConfig
 from mlx_sd.reference import models
+from mlx_sd.tokenizer import BUNDLED_FOLDER
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "resources" / "clip_tokenizer"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 PIPELINES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
@@ -44,9 +41,7 @@ def save_diffusers(config: ModelConfig, folder: Path) -> None:
         components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     else:
         components |= {"force_zeros_for_empty_prompt": config.force_zeros_for_empty_prompt, "add_watermarker": False}
-    pipe = pipeline_cls(**components).to(torch.float16)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    _checkpoint_layout(pipe, folder)
+    models.save_hub_layout(pipeline_cls(**components).to(torch.float16), folder)
 
 
 @torch.no_grad()
@@ -78,25 +73,4 @@ def _text_encoder(config: CLIPTextConfig, generator: torch.Generator) -> torch.n
 
 def _tokenizer(config: CLIPTextConfig) -> CLIPTokenizer:
     pad = "!" if config.pad_token_id == 0 else "<|endoftext|>"  # OpenCLIP pads with id 0
-    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token=pad, model_max_length=77, local_files_only=True)
-
-
-def _checkpoint_layout(pipe, folder: Path) -> None:
-    """As hub repos are laid out: vocab.json and merges.txt next to tokenizer.json, and text-encoder keys
-    under `text_model.` (transformers >= 5.6 saves CLIPTextModel without the prefix)."""
-    for tok in ("tokenizer", "tokenizer_2"):
-        if (folder / tok).is_dir():
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(TOKENIZER_DIR / name, folder / tok / name)
-    for name in ("text_encoder", "text_encoder_2"):
-        weights = folder / name / "model.safetensors"
-        if not weights.is_file():
-            continue
-        state = {}
-        for key, value in getattr(pipe, name).state_dict().items():
-            if key.endswith("position_ids"):
-                continue
-            if not key.startswith(("text_model.", "text_projection.")):
-                key = "text_model." + key
-            state[key] = value.contiguous()
-        safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
+    return CLIPTokenizer.from_pretrained(str(BUNDLED_FOLDER), pad_token=pad, model_max_length=77, local_files_only=True)

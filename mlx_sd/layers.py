@@ -274,6 +274,7 @@ def _conv3x3_winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> m
     # filter transform, (out, in) per tap pair: each product below takes its transpose as-is
     rows = [_winograd_filter_c(*(weight[:, i, j] for i in range(3))) for j in range(3)]
     filters = [_winograd_filter_c(*(rows[j][a] for j in range(3))) for a in range(4)]  # [a][b]
+    finish = _winograd_output_c if bias is None else (lambda *m: _winograd_output_bias(*m, bias))
     padded = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     per_tile_row = 4 * batch * width * (12 * channels + 8 * out_channels)
     band = max(1, min(height // 2, WINOGRAD_BAND_BYTES // per_tile_row))
@@ -287,7 +288,6 @@ def _conv3x3_winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> m
             tiles = _winograd_input_c(*(vertical[a][:, :, c : c + width : 2] for c in range(4)))
             products.append([t.reshape(-1, channels) @ filters[a][b].T for b, t in enumerate(tiles)])
         columns = [_winograd_output_c(*(products[a][b] for a in range(4))) for b in range(4)]  # [b][i]
-        finish = _winograd_output_c if bias is None else (lambda *m: _winograd_output_bias(*m, bias))
         y = [finish(*(columns[b][i] for b in range(4))) for i in range(2)]  # [i][j]
         tile = mx.stack([mx.stack(y[0], axis=1), mx.stack(y[1], axis=1)], axis=1)  # (tiles, i, j, out)
         tile = tile.reshape(batch, tile_rows, width // 2, 2, 2, out_channels).transpose(0, 1, 3, 2, 4, 5)

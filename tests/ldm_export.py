@@ -153,21 +153,6 @@ def vae_to_ldm(state: Tensors, config: dict) -> Tensors:
 # Text encoders (sd_facts 2.6)
 
 
-def hf_clip_state(model: torch.nn.Module) -> Tensors:
-    """A transformers CLIP text model's weights with the classic `text_model.` prefix.
-
-    transformers >= 5.6 flattened CLIPTextModel (no `text_model.` in its own state dict) while
-    CLIPTextModelWithProjection still nests it; checkpoints always carry the prefix."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("position_ids"):
-            continue
-        if not key.startswith(("text_model.", "text_projection.")):
-            key = "text_model." + key
-        out[key] = value
-    return out
-
-
 def clip_to_ldm(state: Tensors, prefix: str, max_positions: int) -> Tensors:
     """OpenAI CLIP as LDM/SGM store it: the HF names under `prefix`, plus the `position_ids` buffer."""
     out = {prefix + k: v for k, v in state.items() if not k.startswith("text_projection.")}

@@ -9,7 +9,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from mlx_sd.config import CLIPTextConfig, UNetConfig, VAEConfig
-from training.demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TEXT_ENCODER, TOKENIZER_DIR, UNET, VAE
+from mlx_sd.tokenizer import BUNDLED_FOLDER
+from training.demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TEXT_ENCODER, UNET, VAE
 from mlx_sd.reference.models import text_encoder as build_text_encoder
 from mlx_sd.reference.models import unet as build_unet
 from mlx_sd.reference.models import vae as build_vae
@@ -62,7 +63,7 @@ def test_unet_runs_on_16x16_latents_with_the_text_context():
 
 
 def test_the_bundled_tokenizer_gives_the_standard_ids():
-    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    tokenizer = load_tokenizer(BUNDLED_FOLDER)
     ids = tokenizer("a photo of a cat", padding="max_length", max_length=77).input_ids
     assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407] and len(ids) == 77
     assert ids[7:] == [TEXT_ENCODER.pad_token_id] * 70

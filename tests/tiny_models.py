@@ -42,10 +42,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 import ldm_export as ldm
+from mlx_sd.reference.models import TOKENIZER_FILES, hf_clip_state, save_hub_layout
+from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 KINDS = ("sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-refiner")
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "resources" / "clip_tokenizer"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 VOCAB_SIZE = 49408
 MAX_POSITIONS = 77
@@ -250,11 +250,11 @@ def init_unit_scale(model: torch.nn.Module, generator: torch.Generator) -> None:
 
 def load_tokenizer(pad_token: str) -> CLIPTokenizer:
     """The bundled CLIP vocabulary as a transformers tokenizer with the family's pad token."""
-    missing = [name for name in TOKENIZER_FILES if not (TOKENIZER_DIR / name).is_file()]
+    missing = [name for name in TOKENIZER_FILES if not (BUNDLED_FOLDER / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"bundled tokenizer files missing in {TOKENIZER_DIR}: {', '.join(missing)}")
+        raise FileNotFoundError(f"bundled tokenizer files missing in {BUNDLED_FOLDER}: {', '.join(missing)}")
     return CLIPTokenizer.from_pretrained(
-        str(TOKENIZER_DIR), pad_token=pad_token, model_max_length=MAX_POSITIONS, local_files_only=True
+        str(BUNDLED_FOLDER), pad_token=pad_token, model_max_length=MAX_POSITIONS, local_files_only=True
     )
 
 
@@ -307,26 +307,8 @@ def build_pipeline(kind: str) -> DiffusionPipeline:
 
 
 def save_diffusers(kind: str, folder: str | Path, pipe: DiffusionPipeline | None = None) -> Path:
-    """Save the kind as a diffusers folder laid out as the real hub repos are.
-
-    Two fixes over a plain transformers 5 save_pretrained: tokenizer folders also get vocab.json and
-    merges.txt (it writes only tokenizer.json), and text-encoder weights keep the `text_model.` key prefix
-    (it drops the prefix of CLIPTextModel; hub repos and transformers 4 have it)."""
-    folder = Path(folder)
-    pipe = pipe if pipe is not None else build_pipeline(kind)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for tok in ("tokenizer", "tokenizer_2"):
-        if (folder / tok).is_dir():
-            for name in TOKENIZER_FILES:
-                shutil.copyfile(TOKENIZER_DIR / name, folder / tok / name)
-    for te in ("text_encoder", "text_encoder_2"):
-        weights = folder / te / "model.safetensors"
-        if weights.is_file():
-            state = ldm.hf_clip_state(getattr(pipe, te))
-            safetensors.torch.save_file(
-                {k: v.contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"}
-            )
-    return folder
+    """Save the kind as a diffusers folder laid out as the real hub repos are (reference.models.save_hub_layout)."""
+    return save_hub_layout(pipe if pipe is not None else build_pipeline(kind), folder)
 
 
 def save_configs_only(folder: str | Path, dest: str | Path) -> Path:
@@ -357,9 +339,9 @@ def single_file_state_dict(
     out |= ldm.vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config))
 
     if s.family == "sd1":
-        out |= ldm.clip_to_ldm(ldm.hf_clip_state(pipe.text_encoder), ldm.SD1_CLIP_PREFIX, MAX_POSITIONS)
+        out |= ldm.clip_to_ldm(hf_clip_state(pipe.text_encoder), ldm.SD1_CLIP_PREFIX, MAX_POSITIONS)
     elif s.family == "sd2":
-        openclip = ldm.openclip_from_hf(ldm.hf_clip_state(pipe.text_encoder))
+        openclip = ldm.openclip_from_hf(hf_clip_state(pipe.text_encoder))
         generator = _seed(kind, "sd2-extra")
         # real SD2 files keep OpenCLIP's last block and projection; diffusers' 23-layer encoder drops them
         openclip |= ldm.extra_openclip_block(openclip, generator)
@@ -369,11 +351,11 @@ def single_file_state_dict(
         out |= ldm.openclip_to_ldm(openclip, ldm.SD2_OPENCLIP_PREFIX)
     else:
         if s.family == "sdxl":
-            out |= ldm.clip_to_ldm(ldm.hf_clip_state(pipe.text_encoder), ldm.SDXL_CLIP_PREFIX, MAX_POSITIONS)
+            out |= ldm.clip_to_ldm(hf_clip_state(pipe.text_encoder), ldm.SDXL_CLIP_PREFIX, MAX_POSITIONS)
             bigg_prefix = ldm.SDXL_OPENCLIP_PREFIX
         else:
             bigg_prefix = ldm.REFINER_OPENCLIP_PREFIX
-        openclip = ldm.openclip_from_hf(ldm.hf_clip_state(pipe.text_encoder_2))
+        openclip = ldm.openclip_from_hf(hf_clip_state(pipe.text_encoder_2))
         openclip["logit_scale"] = torch.tensor(math.log(100.0))
         out |= ldm.openclip_to_ldm(openclip, bigg_prefix)
 

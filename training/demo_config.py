@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlx_sd.config import CLIPTextConfig, NoiseScheduleConfig, UNetConfig, VAEConfig
 
-REPO = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = REPO / "resources" / "clip_tokenizer"
 IMAGE_SIZE = 64
 
 TEXT_ENCODER = CLIPTextConfig(

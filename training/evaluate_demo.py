@@ -33,9 +33,11 @@ class Engine:
 
 
 def mlx_engine(folder: Path, steps: int) -> Engine:
+    from mlx_sd.pipeline import Pipeline
+
     from . import mlx_eval
 
-    pipe = mlx_eval.load_pipeline(folder)
+    pipe = Pipeline.load(folder)
     return Engine(lambda sampler, cfg: mlx_eval.generator(pipe, steps, cfg, sampler),
                   lambda cfg: mlx_eval.img2img_generator(pipe, steps, cfg))
 
@@ -43,8 +45,9 @@ def mlx_engine(folder: Path, steps: int) -> Engine:
 def torch_engine(folder: Path, steps: int) -> Engine:
     from . import torch_eval
 
-    return Engine(lambda sampler, cfg: torch_eval.generator(torch_eval.load_pipeline(folder, sampler), steps, cfg),
-                  lambda cfg: torch_eval.img2img_generator(torch_eval.load_pipeline(folder), steps, cfg))
+    pipe = torch_eval.load_pipeline(folder)
+    return Engine(lambda sampler, cfg: torch_eval.generator(torch_eval.with_sampler(pipe, sampler), steps, cfg),
+                  lambda cfg: torch_eval.img2img_generator(torch_eval.with_sampler(pipe, "dpmpp_2m"), steps, cfg))
 
 
 def empty_prompt_cases(cases: list[EvalCase]) -> list[EvalCase]:

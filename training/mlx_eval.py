@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image
 
 from mlx_sd.pipeline import Pipeline
@@ -13,10 +11,6 @@ from .evaluate import Generate, Img2Img
 
 # evaluate.SAMPLER_FAMILIES as our A1111 sampler names
 SAMPLERS = {"euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "ddim": "DDIM"}
-
-
-def load_pipeline(folder: Path) -> Pipeline:
-    return Pipeline.load(folder)
 
 
 def generator(pipe: Pipeline, steps: int = 20, cfg: float = 6.0, sampler: str = "dpmpp_2m") -> Generate:

@@ -26,13 +26,20 @@ SCHEDULERS = {
 }
 
 
-def load_pipeline(folder: Path, scheduler: str = "dpmpp_2m") -> StableDiffusionPipeline:
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+def load_pipeline(folder: Path) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def with_sampler(pipe: StableDiffusionPipeline, sampler: str) -> StableDiffusionPipeline:
+    """The same models with `sampler`'s scheduler (a new pipeline object; `pipe` is unchanged)."""
+    if sampler not in SCHEDULERS:
+        raise ValueError(f"sampler {sampler!r} is not one of {', '.join(SCHEDULERS)}")
+    scheduler = SCHEDULERS[sampler].from_config(pipe.scheduler.config)
+    variant = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
+    variant.set_progress_bar_config(disable=True)
+    return variant
 
 
 def generator(pipe: StableDiffusionPipeline, steps: int = 20, cfg: float = 6.0, size: int = 64) -> Generate:
@@ -46,7 +53,7 @@ def generator(pipe: StableDiffusionPipeline, steps: int = 20, cfg: float = 6.0, 
 
 
 def img2img_generator(pipe: StableDiffusionPipeline, steps: int = 20, cfg: float = 6.0) -> Img2Img:
-    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
 
     def run(image: Image.Image, prompt: str, strength: float, seed: int) -> Image.Image:

@@ -1,9 +1,8 @@
-"""The demo model's torch side: tokenizer, noise schedule, and the diffusers pipeline folder it is saved as.
-(The modules themselves are built from our configs by mlx_sd.reference.models.)"""
+"""The demo model's torch side: tokenizer, noise schedule, and the diffusers pipeline it is saved as.
+(The modules are built, and the pipeline saved, by mlx_sd.reference.models.)"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -32,14 +31,6 @@ def alphas_cumprod(schedule: NoiseScheduleConfig) -> torch.Tensor:
         schedule.beta_start**0.5, schedule.beta_end**0.5, schedule.num_train_timesteps, dtype=torch.float32
     ) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
-
-
-def save_pipeline(pipe: StableDiffusionPipeline, folder: Path, tokenizer_files: Path) -> None:
-    """Write a diffusers folder (safetensors). The tokenizer folder also gets vocab.json and merges.txt,
-    which transformers 5 no longer writes but converters and older loaders read."""
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(tokenizer_files / name, folder / "tokenizer" / name)
 
 
 def make_pipeline(

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from .classify import classify
-from .demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TOKENIZER_DIR, TrainingRecipe
+from mlx_sd.reference.models import save_hub_layout
+from mlx_sd.tokenizer import BUNDLED_FOLDER
+
+from .demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TrainingRecipe
 from .shapes import samples
-from .torch_models import load_tokenizer, make_pipeline, save_pipeline
+from .torch_models import load_tokenizer, make_pipeline
 from .train_diffusion import train_diffusion
 from .train_vae import encode_dataset, to_tensor, train_vae
 
@@ -67,7 +70,7 @@ def train(recipe: TrainingRecipe, output: Path, log) -> dict:
     log(f"vae: scaling_factor {scaling_factor:.4f}, reconstructions classified {vae_check}")
 
     mark = time.monotonic()
-    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    tokenizer = load_tokenizer(BUNDLED_FOLDER)
     text_encoder, unet, diffusion_losses = train_diffusion(
         recipe.text_encoder, recipe.unet, NOISE_SCHEDULE, recipe.diffusion, tokenizer,
         latent_mean * scaling_factor, latent_std * scaling_factor, labels, recipe.seed, log,
@@ -76,7 +79,7 @@ def train(recipe: TrainingRecipe, output: Path, log) -> dict:
     log(f"text encoder + unet trained in {timings['diffusion']:.0f}s, load average {os.getloadavg()}")
     timings["total"] = time.monotonic() - started
 
-    save_pipeline(make_pipeline(text_encoder, tokenizer, unet, vae, NOISE_SCHEDULE), output, TOKENIZER_DIR)
+    save_hub_layout(make_pipeline(text_encoder, tokenizer, unet, vae, NOISE_SCHEDULE), output)
     report = {
         "recipe": dataclasses.asdict(recipe),
         "seconds": timings,

@@ -1,17 +1,25 @@
-"""Our config dataclasses as the reference's torch modules (transformers / diffusers), default-initialised.
+"""Our config dataclasses as the reference's torch modules (transformers / diffusers), default-initialised,
+and diffusers folders saved as the hub repos are laid out.
 
 Whoever needs torch weights for an architecture we describe (parity tests, the benchmark's random
-full-size models, the demo model's training) builds it here, so each config field maps one way.
+full-size models, the demo model's training) builds and saves them here, so each config field maps one way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
+import safetensors.torch
+import torch
 import transformers
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from mlx_sd.config import CLIPTextConfig, UNetConfig, VAEConfig
+from mlx_sd.tokenizer import BUNDLED_FOLDER
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 def text_encoder(config: CLIPTextConfig) -> transformers.CLIPTextModel | transformers.CLIPTextModelWithProjection:
@@ -48,3 +56,38 @@ def vae(config: VAEConfig) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
     )
+
+
+def hf_clip_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model's weights with the classic `text_model.` prefix.
+
+    transformers >= 5.6 flattened CLIPTextModel (no `text_model.` in its own state dict) while
+    CLIPTextModelWithProjection still nests it; checkpoints always carry the prefix."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        if not key.startswith(("text_model.", "text_projection.")):
+            key = "text_model." + key
+        out[key] = value
+    return out
+
+
+def save_hub_layout(pipe: DiffusionPipeline, folder: str | Path) -> Path:
+    """save_pretrained (safetensors), laid out as the real hub repos are.
+
+    Two fixes over a plain transformers 5 save: tokenizer folders also get vocab.json and merges.txt
+    (the bundled CLIP vocabulary; it writes only tokenizer.json), and text-encoder weights keep the
+    `text_model.` key prefix (it drops the prefix of CLIPTextModel; hub repos and transformers 4 have it)."""
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for tokenizer in ("tokenizer", "tokenizer_2"):
+        if (folder / tokenizer).is_dir():
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(BUNDLED_FOLDER / name, folder / tokenizer / name)
+    for encoder in ("text_encoder", "text_encoder_2"):
+        weights = folder / encoder / "model.safetensors"
+        if weights.is_file():
+            state = {k: v.contiguous() for k, v in hf_clip_state(getattr(pipe, encoder)).items()}
+            safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
+    return folder
