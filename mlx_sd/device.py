@@ -10,7 +10,8 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
 - element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) from multiply/add/shift only, fused by
   mx.compile.
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
-  other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer).
+  other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
+  3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
 - a buffer cache for freed activations: the CPU allocator keeps only 32 MB by default, so every
   larger activation comes fresh from the OS and each of its pages costs a fault (an element-wise op
   over 64 MB runs 10x slower than over a reused buffer).

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import UNetConfig
-from .layers import Conv2d, GroupNorm, attention, geglu, silu
+from .layers import Conv2d, GroupNorm, attention, geglu, silu, upsample_conv
 
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2D's GroupNorm; resnets use config.norm_eps
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -160,12 +160,7 @@ class Upsample2D(nn.Module):
     def __call__(self, x: mx.array, size: tuple[int, int]) -> mx.array:
         # Nearest x2, cropped to the skip connection's size: for an odd side n (downsampled to
         # ceil(n/2)) this equals torch's nearest interpolation to size n, as diffusers does.
-        batch, height, width, channels = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
-        x = x.reshape(batch, 2 * height, 2 * width, channels)
-        if (2 * height, 2 * width) != tuple(size):
-            x = x[:, : size[0], : size[1], :]
-        return self.conv(x)
+        return upsample_conv(self.conv, x, size)
 
 
 def _transformers(config: UNetConfig, channels: int, heads: int, depth: int, context_dim: int, count: int):

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .layers import Conv2d, GroupNorm, attention
+from .layers import Conv2d, GroupNorm, attention, upsample_conv
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -84,9 +84,7 @@ class Upsample(nn.Module):
         self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        batch, height, width, channels = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
-        return self.conv(x.reshape(batch, height * 2, width * 2, channels))
+        return upsample_conv(self.conv, x)
 
 
 class EncoderBlock(nn.Module):

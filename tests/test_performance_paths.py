@@ -301,6 +301,44 @@ def test_each_conv_case_takes_its_path(monkeypatch, use_policy):
         assert taken == ([path] if path else []), case
 
 
+UPSAMPLES = {
+    # (channels in, out, bias, input (B, H, W), output size or None)
+    "even": (16, 24, True, (2, 5, 7), None),
+    "no bias": (8, 8, False, (1, 4, 4), None),
+    "cropped to an odd size (the UNet's skip of an odd side)": (8, 12, True, (1, 5, 6), (9, 11)),
+}
+
+
+@pytest.mark.parametrize("case", list(UPSAMPLES))
+def test_upsample_conv_matches_torch_interpolate_then_conv(case, use_policy):
+    cin, cout, bias, (batch, height, width), size = UPSAMPLES[case]
+    conv = layers.Conv2d(cin, cout, 3, padding=1, bias=bias)
+    if bias:
+        conv.bias = rand(cout, seed=20)
+    x = rand(batch, height, width, cin, seed=21)
+    target = size or (2 * height, 2 * width)
+    up = torch.nn.functional.interpolate(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2), size=target, mode="nearest")
+    reference = torch_conv(mx.array(up.permute(0, 2, 3, 1).numpy()), conv)
+    for choice in (CPU, NATIVE):
+        use_policy(choice)
+        got = np.array(layers.upsample_conv(conv, x, size))
+        assert got.shape == reference.shape
+        assert np.abs(got - reference).max() < 2e-5, choice.conv
+
+
+def test_upsample_conv_on_the_cpu_skips_the_upsampled_image(use_policy, monkeypatch):
+    """Uncropped, the CPU computes the four output phases from x itself: no 4x upsampled input."""
+    taken = []
+    monkeypatch.setattr(layers.Conv2d, "__call__", lambda self, x: taken.append(x.shape) or mx.zeros((1,)))
+    conv = layers.Conv2d(8, 8, 3, padding=1)
+    use_policy(CPU)
+    assert layers.upsample_conv(conv, rand(1, 4, 6, 8)).shape == (1, 8, 12, 8) and taken == []
+    layers.upsample_conv(conv, rand(1, 4, 6, 8), (7, 12))  # cropped: the upsampled image, then conv
+    use_policy(NATIVE)
+    layers.upsample_conv(conv, rand(1, 4, 6, 8))
+    assert taken == [(1, 7, 12, 8), (1, 8, 12, 8)]
+
+
 def test_shifted_conv_runs_without_the_patch_buffer(use_policy):
     """The point of the shifted formulation: no 9x patch buffer, so far less peak memory."""
     conv = layers.Conv2d(64, 64, 3, padding=1)
