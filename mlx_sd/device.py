@@ -47,6 +47,10 @@ class DevicePolicy:
     # quantized Linear layers (mlx_sd.quantize): "kernel": mx.quantized_matmul; "dequantize": a
     # float32 copy of the weight per call for a BLAS matmul (mlx's CPU quantized matmul is scalar).
     quantized: str = "kernel"
+    # Streams that a batch of two or more rows is split over (mlx_sd.layers.in_batch_halves): on
+    # the CPU each stream runs its element-wise work on its own thread, so CFG's negative and
+    # positive rows keep both cores busy; the GPU runs a batch best whole.
+    batch_streams: int = 1
 
 
 def dtype_from_name(name: str) -> mx.Dtype:
@@ -71,27 +75,28 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     device = device or current_device()
     if device == "cpu":
         return DevicePolicy(
-            "cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul", quantized="dequantize"
+            "cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul", quantized="dequantize",
+            batch_streams=CPU_STREAMS,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 
 
-# Casting SD1.5's UNet weights from float16 to float32 at load takes 4.9-5.3 s on one CPU stream and
-# 1.1 s spread over two (one per core of this 2-core machine); four are no faster.
-CPU_CAST_STREAMS = 2
+# One CPU stream per core of this 2-core machine. Casting SD1.5's UNet weights from float16 to
+# float32 at load takes 4.9-5.3 s on one stream and 1.1 s spread over two; four are no faster.
+CPU_STREAMS = 2
 
 
 _thread_streams = threading.local()  # mlx streams belong to the thread that made them
 
 
-def cast_streams(device: str) -> tuple[mx.Stream, ...]:
-    """The streams to spread the weight casts of a model load over, on `device` ("cpu" or "gpu"),
-    made once per thread."""
+def worker_streams(device: str) -> tuple[mx.Stream, ...]:
+    """The streams to spread independent work over on `device` ("cpu" or "gpu"): the weight casts
+    of a model load, the halves of a batch. Made once per thread."""
     if device != "cpu":
         return (mx.default_stream(mx.gpu),)
     streams = getattr(_thread_streams, "cpu", None)
     if streams is None:
-        streams = _thread_streams.cpu = tuple(mx.new_stream(mx.cpu) for _ in range(CPU_CAST_STREAMS))
+        streams = _thread_streams.cpu = tuple(mx.new_stream(mx.cpu) for _ in range(CPU_STREAMS))
     return streams
 
 

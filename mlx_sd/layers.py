@@ -7,10 +7,12 @@ names users already know.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from .device import policy
+from .device import policy, worker_streams
 
 LOG2E = 1.4426950408889634
 # Adding and subtracting 1.5 * 2**23 rounds a float32 of magnitude below 2**22 to an integer.
@@ -344,6 +346,26 @@ def _upsample_conv3x3_phases(x: mx.array, weight: mx.array, bias: mx.array | Non
             row_phases.append(out.reshape(batch, height, padded_width, -1)[:, :, :width])
         phases.append(mx.stack(row_phases, axis=3))  # (batch, height, width, 2 columns, out)
     return mx.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
+
+
+def in_batch_halves(fn: Callable[..., mx.array], *batched: mx.array | None) -> mx.array:
+    """fn(*batched), where every array argument has the batch on its first axis.
+
+    With the device's `batch_streams` above 1 and a batch of two or more, the batch is cut into
+    that many parts, each computed on its own stream and concatenated: on the CPU mlx runs each
+    stream's element-wise work on a thread of its own, so both cores share it, and each part's
+    activations are a fraction of the whole batch's (SD1.5's UNet step at 512 with CFG: MLX peak
+    4.9 -> 4.1 GB). None arguments pass through.
+    """
+    parts = min(policy().batch_streams, next(a.shape[0] for a in batched if a is not None))
+    if parts < 2:
+        return fn(*batched)
+    bounds = [round(i * batched[0].shape[0] / parts) for i in range(parts + 1)]
+    outputs = []
+    for stream, start, stop in zip(worker_streams(policy().device), bounds, bounds[1:]):
+        with mx.stream(stream):
+            outputs.append(fn(*(None if a is None else a[start:stop] for a in batched)))
+    return mx.concatenate(outputs, axis=0)
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:

@@ -24,7 +24,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
-from .device import cast_streams, current_device
+from .device import current_device, worker_streams
 
 MODEL_JSON = "model.json"
 TOKENIZER_FOR = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
@@ -90,7 +90,7 @@ def load_weights(module: nn.Module, path: Path, component: str, dtype: mx.Dtype)
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelFolderError(f"{component}: cannot read {path}: {exc}") from exc
     check_weights(module, weights, component)
-    streams = cast_streams(current_device())
+    streams = worker_streams(current_device())
     module.update(tree_unflatten([
         (k, v.astype(dtype, stream=streams[i % len(streams)])) for i, (k, v) in enumerate(weights.items())
     ]))

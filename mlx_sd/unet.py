@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import UNetConfig
-from .layers import Conv2d, GroupNorm, attention, geglu, silu, upsample_conv
+from .layers import Conv2d, GroupNorm, attention, geglu, in_batch_halves, silu, upsample_conv
 
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2D's GroupNorm; resnets use config.norm_eps
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -295,6 +295,16 @@ class UNet2DConditionModel(nn.Module):
     ) -> mx.array:
         """(B, h, w, in_channels) NHWC latents -> (B, h, w, out_channels) model output."""
         timestep = self._check_inputs(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+        return in_batch_halves(self._forward, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+
+    def _forward(
+        self,
+        sample: mx.array,
+        timestep: mx.array,
+        encoder_hidden_states: mx.array,
+        text_embeds: mx.array | None,
+        time_ids: mx.array | None,
+    ) -> mx.array:
         config = self.config
         dtype = sample.dtype
         context = encoder_hidden_states

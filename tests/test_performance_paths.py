@@ -53,20 +53,20 @@ def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
 
 
 def test_cpu_and_gpu_policies_choose_their_formulations():
-    assert (CPU.attention, CPU.elementwise, CPU.conv, CPU.compute_dtype) == (
-        "chunked", "polynomial", "matmul", mx.float32,
+    assert (CPU.attention, CPU.elementwise, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
+        "chunked", "polynomial", "matmul", mx.float32, 2,
     )
     gpu = device.policy(mx.float16, "gpu")
-    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.quantized, gpu.compute_dtype) == (
-        "fused", "native", "native", "kernel", mx.float16,
+    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.quantized, gpu.compute_dtype, gpu.batch_streams) == (
+        "fused", "native", "native", "kernel", mx.float16, 1,
     )
     assert CPU.quantized == "dequantize"
 
 
 def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_weights(tmp_path):
-    streams = device.cast_streams("cpu")
-    assert len(streams) == device.CPU_CAST_STREAMS == 2 and streams[0] != streams[1]
-    assert all(stream.device == mx.cpu for stream in streams) and device.cast_streams("cpu") == streams
+    streams = device.worker_streams("cpu")
+    assert len(streams) == device.CPU_STREAMS == 2 and streams[0] != streams[1]
+    assert all(stream.device == mx.cpu for stream in streams) and device.worker_streams("cpu") == streams
     # mlx streams belong to their thread: a load on another thread (the app's worker) gets its own
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(load_on_this_thread, tmp_path).result() == "loaded"
@@ -381,6 +381,25 @@ def test_unet_and_vae_agree_across_policies(constants, use_policy, monkeypatch):
     (unet_cpu, vae_cpu), (unet_native, vae_native) = outputs.values()
     assert np.abs(unet_cpu - unet_native).max() < 1e-4
     assert np.abs(vae_cpu - vae_native).max() < 1e-4
+
+
+def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use_policy):
+    seen = []
+
+    def fn(x, y, nothing):
+        seen.append((x.shape[0], y.shape[0], nothing))
+        return x * 2 + y
+
+    x, y = rand(5, 3, seed=30), rand(5, 3, seed=31)
+    use_policy(CPU)
+    halves = layers.in_batch_halves(fn, x, y, None)
+    assert seen == [(2, 2, None), (3, 3, None)]  # rounded halves of 5 rows, one per worker stream
+    assert np.array_equal(np.array(halves), np.array(x * 2 + y))
+    seen.clear()
+    layers.in_batch_halves(fn, x[:1], y[:1], None)  # one row: nothing to split
+    use_policy(NATIVE)
+    layers.in_batch_halves(fn, x, y, None)
+    assert seen == [(1, 1, None), (5, 5, None)]
 
 
 # ---------------------------------------------------------------------------------------------
