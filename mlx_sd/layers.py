@@ -23,27 +23,41 @@ _EXP2 = (
     1.0000000717034576, 0.693146968461803, 0.24022119565453876,
     0.055507109837855645, 0.009675547701276307, 0.001327721345430341,
 )
-# erf(z) = z * P(z^2) / Q(z^2), fitted on |z| <= 4 the same way as a rational function: 3.5e-7
-# absolute error evaluated in float32. Past the clamp the fit exceeds 1 by a few ulps and is clipped,
-# so that erf is exactly +-1 there, as erf(4.1) in float32.
-_ERF_CLAMP = 4.1
-_ERF_P = (
-    1.1283789612912074, 0.19674525783102972, 0.05353346941395241,
-    0.004025020206581092, 0.0002885405762386682, 1.971282014928688e-06,
+# SiLU and GELU are relu(x) - f(|x|) with a bump f(a) = a * sigmoid(-a) (SiLU) or a * Phi(-a) (GELU,
+# Phi the normal distribution): f(a) = P(a) / Q(a) below a limit past which f is under 1e-7 and
+# taken as 0. Degree-7 rationals, least-squares fits on Chebyshev nodes reweighted towards minimax;
+# evaluated in float32 the activations are within 1.4e-7 (SiLU) and 3.7e-7 (GELU) of the exact
+# values (absolute, relative above 1).
+_SILU_LIMIT = 20.0  # 20 * sigmoid(-20) = 4e-8
+_SILU_P = (
+    0.0, 0.5000006540682037, -0.15953073909697868, 0.0217273714473006,
+    -0.0016125632864959518, 6.859042585620114e-05, -1.5807387049291324e-06, 1.537640203685009e-08,
 )
-_ERF_Q = (
-    1.0, 0.5076919527638516, 0.11668195103124154,
-    0.015487187566666658, 0.0012215774107294866, 3.74701343824127e-05,
+_SILU_Q = (
+    1.0, 0.18095316866751965, 0.13387602037428506, 0.022147423720267748,
+    0.003567405298164041, 0.0004319319144405296, 2.5359160551416443e-05, 3.527769489898422e-06,
 )
+_GELU_LIMIT = 6.0  # 6 * Phi(-6) = 6e-9
+_GELU_P = (
+    0.0, 0.5000026431132705, -0.552163136700264, 0.2555833228211051,
+    -0.06343162032497826, 0.008896829371233015, -0.0006682242422558394, 2.098396861042905e-05,
+)
+_GELU_Q = (
+    1.0, -0.3063453333143824, 0.2661336000450241, -0.04564635879672433,
+    0.018938161427214842, 0.001490922827767548, -0.0005396433995184205, 0.0003264304926677746,
+)
+_QUICK_GELU = 1.702  # OpenAI CLIP's x * sigmoid(1.702 x) = silu(1.702 x) / 1.702
 
 
 # ---------------------------------------------------------------------------------------------
 # Element-wise functions, per device
 #
 # mlx's CPU backend evaluates exp, erf and sigmoid with scalar libm calls (about 11 ns an element on
-# x86), while multiply, add, compare and shift are plain loops that mx.compile fuses into JIT-compiled
-# kernels the C++ compiler vectorises. The "polynomial" formulations use only those (about 1.5 ns an
-# element) and are as accurate in float32 as mlx's own; other dtypes and the GPU use mlx's ops.
+# x86). mx.compile fuses multiply, add, compare and select-with-a-constant into JIT-compiled loops
+# the C++ compiler vectorises (about 0.25 ns an element), but only up to about 11 operations deep,
+# and maximum, minimum and clip (NaN checks) or a select between two arrays keep a loop scalar.
+# The "polynomial" formulations are built from the vectorised operations, each in kernels shallow
+# enough to fuse, and are as accurate in float32 as mlx's own; other dtypes and the GPU use mlx's ops.
 
 
 def _estrin5(c: tuple[float, ...], x: mx.array) -> mx.array:
@@ -52,41 +66,42 @@ def _estrin5(c: tuple[float, ...], x: mx.array) -> mx.array:
     return (c[0] + c[1] * x) + x2 * ((c[2] + c[3] * x) + x2 * (c[4] + c[5] * x))
 
 
-def _exp2(t: mx.array) -> mx.array:
-    """2**t in float32: a polynomial for the fraction times 2**whole built in the exponent bits.
-
-    Below -126 it returns the smallest normal number (2**-126) rather than 0; from 128 on, +inf.
-    """
-    return _exp2_in_range(mx.clip(t, -126.0, 128.0))
+def _estrin7(c: tuple[float, ...], x: mx.array) -> mx.array:
+    """c[0] + c[1] x + ... + c[7] x^7 in Estrin's form (six operations deep)."""
+    x2 = x * x
+    x4 = x2 * x2
+    return ((c[0] + c[1] * x) + x2 * (c[2] + c[3] * x)) + x4 * ((c[4] + c[5] * x) + x2 * (c[6] + c[7] * x))
 
 
 def _exp2_in_range(t: mx.array) -> mx.array:
-    """_exp2 for t already within [-126, 128] (each op saved keeps more of the graph in one kernel)."""
+    """2**t in float32 for t within [-126, 128]: a polynomial for the fraction times 2**whole built
+    in the exponent bits."""
     whole = (t + _ROUND) - _ROUND
     bits = mx.left_shift(whole.astype(mx.int32) + 127, 23)
     return _estrin5(_EXP2, t - whole) * mx.view(bits, mx.float32)
 
 
-def _erf(z: mx.array) -> mx.array:
-    z = mx.clip(z, -_ERF_CLAMP, _ERF_CLAMP)
-    u = z * z
-    return mx.clip(z * _estrin5(_ERF_P, u) / _estrin5(_ERF_Q, u), -1.0, 1.0)
+def _bump_argument(limit: float) -> Callable[[mx.array], mx.array]:
+    """|x| where the bump is not negligible, else 0 (every bump is 0 at 0): its own kernel, so that
+    the rational that follows fuses into one."""
+    return mx.compile(lambda x: mx.where(mx.abs(x) < limit, mx.abs(x), 0.0))
 
 
-def _silu(x: mx.array) -> mx.array:
-    return x / (1 + _exp2(x * -LOG2E))
+def _relu_minus_bump(p: tuple[float, ...], q: tuple[float, ...], scale: float = 1.0):
+    """relu(x) - scale * P(a) / Q(a) for the bump argument a of x."""
+    return lambda x, a: (0.5 * x + 0.5 * mx.abs(x)) - _estrin7(p, a) / (_estrin7(q, a) * (1 / scale))
 
 
-def _gelu(x: mx.array) -> mx.array:
-    return 0.5 * x * (1 + _erf(x * 0.7071067811865476))
-
-
+_silu_argument = _bump_argument(_SILU_LIMIT)
+_gelu_argument = _bump_argument(_GELU_LIMIT)
+_silu_finish = _relu_minus_bump(_SILU_P, _SILU_Q)
+_gelu_finish = _relu_minus_bump(_GELU_P, _GELU_Q)
+_silu_poly = mx.compile(_silu_finish)  # (x, _silu_argument(x))
+_gelu_poly = mx.compile(_gelu_finish)
+_quick_gelu_poly = mx.compile(_relu_minus_bump(_SILU_P, _SILU_Q, 1 / _QUICK_GELU))  # (x, _silu_argument(1.702 x))
+_geglu_poly = mx.compile(lambda value, gate, a: value * _gelu_finish(gate, a))
 # exp2(scores - row max) of base-2 scores; the difference is never positive
 _softmax_numerator = mx.compile(lambda s, peak: _exp2_in_range(mx.maximum(s - peak, -126.0)))
-_silu_poly = mx.compile(_silu)
-_quick_gelu_poly = mx.compile(lambda x: x / (1 + _exp2(x * (-1.702 * LOG2E))))
-_gelu_poly = mx.compile(_gelu)
-_geglu_poly = mx.compile(lambda value, gate: value * _gelu(gate))
 
 
 def _polynomial(x: mx.array) -> bool:
@@ -94,22 +109,24 @@ def _polynomial(x: mx.array) -> bool:
 
 
 def silu(x: mx.array) -> mx.array:
-    return _silu_poly(x) if _polynomial(x) else nn.silu(x)
+    return _silu_poly(x, _silu_argument(x)) if _polynomial(x) else nn.silu(x)
 
 
 def quick_gelu(x: mx.array) -> mx.array:
     """OpenAI CLIP's x * sigmoid(1.702 x)."""
-    return _quick_gelu_poly(x) if _polynomial(x) else x * mx.sigmoid(1.702 * x)
+    if _polynomial(x):
+        return _quick_gelu_poly(x, _silu_argument(x * _QUICK_GELU))
+    return x * mx.sigmoid(_QUICK_GELU * x)
 
 
 def gelu(x: mx.array) -> mx.array:
     """Exact (erf) GELU."""
-    return _gelu_poly(x) if _polynomial(x) else nn.gelu(x)
+    return _gelu_poly(x, _gelu_argument(x)) if _polynomial(x) else nn.gelu(x)
 
 
 def geglu(value: mx.array, gate: mx.array) -> mx.array:
     """value * gelu(gate), fused on the CPU."""
-    return _geglu_poly(value, gate) if _polynomial(value) else value * nn.gelu(gate)
+    return _geglu_poly(value, gate, _gelu_argument(gate)) if _polynomial(value) else value * nn.gelu(gate)
 
 
 class GroupNorm(nn.Module):
@@ -162,9 +179,18 @@ def _normalize(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> 
     return (x - mean) * scale + bias
 
 
+def _normalize_for_silu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> tuple[mx.array, mx.array]:
+    y = _normalize(x, mean, scale, bias)
+    return y, mx.where(mx.abs(y) < _SILU_LIMIT, mx.abs(y), 0.0)
+
+
 _squared_deviation = mx.compile(lambda x, mean: mx.square(x - mean))
 _group_affine = mx.compile(_normalize)
-_group_affine_silu = mx.compile(lambda x, mean, scale, bias: _silu(_normalize(x, mean, scale, bias)))
+_group_affine_silu_argument = mx.compile(_normalize_for_silu)
+
+
+def _group_affine_silu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> mx.array:
+    return _silu_poly(*_group_affine_silu_argument(x, mean, scale, bias))
 
 
 class Conv2d(nn.Conv2d):
@@ -366,6 +392,13 @@ def in_batch_halves(fn: Callable[..., mx.array], *batched: mx.array | None) -> m
         with mx.stream(stream):
             outputs.append(fn(*(None if a is None else a[start:stop] for a in batched)))
     return mx.concatenate(outputs, axis=0)
+
+
+def between_blocks(x: mx.array) -> mx.array:
+    """x, evaluated now where the device evaluates block by block (DevicePolicy.eval_blocks)."""
+    if policy().eval_blocks:
+        mx.eval(x)
+    return x
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .layers import Conv2d, GroupNorm, attention, upsample_conv
+from .layers import Conv2d, GroupNorm, attention, between_blocks, upsample_conv
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -157,9 +157,9 @@ class Decoder(nn.Module):
         self.conv_out = Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.mid_block(self.conv_in(x))
+        x = between_blocks(self.mid_block(self.conv_in(x)))
         for block in self.up_blocks:
-            x = block(x)
+            x = between_blocks(block(x))
         return self.conv_out(self.conv_norm_out(x, silu=True))
 
 
