@@ -7,14 +7,16 @@ half precision is the fast path. Layers ask this module rather than testing the 
 The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in float32:
 - attention "chunked": exact attention in blocks of heads and queries with a polynomial exp2 and the
   softmax normalised after the product with v; mlx's CPU softmax spends ~11 ns an element in exp.
-- element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) from multiply/add/shift only, fused by
-  mx.compile.
+- element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) as relu minus a rational bump, in
+  mx.compile kernels shallow enough to fuse and free of the ops that keep mlx's JIT loops scalar.
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
   other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
 - a buffer cache for freed activations: the CPU allocator keeps only 32 MB by default, so every
   larger activation comes fresh from the OS and each of its pages costs a fault (an element-wise op
   over 64 MB runs 10x slower than over a reused buffer).
+- two worker streams, one per core: weight casts at load and the halves of the UNet's CFG batch
+  (mlx runs each stream's element-wise work on one thread); the VAE decoder evaluated block by block.
 The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv2d, mlx's activations.
 """
 
