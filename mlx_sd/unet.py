@@ -297,17 +297,11 @@ class UNet2DConditionModel(nn.Module):
         timestep = self._check_inputs(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
         return in_batch_halves(self._forward, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
 
-    def _forward(
-        self,
-        sample: mx.array,
-        timestep: mx.array,
-        encoder_hidden_states: mx.array,
-        text_embeds: mx.array | None,
-        time_ids: mx.array | None,
-    ) -> mx.array:
+    def _forward(self, sample: mx.array, timestep: mx.array, context: mx.array, *text_time: mx.array | None) -> mx.array:
+        """The model on checked inputs; `text_time` is SDXL's (text_embeds, time_ids) or (None, None)."""
+        text_embeds, time_ids = text_time
         config = self.config
         dtype = sample.dtype
-        context = encoder_hidden_states
 
         # time embedding
         temb = self.time_embedding(
