@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-from transformers import CLIPTokenizer
 
 from mlx_sd.config import CLIPTextConfig, ModelConfig
 from mlx_sd.reference import models
-from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 PIPELINES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
@@ -35,7 +33,7 @@ def save_diffusers(config: ModelConfig, folder: Path) -> None:
         text_config = getattr(config, name)
         if text_config is not None:
             components[name] = _text_encoder(text_config, generator)
-            components[tok] = _tokenizer(text_config)
+            components[tok] = models.bundled_tokenizer(text_config.pad_token_id)
     pipeline_cls = PIPELINES[config.family]
     if pipeline_cls is StableDiffusionPipeline:
         components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -70,7 +68,3 @@ def _text_encoder(config: CLIPTextConfig, generator: torch.Generator) -> torch.n
                 param.mul_(1 / math.sqrt(config.num_hidden_layers))
     return model
 
-
-def _tokenizer(config: CLIPTextConfig) -> CLIPTokenizer:
-    pad = "!" if config.pad_token_id == 0 else "<|endoftext|>"  # OpenCLIP pads with id 0
-    return CLIPTokenizer.from_pretrained(str(BUNDLED_FOLDER), pad_token=pad, model_max_length=77, local_files_only=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlx_sd.config import ModelConfig, SourceInfo
 from mlx_sd.model_format import TOKENIZER_FOR
-from mlx_sd.tokenizer import EOS_TOKEN
+from mlx_sd.tokenizer import EOS_TOKEN, OPENCLIP_PAD_TOKEN
 
 from . import infer_config
 from .detect import SDXL_V_PRED_MARKER, Layout, TextEncoderSource, detect_layout
@@ -25,7 +25,7 @@ from .plan import Plan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
 from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
-from .tokenizer_files import OPENCLIP_PAD_TOKEN, bundled
+from .tokenizer_files import bundled
 
 DEFAULT_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024, "sdxl-refiner": 1024}
 SD2_V_SIZE = 768

@@ -11,8 +11,6 @@ from mlx_sd.tokenizer import BUNDLED_FOLDER, EOS_TOKEN
 
 from .errors import ConversionError
 
-OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (sd_facts 3.3)
-
 
 def bundled(pad_token: str, staging: Path) -> Path:
     """A copy of the bundled vocabulary whose tokenizer_config names `pad_token`, under `staging`."""

@@ -81,24 +81,24 @@ def _exp2_in_range(t: mx.array) -> mx.array:
     return _estrin5(_EXP2, t - whole) * mx.view(bits, mx.float32)
 
 
-def _bump_argument(limit: float) -> Callable[[mx.array], mx.array]:
-    """|x| where the bump is not negligible, else 0 (every bump is 0 at 0): its own kernel, so that
-    the rational that follows fuses into one."""
-    return mx.compile(lambda x: mx.where(mx.abs(x) < limit, mx.abs(x), 0.0))
+def _bump_argument(x: mx.array, limit: float) -> mx.array:
+    """|x| where the bump is not negligible, else 0 (every bump is 0 at 0). In a kernel of its own
+    (or ending one), so that the rational that follows fuses into one."""
+    return mx.where(mx.abs(x) < limit, mx.abs(x), 0.0)
 
 
-def _relu_minus_bump(p: tuple[float, ...], q: tuple[float, ...], scale: float = 1.0):
-    """relu(x) - scale * P(a) / Q(a) for the bump argument a of x."""
-    return lambda x, a: (0.5 * x + 0.5 * mx.abs(x)) - _estrin7(p, a) / (_estrin7(q, a) * (1 / scale))
+def _relu_minus_bump(p: tuple[float, ...], q: tuple[float, ...]):
+    """relu(x) - P(a) / Q(a) for the bump argument a of x."""
+    return lambda x, a: (0.5 * x + 0.5 * mx.abs(x)) - _estrin7(p, a) / _estrin7(q, a)
 
 
-_silu_argument = _bump_argument(_SILU_LIMIT)
-_gelu_argument = _bump_argument(_GELU_LIMIT)
-_silu_finish = _relu_minus_bump(_SILU_P, _SILU_Q)
+_silu_argument = mx.compile(lambda x: _bump_argument(x, _SILU_LIMIT))
+_gelu_argument = mx.compile(lambda x: _bump_argument(x, _GELU_LIMIT))
 _gelu_finish = _relu_minus_bump(_GELU_P, _GELU_Q)
-_silu_poly = mx.compile(_silu_finish)  # (x, _silu_argument(x))
+_silu_poly = mx.compile(_relu_minus_bump(_SILU_P, _SILU_Q))  # (x, _silu_argument(x))
 _gelu_poly = mx.compile(_gelu_finish)
-_quick_gelu_poly = mx.compile(_relu_minus_bump(_SILU_P, _SILU_Q, 1 / _QUICK_GELU))  # (x, _silu_argument(1.702 x))
+# (x, _silu_argument(1.702 x)): the SiLU bump of 1.702 x, divided by 1.702 through its numerator
+_quick_gelu_poly = mx.compile(_relu_minus_bump(tuple(c / _QUICK_GELU for c in _SILU_P), _SILU_Q))
 _geglu_poly = mx.compile(lambda value, gate, a: value * _gelu_finish(gate, a))
 # exp2(scores - row max) of base-2 scores; the difference is never positive
 _softmax_numerator = mx.compile(lambda s, peak: _exp2_in_range(mx.maximum(s - peak, -126.0)))
@@ -181,7 +181,7 @@ def _normalize(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> 
 
 def _normalize_for_silu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.array) -> tuple[mx.array, mx.array]:
     y = _normalize(x, mean, scale, bias)
-    return y, mx.where(mx.abs(y) < _SILU_LIMIT, mx.abs(y), 0.0)
+    return y, _bump_argument(y, _SILU_LIMIT)
 
 
 _squared_deviation = mx.compile(lambda x, mean: mx.square(x - mean))
@@ -241,25 +241,38 @@ def _conv1x1(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
 
 
 def _conv3x3_shifted(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
-    """3x3, stride 1, padding 1 as nine accumulated matmuls over the flattened padded image.
+    """3x3, stride 1, padding 1 as nine accumulated matmuls over the flattened padded image."""
+    taps = mx.contiguous(weight.transpose(1, 2, 3, 0))  # (3, 3, in, out): each tap a row-major GEMM operand
+    _, height, width, _ = x.shape
+    nine = [(i, j, taps[i, j]) for i in range(3) for j in range(3)]
+    return _shifted_matmuls(_padded_rows(x), height, width, nine, bias)
+
+
+def _padded_rows(x: mx.array) -> mx.array:
+    """x zero-padded by a column each side, a row above and two below (the last taps of the last row
+    reach one row past the image), flattened to (batch, rows, channels) for _shifted_matmuls."""
+    return mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _shifted_matmuls(
+    flat: mx.array, height: int, width: int, taps: list[tuple[int, int, mx.array]], bias: mx.array | None
+) -> mx.array:
+    """bias + the sum over taps (i, j, weight (in, out)) of the image shifted by i rows and j columns
+    @ weight, from _padded_rows of a (batch, height, width, in) image: (batch, height, width, out).
 
     With the image padded to width W+2 and flattened to rows, output position p (in padded-width
     coordinates) reads input row p + i*(W+2) + j for tap (i, j): each tap is one matmul of a
-    contiguous row range. Two junk columns per row are computed and dropped.
+    contiguous row range, accumulated in the GEMM itself (no patch buffer). Two junk columns per
+    row are computed and dropped.
     """
-    batch, height, width, channels = x.shape
     padded_width = width + 2
-    # one zero row above, two below: the last taps of the last row reach one row past the image
-    flat = mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(batch, -1, channels)
-    taps = mx.contiguous(weight.transpose(1, 2, 3, 0))  # (3, 3, in, out): each tap a row-major GEMM operand
     rows = height * padded_width
     out = bias
-    for i in range(3):
-        for j in range(3):
-            offset = i * padded_width + j
-            window = flat[:, offset : offset + rows]
-            out = window @ taps[i, j] if out is None else mx.addmm(out, window, taps[i, j])
-    return out.reshape(batch, height, padded_width, -1)[:, :, :width]
+    for i, j, tap in taps:
+        offset = i * padded_width + j
+        window = flat[:, offset : offset + rows]
+        out = window @ tap if out is None else mx.addmm(out, window, tap)
+    return out.reshape(flat.shape[0], height, padded_width, -1)[:, :, :width]
 
 
 # Winograd F(2x2, 3x3) loses below these sizes (measured): with few input or output channels the
@@ -353,23 +366,18 @@ _PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 
 
 def _upsample_conv3x3_phases(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
-    """The four output phases as 2x2 convolutions by shifted matmuls (as _conv3x3_shifted), interleaved."""
-    batch, height, width, channels = x.shape
-    padded_width = width + 2
-    flat = mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(batch, -1, channels)
-    rows = height * padded_width
+    """The four output phases as 2x2 convolutions by shifted matmuls, interleaved."""
+    batch, height, width, _ = x.shape
+    flat = _padded_rows(x)
     phases = []
     for a, row_taps in enumerate(_PHASE_TAPS):
         row_phases = []
         for b, column_taps in enumerate(_PHASE_TAPS):
-            out = bias
-            for r, kernel_rows in enumerate(row_taps):
-                for c, kernel_columns in enumerate(column_taps):
-                    tap = sum(weight[:, i, j] for i in kernel_rows for j in kernel_columns)  # (out, in)
-                    offset = (a + r) * padded_width + b + c
-                    window = flat[:, offset : offset + rows]
-                    out = window @ tap.T if out is None else mx.addmm(out, window, tap.T)
-            row_phases.append(out.reshape(batch, height, padded_width, -1)[:, :, :width])
+            taps = [
+                (a + r, b + c, sum(weight[:, i, j] for i in kernel_rows for j in kernel_columns).T)  # (in, out)
+                for r, kernel_rows in enumerate(row_taps) for c, kernel_columns in enumerate(column_taps)
+            ]
+            row_phases.append(_shifted_matmuls(flat, height, width, taps, bias))
         phases.append(mx.stack(row_phases, axis=3))  # (batch, height, width, 2 columns, out)
     return mx.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
 
@@ -383,12 +391,14 @@ def in_batch_halves(fn: Callable[..., mx.array], *batched: mx.array | None) -> m
     activations are a fraction of the whole batch's (SD1.5's UNet step at 512 with CFG: MLX peak
     4.9 -> 4.1 GB). None arguments pass through.
     """
-    parts = min(policy().batch_streams, next(a.shape[0] for a in batched if a is not None))
+    choice = policy()
+    rows = next(a.shape[0] for a in batched if a is not None)
+    parts = min(choice.batch_streams, rows)
     if parts < 2:
         return fn(*batched)
-    bounds = [round(i * batched[0].shape[0] / parts) for i in range(parts + 1)]
+    bounds = [round(i * rows / parts) for i in range(parts + 1)]
     outputs = []
-    for stream, start, stop in zip(worker_streams(policy().device), bounds, bounds[1:]):
+    for stream, start, stop in zip(worker_streams(choice.device), bounds, bounds[1:]):
         with mx.stream(stream):
             outputs.append(fn(*(None if a is None else a[start:stop] for a in batched)))
     return mx.concatenate(outputs, axis=0)

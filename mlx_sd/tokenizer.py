@@ -26,6 +26,7 @@ from .resources import resource
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (sd_facts 3.3); OpenAI CLIP pads with EOS
 COMMA_TOKEN = ",</w>"
 END_OF_WORD = "</w>"
 CONTEXT_LENGTH = 77  # BOS + 75 tokens + EOS

@@ -39,19 +39,16 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 import ldm_export as ldm
-from mlx_sd.reference.models import TOKENIZER_FILES, hf_clip_state, save_hub_layout
-from mlx_sd.tokenizer import BUNDLED_FOLDER
+from mlx_sd.reference.models import bundled_tokenizer, hf_clip_state, save_hub_layout
 
 KINDS = ("sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-refiner")
 
 VOCAB_SIZE = 49408
 MAX_POSITIONS = 77
 BOS_ID, EOS_ID = 49406, 49407
-OPENAI_PAD = "<|endoftext|>"  # OpenAI CLIP pads with EOS
-OPENCLIP_PAD = "!"  # OpenCLIP pads with id 0 (sd_facts 3.3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,16 +245,6 @@ def init_unit_scale(model: torch.nn.Module, generator: torch.Generator) -> None:
         raise RuntimeError(f"parameters left uninitialised: {missed[:5]}")
 
 
-def load_tokenizer(pad_token: str) -> CLIPTokenizer:
-    """The bundled CLIP vocabulary as a transformers tokenizer with the family's pad token."""
-    missing = [name for name in TOKENIZER_FILES if not (BUNDLED_FOLDER / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"bundled tokenizer files missing in {BUNDLED_FOLDER}: {', '.join(missing)}")
-    return CLIPTokenizer.from_pretrained(
-        str(BUNDLED_FOLDER), pad_token=pad_token, model_max_length=MAX_POSITIONS, local_files_only=True
-    )
-
-
 def _text_encoder(kind: str, component: str, te: TextEncoderSpec) -> torch.nn.Module:
     cls = CLIPTextModelWithProjection if te.projection else CLIPTextModel
     model = cls(te.config())
@@ -295,7 +282,7 @@ def build_pipeline(kind: str) -> DiffusionPipeline:
     ):
         if te is not None:
             components[name] = _text_encoder(kind, name, te)
-            components[tok] = load_tokenizer(OPENCLIP_PAD if te.openclip else OPENAI_PAD)
+            components[tok] = bundled_tokenizer(0 if te.openclip else EOS_ID)
         elif s.family in ("sdxl", "sdxl-refiner"):
             components[name] = None
             components[tok] = None

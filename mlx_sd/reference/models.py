@@ -17,9 +17,21 @@ import transformers
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 
 from mlx_sd.config import CLIPTextConfig, UNetConfig, VAEConfig
-from mlx_sd.tokenizer import BUNDLED_FOLDER
+from mlx_sd.tokenizer import BUNDLED_FOLDER, CONTEXT_LENGTH, EOS_TOKEN, OPENCLIP_PAD_TOKEN
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def bundled_tokenizer(pad_token_id: int) -> transformers.CLIPTokenizer:
+    """The bundled CLIP vocabulary as a transformers tokenizer padding with `pad_token_id`
+    (0 for OpenCLIP, EOS for OpenAI CLIP), 77 tokens long."""
+    missing = [name for name in TOKENIZER_FILES if not (BUNDLED_FOLDER / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"bundled tokenizer files missing in {BUNDLED_FOLDER}: {', '.join(missing)}")
+    pad = OPENCLIP_PAD_TOKEN if pad_token_id == 0 else EOS_TOKEN
+    return transformers.CLIPTokenizer.from_pretrained(
+        str(BUNDLED_FOLDER), pad_token=pad, model_max_length=CONTEXT_LENGTH, local_files_only=True
+    )
 
 
 def text_encoder(config: CLIPTextConfig) -> transformers.CLIPTextModel | transformers.CLIPTextModelWithProjection:
