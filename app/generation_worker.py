@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
+from mlx_sd.cpu_memory import release_free_memory
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
@@ -194,6 +195,8 @@ class GenerationWorker(QObject):
         except Exception as exc:  # every failure becomes a message in the window, never a crash
             self.failed.emit(job.job_id, describe_error(exc))
             return
+        finally:
+            release_free_memory()  # between runs the app holds its model, not the last run's activations
         self.status.emit("Saving…")
         entries, record_error = self._record(job, result)
         self.finished.emit(JobResult(job, result, entries, record_error))

@@ -12,9 +12,8 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
   other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
-- a buffer cache for freed activations: the CPU allocator keeps only 32 MB by default, so every
-  larger activation comes fresh from the OS and each of its pages costs a fault (an element-wise op
-  over 64 MB runs 10x slower than over a reused buffer).
+- freed activations kept in glibc's heap for reuse (mlx_sd.cpu_memory): otherwise every one over
+  32 MB comes fresh from the OS and each of its pages costs a fault.
 - two worker streams, one per core: weight casts at load and the halves of the UNet's CFG batch
   (mlx runs each stream's element-wise work on one thread); the VAE decoder evaluated block by block.
 The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv2d, mlx's activations.
@@ -27,11 +26,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .cpu_memory import keep_freed_memory
+
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 ATTENTION_CHUNK_BYTES = 16 << 20  # scores per block: stays in a 32 MB L3; larger blocks gain nothing
-# Freed buffers kept for reuse on the CPU. Measured on the SD1.5 UNet step and VAE decode at 512:
-# 512 MB is as fast as 1, 2 or 6 GB and keeps the resident memory 0.5-5 GB lower.
-CPU_CACHE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -113,16 +111,16 @@ def gpu_available() -> bool:
         return False
 
 
-def configure_cpu_allocator() -> int | None:
-    """Keep freed buffers for reuse when mlx runs on its CPU allocator; returns the limit set.
+def configure_cpu_allocator() -> str | None:
+    """Keep freed CPU buffers for reuse (mlx_sd.cpu_memory) when mlx runs on its CPU allocator;
+    returns where they are kept.
 
     Nothing changes where a GPU exists: the CPU then shares the GPU allocator, whose default cache
     is already as large as its memory limit.
     """
     if gpu_available():
         return None
-    mx.set_cache_limit(CPU_CACHE_BYTES)
-    return CPU_CACHE_BYTES
+    return keep_freed_memory()
 
 
 configure_cpu_allocator()

@@ -21,6 +21,7 @@ from mlx.utils import tree_flatten
 
 from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
+from .cpu_memory import release_free_memory
 from .config import ModelConfig
 from .device import dtype_from_name, policy
 from .generation import generate
@@ -92,6 +93,7 @@ class Pipeline:
             except (TokenizerError, OSError) as exc:
                 raise ModelFolderError(f"{TOKENIZER_FOR[name]}: cannot read {path}: {exc}") from exc
 
+        release_free_memory()  # the storage-dtype copies the casts read from
         return cls(
             config=config,
             unet=models["unet"],
@@ -153,7 +155,7 @@ class Pipeline:
         self.text_encoder = self.text_encoder_2 = None
         self._prompt_encoder = None
         gc.collect()
-        mx.clear_cache()
+        release_free_memory()
 
 
 def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype) -> None:

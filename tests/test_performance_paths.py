@@ -10,7 +10,12 @@ Nothing here is timed (speed is measured by `python -m benchmarks.run`).
 from __future__ import annotations
 
 import dataclasses
+import json
+import resource
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
@@ -23,7 +28,7 @@ import torch
 from scipy.special import erf
 
 import mlx_sd.layers as layers
-from mlx_sd import device
+from mlx_sd import cpu_memory, device
 from mlx_sd.config import UNetConfig, VAEConfig
 from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import load_weights
@@ -90,16 +95,81 @@ def load_on_this_thread(tmp_path) -> str:
     return "loaded"
 
 
-def test_cpu_allocator_keeps_freed_buffers_for_reuse():
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _fresh_pages_for(shape: tuple[int, ...]) -> int:
+    """Page faults taken by evaluating a new float32 array of `shape`."""
+    before = _page_faults()
+    array = mx.ones(shape)
+    mx.eval(array)
+    return _page_faults() - before
+
+
+def test_cpu_allocator_reuses_freed_buffers_without_page_faults():
     if device.gpu_available():
         assert device.configure_cpu_allocator() is None
         return
-    limit = device.configure_cpu_allocator()
-    assert limit >= 512 << 20  # far above mlx's 32 MB default
-    big = mx.random.normal((64, 1 << 20))  # 256 MiB, freed into the cache below
+    assert device.configure_cpu_allocator() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
+    pages = (256 << 20) // 4096
+    first = _fresh_pages_for((64, 1 << 20))  # 256 MiB, freed on return
+    # glibc alone would map a fresh 256 MiB and fault each of its pages in again
+    assert _fresh_pages_for((64, 1 << 20)) < pages // 20 < first
+    # another size reuses the same memory too (mlx's own cache only takes sizes within 8 KB)
+    assert _fresh_pages_for((48, 1 << 20)) < pages // 20
+
+
+THREAD_REUSE = """
+import resource, threading
+import mlx_sd
+import mlx.core as mx
+
+def fresh_pages(shape):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    mx.eval(mx.ones(shape))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults = []
+worker = threading.Thread(target=lambda: faults.extend(fresh_pages((n, 1 << 20)) for n in (64, 64, 48)))
+worker.start()
+worker.join()
+print(faults)
+"""
+
+
+@pytest.mark.skipif(cpu_memory._glibc() is None or device.gpu_available(), reason="glibc's heap on mlx's CPU")
+def test_a_generation_thread_reuses_freed_buffers_too():
+    """The app generates on its own thread: without one shared arena, a thread's glibc arena
+    serves every request above 64 MB with a fresh mmap. Run in a fresh process, as the app starts."""
+    done = subprocess.run([sys.executable, "-c", THREAD_REUSE], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    first, again, smaller = json.loads(done.stdout.strip().splitlines()[-1])
+    pages = (256 << 20) // 4096
+    assert first > pages // 2 and again < pages // 20 and smaller < pages // 20, (first, again, smaller)
+
+
+@pytest.mark.skipif(cpu_memory._glibc() is None, reason="malloc_trim is glibc's")
+def test_release_free_memory_returns_the_heap_to_the_os():
+    def rss_mb() -> float:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    big = mx.ones((128, 1 << 20))  # 512 MiB
     mx.eval(big)
     del big
-    assert mx.get_cache_memory() >= 256 << 20
+    kept = rss_mb()
+    cpu_memory.release_free_memory()
+    assert rss_mb() < kept - 400
+
+
+def test_without_glibc_mlx_caches_freed_buffers(monkeypatch):
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: None)
+    try:
+        assert cpu_memory.keep_freed_memory() == "mlx cache"
+        assert mx.set_cache_limit(0) == cpu_memory.FALLBACK_CACHE_BYTES
+    finally:
+        monkeypatch.undo()
+        device.configure_cpu_allocator()
 
 
 # ---------------------------------------------------------------------------------------------
