@@ -97,9 +97,13 @@ class CLIPEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
 
-    def __call__(self, input_ids: mx.array) -> mx.array:
-        positions = mx.arange(input_ids.shape[1])
-        return self.token_embedding(input_ids) + self.position_embedding(positions)
+    def __call__(self, input_ids: mx.array, dtype: mx.Dtype | None = None) -> mx.array:
+        """Token + position embeddings, summed in `dtype` (None: the weights' dtype)."""
+        tokens = self.token_embedding(input_ids)
+        positions = self.position_embedding(mx.arange(input_ids.shape[1]))
+        if dtype is not None:
+            tokens, positions = tokens.astype(dtype), positions.astype(dtype)
+        return tokens + positions
 
 
 class CLIPEncoder(nn.Module):
@@ -118,10 +122,16 @@ class CLIPTextTransformer(nn.Module):
 
 class CLIPTextModel(nn.Module):
     """One text tower; `config.projection_dim` adds `text_projection` (transformers'
-    CLIPTextModelWithProjection). Parameters are built lazily: nothing is evaluated until loaded."""
+    CLIPTextModelWithProjection). Parameters are built lazily: nothing is evaluated until loaded.
 
-    def __init__(self, config: CLIPTextConfig):
+    `compute_dtype` (None: the weights' own) is the dtype the tower computes in: the embeddings
+    are cast to it before they are summed and each later op promotes its weights, so float16 weights run in float32 with
+    no float32 copy kept (the CPU's choice, device.DevicePolicy.text_encoders_in_storage_dtype).
+    """
+
+    def __init__(self, config: CLIPTextConfig, compute_dtype: mx.Dtype | None = None):
         super().__init__()
+        self.compute_dtype = compute_dtype
         if config.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}, got {config.hidden_act!r}")
         if config.hidden_size % config.num_attention_heads:
@@ -166,7 +176,7 @@ class CLIPTextModel(nn.Module):
 
     def _hidden_states(self, input_ids: mx.array, num_layers: int) -> list[mx.array]:
         self._check_ids(input_ids)
-        x = self.text_model.embeddings(input_ids)
+        x = self.text_model.embeddings(input_ids, self.compute_dtype)
         mask = causal_mask(x.shape[1], x.dtype)
         states = [x]
         for layer in self.text_model.encoder.layers[:num_layers]:

@@ -14,6 +14,8 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
 - freed activations kept in glibc's heap for reuse (mlx_sd.cpu_memory): otherwise every one over
   32 MB comes fresh from the OS and each of its pages costs a fault.
+- the text encoders keep their float16/bfloat16 weights and promote them to float32 inside each op
+  (run once per prompt, a resident float32 copy would cost more memory than the casts cost time).
 - two worker streams, one per core: weight casts at load and the halves of the UNet's CFG batch
   (mlx runs each stream's element-wise work on one thread); the VAE decoder evaluated block by block.
 The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv2d, mlx's activations.
@@ -55,6 +57,10 @@ class DevicePolicy:
     # of the 512x512 activations alive at once (SD's VAE decode at 512: MLX peak 2.19 -> 1.61 GB on the
     # CPU, same time); the GPU overlaps its work best with the whole graph.
     eval_blocks: bool = False
+    # Keep the text encoders' weights in the storage dtype and let each op promote them to the
+    # compute dtype (mlx_sd.clip.CLIPTextModel.compute_dtype): they run once per prompt, so on the
+    # CPU a resident float32 copy costs more memory (SD1.5 0.25 GB, SDXL 1.6 GB) than its casts cost time.
+    text_encoders_in_storage_dtype: bool = False
 
 
 def dtype_from_name(name: str) -> mx.Dtype:
@@ -80,7 +86,7 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     if device == "cpu":
         return DevicePolicy(
             "cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul", quantized="dequantize",
-            batch_streams=CPU_STREAMS, eval_blocks=True,
+            batch_streams=CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 

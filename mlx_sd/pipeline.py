@@ -83,7 +83,7 @@ class Pipeline:
 
         models = build_models(config)
         for name, model in models.items():
-            _load(model, folder, name, dtype)
+            _load(model, folder, name, dtype, dtype_from_name(config.dtype))
 
         tokenizers: dict[str, CLIPTokenizer | None] = {"tokenizer": None, "tokenizer_2": None}
         for name, text_config in config.text_encoders.items():
@@ -140,7 +140,7 @@ class Pipeline:
             for name, text_config in self.config.text_encoders.items():
                 if getattr(self, name) is None:
                     model = CLIPTextModel(text_config)
-                    _load(model, self.folder, name, self.dtype)
+                    _load(model, self.folder, name, self.dtype, dtype_from_name(self.config.dtype))
                     setattr(self, name, model)
                 pairs.append((getattr(self, TOKENIZER_FOR[name]), getattr(self, name)))
             self._prompt_encoder = PromptEncoder(
@@ -158,6 +158,11 @@ class Pipeline:
         release_free_memory()
 
 
-def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype) -> None:
+def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype, storage_dtype: mx.Dtype) -> None:
+    """Load `name`'s weights into `model` to compute in `dtype`; a text encoder keeps a narrower
+    `storage_dtype` where the device policy says so."""
+    keep_storage = policy(storage_dtype).text_encoders_in_storage_dtype and storage_dtype.size < dtype.size
+    if isinstance(model, CLIPTextModel) and keep_storage:
+        model.compute_dtype, dtype = dtype, storage_dtype
     load_weights(model, weights_file(folder, name), name, dtype)
     mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O

@@ -10,9 +10,10 @@ import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from mlx_sd import model_format
+from mlx_sd.clip import CLIPTextModel
 from mlx_sd.device import policy
 from mlx_sd.model_format import ModelFolderError, WeightsError, write_model
 from mlx_sd.pipeline import Pipeline
@@ -49,7 +50,13 @@ def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
         assert expected == mx.float32  # float16 files compute in float32 on the CPU
     assert pipe.config == CONFIGS[family]
     assert pipe.folder == folder
-    assert_same_parameters(pipe, written, expected)
+    # on the CPU the text encoders keep their float16 weights and compute in float32
+    kept = policy(mx.float16).text_encoders_in_storage_dtype
+    for name, weights in written.items():
+        is_text = name.startswith("text_encoder")
+        assert_same_parameters(pipe, {name: weights}, mx.float16 if is_text and kept else expected)
+        if is_text:
+            assert getattr(pipe, name).compute_dtype == (expected if kept else None)
 
     config = CONFIGS[family]
     for encoder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
@@ -59,6 +66,24 @@ def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
         else:
             assert getattr(pipe, tokenizer).pad_id == text_config.pad_token_id
             assert getattr(pipe, tokenizer)("a cat")[:1] == [49406]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_text_encoders_in_storage_dtype_compute_as_float32_copies(folders: dict, family: str) -> None:
+    pipe = Pipeline.load(folders[family][0])
+    ids = mx.array([pipe.tokenizer_2("a cat on a mat") if pipe.tokenizer is None else pipe.tokenizer("a cat on a mat")])
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name)
+        if encoder is None:
+            continue
+        copy = CLIPTextModel(encoder.config)
+        copy.update(tree_map(lambda p: p.astype(mx.float32), encoder.parameters()))
+        for clip_skip in (1, 2):
+            kept, cast = encoder.encode(ids, clip_skip), copy.encode(ids, clip_skip)
+            assert kept.hidden.dtype == mx.float32
+            assert np.abs(np.array(kept.hidden) - np.array(cast.hidden)).max() < 1e-6
+            if cast.pooled is not None:
+                assert np.abs(np.array(kept.pooled) - np.array(cast.pooled)).max() < 1e-6
 
 
 def test_dtype_override(folders: dict) -> None:
