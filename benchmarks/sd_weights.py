@@ -7,7 +7,9 @@ and our converted model folder made from it by `convert_model`:
     <cache>/<family>/diffusers/   model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/
     <cache>/<family>/mlx/         model.json, unet.safetensors, ...
 
-Both sides of the benchmark therefore load the same weights from disk.
+Both sides of the benchmark therefore load the same weights from disk. `locate` imports nothing of
+mlx_sd: importing it configures the process's memory allocator (mlx_sd.cpu_memory), and the torch
+sides must run as diffusers' users run them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-from mlx_sd.config import ModelConfig, preset
 
 DEFAULT_CACHE = Path("/work/bench_cache")
 # benchmark family -> mlx_sd.config preset (sd21 is the 768 v-model: the compute of 2.1-base at any size)
@@ -30,11 +29,12 @@ class CachedModel:
     family: str
     diffusers: Path
     mlx: Path
-    config: ModelConfig
 
 
 def prepare(family: str, cache: Path = DEFAULT_CACHE, log=print) -> CachedModel:
     """The family's cached model folders, building and converting them first when missing."""
+    from mlx_sd.config import preset  # mlx_sd first: it binds OpenBLAS before anything loads mlx.core
+
     cached = locate(family, cache)
     diffusers_dir, mlx_dir, root = cached.diffusers, cached.mlx, cached.diffusers.parent
     if not (diffusers_dir / "model_index.json").is_file():
@@ -44,7 +44,7 @@ def prepare(family: str, cache: Path = DEFAULT_CACHE, log=print) -> CachedModel:
         log(f"building random full-size {family} weights in {diffusers_dir} ...")
         staging = root / "diffusers.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        save_diffusers(cached.config, staging)
+        save_diffusers(preset(FAMILIES[family]), staging)
         staging.rename(diffusers_dir)
         log(f"  done in {time.perf_counter() - started:.0f} s")
     if not (mlx_dir / "model.json").is_file():
@@ -63,4 +63,4 @@ def locate(family: str, cache: Path = DEFAULT_CACHE) -> CachedModel:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     root = Path(cache) / family
-    return CachedModel(family, root / "diffusers", root / "mlx", preset(FAMILIES[family]))
+    return CachedModel(family, root / "diffusers", root / "mlx")
