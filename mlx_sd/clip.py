@@ -124,14 +124,15 @@ class CLIPTextModel(nn.Module):
     """One text tower; `config.projection_dim` adds `text_projection` (transformers'
     CLIPTextModelWithProjection). Parameters are built lazily: nothing is evaluated until loaded.
 
-    `compute_dtype` (None: the weights' own) is the dtype the tower computes in: the embeddings
-    are cast to it before they are summed and each later op promotes its weights, so float16 weights run in float32 with
-    no float32 copy kept (the CPU's choice, device.DevicePolicy.text_encoders_in_storage_dtype).
+    `compute_dtype` (None: the weights' own; the pipeline sets it when it loads the weights) is the
+    dtype the tower computes in: the embeddings are cast to it before they are summed and each later
+    op promotes its weights, so float16 weights run in float32 with no float32 copy kept (the CPU's
+    choice, device.DevicePolicy.text_encoders_in_storage_dtype).
     """
 
-    def __init__(self, config: CLIPTextConfig, compute_dtype: mx.Dtype | None = None):
+    def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.compute_dtype = compute_dtype
+        self.compute_dtype: mx.Dtype | None = None
         if config.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)}, got {config.hidden_act!r}")
         if config.hidden_size % config.num_attention_heads:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 import mlx.core as mx
@@ -35,7 +36,9 @@ NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes
 FALLBACK_CACHE_BYTES = 512 << 20
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, looked up once (find_library runs ldconfig)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
