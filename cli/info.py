@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 
-from mlx_sd import blas
+from mlx_sd import blas, cpu_kernels
 from mlx_sd.config import PRESETS, ModelConfig, preset
 from mlx_sd.device import current_device, dtype_name, gpu_available, policy
 from mlx_sd.infotext import model_hash
@@ -67,6 +67,7 @@ def system_lines() -> list[str]:
         f"compute dtype: {dtype_name(half.compute_dtype)} for float16 weights, "
         f"{dtype_name(policy(mx.float32, device).compute_dtype)} for float32; attention: {half.attention}",
         f"BLAS: {blas.STATUS.openblas_path or 'the BLAS mlx was built with'} ({blas.STATUS.reason})",
+        f"CPU kernels: {cpu_kernels.status().reason if device == 'cpu' else 'not used on the GPU'}",
         f"float32 1024x1024 matmul: {matmul_gflops():.1f} GFLOPS",
         f"Python {platform.python_version()} on {platform.platform()}",
     ]

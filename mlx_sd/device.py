@@ -5,8 +5,10 @@ OpenBLAS, so the CPU always computes in float32 whatever the storage dtype. On t
 half precision is the fast path. Layers ask this module rather than testing the device themselves.
 
 The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in float32:
-- attention "chunked": exact attention in blocks of heads and queries with a polynomial exp2 and the
-  softmax normalised after the product with v; mlx's CPU softmax spends ~11 ns an element in exp.
+- attention "kernel": mlx-sd's fused C++ attention (mlx_sd.cpu_kernels), compiled on first use;
+  where it cannot be built, "chunked": exact attention in blocks of heads and queries with a
+  polynomial exp2 and the softmax normalised after the product with v (mlx's CPU softmax spends
+  ~11 ns an element in exp).
 - element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) as relu minus a rational bump, in
   mx.compile kernels shallow enough to fuse and free of the ops that keep mlx's JIT loops scalar.
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from . import cpu_kernels
 from .cpu_memory import keep_freed_memory
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -39,7 +42,8 @@ class DevicePolicy:
     device: str  # "cpu" or "gpu"
     compute_dtype: mx.Dtype
     # "fused": mx.fast.scaled_dot_product_attention; "matmul": explicit q@k^T, softmax, @v;
-    # "chunked": matmul over query chunks with a polynomial exp2 (float32).
+    # "chunked": matmul over query chunks with a polynomial exp2 (float32); "kernel": the
+    # compiled CPU kernel of mlx_sd.cpu_kernels (float32).
     attention: str
     # "native": mlx's activations and GroupNorm; "polynomial": the fused float32 forms in mlx_sd.layers.
     elementwise: str = "native"
@@ -84,8 +88,9 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     """The compute dtype and kernels to use for weights stored as `storage_dtype` on `device`."""
     device = device or current_device()
     if device == "cpu":
+        attention = "kernel" if cpu_kernels.available() else "chunked"
         return DevicePolicy(
-            "cpu", mx.float32, attention="chunked", elementwise="polynomial", conv="matmul", quantized="dequantize",
+            "cpu", mx.float32, attention=attention, elementwise="polynomial", conv="matmul", quantized="dequantize",
             batch_streams=CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")

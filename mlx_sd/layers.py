@@ -12,7 +12,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .device import policy, worker_streams
+from . import cpu_kernels
+from .device import CPU_STREAMS, policy, worker_streams
 
 LOG2E = 1.4426950408889634
 # Adding and subtracting 1.5 * 2**23 rounds a float32 of magnitude below 2**22 to an integer.
@@ -440,9 +441,9 @@ def attention(
 ) -> mx.array:
     """Multi-head scaled dot-product attention on projected (B, N, C) tensors.
 
-    `impl` picks the formulation ("fused", "matmul" or "chunked"); None uses the current device's
-    choice from `device.policy`. `upcast` computes scores and softmax in float32 (SD2.1-768 in half
-    precision); "chunked" always does.
+    `impl` picks the formulation ("fused", "matmul", "chunked" or "kernel"); None uses the current
+    device's choice from `device.policy`. `upcast` computes scores and softmax in float32 (SD2.1-768
+    in half precision); "chunked" and "kernel" always do.
     """
     choice = policy()
     impl = impl or choice.attention
@@ -454,7 +455,9 @@ def attention(
             q, k, v = q.astype(mx.float32), k.astype(mx.float32), v.astype(mx.float32)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         return merge_heads(out.astype(dtype))
-    if impl == "chunked":
+    if impl == "kernel" and mask is None:
+        return merge_heads(_kernel_attention(q, k, v, scale))
+    if impl in ("chunked", "kernel"):  # the kernel takes no mask (CLIP's causal one is small)
         return merge_heads(_chunked_attention(q, k, v, mask, choice.attention_chunk_bytes))
     if impl != "matmul":
         raise ValueError(f"unknown attention implementation {impl!r}")
@@ -466,6 +469,20 @@ def attention(
         scores = scores + mask
     weights = mx.softmax(scores, axis=-1, precise=True).astype(dtype)
     return merge_heads(weights @ v)
+
+
+def _kernel_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """(B, heads, N, d) attention by the compiled CPU kernel, in float32: one thread on a worker
+    stream (the other CFG half keeps the other core busy), all cores otherwise."""
+    batch, heads, queries, dim = q.shape
+    on_worker = mx.default_stream(mx.cpu) in worker_streams("cpu")
+    threads = 1 if on_worker else CPU_STREAMS
+
+    def pairs(x: mx.array) -> mx.array:
+        return x.astype(mx.float32).reshape(batch * heads, x.shape[2], dim)
+
+    out = cpu_kernels.fused_attention(pairs(q), pairs(k), pairs(v), scale, threads)
+    return out.reshape(batch, heads, queries, dim).astype(q.dtype)
 
 
 def _chunked_attention(

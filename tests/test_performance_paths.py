@@ -1,6 +1,6 @@
 """Every per-device formulation gives the same results as the plain one, at float32 tolerance.
 
-The CPU policy uses formulations chosen for speed (chunked attention with a polynomial exp2,
+The CPU policy uses formulations chosen for speed (a compiled attention kernel, or chunked attention with a polynomial exp2,
 polynomial SiLU/GELU, fused GroupNorm, convolutions as matmuls); the GPU policy keeps mlx's fused
 kernels. Each pair is checked against the other and against a float64 or torch reference, forcing
 the formulations through `mlx_sd.layers.policy` so both paths run here whatever the device.
@@ -59,7 +59,7 @@ def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
 
 def test_cpu_and_gpu_policies_choose_their_formulations():
     assert (CPU.attention, CPU.elementwise, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
-        "chunked", "polynomial", "matmul", mx.float32, 2,
+        "kernel", "polynomial", "matmul", mx.float32, 2,
     )
     gpu = device.policy(mx.float16, "gpu")
     assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.quantized, gpu.compute_dtype, gpu.batch_streams) == (
@@ -260,10 +260,12 @@ def test_attention_formulations_agree(case, use_policy):
     k, v = rand(batch, keys, channels, seed=2, scale=2.0), rand(batch, keys, channels, seed=3)
     expected = attention_reference(q, k, v, heads)
     use_policy(dataclasses.replace(CPU, attention_chunk_bytes=chunk))
-    outputs = {impl: np.array(layers.attention(q, k, v, heads, impl=impl)) for impl in ("fused", "matmul", "chunked")}
+    impls = ("fused", "matmul", "chunked", "kernel")
+    outputs = {impl: np.array(layers.attention(q, k, v, heads, impl=impl)) for impl in impls}
     for impl, out in outputs.items():
         assert np.abs(out - expected).max() < TOLERANCE, impl
     assert np.abs(outputs["chunked"] - outputs["fused"]).max() < TOLERANCE
+    assert np.abs(outputs["kernel"] - outputs["fused"]).max() < TOLERANCE
 
 
 def test_chunked_attention_with_causal_mask_and_half_inputs(use_policy):

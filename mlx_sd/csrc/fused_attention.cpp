@@ -1,0 +1,235 @@
+// Fused scaled dot-product attention for mlx's CPU backend (mlx_sd.cpu_kernels builds this file).
+//
+// mlx's CPU attention is a matmul, a softmax of several passes over the scores and another matmul:
+// the element-wise passes run on one thread with scalar exp, and the scores of SD's 64x64 self-
+// attention do not fit in any cache. Here each block of queries keeps its scores (keys x queries)
+// in the core's L2 cache, the softmax is one vectorised pass and both products are register-tiled
+// micro-kernels written with GCC vector extensions (AVX-512, AVX2 or NEON from one source).
+//
+// Layout: q (B, N, d), k (B, M, d), v (B, M, d), float32, row-contiguous; B = batch x heads.
+// Scores are kept transposed (key-major), so the softmax over keys runs across whole vectors of
+// queries and both products broadcast one operand from its natural layout: nothing is repacked
+// but a d x block copy of the queries.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <nanobind/nanobind.h>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;       // floats per vector register
+constexpr int kQueryVectors = 3; // a block of 48 queries
+constexpr int kKeyRows = 8;      // score tile: 8 keys x 48 queries in 24 accumulators
+constexpr int kChannelRows = 8;  // output tile: 8 channels x 48 queries
+#else
+constexpr int kLanes = 8;
+constexpr int kQueryVectors = 2;  // 16 queries: 12 accumulators fit 16 AVX2 registers
+constexpr int kKeyRows = 6;
+constexpr int kChannelRows = 6;
+#endif
+constexpr int kBlock = kQueryVectors * kLanes;  // queries per block
+
+typedef float vfloat __attribute__((vector_size(kLanes * 4)));
+typedef int32_t vint __attribute__((vector_size(kLanes * 4)));
+
+inline vfloat load(const float* p) {
+  vfloat r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+}
+
+inline void store(float* p, vfloat x) {
+  std::memcpy(p, &x, sizeof x);
+}
+
+inline vfloat splat(float x) {
+  return x - vfloat{};
+}
+
+// 2**t for t <= 0, as mlx_sd.layers._exp2_in_range: its degree-5 polynomial (_EXP2) for the
+// fraction times 2**whole built in the exponent bits; below -126 the result is 2**-126 (negligible).
+inline vfloat exp2_nonpositive(vfloat t) {
+  t = t < -126.0f ? splat(-126.0f) : t;
+  const vfloat whole = (t + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vfloat f = t - whole;
+  const vint bits = (__builtin_convertvector(whole, vint) + 127) << 23;
+  vfloat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  vfloat p = splat(0.001327721345430341f);
+  p = p * f + 0.009675547701276307f;
+  p = p * f + 0.055507109837855645f;
+  p = p * f + 0.24022119565453876f;
+  p = p * f + 0.693146968461803f;
+  p = p * f + 1.0000000717034576f;
+  return p * scale;
+}
+
+// scores[j, :] = k[j, :d] . qt[:d, :] for Rows consecutive keys (qt: d x kBlock)
+template <int Rows>
+inline void score_tile(const float* k, int d, const float* qt, float* scores) {
+  vfloat acc[Rows][kQueryVectors] = {};
+  for (int c = 0; c < d; ++c) {
+    vfloat q[kQueryVectors];
+    for (int n = 0; n < kQueryVectors; ++n) q[n] = load(qt + c * kBlock + n * kLanes);
+    for (int r = 0; r < Rows; ++r) {
+      const float key = k[r * d + c];
+      for (int n = 0; n < kQueryVectors; ++n) acc[r][n] += key * q[n];
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int n = 0; n < kQueryVectors; ++n) store(scores + r * kBlock + n * kLanes, acc[r][n]);
+}
+
+// out_t[c, :] = sum_j v[j, c] weights[j, :] for Rows consecutive channels (v row stride d)
+template <int Rows>
+inline void value_tile(const float* v, int d, const float* weights, int keys, float* out_t) {
+  vfloat acc[Rows][kQueryVectors] = {};
+  for (int j = 0; j < keys; ++j) {
+    vfloat w[kQueryVectors];
+    for (int n = 0; n < kQueryVectors; ++n) w[n] = load(weights + static_cast<size_t>(j) * kBlock + n * kLanes);
+    for (int r = 0; r < Rows; ++r) {
+      const float value = v[static_cast<size_t>(j) * d + r];
+      for (int n = 0; n < kQueryVectors; ++n) acc[r][n] += value * w[n];
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int n = 0; n < kQueryVectors; ++n) store(out_t + r * kBlock + n * kLanes, acc[r][n]);
+}
+
+struct Scratch {
+  std::vector<float> q_t, scores, out_t;
+  Scratch(int keys, int d) : q_t(static_cast<size_t>(d) * kBlock), scores(static_cast<size_t>(keys) * kBlock), out_t(static_cast<size_t>(d) * kBlock) {}
+};
+
+// Queries [first, first + kBlock) of one (batch, head) pair: q (N, d), k (M, d), v (M, d) -> out (N, d).
+// `scale` includes log2(e).
+void attend_block(const float* q, const float* k, const float* v, float* out, int first, int queries, int keys, int d, float scale, Scratch& s) {
+  const int rows = std::min(kBlock, queries - first);
+  for (int c = 0; c < d; ++c)
+    for (int i = 0; i < kBlock; ++i)
+      s.q_t[c * kBlock + i] = i < rows ? q[static_cast<size_t>(first + i) * d + c] * scale : 0.0f;
+
+  int j = 0;
+  for (; j + kKeyRows <= keys; j += kKeyRows) score_tile<kKeyRows>(k + static_cast<size_t>(j) * d, d, s.q_t.data(), s.scores.data() + static_cast<size_t>(j) * kBlock);
+  for (; j < keys; ++j) score_tile<1>(k + static_cast<size_t>(j) * d, d, s.q_t.data(), s.scores.data() + static_cast<size_t>(j) * kBlock);
+
+  vfloat peak[kQueryVectors], total[kQueryVectors];
+  for (int n = 0; n < kQueryVectors; ++n) {
+    peak[n] = load(s.scores.data() + n * kLanes);
+    total[n] = vfloat{};
+  }
+  for (j = 1; j < keys; ++j)
+    for (int n = 0; n < kQueryVectors; ++n) {
+      const vfloat x = load(s.scores.data() + static_cast<size_t>(j) * kBlock + n * kLanes);
+      peak[n] = x > peak[n] ? x : peak[n];
+    }
+  for (j = 0; j < keys; ++j)
+    for (int n = 0; n < kQueryVectors; ++n) {
+      float* p = s.scores.data() + static_cast<size_t>(j) * kBlock + n * kLanes;
+      const vfloat e = exp2_nonpositive(load(p) - peak[n]);
+      store(p, e);
+      total[n] += e;
+    }
+
+  int c = 0;
+  for (; c + kChannelRows <= d; c += kChannelRows) value_tile<kChannelRows>(v + c, d, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+  for (; c < d; ++c) value_tile<1>(v + c, d, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+
+  float inverse[kBlock];
+  for (int n = 0; n < kQueryVectors; ++n)
+    for (int e = 0; e < kLanes; ++e) inverse[n * kLanes + e] = 1.0f / total[n][e];
+  for (int i = 0; i < rows; ++i)
+    for (c = 0; c < d; ++c) out[static_cast<size_t>(first + i) * d + c] = s.out_t[c * kBlock + i] * inverse[i];
+}
+
+// Every block of queries of every (batch, head) pair, dealt round-robin to `threads` threads.
+void attend(const float* q, const float* k, const float* v, float* out, int pairs, int queries, int keys, int d, float scale, int threads) {
+  const int blocks_per_pair = (queries + kBlock - 1) / kBlock;
+  const int blocks = pairs * blocks_per_pair;
+  auto work = [=](int first_block) {
+    Scratch scratch(keys, d);
+    for (int b = first_block; b < blocks; b += threads) {
+      const size_t pair = b / blocks_per_pair;
+      attend_block(q + pair * queries * d, k + pair * keys * d, v + pair * keys * d, out + pair * queries * d,
+                   (b % blocks_per_pair) * kBlock, queries, keys, d, scale, scratch);
+    }
+  };
+  threads = std::max(1, std::min(threads, blocks));
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  work(0);
+  for (auto& helper : helpers) helper.join();
+}
+
+class FusedAttention : public mx::Primitive {
+ public:
+  FusedAttention(mx::Stream stream, float scale, int threads) : mx::Primitive(stream), scale_(scale), threads_(threads) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const auto& q = inputs[0];
+    const auto& k = inputs[1];
+    const auto& v = inputs[2];
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(q);
+    encoder.set_input_array(k);
+    encoder.set_input_array(v);
+    encoder.set_output_array(out);
+    encoder.dispatch([q = q.data<float>(), k = k.data<float>(), v = v.data<float>(), out = out.data<float>(),
+                      pairs = static_cast<int>(q.shape(0)), queries = static_cast<int>(q.shape(1)),
+                      keys = static_cast<int>(k.shape(1)), d = static_cast<int>(q.shape(2)),
+                      scale = scale_, threads = threads_]() { attend(q, k, v, out, pairs, queries, keys, d, scale, threads); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("mlx_sd fused_attention runs on the CPU only");
+  }
+
+  const char* name() const override {
+    return "MlxSdFusedAttention";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const FusedAttention&>(other);
+    return scale_ == o.scale_ && threads_ == o.threads_;
+  }
+
+ private:
+  float scale_;
+  int threads_;
+};
+
+constexpr float kLog2E = 1.4426950408889634f;
+
+mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int threads) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
+    throw std::invalid_argument("fused_attention takes (pairs, tokens, dim) arrays");
+  if (k.shape(0) != q.shape(0) || v.shape(0) != q.shape(0) || k.shape(2) != q.shape(2) || v.shape(2) != q.shape(2) || v.shape(1) != k.shape(1))
+    throw std::invalid_argument("fused_attention: q, k and v shapes do not match");
+  const auto stream = mx::default_stream(mx::Device::cpu);
+  auto prepare = [&](const mx::array& x) { return mx::contiguous(mx::astype(x, mx::float32, stream), false, stream); };
+  std::vector<mx::array> inputs = {prepare(q), prepare(k), prepare(v)};
+  return mx::array(q.shape(), mx::float32, std::make_shared<FusedAttention>(stream, scale * kLog2E, threads), std::move(inputs));
+}
+
+}  // namespace
+
+NB_MODULE(_mlx_sd_cpu_kernels, m) {
+  m.def("fused_attention", &fused_attention, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale"), nb::arg("threads") = 1,
+        "softmax(q k^T * scale) v for float32 (pairs, tokens, dim) arrays on mlx's CPU stream");
+}

@@ -1,0 +1,145 @@
+"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels): built here, exact, and never a failure.
+
+The test environment installs a C++ compiler and nanobind (.ci/run, pyproject), so the kernel must
+build; where it cannot, the engine falls back to its pure-mlx attention and says why.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_sd.layers as layers
+from mlx_sd import cpu_kernels, device
+
+
+def rand(*shape: int, seed: int) -> mx.array:
+    return mx.array(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def reference(q: mx.array, k: mx.array, v: mx.array, scale: float) -> np.ndarray:
+    q, k, v = (np.array(a, dtype=np.float64) for a in (q, k, v))
+    scores = q @ k.swapaxes(-1, -2) * scale
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return (weights / weights.sum(-1, keepdims=True)) @ v
+
+
+def test_the_kernel_builds_in_the_test_environment():
+    status = cpu_kernels.status()
+    assert status.module is not None, status.reason
+    assert device.policy(mx.float16, "cpu").attention == "kernel"
+    assert device.policy(mx.float16, "gpu").attention == "fused"  # the GPU never uses it
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "pairs, queries, keys, dim",
+    [
+        (2, 100, 100, 40),  # SD1.5's head size, queries over two blocks with a remainder
+        (3, 77, 77, 64),  # SD2 / SDXL heads
+        (1, 64, 301, 512),  # the VAE's single head: one pair split over threads
+        (5, 17, 33, 7),  # nothing a multiple of a tile
+        (2, 1, 1, 1),
+    ],
+)
+def test_kernel_matches_float64_attention(pairs, queries, keys, dim, threads):
+    q, k, v = rand(pairs, queries, dim, seed=1) * 2, rand(pairs, keys, dim, seed=2) * 2, rand(pairs, keys, dim, seed=3)
+    out = cpu_kernels.fused_attention(q, k, v, dim**-0.5, threads)
+    assert out.shape == (pairs, queries, dim) and out.dtype == mx.float32
+    assert np.abs(np.array(out) - reference(q, k, v, dim**-0.5)).max() < 1e-5
+
+
+def test_kernel_takes_half_and_strided_inputs_and_large_score_ranges():
+    q = (rand(2, 40, 16, seed=4) * 30).astype(mx.float16)  # scores spanning thousands: exp2 clamps
+    k = rand(16, 2, 50, seed=5).transpose(1, 2, 0)  # not contiguous
+    v = rand(2, 50, 16, seed=6)
+    out = cpu_kernels.fused_attention(q, k, v, 1.0, 2)
+    # float32 scores of ~200 round by ~1e-5, and the weights of two near-tied keys with them
+    assert np.abs(np.array(out) - reference(q.astype(mx.float32), k, v, 1.0)).max() < 1e-4
+
+
+def test_kernel_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shapes"):
+        cpu_kernels.fused_attention(rand(2, 8, 4, seed=1), rand(2, 9, 5, seed=2), rand(2, 9, 4, seed=3), 0.5, 1)
+
+
+def test_kernel_runs_on_both_worker_streams_at_once():
+    """CFG's halves run the kernel concurrently, one on each worker stream."""
+    q, k, v = (rand(2, 200, 320, seed=s) for s in (7, 8, 9))
+    outputs = []
+    for stream, row in zip(device.worker_streams("cpu"), range(2)):
+        with mx.stream(stream):
+            outputs.append(layers.attention(q[row : row + 1], k[row : row + 1], v[row : row + 1], 8, impl="kernel"))
+    mx.eval(*outputs)
+    whole = np.array(layers.attention(q, k, v, 8, impl="matmul"))
+    assert np.abs(np.concatenate([np.array(o) for o in outputs]) - whole).max() < 1e-5
+
+
+def test_attention_uses_one_thread_on_a_worker_stream_and_every_core_otherwise(monkeypatch):
+    calls = []
+    real = cpu_kernels.fused_attention
+    monkeypatch.setattr(cpu_kernels, "fused_attention", lambda *args: calls.append(args[-1]) or real(*args))
+    q = rand(1, 20, 32, seed=10)
+    layers.attention(q, q, q, 2, impl="kernel")
+    with mx.stream(device.worker_streams("cpu")[1]):
+        layers.attention(q, q, q, 2, impl="kernel")
+    assert calls == [device.CPU_STREAMS, 1]
+
+
+def test_masked_attention_falls_back_to_the_chunked_formulation(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "fused_attention", lambda *args: pytest.fail("the kernel takes no mask"))
+    q, k, v = (rand(2, 77, 96, seed=s) for s in (11, 12, 13))
+    mask = layers.causal_mask(77)
+    got = layers.attention(q, k, v, 6, mask=mask, impl="kernel")
+    assert np.abs(np.array(got) - np.array(layers.attention(q, k, v, 6, mask=mask, impl="matmul"))).max() < 1e-5
+
+
+def _counting_compiler(tmp_path: Path, exit_code: int | None = None) -> tuple[str, Path]:
+    """A compiler wrapper that counts its runs, then runs g++ (or fails with `exit_code`)."""
+    count = tmp_path / "runs"
+    script = tmp_path / "cxx"
+    run = f"exit {exit_code}" if exit_code is not None else 'exec g++ "$@"'
+    script.write_text(f'#!/bin/sh\necho run >> "{count}"\necho "fatal error: no such header" >&2\n{run}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script), count
+
+
+def test_a_build_is_cached_and_reused(tmp_path):
+    compiler, runs = _counting_compiler(tmp_path)
+    first = cpu_kernels.load(compiler, tmp_path / "cache")
+    assert first.module is not None, first.reason
+    again = cpu_kernels.load(compiler, tmp_path / "cache")
+    assert again.module is not None and runs.read_text().count("run") == 1
+    assert [p.suffix for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")] == [".so"]
+
+
+def test_a_failed_build_is_reported_and_leaves_the_mlx_formulation(tmp_path, monkeypatch):
+    compiler, _ = _counting_compiler(tmp_path, exit_code=1)
+    status = cpu_kernels.load(compiler, tmp_path / "cache")
+    assert status.module is None and "failed" in status.reason and "no such header" in status.reason
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written is left to load
+    monkeypatch.setattr(cpu_kernels, "status", lambda: status)
+    assert device.policy(mx.float16, "cpu").attention == "chunked"
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cpu_kernels.fused_attention(rand(1, 2, 2, seed=1), rand(1, 2, 2, seed=1), rand(1, 2, 2, seed=1), 1.0, 1)
+
+
+def test_missing_compiler_or_opt_out_are_reported(tmp_path, monkeypatch):
+    missing = cpu_kernels.load("no-such-c++-compiler", tmp_path)
+    assert missing.module is None and "install g++" in missing.reason
+    monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1")
+    disabled = cpu_kernels.load(None, tmp_path)
+    assert disabled.module is None and cpu_kernels.DISABLE_ENV in disabled.reason
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_kernel_source_ships_with_the_package():
+    assert cpu_kernels.SOURCE.is_file()
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"csrc/*.cpp"' in pyproject and "nanobind" in pyproject
