@@ -130,11 +130,13 @@ def main(argv: list[str] | None = None) -> None:
         rounds.append(results)
 
     summary = summarize(rounds, sides)
-    print(f"{args.family} at {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds x {args.runs} runs")
+    coretype = os.environ.get("OPENBLAS_CORETYPE") or "chosen by OpenBLAS"  # ours' matmul kernels (mlx_sd.blas)
+    print(f"{args.family} at {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds x {args.runs} runs, "
+          f"OpenBLAS kernels: {coretype}")
     print_table(summary, sides, rounds)
     print(json.dumps({
         "family": args.family, "size": args.size, "steps": args.steps, "rounds": args.rounds, "runs": args.runs,
-        "sides": sides, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "sides": sides, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "openblas_coretype": coretype},
         **summary, "raw": rounds,
     }))
 

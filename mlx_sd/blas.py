@@ -4,6 +4,10 @@ The Linux mlx CPU wheel links a reference BLAS that runs a float32 matmul at abo
 2-core machine; loading Debian's OpenBLAS (`libopenblas0-pthread`) with RTLD_GLOBAL first makes mlx
 resolve `cblas_sgemm` to it instead (about 210 GFLOPS). This must run before anything imports
 `mlx.core`, so `mlx_sd/__init__.py` imports this module first. Set MLX_SD_NO_OPENBLAS=1 to skip it.
+
+OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names them: on an
+AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls at about twice the speed of its AVX2
+(Haswell) ones. The status reports the kernels in use, and the variable when it was set.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from dataclasses import dataclass
 
 DISABLE_ENV = "MLX_SD_NO_OPENBLAS"
+CORETYPE_ENV = "OPENBLAS_CORETYPE"
 _CANDIDATES = (
     "libopenblas.so.0",
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -25,6 +30,7 @@ _CANDIDATES = (
 class BlasStatus:
     openblas_path: str | None  # the library bound for mlx, or None
     reason: str  # one line for `mlx-sd info`
+    core: str | None = None  # the kernels OpenBLAS runs ("Cooperlake", "Haswell", ...)
 
 
 def _preload() -> BlasStatus:
@@ -36,15 +42,28 @@ def _preload() -> BlasStatus:
         return BlasStatus(None, "mlx.core was imported before mlx_sd, too late to bind OpenBLAS")
     for candidate in _CANDIDATES:
         try:
-            ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+            library = ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
-        return BlasStatus(_loaded_path("libopenblas") or candidate, "system OpenBLAS bound before mlx.core")
+        core = _core_name(library)
+        pinned = f", set by {CORETYPE_ENV}" if os.environ.get(CORETYPE_ENV) else ""
+        return BlasStatus(
+            _loaded_path("libopenblas") or candidate, f"system OpenBLAS bound before mlx.core; {core} kernels{pinned}", core
+        )
     return BlasStatus(
         None,
         "OpenBLAS not found: mlx uses the slow reference BLAS of its wheel "
         "(install Debian's libopenblas0-pthread for about 30x faster float32 matmuls)",
     )
+
+
+def _core_name(library: ctypes.CDLL) -> str:
+    try:
+        get_corename = library.openblas_get_corename
+    except AttributeError:  # not OpenBLAS's own build
+        return "unknown"
+    get_corename.restype = ctypes.c_char_p
+    return get_corename().decode(errors="replace")
 
 
 def _loaded_path(fragment: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_sd.blas import _CANDIDATES, DISABLE_ENV
+from mlx_sd.blas import _CANDIDATES, CORETYPE_ENV, DISABLE_ENV
 
 # Runs in a fresh interpreter so that the binding happens (or not) before mlx.core loads.
 SCRIPT = r"""
@@ -37,15 +37,18 @@ np.savez(sys.argv[1], matmul=np.array(product), conv=np.array(conv(image)))
 print(json.dumps({
     "openblas_path": mlx_sd.blas.STATUS.openblas_path,
     "reason": mlx_sd.blas.STATUS.reason,
+    "core": mlx_sd.blas.STATUS.core,
     "gflops": 2 * 1024**3 / seconds / 1e9,
 }))
 """
 
 
-def run(tmp_path: Path, name: str, disable: bool) -> tuple[dict, np.lib.npyio.NpzFile]:
-    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
+def run(tmp_path: Path, name: str, disable: bool, coretype: str | None = None) -> tuple[dict, np.lib.npyio.NpzFile]:
+    env = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, CORETYPE_ENV)}
     if disable:
         env[DISABLE_ENV] = "1"
+    if coretype:
+        env[CORETYPE_ENV] = coretype
     out = tmp_path / f"{name}.npz"
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300
@@ -74,3 +77,14 @@ def test_openblas_binding_and_same_results(tmp_path: Path) -> None:
     assert DISABLE_ENV in plain["reason"]
     for name in ("matmul", "conv"):
         np.testing.assert_allclose(bound_out[name], plain_out[name], rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not openblas_installed(), reason="needs Debian's OpenBLAS")
+def test_status_names_the_openblas_kernels_and_a_pinned_choice(tmp_path: Path) -> None:
+    chosen, chosen_out = run(tmp_path, "chosen", disable=False)
+    pinned, pinned_out = run(tmp_path, "pinned", disable=False, coretype="Haswell")
+    print(f"\n{chosen['core']}: {chosen['gflops']:.1f} GFLOPS; Haswell: {pinned['gflops']:.1f} GFLOPS")
+    assert pinned["core"] == "Haswell" and f"Haswell kernels, set by {CORETYPE_ENV}" in pinned["reason"]
+    assert chosen["core"] and f"{chosen['core']} kernels" in chosen["reason"] and CORETYPE_ENV not in chosen["reason"]
+    for name in ("matmul", "conv"):  # other kernels sum in another order, nothing more
+        np.testing.assert_allclose(chosen_out[name], pinned_out[name], rtol=1e-5, atol=1e-4, err_msg=name)
