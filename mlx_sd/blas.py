@@ -6,7 +6,7 @@ resolve `cblas_sgemm` to it instead (about 210 GFLOPS). This must run before any
 `mlx.core`, so `mlx_sd/__init__.py` imports this module first. Set MLX_SD_NO_OPENBLAS=1 to skip it.
 
 OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names them: on an
-AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls at about twice the speed of its AVX2
+AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls about 1.8x as fast as its AVX2
 (Haswell) ones. The status reports the kernels in use, and the variable when it was set.
 """
 
