@@ -10,7 +10,8 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
   polynomial exp2 and the softmax normalised after the product with v (mlx's CPU softmax spends
   ~11 ns an element in exp).
 - element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) as relu minus a rational bump, in
-  mx.compile kernels shallow enough to fuse and free of the ops that keep mlx's JIT loops scalar.
+  mx.compile kernels shallow enough to fuse and free of the ops that keep mlx's JIT loops scalar;
+  GroupNorm(+SiLU) "kernel": a compiled kernel (mlx_sd.cpu_kernels) of two passes instead of five.
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
   other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
@@ -47,6 +48,9 @@ class DevicePolicy:
     attention: str
     # "native": mlx's activations and GroupNorm; "polynomial": the fused float32 forms in mlx_sd.layers.
     elementwise: str = "native"
+    # GroupNorm(+SiLU) in float32: "kernel", the compiled CPU kernel of mlx_sd.cpu_kernels; otherwise
+    # as `elementwise` says.
+    group_norm: str = "native"
     # "native": mx.conv2d; "matmul": 1x1 and wide 3x3 convolutions as matmuls (float32, mlx_sd.layers.Conv2d).
     conv: str = "native"
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
@@ -88,9 +92,10 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
     """The compute dtype and kernels to use for weights stored as `storage_dtype` on `device`."""
     device = device or current_device()
     if device == "cpu":
-        attention = "kernel" if cpu_kernels.available() else "chunked"
+        compiled = cpu_kernels.available()
         return DevicePolicy(
-            "cpu", mx.float32, attention=attention, elementwise="polynomial", conv="matmul", quantized="dequantize",
+            "cpu", mx.float32, attention="kernel" if compiled else "chunked", elementwise="polynomial",
+            group_norm="kernel" if compiled else "native", conv="matmul", quantized="dequantize",
             batch_streams=CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")

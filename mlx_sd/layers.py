@@ -150,6 +150,9 @@ class GroupNorm(nn.Module):
     def __call__(self, x: mx.array, silu: bool = False) -> mx.array:
         shape = x.shape
         channels = shape[-1]
+        if x.dtype == mx.float32 and policy().group_norm == "kernel":
+            flat = x.reshape(shape[0], -1, channels)
+            return cpu_kernels.group_norm(flat, self.weight, self.bias, self.num_groups, self.eps, silu).reshape(shape)
         if _polynomial(x):
             return self._fused(x.reshape(shape[0], -1, channels), silu).reshape(shape)
         grouped = x.reshape(shape[0], -1, self.num_groups, channels // self.num_groups).astype(mx.float32)
@@ -475,12 +478,11 @@ def _kernel_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx
     """(B, heads, N, d) attention by the compiled CPU kernel, in float32: one thread on a worker
     stream (the other CFG half keeps the other core busy), all cores otherwise."""
     batch, heads, queries, dim = q.shape
-    on_worker = mx.default_stream(mx.cpu) in worker_streams("cpu")
-    threads = 1 if on_worker else CPU_STREAMS
 
     def pairs(x: mx.array) -> mx.array:
         return x.astype(mx.float32).reshape(batch * heads, x.shape[2], dim)
 
+    threads = 1 if mx.default_stream(mx.cpu) in worker_streams("cpu") else CPU_STREAMS
     out = cpu_kernels.fused_attention(pairs(q), pairs(k), pairs(v), scale, threads)
     return out.reshape(batch, heads, queries, dim).astype(q.dtype)
 

@@ -1,4 +1,5 @@
-"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels): built here, exact, and never a failure.
+"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels: attention, GroupNorm): built here, exact,
+and never a failure.
 
 The test environment installs a C++ compiler and nanobind (.ci/run, pyproject), so the kernel must
 build; where it cannot, the engine falls back to its pure-mlx attention and says why.
@@ -33,8 +34,9 @@ def reference(q: mx.array, k: mx.array, v: mx.array, scale: float) -> np.ndarray
 def test_the_kernel_builds_in_the_test_environment():
     status = cpu_kernels.status()
     assert status.module is not None, status.reason
-    assert device.policy(mx.float16, "cpu").attention == "kernel"
-    assert device.policy(mx.float16, "gpu").attention == "fused"  # the GPU never uses it
+    cpu, gpu = device.policy(mx.float16, "cpu"), device.policy(mx.float16, "gpu")
+    assert (cpu.attention, cpu.group_norm) == ("kernel", "kernel")
+    assert (gpu.attention, gpu.group_norm) == ("fused", "native")  # the GPU never uses them
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -92,6 +94,34 @@ def test_attention_uses_one_thread_on_a_worker_stream_and_every_core_otherwise(m
     assert calls == [device.CPU_STREAMS, 1]
 
 
+def group_norm_reference(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float, silu: bool) -> np.ndarray:
+    x64 = np.array(x, dtype=np.float64)
+    batch, rows, channels = x64.shape
+    grouped = x64.reshape(batch, rows, groups, channels // groups)
+    mean = grouped.mean(axis=(1, 3), keepdims=True)
+    var = grouped.var(axis=(1, 3), keepdims=True)
+    y = ((grouped - mean) / np.sqrt(var + eps)).reshape(x64.shape) * np.array(weight) + np.array(bias)
+    return y / (1 + np.exp(-y)) if silu else y
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("batch, rows, channels, groups", [(2, 63, 64, 32), (1, 300, 96, 32), (2, 4, 20, 2), (1, 1, 8, 8)])
+def test_group_norm_kernel_matches_float64(batch, rows, channels, groups, silu):
+    x = rand(batch, rows, channels, seed=14) * 3 + 2  # an offset mean tests the centring
+    weight, bias = rand(channels, seed=15) + 1, rand(channels, seed=16)
+    got = cpu_kernels.group_norm(x, weight, bias, groups, 1e-6, silu)
+    assert got.shape == x.shape and got.dtype == mx.float32
+    assert np.abs(np.array(got) - group_norm_reference(x, weight, bias, groups, 1e-6, silu)).max() < 1e-5
+
+
+def test_group_norm_kernel_saturates_silu_and_rejects_bad_groups():
+    x = mx.array(np.array([[[-300.0, -90.0, 0.0, 90.0]]], dtype=np.float32)).reshape(1, 4, 1)
+    got = np.array(cpu_kernels.group_norm(x, mx.array([100.0]), mx.array([0.0]), 1, 0.0, True)).ravel()
+    assert np.isfinite(got).all() and got[0] == pytest.approx(0.0, abs=1e-30) and got[-1] > 100
+    with pytest.raises(ValueError, match="groups"):
+        cpu_kernels.group_norm(rand(1, 4, 6, seed=1), mx.ones((6,)), mx.zeros((6,)), 4, 1e-6, False)
+
+
 def test_masked_attention_falls_back_to_the_chunked_formulation(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "fused_attention", lambda *args: pytest.fail("the kernel takes no mask"))
     q, k, v = (rand(2, 77, 96, seed=s) for s in (11, 12, 13))
@@ -140,6 +170,6 @@ def test_missing_compiler_or_opt_out_are_reported(tmp_path, monkeypatch):
 
 
 def test_the_kernel_source_ships_with_the_package():
-    assert cpu_kernels.SOURCE.is_file()
+    assert {path.name for path in cpu_kernels.sources()} >= {"fused_attention.cpp", "group_norm.cpp", "module.cpp"}
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert '"csrc/*.cpp"' in pyproject and "nanobind" in pyproject
+    assert '"csrc/*.cpp", "csrc/*.h"' in pyproject and "nanobind" in pyproject

@@ -58,12 +58,12 @@ def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
 
 
 def test_cpu_and_gpu_policies_choose_their_formulations():
-    assert (CPU.attention, CPU.elementwise, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
-        "kernel", "polynomial", "matmul", mx.float32, 2,
+    assert (CPU.attention, CPU.elementwise, CPU.group_norm, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
+        "kernel", "polynomial", "kernel", "matmul", mx.float32, 2,
     )
     gpu = device.policy(mx.float16, "gpu")
-    assert (gpu.attention, gpu.elementwise, gpu.conv, gpu.quantized, gpu.compute_dtype, gpu.batch_streams) == (
-        "fused", "native", "native", "kernel", mx.float16, 1,
+    assert (gpu.attention, gpu.elementwise, gpu.group_norm, gpu.conv, gpu.quantized, gpu.compute_dtype, gpu.batch_streams) == (
+        "fused", "native", "native", "native", "kernel", mx.float16, 1,
     )
     assert CPU.quantized == "dequantize"
 
@@ -295,11 +295,11 @@ def test_group_norm_formulations_match_torch(shape, groups, silu, use_policy):
         torch.from_numpy(np.array(norm.weight)), torch.from_numpy(np.array(norm.bias)), 1e-6,
     )
     reference = (torch.nn.functional.silu(reference) if silu else reference).permute(0, 2, 3, 1).numpy()
-    for choice in (CPU, NATIVE):
+    for choice in (CPU, dataclasses.replace(CPU, group_norm="native"), NATIVE):  # kernel, mlx fused, mlx
         use_policy(choice)
         got = norm(x, silu=silu)
         assert got.shape == x.shape and got.dtype == mx.float32
-        assert np.abs(np.array(got) - reference).max() < 2e-5, choice.elementwise
+        assert np.abs(np.array(got) - reference).max() < 2e-5, (choice.group_norm, choice.elementwise)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,71 +12,26 @@
 // but a d x block copy of the queries.
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <stdexcept>
-#include <thread>
-#include <vector>
 
-#include <nanobind/nanobind.h>
-
+#include "cpu_kernel_support.h"
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "mlx/ops.h"
 #include "mlx/primitives.h"
 
-namespace mx = mlx::core;
-namespace nb = nanobind;
-
+namespace mlx_sd {
 namespace {
 
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;       // floats per vector register
 constexpr int kQueryVectors = 3; // a block of 48 queries
 constexpr int kKeyRows = 8;      // score tile: 8 keys x 48 queries in 24 accumulators
 constexpr int kChannelRows = 8;  // output tile: 8 channels x 48 queries
 #else
-constexpr int kLanes = 8;
 constexpr int kQueryVectors = 2;  // 16 queries: 12 accumulators fit 16 AVX2 registers
 constexpr int kKeyRows = 6;
 constexpr int kChannelRows = 6;
 #endif
 constexpr int kBlock = kQueryVectors * kLanes;  // queries per block
-
-typedef float vfloat __attribute__((vector_size(kLanes * 4)));
-typedef int32_t vint __attribute__((vector_size(kLanes * 4)));
-
-inline vfloat load(const float* p) {
-  vfloat r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-
-inline void store(float* p, vfloat x) {
-  std::memcpy(p, &x, sizeof x);
-}
-
-inline vfloat splat(float x) {
-  return x - vfloat{};
-}
-
-// 2**t for t <= 0, as mlx_sd.layers._exp2_in_range: its degree-5 polynomial (_EXP2) for the
-// fraction times 2**whole built in the exponent bits; below -126 the result is 2**-126 (negligible).
-inline vfloat exp2_nonpositive(vfloat t) {
-  t = t < -126.0f ? splat(-126.0f) : t;
-  const vfloat whole = (t + 12582912.0f) - 12582912.0f;  // round to nearest
-  const vfloat f = t - whole;
-  const vint bits = (__builtin_convertvector(whole, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  vfloat p = splat(0.001327721345430341f);
-  p = p * f + 0.009675547701276307f;
-  p = p * f + 0.055507109837855645f;
-  p = p * f + 0.24022119565453876f;
-  p = p * f + 0.693146968461803f;
-  p = p * f + 1.0000000717034576f;
-  return p * scale;
-}
 
 // scores[j, :] = k[j, :d] . qt[:d, :] for Rows consecutive keys (qt: d x kBlock)
 template <int Rows>
@@ -140,7 +95,7 @@ void attend_block(const float* q, const float* k, const float* v, float* out, in
   for (j = 0; j < keys; ++j)
     for (int n = 0; n < kQueryVectors; ++n) {
       float* p = s.scores.data() + static_cast<size_t>(j) * kBlock + n * kLanes;
-      const vfloat e = exp2_nonpositive(load(p) - peak[n]);
+      const vfloat e = exp2_clamped(load(p) - peak[n]);
       store(p, e);
       total[n] += e;
     }
@@ -160,6 +115,7 @@ void attend_block(const float* q, const float* k, const float* v, float* out, in
 void attend(const float* q, const float* k, const float* v, float* out, int pairs, int queries, int keys, int d, float scale, int threads) {
   const int blocks_per_pair = (queries + kBlock - 1) / kBlock;
   const int blocks = pairs * blocks_per_pair;
+  threads = std::max(1, std::min(threads, blocks));
   auto work = [=](int first_block) {
     Scratch scratch(keys, d);
     for (int b = first_block; b < blocks; b += threads) {
@@ -168,11 +124,7 @@ void attend(const float* q, const float* k, const float* v, float* out, int pair
                    (b % blocks_per_pair) * kBlock, queries, keys, d, scale, scratch);
     }
   };
-  threads = std::max(1, std::min(threads, blocks));
-  std::vector<std::thread> helpers;
-  for (int t = 1; t < threads; ++t) helpers.emplace_back(work, t);
-  work(0);
-  for (auto& helper : helpers) helper.join();
+  run_on_threads(threads, work);
 }
 
 class FusedAttention : public mx::Primitive {
@@ -214,7 +166,7 @@ class FusedAttention : public mx::Primitive {
   int threads_;
 };
 
-constexpr float kLog2E = 1.4426950408889634f;
+}  // namespace
 
 mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int threads) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
@@ -222,14 +174,8 @@ mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::arra
   if (k.shape(0) != q.shape(0) || v.shape(0) != q.shape(0) || k.shape(2) != q.shape(2) || v.shape(2) != q.shape(2) || v.shape(1) != k.shape(1))
     throw std::invalid_argument("fused_attention: q, k and v shapes do not match");
   const auto stream = mx::default_stream(mx::Device::cpu);
-  auto prepare = [&](const mx::array& x) { return mx::contiguous(mx::astype(x, mx::float32, stream), false, stream); };
-  std::vector<mx::array> inputs = {prepare(q), prepare(k), prepare(v)};
+  std::vector<mx::array> inputs = {contiguous_float32(q, stream), contiguous_float32(k, stream), contiguous_float32(v, stream)};
   return mx::array(q.shape(), mx::float32, std::make_shared<FusedAttention>(stream, scale * kLog2E, threads), std::move(inputs));
 }
 
-}  // namespace
-
-NB_MODULE(_mlx_sd_cpu_kernels, m) {
-  m.def("fused_attention", &fused_attention, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale"), nb::arg("threads") = 1,
-        "softmax(q k^T * scale) v for float32 (pairs, tokens, dim) arrays on mlx's CPU stream");
-}
+}  // namespace mlx_sd

@@ -1,0 +1,78 @@
+// Shared by mlx-sd's CPU kernels: vector types of the target's width (GCC vector extensions give
+// AVX-512, AVX2 or NEON code from one source), a polynomial exp2, a thread split and the checks
+// every primitive makes of its inputs.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "mlx/ops.h"
+
+namespace mlx_sd {
+
+namespace mx = mlx::core;
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // floats per vector register
+#else
+constexpr int kLanes = 8;
+#endif
+
+typedef float vfloat __attribute__((vector_size(kLanes * 4)));
+typedef int32_t vint __attribute__((vector_size(kLanes * 4)));
+
+constexpr float kLog2E = 1.4426950408889634f;
+
+inline vfloat load(const float* p) {
+  vfloat r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+}
+
+inline void store(float* p, vfloat x) {
+  std::memcpy(p, &x, sizeof x);
+}
+
+inline vfloat splat(float x) {
+  return x - vfloat{};
+}
+
+// 2**t, as mlx_sd.layers._exp2_in_range: its degree-5 polynomial (_EXP2) for the fraction times
+// 2**whole built in the exponent bits, with t clamped to [-126, 127] (2**-126 stands for 0).
+inline vfloat exp2_clamped(vfloat t) {
+  t = t < -126.0f ? splat(-126.0f) : t;
+  t = t > 127.0f ? splat(127.0f) : t;
+  const vfloat whole = (t + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vfloat f = t - whole;
+  const vint bits = (__builtin_convertvector(whole, vint) + 127) << 23;
+  vfloat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  vfloat p = splat(0.001327721345430341f);
+  p = p * f + 0.009675547701276307f;
+  p = p * f + 0.055507109837855645f;
+  p = p * f + 0.24022119565453876f;
+  p = p * f + 0.693146968461803f;
+  p = p * f + 1.0000000717034576f;
+  return p * scale;
+}
+
+// work(t) for t in [0, threads), on this thread and threads - 1 helpers.
+template <class Work>
+void run_on_threads(int threads, const Work& work) {
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  work(0);
+  for (auto& helper : helpers) helper.join();
+}
+
+// A contiguous float32 copy of x on `stream` (no copy when it already is one).
+inline mx::array contiguous_float32(const mx::array& x, mx::Stream stream) {
+  return mx::contiguous(mx::astype(x, mx::float32, stream), false, stream);
+}
+
+mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int threads);
+mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
+
+}  // namespace mlx_sd
