@@ -8,7 +8,11 @@
 #include <thread>
 #include <vector>
 
+#include <stdexcept>
+#include <string>
+
 #include "mlx/ops.h"
+#include "mlx/primitives.h"
 
 namespace mlx_sd {
 
@@ -66,6 +70,16 @@ void run_on_threads(int threads, const Work& work) {
   work(0);
   for (auto& helper : helpers) helper.join();
 }
+
+// The base of mlx-sd's primitives: they have CPU code only (the GPU keeps mlx's own kernels).
+class CpuOnlyPrimitive : public mx::Primitive {
+ public:
+  using mx::Primitive::Primitive;
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(std::string(name()) + " runs on the CPU only");
+  }
+};
 
 // A contiguous float32 copy of x on `stream` (no copy when it already is one).
 inline mx::array contiguous_float32(const mx::array& x, mx::Stream stream) {

@@ -17,7 +17,6 @@
 #include "cpu_kernel_support.h"
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "mlx/primitives.h"
 
 namespace mlx_sd {
 namespace {
@@ -127,9 +126,9 @@ void attend(const float* q, const float* k, const float* v, float* out, int pair
   run_on_threads(threads, work);
 }
 
-class FusedAttention : public mx::Primitive {
+class FusedAttention : public CpuOnlyPrimitive {
  public:
-  FusedAttention(mx::Stream stream, float scale, int threads) : mx::Primitive(stream), scale_(scale), threads_(threads) {}
+  FusedAttention(mx::Stream stream, float scale, int threads) : CpuOnlyPrimitive(stream), scale_(scale), threads_(threads) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& q = inputs[0];
@@ -146,10 +145,6 @@ class FusedAttention : public mx::Primitive {
                       pairs = static_cast<int>(q.shape(0)), queries = static_cast<int>(q.shape(1)),
                       keys = static_cast<int>(k.shape(1)), d = static_cast<int>(q.shape(2)),
                       scale = scale_, threads = threads_]() { attend(q, k, v, out, pairs, queries, keys, d, scale, threads); });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_sd fused_attention runs on the CPU only");
   }
 
   const char* name() const override {

@@ -14,7 +14,6 @@
 #include "cpu_kernel_support.h"
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "mlx/primitives.h"
 
 namespace mlx_sd {
 namespace {
@@ -81,10 +80,10 @@ void normalize(const float* x, const float* weight, const float* bias, float* ou
   }
 }
 
-class GroupNormKernel : public mx::Primitive {
+class GroupNormKernel : public CpuOnlyPrimitive {
  public:
   GroupNormKernel(mx::Stream stream, int groups, float eps, bool silu)
-      : mx::Primitive(stream), groups_(groups), eps_(eps), silu_(silu) {}
+      : CpuOnlyPrimitive(stream), groups_(groups), eps_(eps), silu_(silu) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& x = inputs[0];
@@ -99,10 +98,6 @@ class GroupNormKernel : public mx::Primitive {
       for (size_t b = 0; b < batch; ++b)
         normalize(x + b * rows * channels, weight, bias, out + b * rows * channels, rows, channels, groups, eps, silu);
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("mlx_sd group_norm runs on the CPU only");
   }
 
   const char* name() const override {
