@@ -4,11 +4,11 @@ mlx offers custom kernels for Metal and CUDA but not for its CPU backend, where 
 several single-threaded passes over scores that fit no cache (issue 6: SD1.5's 64x64 self-
 attention took 0.43-0.57 s per layer and CFG half). `csrc/fused_attention.cpp` adds an mlx
 primitive that runs it as one cache-blocked kernel (0.12 s); `csrc/group_norm.cpp` does
-GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, 4-5x the time). They are compiled against the installed
-mlx, as mlx's own `mx.compile` compiles its CPU kernels, with the system C++ compiler and the
-nanobind that mlx's Python bindings use, and cached per source, mlx, nanobind, Python and CPU.
-If anything is missing the engine keeps its pure-mlx formulations and `mlx-sd info` says why.
-Set MLX_SD_NO_CPU_KERNELS=1 to skip the kernels.
+GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, and 4-5x the time). They
+are compiled against the installed mlx, as mlx's own `mx.compile` compiles its CPU kernels, with
+the system C++ compiler and the nanobind that mlx's Python bindings use, and cached per source,
+mlx, nanobind, Python and CPU. If anything is missing the engine keeps its pure-mlx formulations
+and `mlx-sd info` says why. Set MLX_SD_NO_CPU_KERNELS=1 to skip the kernels.
 """
 
 from __future__ import annotations
@@ -130,16 +130,16 @@ def _check(module: ModuleType) -> None:
 def load(compiler: str | None = None, directory: Path | None = None) -> KernelStatus:
     """Build (once per cache key) and import the extension; never raises."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return KernelStatus(None, f"disabled by {DISABLE_ENV}: attention uses mlx ops (chunked)")
+        return KernelStatus(None, f"disabled by {DISABLE_ENV}: mlx ops are used instead")
     compiler = compiler or os.environ.get("CXX") or "g++"
     if shutil.which(compiler) is None:
-        return KernelStatus(None, f"no C++ compiler ({compiler}) found: install g++ for about 4x faster CPU attention")
+        return KernelStatus(None, f"no C++ compiler ({compiler}) found: install g++ for about 3.5x faster CPU attention")
     try:
         import nanobind
     except ImportError:
-        return KernelStatus(None, "nanobind is not installed (pip install nanobind): attention uses mlx ops")
+        return KernelStatus(None, "nanobind is not installed (pip install nanobind): mlx ops are used instead")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
-        return KernelStatus(None, "Python's C headers are missing (install python3-dev): attention uses mlx ops")
+        return KernelStatus(None, "Python's C headers are missing (install python3-dev): mlx ops are used instead")
     library = (directory or cache_dir()) / f"{MODULE_NAME}-{_build_key(nanobind.__version__)}.so"
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def load(compiler: str | None = None, directory: Path | None = None) -> KernelSt
         module = _import(library)
         _check(module)
     except Exception as error:  # noqa: BLE001 - any failure leaves the pure-mlx path in place
-        return KernelStatus(None, f"not used ({error}); attention uses mlx ops")
+        return KernelStatus(None, f"not used ({error}); mlx ops are used instead")
     return KernelStatus(module, f"fused attention and GroupNorm compiled in {library}")
 
 
