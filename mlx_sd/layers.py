@@ -479,8 +479,8 @@ def _kernel_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx
     stream (the other CFG half keeps the other core busy), all cores otherwise."""
     batch, heads, queries, dim = q.shape
 
-    def pairs(x: mx.array) -> mx.array:
-        return x.astype(mx.float32).reshape(batch * heads, x.shape[2], dim)
+    def pairs(x: mx.array) -> mx.array:  # the kernel casts to float32 itself
+        return x.reshape(batch * heads, x.shape[2], dim)
 
     threads = 1 if mx.default_stream(mx.cpu) in worker_streams("cpu") else CPU_STREAMS
     out = cpu_kernels.fused_attention(pairs(q), pairs(k), pairs(v), scale, threads)
