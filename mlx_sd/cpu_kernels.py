@@ -4,7 +4,9 @@ mlx offers custom kernels for Metal and CUDA but not for its CPU backend, where 
 several single-threaded passes over scores that fit no cache (issue 6: SD1.5's 64x64 self-
 attention took 0.43-0.57 s per layer and CFG half). `csrc/fused_attention.cpp` adds an mlx
 primitive that runs it as one cache-blocked kernel (0.12 s); `csrc/group_norm.cpp` does
-GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, and 4-5x the time). They
+GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, and 4-5x the time);
+`csrc/gemm.cpp` is a float32 GEMM for the CPU's full vector width, where the system BLAS may be
+pinned to a narrower one (OpenBLAS with OPENBLAS_CORETYPE=Haswell: half the speed). They
 are compiled against the installed mlx, as mlx's own `mx.compile` compiles its CPU kernels, with
 the system C++ compiler and the nanobind that mlx's Python bindings use, and cached per source,
 mlx, nanobind, Python and CPU. If anything is missing the engine keeps its pure-mlx formulations
@@ -115,7 +117,7 @@ def _import(library: Path) -> ModuleType:
 
 
 def _check(module: ModuleType) -> None:
-    """The kernel against mlx's attention on a small odd-sized case: a build against a
+    """The kernels against mlx's attention and matmul on small odd-sized cases: a build against a
     mismatched mlx or nanobind fails here (nanobind cannot convert mx.array), not mid-generation."""
     rng = np.random.default_rng(0)
     q, k, v = (mx.array(rng.standard_normal((3, tokens, 13), dtype=np.float32)) for tokens in (21, 37, 37))
@@ -125,6 +127,11 @@ def _check(module: ModuleType) -> None:
         error = mx.abs(module.fused_attention(q, k, v, scale, 2) - weights @ v).max().item()
     if not error < 1e-4:
         raise RuntimeError(f"the compiled kernel is {error:.2g} away from mlx's attention")
+    a, b = (mx.array(rng.standard_normal(shape, dtype=np.float32)) for shape in ((2, 29, 19), (23, 19)))
+    with mx.stream(mx.cpu):
+        error = mx.abs(module.gemm(a, b.T, None, 2) - a @ b.T).max().item()
+    if not error < 1e-4:
+        raise RuntimeError(f"the compiled GEMM is {error:.2g} away from mlx's matmul")
 
 
 def load(compiler: str | None = None, directory: Path | None = None) -> KernelStatus:
@@ -151,7 +158,7 @@ def load(compiler: str | None = None, directory: Path | None = None) -> KernelSt
         _check(module)
     except Exception as error:  # noqa: BLE001 - any failure leaves the pure-mlx path in place
         return KernelStatus(None, f"not used ({error}); mlx ops are used instead")
-    return KernelStatus(module, f"fused attention and GroupNorm compiled in {library}")
+    return KernelStatus(module, f"fused attention, GroupNorm and GEMM compiled in {library}")
 
 
 @functools.cache
@@ -174,6 +181,21 @@ def _module() -> ModuleType:
 def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, threads: int) -> mx.array:
     """softmax(q k^T * scale) v on float32 (pairs, tokens, dim) arrays, on the current CPU stream."""
     return _module().fused_attention(q, k, v, scale, threads)
+
+
+def gemm(a: mx.array, b: mx.array, bias: mx.array | None = None, threads: int = 1) -> mx.array:
+    """bias + a @ b in float32 for a (batch, rows, in) with its channels contiguous and b (in, out) with
+    any strides (a transposed weight is read in place), on the current CPU stream."""
+    return _module().gemm(a, b, bias, threads)
+
+
+def conv_taps(
+    x: mx.array, b: mx.array, bias: mx.array | None, taps: list[tuple[int, int]], threads: int = 1
+) -> mx.array:
+    """bias + the sum over taps t = (dy, dx) of x shifted by (dy, dx), zeros outside the image, @
+    b[t in : (t + 1) in]: a stride-1 convolution of x (batch, height, width, in) in float32, without a
+    patch buffer or a padded copy, on the current CPU stream."""
+    return _module().conv_taps(x, b, bias, taps, threads)
 
 
 def group_norm(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float, silu: bool) -> mx.array:

@@ -31,7 +31,7 @@ import mlx.core as mx
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes
+NEVER_TRIM = -1  # mallopt takes an int: -1 becomes SIZE_MAX, "never" (2**31 - 1 still trims a 2 GB free top)
 # Where glibc's mallopt is missing (another C library), mlx's own cache is what reuses buffers.
 FALLBACK_CACHE_BYTES = 512 << 20
 

@@ -12,6 +12,9 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
 - element-wise "polynomial": SiLU, GELU and GroupNorm(+SiLU) as relu minus a rational bump, in
   mx.compile kernels shallow enough to fuse and free of the ops that keep mlx's JIT loops scalar;
   GroupNorm(+SiLU) "kernel": a compiled kernel (mlx_sd.cpu_kernels) of two passes instead of five.
+- matmul "kernel": a compiled GEMM (mlx_sd.cpu_kernels) for the CPU's full vector width, which the
+  system BLAS may be pinned below (OPENBLAS_CORETYPE); it also takes a 3x3 convolution's nine
+  shifted taps in one call.
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
   other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
@@ -19,8 +22,9 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
   32 MB comes fresh from the OS and each of its pages costs a fault.
 - the text encoders keep their float16/bfloat16 weights and promote them to float32 inside each op
   (run once per prompt, a resident float32 copy would cost more memory than the casts cost time).
-- two worker streams, one per core: weight casts at load and the halves of the UNet's CFG batch
-  (mlx runs each stream's element-wise work on one thread); the VAE decoder evaluated block by block.
+- two worker streams, one per core: weight casts at load and, without the compiled kernels, the
+  halves of the UNet's CFG batch (mlx runs each stream's element-wise work on one thread); the VAE
+  decoder evaluated resnet by resnet.
 The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv2d, mlx's activations.
 """
 
@@ -51,6 +55,9 @@ class DevicePolicy:
     # GroupNorm(+SiLU) in float32: "kernel", the compiled CPU kernel of mlx_sd.cpu_kernels; otherwise
     # as `elementwise` says.
     group_norm: str = "native"
+    # float32 products (Linear layers and the matmul convolutions): "kernel", the compiled GEMM of
+    # mlx_sd.cpu_kernels; "native": mlx's matmul (the system BLAS).
+    matmul: str = "native"
     # "native": mx.conv2d; "matmul": 1x1 and wide 3x3 convolutions as matmuls (float32, mlx_sd.layers.Conv2d).
     conv: str = "native"
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
@@ -59,11 +66,17 @@ class DevicePolicy:
     quantized: str = "kernel"
     # Streams that a batch of two or more rows is split over (mlx_sd.layers.in_batch_halves): on
     # the CPU each stream runs its element-wise work on its own thread, so CFG's negative and
-    # positive rows keep both cores busy; the GPU runs a batch best whole.
+    # positive rows keep both cores busy where mlx's ops do the heavy work. With the compiled
+    # kernels, which use every core themselves, the batch runs whole: mlx schedules the two
+    # halves' graphs largely one after the other (it queues ops breadth-first only 20 wide), so
+    # single-threaded kernels on each half left a core idle (SD1.5 UNet step 9.8-11.5 s against
+    # 6.0-7.0 s whole, same MLX peak). The GPU runs a batch best whole.
     batch_streams: int = 1
-    # Evaluate the VAE decoder block by block (mlx_sd.layers.between_blocks): lazily, mlx keeps more
+    # Evaluate the VAE decoder resnet by resnet (mlx_sd.layers.between_blocks): lazily, mlx keeps more
     # of the 512x512 activations alive at once (SD's VAE decode at 512: MLX peak 2.19 -> 1.61 GB on the
-    # CPU, same time); the GPU overlaps its work best with the whole graph.
+    # CPU, same time, evaluating per block; with the compiled GEMM's few large ops, whose outputs mlx
+    # allocates when it queues them, per block 2.49 GB and per resnet 1.41 GB); the GPU overlaps its
+    # work best with the whole graph.
     eval_blocks: bool = False
     # Keep the text encoders' weights in the storage dtype and let each op promote them to the
     # compute dtype (mlx_sd.clip.CLIPTextModel.compute_dtype): they run once per prompt, so on the
@@ -95,8 +108,9 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
         compiled = cpu_kernels.available()
         return DevicePolicy(
             "cpu", mx.float32, attention="kernel" if compiled else "chunked", elementwise="polynomial",
-            group_norm="kernel" if compiled else "native", conv="matmul", quantized="dequantize",
-            batch_streams=CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
+            group_norm="kernel" if compiled else "native", matmul="kernel" if compiled else "native", conv="matmul",
+            quantized="dequantize",
+            batch_streams=1 if compiled else CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 

@@ -197,6 +197,32 @@ def _group_affine_silu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.ar
     return _silu_poly(*_group_affine_silu_argument(x, mean, scale, bias))
 
 
+def _kernel_threads() -> int:
+    """Threads for a compiled CPU kernel: one on a worker stream (the other half of the CFG batch
+    keeps the other core busy), every core otherwise."""
+    return 1 if mx.default_stream(mx.cpu) in worker_streams("cpu") else CPU_STREAMS
+
+
+def product(x: mx.array, weight_t: mx.array, bias: mx.array | None = None) -> mx.array:
+    """bias + x @ weight_t for x (..., in) and weight_t (in, out), which may be a transposed view.
+
+    On the CPU in float32 the compiled GEMM of mlx_sd.cpu_kernels ("kernel", DevicePolicy.matmul)
+    runs it at the CPU's full vector width where the system BLAS may be pinned to a narrower one.
+    """
+    if x.dtype == mx.float32 and policy().matmul == "kernel":
+        rows = x.reshape(1, -1, x.shape[-1])
+        out = cpu_kernels.gemm(rows, weight_t, bias, _kernel_threads())
+        return out.reshape(*x.shape[:-1], weight_t.shape[-1])
+    return mx.addmm(bias, x, weight_t) if bias is not None else x @ weight_t
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters) whose product goes through `product`."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return product(x, self.weight.T, self.get("bias"))
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and layout) with the CPU's matmul formulations.
 
@@ -220,17 +246,25 @@ class Conv2d(nn.Conv2d):
                 return _conv1x1(x, self.weight, self.get("bias"))
             if plain and kernel == 3 and _pair(self.padding) == (1, 1):
                 batch, height, width, channels = x.shape
-                if (
-                    min(channels, self.weight.shape[0]) >= WINOGRAD_MIN_CHANNELS
-                    and batch * height * width >= WINOGRAD_MIN_PIXELS and height % 2 == 0 and width % 2 == 0
-                ):
+                if _winograd_wins(batch * height * width, channels, self.weight.shape[0]) and height % 2 == 0 and width % 2 == 0:
                     return _conv3x3_winograd(x, self.weight, self.get("bias"))
-                if width >= SHIFTED_CONV_MIN_WIDTH:
+                if width >= (SHIFTED_KERNEL_MIN_WIDTH if policy().matmul == "kernel" else SHIFTED_CONV_MIN_WIDTH):
                     return _conv3x3_shifted(x, self.weight, self.get("bias"))
         return super().__call__(x)
 
 
 SHIFTED_CONV_MIN_WIDTH = 64  # below this the extra two columns per row and nine small GEMMs lose
+SHIFTED_KERNEL_MIN_WIDTH = 8  # with the compiled GEMM (one call for all taps, no padded copy)
+
+
+def _winograd_wins(pixels: int, channels: int, out_channels: int) -> bool:
+    """Whether Winograd beats the shifted matmuls for a 3x3 convolution of `pixels` (batch x height
+    x width). Its transforms are single-threaded memory passes: against mlx's matmul it wins with
+    many channels of both; against the compiled GEMM, which takes the nine taps in one call on
+    every core, only with wide inputs on large maps (SD's 64x64 640-channel UNet and 128x128 VAE)."""
+    if policy().matmul == "kernel":
+        return channels >= WINOGRAD_KERNEL_MIN_CHANNELS and pixels >= WINOGRAD_KERNEL_MIN_PIXELS
+    return min(channels, out_channels) >= WINOGRAD_MIN_CHANNELS and pixels >= WINOGRAD_MIN_PIXELS
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -238,18 +272,39 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _conv1x1(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
-    w = weight.reshape(weight.shape[0], -1).T
-    flat = x.reshape(-1, x.shape[-1])
-    out = mx.addmm(bias, flat, w) if bias is not None else flat @ w
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return product(x, weight.reshape(weight.shape[0], -1).T, bias)
 
 
 def _conv3x3_shifted(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
-    """3x3, stride 1, padding 1 as nine accumulated matmuls over the flattened padded image."""
-    taps = mx.contiguous(weight.transpose(1, 2, 3, 0))  # (3, 3, in, out): each tap a row-major GEMM operand
-    _, height, width, _ = x.shape
-    nine = [(i, j, taps[i, j]) for i in range(3) for j in range(3)]
-    return _shifted_matmuls(_padded_rows(x), height, width, nine, bias)
+    """3x3, stride 1, padding 1 as nine accumulated matmuls of shifted images."""
+    nine = [(i, j) for i in range(3) for j in range(3)]
+    stacked = weight.reshape(weight.shape[0], -1).T  # (9 in, out): tap (i, j)'s rows at (3i + j) in
+    return _shifted_matmuls(x, nine, stacked, bias)
+
+
+def _shifted_matmuls(x: mx.array, taps: list[tuple[int, int]], stacked: mx.array, bias: mx.array | None) -> mx.array:
+    """bias + the sum over taps t = (i, j) of x (batch, height, width, in), zero-padded by one pixel
+    and shifted by i rows and j columns, @ its weight stacked[t in : (t + 1) in] (in, out).
+
+    The compiled GEMM ("kernel") reads the taps' pixels from x itself, zeros outside it. Otherwise,
+    with the image padded to width W+2 and flattened to rows, output position p (in padded-width
+    coordinates) reads input row p + i*(W+2) + j for tap (i, j): each tap is one matmul of a
+    contiguous row range, accumulated in the GEMM itself (no patch buffer), and two junk columns
+    per row are computed and dropped.
+    """
+    if policy().matmul == "kernel":
+        return cpu_kernels.conv_taps(x, stacked, bias, [(i - 1, j - 1) for i, j in taps], _kernel_threads())
+    batch, height, width, channels = x.shape
+    flat = _padded_rows(x)
+    padded_width = width + 2
+    rows = height * padded_width
+    stacked = mx.contiguous(stacked)
+    out = bias
+    for t, (i, j) in enumerate(taps):
+        offset = i * padded_width + j
+        window, tap = flat[:, offset : offset + rows], stacked[t * channels : (t + 1) * channels]
+        out = window @ tap if out is None else mx.addmm(out, window, tap)
+    return out.reshape(batch, height, padded_width, -1)[:, :, :width]
 
 
 def _padded_rows(x: mx.array) -> mx.array:
@@ -258,32 +313,13 @@ def _padded_rows(x: mx.array) -> mx.array:
     return mx.pad(x, [(0, 0), (1, 2), (1, 1), (0, 0)]).reshape(x.shape[0], -1, x.shape[-1])
 
 
-def _shifted_matmuls(
-    flat: mx.array, height: int, width: int, taps: list[tuple[int, int, mx.array]], bias: mx.array | None
-) -> mx.array:
-    """bias + the sum over taps (i, j, weight (in, out)) of the image shifted by i rows and j columns
-    @ weight, from _padded_rows of a (batch, height, width, in) image: (batch, height, width, out).
-
-    With the image padded to width W+2 and flattened to rows, output position p (in padded-width
-    coordinates) reads input row p + i*(W+2) + j for tap (i, j): each tap is one matmul of a
-    contiguous row range, accumulated in the GEMM itself (no patch buffer). Two junk columns per
-    row are computed and dropped.
-    """
-    padded_width = width + 2
-    rows = height * padded_width
-    out = bias
-    for i, j, tap in taps:
-        offset = i * padded_width + j
-        window = flat[:, offset : offset + rows]
-        out = window @ tap if out is None else mx.addmm(out, window, tap)
-    return out.reshape(flat.shape[0], height, padded_width, -1)[:, :, :width]
-
-
 # Winograd F(2x2, 3x3) loses below these sizes (measured): with few input or output channels the
 # transforms (memory passes) outweigh the saved multiplications; on small maps (SD's 8x8 level)
 # transforming the weights at every call does.
 WINOGRAD_MIN_CHANNELS = 128  # input and output
 WINOGRAD_MIN_PIXELS = 512  # batch * height * width
+WINOGRAD_KERNEL_MIN_CHANNELS = 512  # input, against the compiled GEMM
+WINOGRAD_KERNEL_MIN_PIXELS = 4096
 # Transformed input and products per band of rows: at least this, and at least four times the
 # transformed filters (each band reads all of them). On SD's VAE at 512x512 (128-256 channels)
 # 16 MB bands run 1.4x faster than 256 MB ones (the band's transforms stay in cache); with 1280
@@ -336,7 +372,7 @@ def _conv3x3_winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> m
         products = []  # [a][b]: (batch * tile_rows * width / 2, out)
         for a in range(4):
             tiles = _winograd_input_c(*(vertical[a][:, :, c : c + width : 2] for c in range(4)))
-            products.append([t.reshape(-1, channels) @ filters[a][b].T for b, t in enumerate(tiles)])
+            products.append([product(t.reshape(-1, channels), filters[a][b].T) for b, t in enumerate(tiles)])
         columns = [_winograd_output_c(*(products[a][b] for a in range(4))) for b in range(4)]  # [b][i]
         y = [finish(*(columns[b][i] for b in range(4))) for i in range(2)]  # [i][j]
         tile = mx.stack([mx.stack(y[0], axis=1), mx.stack(y[1], axis=1)], axis=1)  # (tiles, i, j, out)
@@ -372,16 +408,16 @@ _PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 def _upsample_conv3x3_phases(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
     """The four output phases as 2x2 convolutions by shifted matmuls, interleaved."""
     batch, height, width, _ = x.shape
-    flat = _padded_rows(x)
     phases = []
     for a, row_taps in enumerate(_PHASE_TAPS):
         row_phases = []
         for b, column_taps in enumerate(_PHASE_TAPS):
-            taps = [
-                (a + r, b + c, sum(weight[:, i, j] for i in kernel_rows for j in kernel_columns).T)  # (in, out)
-                for r, kernel_rows in enumerate(row_taps) for c, kernel_columns in enumerate(column_taps)
+            taps = [(a + r, b + c) for r in range(len(row_taps)) for c in range(len(column_taps))]
+            summed = [  # per tap, (in, out)
+                sum(weight[:, i, j] for i in kernel_rows for j in kernel_columns).T
+                for kernel_rows in row_taps for kernel_columns in column_taps
             ]
-            row_phases.append(_shifted_matmuls(flat, height, width, taps, bias))
+            row_phases.append(_shifted_matmuls(x, taps, mx.concatenate(summed, axis=0), bias))
         phases.append(mx.stack(row_phases, axis=3))  # (batch, height, width, 2 columns, out)
     return mx.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
 
@@ -409,7 +445,7 @@ def in_batch_halves(fn: Callable[..., mx.array], *batched: mx.array | None) -> m
 
 
 def between_blocks(x: mx.array) -> mx.array:
-    """x, evaluated now where the device evaluates block by block (DevicePolicy.eval_blocks)."""
+    """x, evaluated now where the device evaluates the VAE decoder piece by piece (DevicePolicy.eval_blocks)."""
     if policy().eval_blocks:
         mx.eval(x)
     return x
@@ -482,8 +518,7 @@ def _kernel_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx
     def pairs(x: mx.array) -> mx.array:  # the kernel casts to float32 itself
         return x.reshape(batch * heads, x.shape[2], dim)
 
-    threads = 1 if mx.default_stream(mx.cpu) in worker_streams("cpu") else CPU_STREAMS
-    out = cpu_kernels.fused_attention(pairs(q), pairs(k), pairs(v), scale, threads)
+    out = cpu_kernels.fused_attention(pairs(q), pairs(k), pairs(v), scale, _kernel_threads())
     return out.reshape(batch, heads, queries, dim).astype(q.dtype)
 
 

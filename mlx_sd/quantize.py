@@ -18,13 +18,14 @@ import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
 from .device import policy
+from .layers import product
 
 BITS = (4, 8)
 GROUP_SIZE = 64
 
 
 class QuantizedLinear(nn.QuantizedLinear):
-    """nn.QuantizedLinear with the CPU's dequantize-then-BLAS formulation."""
+    """nn.QuantizedLinear with the CPU's dequantize-then-GEMM formulation."""
 
     def __call__(self, x: mx.array) -> mx.array:
         if x.dtype != mx.float32 or policy().quantized != "dequantize":
@@ -33,7 +34,7 @@ class QuantizedLinear(nn.QuantizedLinear):
             self["weight"], self["scales"], self.get("biases"), self.group_size, self.bits, mode=self.mode,
             dtype=mx.float32,
         )
-        return mx.addmm(self["bias"], x, weight.T) if "bias" in self else x @ weight.T
+        return product(x, weight.T, self.get("bias"))
 
 
 def quantize(model: nn.Module, bits: int = 8, group_size: int = GROUP_SIZE) -> int:
@@ -47,7 +48,7 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int = GROUP_SIZE) -> i
 
     def swap(_path: str, module: nn.Module) -> nn.Module:
         nonlocal count
-        if type(module) is nn.Linear and module.weight.shape[1] % group_size == 0:
+        if isinstance(module, nn.Linear) and module.weight.shape[1] % group_size == 0:
             count += 1
             return QuantizedLinear.from_linear(module, group_size, bits)
         return module

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import UNetConfig
-from .layers import Conv2d, GroupNorm, attention, geglu, in_batch_halves, silu, upsample_conv
+from .layers import Conv2d, GroupNorm, Linear, attention, geglu, in_batch_halves, silu, upsample_conv
 
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2D's GroupNorm; resnets use config.norm_eps
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -35,8 +35,8 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, out_dim)
-        self.linear_2 = nn.Linear(out_dim, out_dim)
+        self.linear_1 = Linear(in_dim, out_dim)
+        self.linear_2 = Linear(out_dim, out_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.linear_2(silu(self.linear_1(x)))
@@ -47,7 +47,7 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_channels, eps)
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.time_emb_proj = Linear(temb_channels, out_channels)
         self.norm2 = GroupNorm(groups, out_channels, eps)
         self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         if in_channels != out_channels:
@@ -68,10 +68,10 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.upcast = upcast
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(context_dim, dim, bias=False)
-        self.to_v = nn.Linear(context_dim, dim, bias=False)
-        self.to_out = [nn.Linear(dim, dim)]
+        self.to_q = Linear(dim, dim, bias=False)
+        self.to_k = Linear(context_dim, dim, bias=False)
+        self.to_v = Linear(context_dim, dim, bias=False)
+        self.to_out = [Linear(dim, dim)]
 
     def __call__(self, x: mx.array, context: mx.array | None = None) -> mx.array:
         context = x if context is None else context
@@ -82,7 +82,7 @@ class Attention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim: int, inner: int):
         super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
+        self.proj = Linear(dim, inner * 2)
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.proj(x), 2, axis=-1)
@@ -93,7 +93,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         # net.1 is diffusers' dropout; the identity keeps the output Linear at `net.2`.
-        self.net = [GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)]
+        self.net = [GEGLU(dim, 4 * dim), nn.Identity(), Linear(4 * dim, dim)]
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.net[2](self.net[0](x))
@@ -126,8 +126,8 @@ class Transformer2DModel(nn.Module):
         self.norm = GroupNorm(config.norm_num_groups, channels, TRANSFORMER_NORM_EPS)
         # SD1 projects with 1x1 convs, SD2/SDXL with Linears; on NHWC both act on the last axis.
         if config.use_linear_projection:
-            self.proj_in = nn.Linear(channels, channels)
-            self.proj_out = nn.Linear(channels, channels)
+            self.proj_in = Linear(channels, channels)
+            self.proj_out = Linear(channels, channels)
         else:
             self.proj_in = Conv2d(channels, channels, kernel_size=1)
             self.proj_out = Conv2d(channels, channels, kernel_size=1)

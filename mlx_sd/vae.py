@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .layers import Conv2d, GroupNorm, attention, between_blocks, upsample_conv
+from .layers import Conv2d, GroupNorm, Linear, attention, between_blocks, upsample_conv
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -41,10 +41,10 @@ class MidAttention(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.group_norm = GroupNorm(groups, channels, EPS)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = [nn.Linear(channels, channels)]
+        self.to_q = Linear(channels, channels)
+        self.to_k = Linear(channels, channels)
+        self.to_v = Linear(channels, channels)
+        self.to_out = [Linear(channels, channels)]
 
     def __call__(self, x: mx.array) -> mx.array:
         batch, height, width, channels = x.shape
@@ -113,8 +113,8 @@ class DecoderBlock(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         for resnet in self.resnets:
-            x = resnet(x)
-        return self.upsamplers[0](x) if "upsamplers" in self else x
+            x = between_blocks(resnet(x))
+        return between_blocks(self.upsamplers[0](x)) if "upsamplers" in self else x
 
 
 class Encoder(nn.Module):
@@ -159,7 +159,7 @@ class Decoder(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         x = between_blocks(self.mid_block(self.conv_in(x)))
         for block in self.up_blocks:
-            x = between_blocks(block(x))
+            x = block(x)
         return self.conv_out(self.conv_norm_out(x, silu=True))
 
 

@@ -1,5 +1,5 @@
-"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels: attention, GroupNorm): built here, exact,
-and never a failure.
+"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels: attention, GroupNorm, GEMM and convolution
+taps): built here, exact, and never a failure.
 
 The test environment installs a C++ compiler and nanobind (.ci/run, pyproject), so the kernel must
 build; where it cannot, the engine falls back to its pure-mlx attention and says why.
@@ -35,8 +35,8 @@ def test_the_kernel_builds_in_the_test_environment():
     status = cpu_kernels.status()
     assert status.module is not None, status.reason
     cpu, gpu = device.policy(mx.float16, "cpu"), device.policy(mx.float16, "gpu")
-    assert (cpu.attention, cpu.group_norm) == ("kernel", "kernel")
-    assert (gpu.attention, gpu.group_norm) == ("fused", "native")  # the GPU never uses them
+    assert (cpu.attention, cpu.group_norm, cpu.matmul) == ("kernel", "kernel", "kernel")
+    assert (gpu.attention, gpu.group_norm, gpu.matmul) == ("fused", "native", "native")  # the GPU never uses them
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -91,6 +91,80 @@ def test_attention_uses_one_thread_on_a_worker_stream_and_every_core_otherwise(m
     layers.attention(q, q, q, 2, impl="kernel")
     with mx.stream(device.worker_streams("cpu")[1]):
         layers.attention(q, q, q, 2, impl="kernel")
+    assert calls == [device.CPU_STREAMS, 1]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "batch, rows, depth, cols",
+    [
+        (1, 4096 + 5, 40, 64 + 3),  # many rows (split over threads) and a column remainder
+        (2, 77, 768, 320),  # SD's cross-attention keys: few rows, so threads split the columns
+        (1, 13, 1000, 33),  # depth over two blocks, nothing a multiple of a tile
+        (3, 1, 1, 1),
+    ],
+)
+def test_gemm_matches_float64(batch, rows, depth, cols, threads):
+    a, weight, bias = rand(batch, rows, depth, seed=40), rand(cols, depth, seed=41), rand(cols, seed=42)
+    expected = np.array(a, dtype=np.float64) @ np.array(weight, dtype=np.float64).T
+    for b, with_bias in ((weight.T, True), (mx.contiguous(weight.T), False)):  # transposed view, row-major
+        got = cpu_kernels.gemm(a, b, bias if with_bias else None, threads)
+        assert got.shape == (batch, rows, cols) and got.dtype == mx.float32
+        assert np.abs(np.array(got) - expected - (np.array(bias) if with_bias else 0)).max() < 2e-5 * depth**0.5
+
+
+def test_gemm_reads_strided_rows_and_half_inputs_and_rejects_mismatches():
+    a = rand(2, 30, 48, seed=43)
+    window, weight = a[:, 3:20, 8:40], rand(32, 16, seed=44)  # rows of 48 floats, 32 of them used
+    expected = np.array(window, dtype=np.float64) @ np.array(weight, dtype=np.float64)
+    assert np.abs(np.array(cpu_kernels.gemm(window, weight, None, 2)) - expected).max() < 1e-4
+    half = cpu_kernels.gemm(window.astype(mx.float16), weight.astype(mx.bfloat16), None, 1)
+    assert half.dtype == mx.float32 and np.abs(np.array(half) - expected).max() < 0.1
+    with pytest.raises(ValueError, match="taps x in"):
+        cpu_kernels.gemm(a, weight, None, 1)
+    with pytest.raises(ValueError, match="bias"):
+        cpu_kernels.gemm(window, weight, mx.zeros((3,)), 1)
+
+
+def conv_reference(x: mx.array, stacked: mx.array, bias: mx.array, taps: list[tuple[int, int]]) -> np.ndarray:
+    x64, w64 = np.array(x, dtype=np.float64), np.array(stacked, dtype=np.float64)
+    batch, height, width, channels = x64.shape
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in taps)
+    padded = np.pad(x64, [(0, 0), (reach, reach), (reach, reach), (0, 0)])
+    out = np.zeros((batch, height, width, w64.shape[1])) + np.array(bias)
+    for t, (dy, dx) in enumerate(taps):
+        shifted = padded[:, reach + dy : reach + dy + height, reach + dx : reach + dx + width]
+        out += shifted @ w64[t * channels : (t + 1) * channels]
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "batch, height, width, channels, out, taps",
+    [
+        (2, 9, 13, 16, 24, [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]),  # a 3x3 convolution
+        (1, 40, 30, 8, 40, [(-1, 1), (0, 0), (1, -1)]),  # rows over several panels and image rows
+        (1, 3, 2, 5, 3, [(0, 0), (0, 1), (1, 0), (1, 1)]),  # an upsampling phase's 2x2 taps, tiny image
+        (1, 1, 1, 4, 4, [(-1, -1), (0, 0)]),  # a tap that reads only the padding
+    ],
+)
+def test_conv_taps_match_a_padded_float64_convolution(batch, height, width, channels, out, taps, threads):
+    x = rand(batch, height, width, channels, seed=45)
+    stacked, bias = rand(len(taps) * channels, out, seed=46), rand(out, seed=47)
+    got = cpu_kernels.conv_taps(x, stacked, bias, taps, threads)
+    assert got.shape == (batch, height, width, out) and got.dtype == mx.float32
+    assert np.abs(np.array(got) - conv_reference(x, stacked, bias, taps)).max() < 1e-4
+
+
+def test_products_use_one_thread_on_a_worker_stream_and_every_core_otherwise(monkeypatch):
+    calls = []
+    real = cpu_kernels.gemm
+    monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: calls.append(args[-1]) or real(*args))
+    x, weight = rand(3, 5, 8, seed=48), rand(8, 6, seed=49)
+    expected = np.array(x) @ np.array(weight)
+    assert np.abs(np.array(layers.product(x, weight)) - expected).max() < 1e-5
+    with mx.stream(device.worker_streams("cpu")[0]):
+        assert layers.product(x, weight).shape == (3, 5, 6)
     assert calls == [device.CPU_STREAMS, 1]
 
 

@@ -56,7 +56,7 @@ def test_system_report_in_a_subprocess() -> None:
     assert re.search(r"^device: (cpu|gpu) \(default .*; GPU available: (yes|no)\)$", out, re.M)
     assert re.search(r"^compute dtype: float32 for float16 weights", out, re.M) or "device: gpu" in out
     assert re.search(r"^BLAS: .*\(.+\)$", out, re.M)
-    assert re.search(r"^CPU kernels: (fused attention and GroupNorm compiled in .+\.so|not used on the GPU)$", out, re.M)
+    assert re.search(r"^CPU kernels: (fused attention, GroupNorm and GEMM compiled in .+\.so|not used on the GPU)$", out, re.M)
     assert re.search(r"attention: (kernel|fused)$", out, re.M)
     gflops = float(re.search(r"^float32 1024x1024 matmul: ([\d.]+) GFLOPS$", out, re.M).group(1))
     assert gflops > 0

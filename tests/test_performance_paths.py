@@ -37,6 +37,8 @@ from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
 
 CPU = device.policy(mx.float16, "cpu")
+# The CPU's formulations where the compiled kernels cannot be built.
+CPU_WITHOUT_KERNELS = dataclasses.replace(CPU, attention="chunked", group_norm="native", matmul="native", batch_streams=2)
 # The GPU's formulations, run on whatever device this is.
 NATIVE = dataclasses.replace(device.policy(mx.float16, "gpu"), device="cpu", compute_dtype=mx.float32)
 TOLERANCE = 1e-5  # between formulations on unit-scale inputs
@@ -57,15 +59,17 @@ def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
 # The policy
 
 
-def test_cpu_and_gpu_policies_choose_their_formulations():
-    assert (CPU.attention, CPU.elementwise, CPU.group_norm, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
-        "kernel", "polynomial", "kernel", "matmul", mx.float32, 2,
+def test_cpu_and_gpu_policies_choose_their_formulations(monkeypatch):
+    assert (CPU.attention, CPU.elementwise, CPU.group_norm, CPU.matmul, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
+        "kernel", "polynomial", "kernel", "kernel", "matmul", mx.float32, 1,
     )
     gpu = device.policy(mx.float16, "gpu")
-    assert (gpu.attention, gpu.elementwise, gpu.group_norm, gpu.conv, gpu.quantized, gpu.compute_dtype, gpu.batch_streams) == (
-        "fused", "native", "native", "native", "kernel", mx.float16, 1,
-    )
+    assert (gpu.attention, gpu.elementwise, gpu.group_norm, gpu.matmul, gpu.conv, gpu.quantized, gpu.compute_dtype,
+            gpu.batch_streams) == ("fused", "native", "native", "native", "native", "kernel", mx.float16, 1)
     assert CPU.quantized == "dequantize"
+    # without the compiled kernels the CPU keeps mlx's ops and splits a batch over its cores
+    monkeypatch.setattr(device.cpu_kernels, "available", lambda: False)
+    assert device.policy(mx.float16, "cpu") == CPU_WITHOUT_KERNELS
 
 
 def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_weights(tmp_path):
@@ -315,7 +319,9 @@ def torch_conv(x: mx.array, conv: nn.Conv2d) -> np.ndarray:
     return out.permute(0, 2, 3, 1).numpy()
 
 
-WINOGRAD_EVERYWHERE = {"WINOGRAD_MIN_CHANNELS": 1, "WINOGRAD_MIN_PIXELS": 1}
+WINOGRAD_EVERYWHERE = {
+    "WINOGRAD_MIN_CHANNELS": 1, "WINOGRAD_MIN_PIXELS": 1, "WINOGRAD_KERNEL_MIN_CHANNELS": 1, "WINOGRAD_KERNEL_MIN_PIXELS": 1,
+}
 CONVS = {
     # (in, out, kernel, stride, padding, bias, input (B, H, W), layers constants): which path each
     # takes on the CPU; Winograd's thresholds are lowered to reach it at test sizes
@@ -327,7 +333,8 @@ CONVS = {
     "3x3 winograd, odd height: shifted": (16, 8, 3, 1, 1, True, (1, 5, 64), WINOGRAD_EVERYWHERE),
     "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, layers.SHIFTED_CONV_MIN_WIDTH), {}),
     "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, layers.SHIFTED_CONV_MIN_WIDTH + 3), {}),
-    "3x3 narrow: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, 10), {}),
+    "3x3 narrow, the compiled GEMM's shifted taps": (16, 24, 3, 1, 1, True, (2, 6, 10), {}),
+    "3x3 narrower: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, layers.SHIFTED_KERNEL_MIN_WIDTH - 1), {}),
     "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70), WINOGRAD_EVERYWHERE),
     "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70), WINOGRAD_EVERYWHERE),
 }
@@ -344,16 +351,18 @@ def test_conv_formulations_match_torch(case, use_policy, monkeypatch):
     x = rand(batch, height, width, cin, seed=11)
     reference = torch_conv(x, conv)
     outputs = {}
-    for choice in (CPU, NATIVE):
+    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
         use_policy(choice)
-        outputs[choice.conv] = np.array(conv(x))
-        assert outputs[choice.conv].shape == reference.shape
-        assert np.abs(outputs[choice.conv] - reference).max() < 2e-5, choice.conv
-    assert np.abs(outputs["matmul"] - outputs["native"]).max() < TOLERANCE
+        outputs[choice.matmul + choice.conv] = np.array(conv(x))
+        assert outputs[choice.matmul + choice.conv].shape == reference.shape
+        assert np.abs(outputs[choice.matmul + choice.conv] - reference).max() < 2e-5, choice
+    assert np.abs(outputs["kernelmatmul"] - outputs["nativenative"]).max() < TOLERANCE
+    assert np.abs(outputs["nativematmul"] - outputs["nativenative"]).max() < TOLERANCE
 
 
-def test_each_conv_case_takes_its_path(monkeypatch, use_policy):
-    use_policy(CPU)
+@pytest.mark.parametrize("choice", [CPU, CPU_WITHOUT_KERNELS], ids=["compiled GEMM", "mlx matmul"])
+def test_each_conv_case_takes_its_path(choice, monkeypatch, use_policy):
+    use_policy(choice)
     taken = []
     for name in ("_conv1x1", "_conv3x3_winograd", "_conv3x3_shifted"):
         original = getattr(layers, name)
@@ -361,7 +370,8 @@ def test_each_conv_case_takes_its_path(monkeypatch, use_policy):
     expected = {
         "1x1 matmul": "_conv1x1", "3x3 winograd in bands": "_conv3x3_winograd",
         "3x3 winograd, odd height: shifted": "_conv3x3_shifted", "3x3 shifted matmuls": "_conv3x3_shifted",
-        "3x3 narrow: mx.conv2d": None, "3x3 stride 2: mx.conv2d": None,
+        "3x3 narrow, the compiled GEMM's shifted taps": "_conv3x3_shifted" if choice.matmul == "kernel" else None,
+        "3x3 narrower: mx.conv2d": None, "3x3 stride 2: mx.conv2d": None,
     }
     for case, path in expected.items():
         cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
@@ -391,11 +401,11 @@ def test_upsample_conv_matches_torch_interpolate_then_conv(case, use_policy):
     target = size or (2 * height, 2 * width)
     up = torch.nn.functional.interpolate(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2), size=target, mode="nearest")
     reference = torch_conv(mx.array(up.permute(0, 2, 3, 1).numpy()), conv)
-    for choice in (CPU, NATIVE):
+    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
         use_policy(choice)
         got = np.array(layers.upsample_conv(conv, x, size))
         assert got.shape == reference.shape
-        assert np.abs(got - reference).max() < 2e-5, choice.conv
+        assert np.abs(got - reference).max() < 2e-5, choice
 
 
 def test_upsample_conv_on_the_cpu_skips_the_upsampled_image(use_policy, monkeypatch):
@@ -417,15 +427,16 @@ def test_shifted_conv_runs_without_the_patch_buffer(use_policy):
     x = rand(1, 128, 128, 64, seed=12)
     mx.eval(conv.parameters(), x)
     peaks = {}
-    for choice in (CPU, NATIVE):
+    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
         use_policy(choice)
         mx.reset_peak_memory()
         base = mx.get_active_memory()
         mx.eval(conv(x))
-        peaks[choice.conv] = mx.get_peak_memory() - base
+        peaks[choice.matmul + choice.conv] = mx.get_peak_memory() - base
     patches = 128 * 128 * 9 * 64 * 4
-    assert peaks["native"] > patches
-    assert peaks["matmul"] < patches / 2
+    assert peaks["nativenative"] > patches
+    assert peaks["nativematmul"] < patches / 2
+    assert peaks["kernelmatmul"] <= 128 * 128 * 64 * 4 * 1.1  # the output alone: not even a padded copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,15 +455,14 @@ def test_unet_and_vae_agree_across_policies(constants, use_policy, monkeypatch):
     unet, vae = UNet2DConditionModel(TINY_UNET), AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
     sample = rand(2, 8, layers.SHIFTED_CONV_MIN_WIDTH, 4, seed=13)  # wide enough for the shifted 3x3 path
     context, latents = rand(2, 77, 32, seed=14), rand(1, 4, 10, 4, seed=15)
-    outputs = {}
-    for choice in (CPU, NATIVE):
+    outputs = []
+    for choice in (NATIVE, CPU, CPU_WITHOUT_KERNELS):
         use_policy(choice)
-        outputs[choice.device + choice.attention] = (
-            np.array(unet(sample, mx.array([10.0, 900.0]), context)), np.array(vae.decode(latents))
-        )
-    (unet_cpu, vae_cpu), (unet_native, vae_native) = outputs.values()
-    assert np.abs(unet_cpu - unet_native).max() < 1e-4
-    assert np.abs(vae_cpu - vae_native).max() < 1e-4
+        outputs.append((np.array(unet(sample, mx.array([10.0, 900.0]), context)), np.array(vae.decode(latents))))
+    (unet_native, vae_native), *cpu_outputs = outputs
+    for unet_cpu, vae_cpu in cpu_outputs:
+        assert np.abs(unet_cpu - unet_native).max() < 1e-4
+        assert np.abs(vae_cpu - vae_native).max() < 1e-4
 
 
 def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use_policy):
@@ -463,7 +473,7 @@ def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use
         return x * 2 + y
 
     x, y = rand(5, 3, seed=30), rand(5, 3, seed=31)
-    use_policy(CPU)
+    use_policy(CPU_WITHOUT_KERNELS)
     halves = layers.in_batch_halves(fn, x, y, None)
     assert seen == [(2, 2, None), (3, 3, None)]  # rounded halves of 5 rows, one per worker stream
     assert np.array_equal(np.array(halves), np.array(x * 2 + y))
@@ -471,10 +481,12 @@ def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use
     layers.in_batch_halves(fn, x[:1], y[:1], None)  # one row: nothing to split
     use_policy(NATIVE)
     layers.in_batch_halves(fn, x, y, None)
-    assert seen == [(1, 1, None), (5, 5, None)]
+    use_policy(CPU)  # the compiled kernels use every core themselves
+    layers.in_batch_halves(fn, x, y, None)
+    assert seen == [(1, 1, None), (5, 5, None), (5, 5, None)]
 
 
-def test_the_cpu_decodes_block_by_block(use_policy, monkeypatch):
+def test_the_cpu_decodes_resnet_by_resnet(use_policy, monkeypatch):
     vae = AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
     latents = rand(1, 4, 4, 4, seed=32)
     evaluated = []
@@ -485,7 +497,11 @@ def test_the_cpu_decodes_block_by_block(use_policy, monkeypatch):
     assert evaluated == []
     use_policy(CPU)
     blocks = vae.decode(latents)
-    assert evaluated == [(1, 4, 4, 64), (1, 8, 8, 64), (1, 16, 16, 64), (1, 32, 32, 32), (1, 32, 32, 32)]
+    resnets = 3  # per decoder block: layers_per_block + 1
+    assert evaluated == [
+        (1, 4, 4, 64), *[(1, 4, 4, 64)] * resnets, (1, 8, 8, 64), *[(1, 8, 8, 64)] * resnets, (1, 16, 16, 64),
+        *[(1, 16, 16, 32)] * resnets, (1, 32, 32, 32), *[(1, 32, 32, 32)] * resnets,
+    ]  # the mid block, then each resnet and upsampler
     assert np.abs(np.array(blocks) - np.array(whole)).max() < 1e-4
 
 
@@ -497,7 +513,7 @@ def test_the_cpu_decodes_block_by_block(use_policy, monkeypatch):
 def test_quantized_linear_formulations_agree(bits, monkeypatch):
     import mlx_sd.quantize as quantize_module
 
-    model = nn.Sequential(nn.Linear(128, 192), nn.Linear(192, 64, bias=False), nn.Linear(100, 8))
+    model = nn.Sequential(layers.Linear(128, 192), nn.Linear(192, 64, bias=False), nn.Linear(100, 8))
     x = rand(3, 7, 128, seed=16)
     reference = np.array(model.layers[1](model.layers[0](x)))
     assert quantize(model, bits) == 2  # 100 inputs is not a multiple of the 64-wide groups

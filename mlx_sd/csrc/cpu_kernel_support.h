@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -87,6 +89,9 @@ inline mx::array contiguous_float32(const mx::array& x, mx::Stream stream) {
 }
 
 mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int threads);
+mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads);
+mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
+                    const std::vector<std::pair<int, int>>& taps, int threads);
 mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
 
 }  // namespace mlx_sd

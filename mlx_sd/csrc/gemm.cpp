@@ -1,0 +1,269 @@
+// float32 GEMM for mlx's CPU backend (mlx_sd.cpu_kernels builds this file).
+//
+// mlx's CPU matmul is the system BLAS's sgemm: OpenBLAS, whose kernels may be pinned to an older
+// instruction set than the CPU has (issue 6: OPENBLAS_CORETYPE=Haswell runs SD's products at
+// 170-220 GFLOPS on CPUs that reach twice that with AVX-512). This GEMM is compiled for the CPU it
+// runs on: a register-tiled micro-kernel written with GCC vector extensions (12 rows x 32 columns
+// in 24 AVX-512 accumulators, 6 x 16 with AVX2), cache-blocked as BLIS does (Van Zee and van de
+// Geijn, 2015): a packed panel of A's rows stays in L1 while packed column panels of B stream from L2.
+//
+// It also runs a stride-1 convolution without a patch buffer or a padded copy: for tap t = (dy, dx),
+// row m = (y, x) of A_t is pixel (y + dy, x + dx) of the (height, width) image, or zeros outside it,
+// and B stacks the taps' (in, out) weights. A 3x3 convolution with "same" padding is then one GEMM
+// (mlx_sd.layers._conv_taps); a plain matmul is the one tap (0, 0) on an image one row high.
+//
+// C (batch, M, N) = bias + sum over taps t of A_t (M, K) @ B[t K : (t + 1) K] (K, N); A is read
+// with any batch and row strides (its channels contiguous), B with any strides.
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "cpu_kernel_support.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+namespace mlx_sd {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kRows = 12;  // micro-tile: 12 rows x 2 vectors of columns in 24 accumulators
+#else
+constexpr int kRows = 6;   // 12 accumulators fit AVX2's 16 registers
+#endif
+constexpr int kColVectors = 2;
+constexpr int kCols = kColVectors * kLanes;
+constexpr int kDepth = 384;         // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB (L1)
+constexpr int kBlockCols = 384;     // most of an N block: its packed B panels (<= 576 KB) stay in L2
+constexpr int kBlockRows = 1536;    // most of an M block: its packed A (<= 2.3 MB) stays in L3
+constexpr int kSplitColumnsBelowRows = 512;  // per thread
+
+struct Tap {
+  int dy, dx;  // the input pixel an output pixel reads, relative to it
+};
+
+struct Problem {
+  const float* a;
+  int64_t a_batch_stride, a_row_stride;
+  std::vector<Tap> taps;
+  int height, width;  // A's rows as an image: M = height x width
+  const float* b;
+  int64_t b_row_stride, b_col_stride;
+  const float* bias;  // (N,) or null
+  float* c;
+  int batch, rows, cols, depth;  // per tap depth K; B has taps x K rows
+};
+
+int round_up(int x, int to) {
+  return (x + to - 1) / to * to;
+}
+
+// Splits `total` into equal blocks of at most `most`, each rounded up to `multiple`.
+int block_size(int total, int most, int multiple) {
+  const int blocks = (total + most - 1) / most;
+  return round_up((total + blocks - 1) / blocks, multiple);
+}
+
+// kRows rows of A (row stride `stride`) from `data`, channels from k0 on.
+struct Panel {
+  const float* data;
+  int64_t stride;
+};
+
+// Rows [m, m + rows) of A for `tap`, channels k0..k0+depth: read in place where they are
+// consecutive pixels inside the image (a pack of A costs about a third of a 128-channel VAE
+// convolution's time), otherwise copied into `spare` (kRows x depth) with zeros outside the image.
+Panel a_panel(const Problem& pr, const float* a, Tap tap, int m, int rows, int k0, int depth, float* spare) {
+  const int y = m / pr.width + tap.dy, x = m % pr.width + tap.dx;
+  if (rows == kRows && m % pr.width + kRows <= pr.width && y >= 0 && y < pr.height && x >= 0 && x + kRows <= pr.width)
+    return {a + (static_cast<int64_t>(y) * pr.width + x) * pr.a_row_stride + k0, pr.a_row_stride};
+  for (int r = 0; r < kRows; ++r) {
+    const int yr = (m + r) / pr.width + tap.dy, xr = (m + r) % pr.width + tap.dx;
+    float* dst = spare + static_cast<size_t>(r) * depth;
+    if (r < rows && yr >= 0 && yr < pr.height && xr >= 0 && xr < pr.width)
+      std::memcpy(dst, a + (static_cast<int64_t>(yr) * pr.width + xr) * pr.a_row_stride + k0, depth * sizeof(float));
+    else
+      std::memset(dst, 0, depth * sizeof(float));
+  }
+  return {spare, depth};
+}
+
+// B[k0..k0+depth, n0..n0+cols) -> column panels of kCols, each depth x kCols, zero-padded. Read
+// along B's contiguous axis: its rows (an activation) or its columns (a transposed weight).
+void pack_b(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
+  for (int q = 0; q < cols; q += kCols) {
+    float* panel = packed + static_cast<size_t>(q) * depth;
+    const int width = std::min(kCols, cols - q);
+    const float* src = pr.b + k0 * pr.b_row_stride + (n0 + q) * pr.b_col_stride;
+    if (pr.b_col_stride == 1) {
+      for (int k = 0; k < depth; ++k) std::memcpy(panel + k * kCols, src + k * pr.b_row_stride, width * sizeof(float));
+    } else {
+      for (int n = 0; n < width; ++n)
+        for (int k = 0; k < depth; ++k) panel[k * kCols + n] = src[n * pr.b_col_stride + k * pr.b_row_stride];
+    }
+    for (int k = 0; k < depth; ++k)
+      for (int n = width; n < kCols; ++n) panel[k * kCols + n] = 0.0f;
+  }
+}
+
+// c (rows x cols of a kRows x kCols tile, row stride ldc) = start + a_panel @ b_panel, where start is
+// c itself (accumulate), the bias row, or zero.
+enum class Start { kZero, kBias, kAccumulate };
+
+void micro_kernel(int depth, Panel a, const float* b, float* c, int64_t ldc, int rows, int cols, Start start,
+                  const float* bias) {
+  vfloat acc[kRows][kColVectors] = {};
+  for (int k = 0; k < depth; ++k) {
+    vfloat bv[kColVectors];
+    for (int v = 0; v < kColVectors; ++v) bv[v] = load(b + k * kCols + v * kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const float x = a.data[r * a.stride + k];
+      for (int v = 0; v < kColVectors; ++v) acc[r][v] += x * bv[v];
+    }
+  }
+  if (rows == kRows && cols == kCols) {
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kColVectors; ++v) {
+        float* dst = c + r * ldc + v * kLanes;
+        if (start == Start::kAccumulate) acc[r][v] += load(dst);
+        else if (start == Start::kBias) acc[r][v] += load(bias + v * kLanes);
+        store(dst, acc[r][v]);
+      }
+    return;
+  }
+  float tile[kRows][kCols];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kColVectors; ++v) store(&tile[r][v * kLanes], acc[r][v]);
+  for (int r = 0; r < rows; ++r)
+    for (int n = 0; n < cols; ++n) {
+      float& dst = c[r * ldc + n];
+      dst = tile[r][n] + (start == Start::kAccumulate ? dst : start == Start::kBias ? bias[n] : 0.0f);
+    }
+}
+
+struct Range {
+  int first, last;
+};
+
+// Rows `rows` and columns `cols` of every batch entry's C.
+void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
+  const int taps = static_cast<int>(pr.taps.size());
+  const int depth_block = block_size(pr.depth, kDepth, 1);
+  const int col_block = block_size(std::max(1, cols_part.last - cols_part.first), kBlockCols, kCols);
+  const int row_block = block_size(std::max(1, rows_part.last - rows_part.first), kBlockRows, kRows);
+  std::vector<float> spare(static_cast<size_t>(kRows) * depth_block);
+  std::vector<float> packed_b(static_cast<size_t>(col_block) * depth_block);
+  for (int batch = 0; batch < pr.batch; ++batch) {
+    const float* a = pr.a + batch * pr.a_batch_stride;
+    float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
+    for (int m0 = rows_part.first; m0 < rows_part.last; m0 += row_block) {
+      const int rows = std::min(row_block, rows_part.last - m0);
+      for (int t = 0; t < taps; ++t)
+        for (int k0 = 0; k0 < pr.depth; k0 += depth_block) {
+          const int depth = std::min(depth_block, pr.depth - k0);
+          const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
+          for (int n0 = cols_part.first; n0 < cols_part.last; n0 += col_block) {
+            const int cols = std::min(col_block, cols_part.last - n0);
+            pack_b(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());
+            for (int p = 0; p < rows; p += kRows) {
+              const Panel panel = a_panel(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth, spare.data());
+              for (int q = 0; q < cols; q += kCols)
+                micro_kernel(depth, panel, packed_b.data() + static_cast<size_t>(q) * depth,
+                             c + static_cast<size_t>(m0 + p) * pr.cols + n0 + q, pr.cols, std::min(kRows, rows - p),
+                             std::min(kCols, cols - q), start, pr.bias ? pr.bias + n0 + q : nullptr);
+            }
+          }
+        }
+    }
+  }
+}
+
+// Part t of `count` of [0, total), cut at multiples of `unit`.
+Range share(int total, int count, int t, int unit) {
+  const int size = round_up((total + count - 1) / count, unit);
+  return {std::min(total, t * size), std::min(total, (t + 1) * size)};
+}
+
+// Threads split the rows; with few rows (each thread packs all of B it uses) they split the columns.
+void gemm(const Problem& pr, int threads) {
+  const bool by_rows = pr.rows >= kSplitColumnsBelowRows * threads || pr.cols < kCols * threads;
+  threads = std::max(1, std::min(threads, by_rows ? (pr.rows + kRows - 1) / kRows : (pr.cols + kCols - 1) / kCols));
+  run_on_threads(threads, [&](int t) {
+    if (by_rows) gemm_part(pr, share(pr.rows, threads, t, kRows), {0, pr.cols});
+    else gemm_part(pr, {0, pr.rows}, share(pr.cols, threads, t, kCols));
+  });
+}
+
+class Gemm : public CpuOnlyPrimitive {
+ public:
+  Gemm(mx::Stream stream, std::vector<Tap> taps, int height, int width, int threads)
+      : CpuOnlyPrimitive(stream), taps_(std::move(taps)), height_(height), width_(width), threads_(threads) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const auto& a = inputs[0];
+    const auto& b = inputs[1];
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& input : inputs) encoder.set_input_array(input);
+    encoder.set_output_array(out);
+    Problem pr{a.data<float>(), a.strides(0), a.strides(1), taps_, height_, width_, b.data<float>(), b.strides(0),
+               b.strides(1), inputs.size() > 2 ? inputs[2].data<float>() : nullptr, out.data<float>(),
+               static_cast<int>(a.shape(0)), height_ * width_, static_cast<int>(b.shape(1)), static_cast<int>(a.shape(2))};
+    encoder.dispatch([pr = std::move(pr), threads = threads_]() { gemm(pr, threads); });
+  }
+
+  const char* name() const override {
+    return "MlxSdGemm";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const Gemm&>(other);
+    const auto same_tap = [](Tap x, Tap y) { return x.dy == y.dy && x.dx == y.dx; };
+    return std::equal(taps_.begin(), taps_.end(), o.taps_.begin(), o.taps_.end(), same_tap) && height_ == o.height_ &&
+           width_ == o.width_ && threads_ == o.threads_;
+  }
+
+ private:
+  std::vector<Tap> taps_;
+  int height_, width_;
+  int threads_;
+};
+
+// float32 with its last axis contiguous (strided rows and batches are read in place).
+mx::array rows_contiguous(const mx::array& x, mx::Stream stream) {
+  if (x.dtype() == mx::float32 && x.strides().back() == 1) return x;
+  return contiguous_float32(x, stream);
+}
+
+// a (batch, height x width, K) -> (batch, height x width, N)
+mx::array tap_product(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, std::vector<Tap> taps,
+                      int height, int width, int threads) {
+  if (b.ndim() != 2 || b.shape(0) != static_cast<int64_t>(taps.size()) * a.shape(2))
+    throw std::invalid_argument("b is not (taps x in, out)");
+  if (bias && (bias->ndim() != 1 || bias->shape(0) != b.shape(1))) throw std::invalid_argument("bias is not (out,)");
+  const auto stream = mx::default_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs = {rows_contiguous(a, stream), mx::astype(b, mx::float32, stream)};
+  if (bias) inputs.push_back(contiguous_float32(*bias, stream));
+  return mx::array({a.shape(0), a.shape(1), b.shape(1)}, mx::float32,
+                   std::make_shared<Gemm>(stream, std::move(taps), height, width, threads), std::move(inputs));
+}
+
+}  // namespace
+
+mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads) {
+  if (a.ndim() != 3) throw std::invalid_argument("gemm takes a (batch, rows, in)");
+  return tap_product(a, b, bias, {{0, 0}}, 1, static_cast<int>(a.shape(1)), threads);
+}
+
+mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
+                    const std::vector<std::pair<int, int>>& taps, int threads) {
+  if (x.ndim() != 4 || taps.empty()) throw std::invalid_argument("conv_taps takes x (batch, height, width, in) and taps");
+  const int height = static_cast<int>(x.shape(1)), width = static_cast<int>(x.shape(2));
+  std::vector<Tap> offsets;
+  for (const auto& [dy, dx] : taps) offsets.push_back({dy, dx});
+  const auto rows = mx::reshape(x, {x.shape(0), x.shape(1) * x.shape(2), x.shape(3)}, mx::default_stream(mx::Device::cpu));
+  const auto out = tap_product(rows, b, bias, std::move(offsets), height, width, threads);
+  return mx::reshape(out, {x.shape(0), x.shape(1), x.shape(2), b.shape(1)}, mx::default_stream(mx::Device::cpu));
+}
+
+}  // namespace mlx_sd
