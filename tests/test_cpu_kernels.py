@@ -118,8 +118,12 @@ def test_gemm_reads_strided_rows_and_half_inputs_and_rejects_mismatches():
     window, weight = a[:, 3:20, 8:40], rand(32, 16, seed=44)  # rows of 48 floats, 32 of them used
     expected = np.array(window, dtype=np.float64) @ np.array(weight, dtype=np.float64)
     assert np.abs(np.array(cpu_kernels.gemm(window, weight, None, 2)) - expected).max() < 1e-4
-    half = cpu_kernels.gemm(window.astype(mx.float16), weight.astype(mx.bfloat16), None, 1)
-    assert half.dtype == mx.float32 and np.abs(np.array(half) - expected).max() < 0.1
+    for dtype in (mx.float16, mx.bfloat16):  # half-precision weights are converted as they are packed
+        half = cpu_kernels.gemm(window, weight.astype(dtype), None, 1)
+        exact = np.array(window, dtype=np.float64) @ np.array(weight.astype(dtype).astype(mx.float32), dtype=np.float64)
+        assert half.dtype == mx.float32 and np.abs(np.array(half) - exact).max() < 1e-4
+        transposed = cpu_kernels.gemm(window.astype(dtype), mx.contiguous(weight.T).astype(dtype).T, None, 2)
+        assert np.abs(np.array(transposed) - expected).max() < 0.1
     with pytest.raises(ValueError, match="taps x in"):
         cpu_kernels.gemm(a, weight, None, 1)
     with pytest.raises(ValueError, match="bias"):

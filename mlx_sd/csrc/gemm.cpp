@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 
 #include "cpu_kernel_support.h"
 #include "mlx/allocator.h"
@@ -41,12 +42,16 @@ struct Tap {
   int dy, dx;  // the input pixel an output pixel reads, relative to it
 };
 
+// B's element type: half-precision weights (the text encoders keep theirs) are read as they are.
+enum class BType { kFloat32, kFloat16, kBFloat16 };
+
 struct Problem {
   const float* a;
   int64_t a_batch_stride, a_row_stride;
   std::vector<Tap> taps;
   int height, width;  // A's rows as an image: M = height x width
-  const float* b;
+  const void* b;  // b_type elements, converted to float32 as they are packed
+  BType b_type;
   int64_t b_row_stride, b_col_stride;
   const float* bias;  // (N,) or null
   float* c;
@@ -87,21 +92,46 @@ Panel a_panel(const Problem& pr, const float* a, Tap tap, int m, int rows, int k
   return {spare, depth};
 }
 
-// B[k0..k0+depth, n0..n0+cols) -> column panels of kCols, each depth x kCols, zero-padded. Read
-// along B's contiguous axis: its rows (an activation) or its columns (a transposed weight).
-void pack_b(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
+template <class T>
+float to_float(T x) {
+  if constexpr (std::is_same_v<T, uint16_t>) {  // bfloat16: the high half of a float32
+    const uint32_t bits = static_cast<uint32_t>(x) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  } else {
+    return static_cast<float>(x);
+  }
+}
+
+template <class T>
+void pack_b_as(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
+  const T* b = static_cast<const T*>(pr.b);
   for (int q = 0; q < cols; q += kCols) {
     float* panel = packed + static_cast<size_t>(q) * depth;
     const int width = std::min(kCols, cols - q);
-    const float* src = pr.b + k0 * pr.b_row_stride + (n0 + q) * pr.b_col_stride;
-    if (pr.b_col_stride == 1) {
+    const T* src = b + k0 * pr.b_row_stride + (n0 + q) * pr.b_col_stride;
+    if (std::is_same_v<T, float> && pr.b_col_stride == 1) {
       for (int k = 0; k < depth; ++k) std::memcpy(panel + k * kCols, src + k * pr.b_row_stride, width * sizeof(float));
+    } else if (pr.b_col_stride == 1) {
+      for (int k = 0; k < depth; ++k)
+        for (int n = 0; n < width; ++n) panel[k * kCols + n] = to_float(src[k * pr.b_row_stride + n]);
     } else {
       for (int n = 0; n < width; ++n)
-        for (int k = 0; k < depth; ++k) panel[k * kCols + n] = src[n * pr.b_col_stride + k * pr.b_row_stride];
+        for (int k = 0; k < depth; ++k) panel[k * kCols + n] = to_float(src[n * pr.b_col_stride + k * pr.b_row_stride]);
     }
     for (int k = 0; k < depth; ++k)
       for (int n = width; n < kCols; ++n) panel[k * kCols + n] = 0.0f;
+  }
+}
+
+// B[k0..k0+depth, n0..n0+cols) -> column panels of kCols, each depth x kCols, zero-padded, in float32.
+// Read along B's contiguous axis: its rows (an activation) or its columns (a transposed weight).
+void pack_b(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
+  switch (pr.b_type) {
+    case BType::kFloat16: return pack_b_as<_Float16>(pr, k0, depth, n0, cols, packed);
+    case BType::kBFloat16: return pack_b_as<uint16_t>(pr, k0, depth, n0, cols, packed);
+    default: return pack_b_as<float>(pr, k0, depth, n0, cols, packed);
   }
 }
 
@@ -193,6 +223,10 @@ void gemm(const Problem& pr, int threads) {
   });
 }
 
+BType b_type(const mx::array& b) {
+  return b.dtype() == mx::float16 ? BType::kFloat16 : b.dtype() == mx::bfloat16 ? BType::kBFloat16 : BType::kFloat32;
+}
+
 class Gemm : public CpuOnlyPrimitive {
  public:
   Gemm(mx::Stream stream, std::vector<Tap> taps, int height, int width, int threads)
@@ -206,7 +240,7 @@ class Gemm : public CpuOnlyPrimitive {
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
-    Problem pr{a.data<float>(), a.strides(0), a.strides(1), taps_, height_, width_, b.data<float>(), b.strides(0),
+    Problem pr{a.data<float>(), a.strides(0), a.strides(1), taps_, height_, width_, b.data<void>(), b_type(b), b.strides(0),
                b.strides(1), inputs.size() > 2 ? inputs[2].data<float>() : nullptr, out.data<float>(),
                static_cast<int>(a.shape(0)), height_ * width_, static_cast<int>(b.shape(1)), static_cast<int>(a.shape(2))};
     encoder.dispatch([pr = std::move(pr), threads = threads_]() { gemm(pr, threads); });
@@ -242,7 +276,8 @@ mx::array tap_product(const mx::array& a, const mx::array& b, const std::optiona
     throw std::invalid_argument("b is not (taps x in, out)");
   if (bias && (bias->ndim() != 1 || bias->shape(0) != b.shape(1))) throw std::invalid_argument("bias is not (out,)");
   const auto stream = mx::default_stream(mx::Device::cpu);
-  std::vector<mx::array> inputs = {rows_contiguous(a, stream), mx::astype(b, mx::float32, stream)};
+  const bool half = b.dtype() == mx::float16 || b.dtype() == mx::bfloat16;
+  std::vector<mx::array> inputs = {rows_contiguous(a, stream), half ? b : mx::astype(b, mx::float32, stream)};
   if (bias) inputs.push_back(contiguous_float32(*bias, stream));
   return mx::array({a.shape(0), a.shape(1), b.shape(1)}, mx::float32,
                    std::make_shared<Gemm>(stream, std::move(taps), height, width, threads), std::move(inputs));
