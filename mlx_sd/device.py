@@ -21,7 +21,8 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
 - freed activations kept in glibc's heap for reuse (mlx_sd.cpu_memory): otherwise every one over
   32 MB comes fresh from the OS and each of its pages costs a fault.
 - the text encoders keep their float16/bfloat16 weights and promote them to float32 inside each op
-  (run once per prompt, a resident float32 copy would cost more memory than the casts cost time).
+  (run once per prompt, a resident float32 copy would cost more memory than the casts cost time);
+  with the compiled GEMM, which converts them as it packs them, the UNet keeps its own too.
 - two worker streams, one per core: weight casts at load and, without the compiled kernels, the
   halves of the UNet's CFG batch (mlx runs each stream's element-wise work on one thread); the VAE
   decoder evaluated resnet by resnet.
@@ -82,6 +83,10 @@ class DevicePolicy:
     # compute dtype (mlx_sd.clip.CLIPTextModel.compute_dtype): they run once per prompt, so on the
     # CPU a resident float32 copy costs more memory (SD1.5 0.25 GB, SDXL 1.6 GB) than its casts cost time.
     text_encoders_in_storage_dtype: bool = False
+    # Keep the UNet's weights in the storage dtype too: the compiled GEMM converts float16 and bfloat16
+    # weights to float32 as it packs them, so a resident float32 copy would only cost memory (SD1.5
+    # 1.7 GB, SDXL 5.1 GB) and load time (the cast and first touch of every float32 page).
+    unet_in_storage_dtype: bool = False
 
 
 def dtype_from_name(name: str) -> mx.Dtype:
@@ -111,6 +116,7 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
             group_norm="kernel" if compiled else "native", matmul="kernel" if compiled else "native", conv="matmul",
             quantized="dequantize",
             batch_streams=1 if compiled else CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
+            unet_in_storage_dtype=compiled,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
 

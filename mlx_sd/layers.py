@@ -198,8 +198,8 @@ def _group_affine_silu(x: mx.array, mean: mx.array, scale: mx.array, bias: mx.ar
 
 
 def _kernel_threads() -> int:
-    """Threads for a compiled CPU kernel: one on a worker stream (the other half of the CFG batch
-    keeps the other core busy), every core otherwise."""
+    """Threads for a compiled CPU kernel: one on a worker stream (work on the other streams keeps
+    the other core busy), every core otherwise."""
     return 1 if mx.default_stream(mx.cpu) in worker_streams("cpu") else CPU_STREAMS
 
 
@@ -230,11 +230,11 @@ class Conv2d(nn.Conv2d):
     nine times the input's size before one GEMM (1.4 GB for a 128-channel 512x512 VAE layer). On the
     CPU (float32), with stride 1 and "same" padding:
     - 1x1: a plain matmul;
-    - 3x3 with many channels on a large enough map: Winograd F(2x2, 3x3), 16 GEMMs with 2.25x fewer
-      multiplications than the direct form (1.3-1.9x faster than mx.conv2d here), in bands of rows
-      to bound memory;
-    - other 3x3 on a wide image: nine matmuls of shifted row ranges of the flattened padded input,
-      accumulated in the GEMM itself (no patch buffer);
+    - 3x3 with many channels on a large enough map (_winograd_wins): Winograd F(2x2, 3x3), 16 GEMMs
+      with 2.25x fewer multiplications than the direct form (1.3-1.9x faster than mx.conv2d here), in
+      bands of rows to bound memory;
+    - other 3x3 on a wide enough image: nine matmuls of the shifted image, accumulated in the GEMM
+      itself (no patch buffer); the compiled GEMM takes them in one call (2-3x mx.conv2d's speed);
     - everything else (narrow maps, strides, other paddings): mx.conv2d.
     """
 
@@ -246,7 +246,8 @@ class Conv2d(nn.Conv2d):
                 return _conv1x1(x, self.weight, self.get("bias"))
             if plain and kernel == 3 and _pair(self.padding) == (1, 1):
                 batch, height, width, channels = x.shape
-                if _winograd_wins(batch * height * width, channels, self.weight.shape[0]) and height % 2 == 0 and width % 2 == 0:
+                even = height % 2 == 0 and width % 2 == 0
+                if even and _winograd_wins(batch * height * width, channels, self.weight.shape[0]):
                     return _conv3x3_winograd(x, self.weight, self.get("bias"))
                 if width >= (SHIFTED_KERNEL_MIN_WIDTH if policy().matmul == "kernel" else SHIFTED_CONV_MIN_WIDTH):
                     return _conv3x3_shifted(x, self.weight, self.get("bias"))
@@ -357,6 +358,7 @@ def _conv3x3_winograd(x: mx.array, weight: mx.array, bias: mx.array | None) -> m
     batch, height, width, channels = x.shape
     out_channels = weight.shape[0]
     # filter transform, (out, in) per tap pair: each product below takes its transpose as-is
+    weight = weight.astype(x.dtype)  # half-precision weights (DevicePolicy.unet_in_storage_dtype): transform exactly
     rows = [_winograd_filter_c(*(weight[:, i, j] for i in range(3))) for j in range(3)]
     filters = [_winograd_filter_c(*(rows[j][a] for j in range(3))) for a in range(4)]  # [a][b]
     finish = _winograd_output_c if bias is None else (lambda *m: _winograd_output_bias(*m, bias))
@@ -408,6 +410,7 @@ _PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 def _upsample_conv3x3_phases(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
     """The four output phases as 2x2 convolutions by shifted matmuls, interleaved."""
     batch, height, width, _ = x.shape
+    weight = weight.astype(x.dtype)  # half-precision weights (DevicePolicy.unet_in_storage_dtype): sum exactly
     phases = []
     for a, row_taps in enumerate(_PHASE_TAPS):
         row_phases = []
@@ -445,7 +448,7 @@ def in_batch_halves(fn: Callable[..., mx.array], *batched: mx.array | None) -> m
 
 
 def between_blocks(x: mx.array) -> mx.array:
-    """x, evaluated now where the device evaluates the VAE decoder piece by piece (DevicePolicy.eval_blocks)."""
+    """x, evaluated now where the device evaluates the VAE decoder in pieces (DevicePolicy.eval_blocks)."""
     if policy().eval_blocks:
         mx.eval(x)
     return x

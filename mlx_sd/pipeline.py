@@ -159,10 +159,12 @@ class Pipeline:
 
 
 def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype, storage_dtype: mx.Dtype) -> None:
-    """Load `name`'s weights into `model` to compute in `dtype`; a text encoder keeps a narrower
-    `storage_dtype` where the device policy says so."""
-    keep_storage = policy(storage_dtype).text_encoders_in_storage_dtype and storage_dtype.size < dtype.size
-    if isinstance(model, CLIPTextModel) and keep_storage:
+    """Load `name`'s weights into `model` to compute in `dtype`; a text encoder or the UNet keeps a
+    narrower `storage_dtype` where the device policy says so (the UNet computes in its input's dtype)."""
+    chosen, narrower = policy(storage_dtype), storage_dtype.size < dtype.size
+    if isinstance(model, CLIPTextModel) and chosen.text_encoders_in_storage_dtype and narrower:
         model.compute_dtype, dtype = dtype, storage_dtype
+    elif isinstance(model, UNet2DConditionModel) and chosen.unet_in_storage_dtype and narrower:
+        dtype = storage_dtype
     load_weights(model, weights_file(folder, name), name, dtype)
     mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O

@@ -38,7 +38,9 @@ from mlx_sd.vae import AutoencoderKL
 
 CPU = device.policy(mx.float16, "cpu")
 # The CPU's formulations where the compiled kernels cannot be built.
-CPU_WITHOUT_KERNELS = dataclasses.replace(CPU, attention="chunked", group_norm="native", matmul="native", batch_streams=2)
+CPU_WITHOUT_KERNELS = dataclasses.replace(
+    CPU, attention="chunked", group_norm="native", matmul="native", batch_streams=2, unet_in_storage_dtype=False
+)
 # The GPU's formulations, run on whatever device this is.
 NATIVE = dataclasses.replace(device.policy(mx.float16, "gpu"), device="cpu", compute_dtype=mx.float32)
 TOLERANCE = 1e-5  # between formulations on unit-scale inputs

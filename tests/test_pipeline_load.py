@@ -18,6 +18,7 @@ from mlx_sd.device import policy
 from mlx_sd.model_format import ModelFolderError, WeightsError, write_model
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.tokenizer import BUNDLED_FOLDER
+from mlx_sd.unet import UNet2DConditionModel
 from model_folders import CONFIGS, random_weights, write_random_model
 
 @pytest.fixture(scope="module")
@@ -50,11 +51,12 @@ def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
         assert expected == mx.float32  # float16 files compute in float32 on the CPU
     assert pipe.config == CONFIGS[family]
     assert pipe.folder == folder
-    # on the CPU the text encoders keep their float16 weights and compute in float32
-    kept = policy(mx.float16).text_encoders_in_storage_dtype
+    # on the CPU the text encoders and the UNet keep their float16 weights and compute in float32
+    text_kept, unet_kept = policy(mx.float16).text_encoders_in_storage_dtype, policy(mx.float16).unet_in_storage_dtype
     for name, weights in written.items():
         is_text = name.startswith("text_encoder")
-        assert_same_parameters(pipe, {name: weights}, mx.float16 if is_text and kept else expected)
+        kept = text_kept if is_text else unet_kept and name == "unet"
+        assert_same_parameters(pipe, {name: weights}, mx.float16 if kept else expected)
         if is_text:
             assert getattr(pipe, name).compute_dtype == (expected if kept else None)
 
@@ -84,6 +86,26 @@ def test_text_encoders_in_storage_dtype_compute_as_float32_copies(folders: dict,
             assert np.abs(np.array(kept.hidden) - np.array(cast.hidden)).max() < 1e-6
             if cast.pooled is not None:
                 assert np.abs(np.array(kept.pooled) - np.array(cast.pooled)).max() < 1e-6
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_unet_in_storage_dtype_computes_as_its_float32_copy(folders: dict, family: str) -> None:
+    pipe = Pipeline.load(folders[family][0])
+    unet = pipe.unet
+    config = unet.config
+    copy = UNet2DConditionModel(config)
+    copy.update(tree_map(lambda p: p.astype(mx.float32), unet.parameters()))
+    rng = np.random.default_rng(3)
+    sample = mx.array(rng.standard_normal((2, 16, 16, config.in_channels), dtype=np.float32))
+    context = mx.array(rng.standard_normal((2, 77, config.context_dim), dtype=np.float32))
+    extras = {}
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        extras = {"text_embeds": mx.array(rng.standard_normal((2, pooled), dtype=np.float32)),
+                  "time_ids": mx.array([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]] * 2)}
+    kept, cast = (model(sample, mx.array([10.0, 700.0]), context, **extras) for model in (unet, copy))
+    assert kept.dtype == mx.float32
+    assert np.abs(np.array(kept) - np.array(cast)).max() < 1e-5 * max(1.0, np.abs(np.array(cast)).max())
 
 
 def test_dtype_override(folders: dict) -> None:

@@ -35,7 +35,7 @@ constexpr int kColVectors = 2;
 constexpr int kCols = kColVectors * kLanes;
 constexpr int kDepth = 384;         // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB (L1)
 constexpr int kBlockCols = 384;     // most of an N block: its packed B panels (<= 576 KB) stay in L2
-constexpr int kBlockRows = 1536;    // most of an M block: its packed A (<= 2.3 MB) stays in L3
+constexpr int kBlockRows = 4096;    // most of an M block: B is packed once per block, C's block (<= 6 MB) stays in L3
 constexpr int kSplitColumnsBelowRows = 512;  // per thread
 
 struct Tap {
@@ -104,6 +104,27 @@ float to_float(T x) {
   }
 }
 
+// kLanes consecutive elements as float32.
+template <class T>
+vfloat load_as_float(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return load(p);
+  } else if constexpr (std::is_same_v<T, uint16_t>) {
+    typedef uint16_t vshort __attribute__((vector_size(kLanes * 2)));
+    vshort h;
+    std::memcpy(&h, p, sizeof h);
+    const vint bits = __builtin_convertvector(h, vint) << 16;
+    vfloat f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  } else {
+    typedef _Float16 vhalf __attribute__((vector_size(kLanes * 2)));
+    vhalf h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, vfloat);
+  }
+}
+
 template <class T>
 void pack_b_as(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
   const T* b = static_cast<const T*>(pr.b);
@@ -116,6 +137,16 @@ void pack_b_as(const Problem& pr, int k0, int depth, int n0, int cols, float* pa
     } else if (pr.b_col_stride == 1) {
       for (int k = 0; k < depth; ++k)
         for (int n = 0; n < width; ++n) panel[k * kCols + n] = to_float(src[k * pr.b_row_stride + n]);
+    } else if (pr.b_row_stride == 1) {  // a transposed weight: convert along its rows, a vector at a time
+      for (int n = 0; n < width; ++n) {
+        const T* row = src + n * pr.b_col_stride;
+        int k = 0;
+        for (; k + kLanes <= depth; k += kLanes) {
+          const vfloat v = load_as_float(row + k);
+          for (int e = 0; e < kLanes; ++e) panel[(k + e) * kCols + n] = v[e];
+        }
+        for (; k < depth; ++k) panel[k * kCols + n] = to_float(row[k]);
+      }
     } else {
       for (int n = 0; n < width; ++n)
         for (int k = 0; k < depth; ++k) panel[k * kCols + n] = to_float(src[n * pr.b_col_stride + k * pr.b_row_stride]);
