@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -80,6 +82,17 @@ class CpuOnlyPrimitive : public mx::Primitive {
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error(std::string(name()) + " runs on the CPU only");
+  }
+
+ protected:
+  // Allocates `out` and registers it and the inputs with this stream's encoder, which the caller
+  // then dispatches its work to.
+  mx::cpu::CommandEncoder& encoder_for(const std::vector<mx::array>& inputs, mx::array& out) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& input : inputs) encoder.set_input_array(input);
+    encoder.set_output_array(out);
+    return encoder;
   }
 };
 

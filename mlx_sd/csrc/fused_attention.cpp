@@ -15,8 +15,6 @@
 #include <stdexcept>
 
 #include "cpu_kernel_support.h"
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 
 namespace mlx_sd {
 namespace {
@@ -135,12 +133,7 @@ class FusedAttention : public CpuOnlyPrimitive {
     const auto& k = inputs[1];
     const auto& v = inputs[2];
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(q);
-    encoder.set_input_array(k);
-    encoder.set_input_array(v);
-    encoder.set_output_array(out);
+    auto& encoder = encoder_for(inputs, out);
     encoder.dispatch([q = q.data<float>(), k = k.data<float>(), v = v.data<float>(), out = out.data<float>(),
                       pairs = static_cast<int>(q.shape(0)), queries = static_cast<int>(q.shape(1)),
                       keys = static_cast<int>(k.shape(1)), d = static_cast<int>(q.shape(2)),

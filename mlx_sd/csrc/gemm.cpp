@@ -5,12 +5,13 @@
 // 170-220 GFLOPS on CPUs that reach twice that with AVX-512). This GEMM is compiled for the CPU it
 // runs on: a register-tiled micro-kernel written with GCC vector extensions (12 rows x 32 columns
 // in 24 AVX-512 accumulators, 6 x 16 with AVX2), cache-blocked as BLIS does (Van Zee and van de
-// Geijn, 2015): a packed panel of A's rows stays in L1 while packed column panels of B stream from L2.
+// Geijn, 2015), except that A is not packed: a panel of 12 of its rows, read in place, stays in L1
+// while packed column panels of B stream from L2.
 //
 // It also runs a stride-1 convolution without a patch buffer or a padded copy: for tap t = (dy, dx),
 // row m = (y, x) of A_t is pixel (y + dy, x + dx) of the (height, width) image, or zeros outside it,
 // and B stacks the taps' (in, out) weights. A 3x3 convolution with "same" padding is then one GEMM
-// (mlx_sd.layers._conv_taps); a plain matmul is the one tap (0, 0) on an image one row high.
+// (mlx_sd.layers._shifted_matmuls); a plain matmul is the one tap (0, 0) on an image one row high.
 //
 // C (batch, M, N) = bias + sum over taps t of A_t (M, K) @ B[t K : (t + 1) K] (K, N); A is read
 // with any batch and row strides (its channels contiguous), B with any strides.
@@ -20,8 +21,6 @@
 #include <type_traits>
 
 #include "cpu_kernel_support.h"
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 
 namespace mlx_sd {
 namespace {
@@ -42,7 +41,7 @@ struct Tap {
   int dy, dx;  // the input pixel an output pixel reads, relative to it
 };
 
-// B's element type: half-precision weights (the text encoders keep theirs) are read as they are.
+// B's element type: half-precision weights (the CPU keeps the text encoders' and the UNet's) are read as they are.
 enum class BType { kFloat32, kFloat16, kBFloat16 };
 
 struct Problem {
@@ -75,8 +74,9 @@ struct Panel {
 };
 
 // Rows [m, m + rows) of A for `tap`, channels k0..k0+depth: read in place where they are
-// consecutive pixels inside the image (a pack of A costs about a third of a 128-channel VAE
-// convolution's time), otherwise copied into `spare` (kRows x depth) with zeros outside the image.
+// consecutive pixels inside the image (packing A took 13% of a VAE decode, its 128-channel
+// convolutions use each row for few columns), otherwise copied into `spare` (kRows x depth) with
+// zeros outside the image.
 Panel a_panel(const Problem& pr, const float* a, Tap tap, int m, int rows, int k0, int depth, float* spare) {
   const int y = m / pr.width + tap.dy, x = m % pr.width + tap.dx;
   if (rows == kRows && m % pr.width + kRows <= pr.width && y >= 0 && y < pr.height && x >= 0 && x + kRows <= pr.width)
@@ -132,11 +132,14 @@ void pack_b_as(const Problem& pr, int k0, int depth, int n0, int cols, float* pa
     float* panel = packed + static_cast<size_t>(q) * depth;
     const int width = std::min(kCols, cols - q);
     const T* src = b + k0 * pr.b_row_stride + (n0 + q) * pr.b_col_stride;
-    if (std::is_same_v<T, float> && pr.b_col_stride == 1) {
-      for (int k = 0; k < depth; ++k) std::memcpy(panel + k * kCols, src + k * pr.b_row_stride, width * sizeof(float));
-    } else if (pr.b_col_stride == 1) {
-      for (int k = 0; k < depth; ++k)
-        for (int n = 0; n < width; ++n) panel[k * kCols + n] = to_float(src[k * pr.b_row_stride + n]);
+    if (pr.b_col_stride == 1) {  // an activation, or a weight stored (in, out)
+      for (int k = 0; k < depth; ++k) {
+        if constexpr (std::is_same_v<T, float>) {
+          std::memcpy(panel + k * kCols, src + k * pr.b_row_stride, width * sizeof(float));
+        } else {
+          for (int n = 0; n < width; ++n) panel[k * kCols + n] = to_float(src[k * pr.b_row_stride + n]);
+        }
+      }
     } else if (pr.b_row_stride == 1) {  // a transposed weight: convert along its rows, a vector at a time
       for (int n = 0; n < width; ++n) {
         const T* row = src + n * pr.b_col_stride;
@@ -205,7 +208,7 @@ struct Range {
   int first, last;
 };
 
-// Rows `rows` and columns `cols` of every batch entry's C.
+// Rows `rows_part` and columns `cols_part` of every batch entry's C.
 void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
   const int taps = static_cast<int>(pr.taps.size());
   const int depth_block = block_size(pr.depth, kDepth, 1);
@@ -267,10 +270,7 @@ class Gemm : public CpuOnlyPrimitive {
     const auto& a = inputs[0];
     const auto& b = inputs[1];
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& input : inputs) encoder.set_input_array(input);
-    encoder.set_output_array(out);
+    auto& encoder = encoder_for(inputs, out);
     Problem pr{a.data<float>(), a.strides(0), a.strides(1), taps_, height_, width_, b.data<void>(), b_type(b), b.strides(0),
                b.strides(1), inputs.size() > 2 ? inputs[2].data<float>() : nullptr, out.data<float>(),
                static_cast<int>(a.shape(0)), height_ * width_, static_cast<int>(b.shape(1)), static_cast<int>(a.shape(2))};

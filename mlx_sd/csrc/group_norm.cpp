@@ -12,8 +12,6 @@
 #include <stdexcept>
 
 #include "cpu_kernel_support.h"
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 
 namespace mlx_sd {
 namespace {
@@ -88,10 +86,7 @@ class GroupNormKernel : public CpuOnlyPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& x = inputs[0];
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& input : inputs) encoder.set_input_array(input);
-    encoder.set_output_array(out);
+    auto& encoder = encoder_for(inputs, out);
     encoder.dispatch([x = x.data<float>(), weight = inputs[1].data<float>(), bias = inputs[2].data<float>(), out = out.data<float>(),
                       batch = static_cast<size_t>(x.shape(0)), rows = static_cast<size_t>(x.shape(1)), channels = static_cast<int>(x.shape(2)),
                       groups = groups_, eps = eps_, silu = silu_]() {
