@@ -35,6 +35,8 @@ from types import ModuleType
 import mlx.core as mx
 import numpy as np
 
+from . import blas
+
 DISABLE_ENV = "MLX_SD_NO_CPU_KERNELS"
 MODULE_NAME = "_mlx_sd_cpu_kernels"
 SOURCE_DIR = Path(__file__).with_name("csrc")
@@ -163,8 +165,12 @@ def load(compiler: str | None = None, directory: Path | None = None) -> KernelSt
 
 @functools.cache
 def status() -> KernelStatus:
-    """The kernels of this process, built or loaded on first call."""
-    return load()
+    """The kernels of this process, built or loaded on first call. With them OpenBLAS keeps one
+    thread (mlx_sd.blas.use_one_thread): its idle workers would spin against the kernels' threads."""
+    loaded = load()
+    if loaded.module is not None:
+        blas.use_one_thread()
+    return loaded
 
 
 def available() -> bool:

@@ -7,6 +7,7 @@ build; where it cannot, the engine falls back to its pure-mlx attention and says
 
 from __future__ import annotations
 
+import ctypes
 import stat
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import mlx_sd.layers as layers
-from mlx_sd import cpu_kernels, device
+from mlx_sd import blas, cpu_kernels, device
 
 
 def rand(*shape: int, seed: int) -> mx.array:
@@ -170,6 +171,13 @@ def test_products_use_one_thread_on_a_worker_stream_and_every_core_otherwise(mon
     with mx.stream(device.worker_streams("cpu")[0]):
         assert layers.product(x, weight).shape == (3, 5, 6)
     assert calls == [device.CPU_STREAMS, 1]
+
+
+def test_openblas_keeps_one_thread_beside_the_kernels():
+    if blas.STATUS.openblas_path is None:
+        pytest.skip("OpenBLAS is not bound here")
+    assert cpu_kernels.available()
+    assert ctypes.CDLL(blas.STATUS.openblas_path).openblas_get_num_threads() == 1
 
 
 def group_norm_reference(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float, silu: bool) -> np.ndarray:
