@@ -280,32 +280,42 @@ def _conv3x3_shifted(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx
     """3x3, stride 1, padding 1 as nine accumulated matmuls of shifted images."""
     nine = [(i, j) for i in range(3) for j in range(3)]
     stacked = weight.reshape(weight.shape[0], -1).T  # (9 in, out): tap (i, j)'s rows at (3i + j) in
-    return _shifted_matmuls(x, nine, stacked, bias)
+    return _shifted_matmuls(x, [(nine, stacked)], bias)[0]
 
 
-def _shifted_matmuls(x: mx.array, taps: list[tuple[int, int]], stacked: mx.array, bias: mx.array | None) -> mx.array:
-    """bias + the sum over taps t = (i, j) of x (batch, height, width, in), zero-padded by one pixel
-    and shifted by i rows and j columns, @ its weight stacked[t in : (t + 1) in] (in, out).
+Taps = list[tuple[int, int]]
+
+
+def _shifted_matmuls(x: mx.array, convolutions: list[tuple[Taps, mx.array]], bias: mx.array | None) -> list[mx.array]:
+    """For each convolution (taps, stacked) of x (batch, height, width, in): bias + the sum over its
+    taps t = (i, j) of x, zero-padded by one pixel and shifted by i rows and j columns, @ its weight
+    stacked[t in : (t + 1) in] (in, out).
 
     The compiled GEMM ("kernel") reads the taps' pixels from x itself, zeros outside it. Otherwise,
-    with the image padded to width W+2 and flattened to rows, output position p (in padded-width
-    coordinates) reads input row p + i*(W+2) + j for tap (i, j): each tap is one matmul of a
-    contiguous row range, accumulated in the GEMM itself (no patch buffer), and two junk columns
-    per row are computed and dropped.
+    with the image padded (once for all the convolutions) to width W+2 and flattened to rows, output
+    position p (in padded-width coordinates) reads input row p + i*(W+2) + j for tap (i, j): each
+    tap is one matmul of a contiguous row range, accumulated in the GEMM itself (no patch buffer),
+    and two junk columns per row are computed and dropped.
     """
     if policy().matmul == "kernel":
-        return cpu_kernels.conv_taps(x, stacked, bias, [(i - 1, j - 1) for i, j in taps], _kernel_threads())
+        return [
+            cpu_kernels.conv_taps(x, stacked, bias, [(i - 1, j - 1) for i, j in taps], _kernel_threads())
+            for taps, stacked in convolutions
+        ]
     batch, height, width, channels = x.shape
     flat = _padded_rows(x)
     padded_width = width + 2
     rows = height * padded_width
-    stacked = mx.contiguous(stacked)
-    out = bias
-    for t, (i, j) in enumerate(taps):
-        offset = i * padded_width + j
-        window, tap = flat[:, offset : offset + rows], stacked[t * channels : (t + 1) * channels]
-        out = window @ tap if out is None else mx.addmm(out, window, tap)
-    return out.reshape(batch, height, padded_width, -1)[:, :, :width]
+    outputs = []
+    for taps, stacked in convolutions:
+        stacked = mx.contiguous(stacked)
+        out = bias
+        for t, (i, j) in enumerate(taps):
+            offset = i * padded_width + j
+            window, tap = flat[:, offset : offset + rows], stacked[t * channels : (t + 1) * channels]
+            out = window @ tap if out is None else mx.addmm(out, window, tap)
+        outputs.append(out.reshape(batch, height, padded_width, -1)[:, :, :width])
+    return outputs
 
 
 def _padded_rows(x: mx.array) -> mx.array:
@@ -411,17 +421,17 @@ def _upsample_conv3x3_phases(x: mx.array, weight: mx.array, bias: mx.array | Non
     """The four output phases as 2x2 convolutions by shifted matmuls, interleaved."""
     batch, height, width, _ = x.shape
     weight = weight.astype(x.dtype)  # half-precision weights (DevicePolicy.unet_in_storage_dtype): sum exactly
-    phases = []
+    convolutions = []  # phase (a, b) at 2a + b
     for a, row_taps in enumerate(_PHASE_TAPS):
-        row_phases = []
         for b, column_taps in enumerate(_PHASE_TAPS):
             taps = [(a + r, b + c) for r in range(len(row_taps)) for c in range(len(column_taps))]
             summed = [  # per tap, (in, out)
                 sum(weight[:, i, j] for i in kernel_rows for j in kernel_columns).T
                 for kernel_rows in row_taps for kernel_columns in column_taps
             ]
-            row_phases.append(_shifted_matmuls(x, taps, mx.concatenate(summed, axis=0), bias))
-        phases.append(mx.stack(row_phases, axis=3))  # (batch, height, width, 2 columns, out)
+            convolutions.append((taps, mx.concatenate(summed, axis=0)))
+    out = _shifted_matmuls(x, convolutions, bias)
+    phases = [mx.stack(out[2 * a : 2 * a + 2], axis=3) for a in range(2)]  # (batch, height, width, 2 columns, out)
     return mx.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
 
 

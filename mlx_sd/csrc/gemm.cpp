@@ -34,7 +34,7 @@ constexpr int kColVectors = 2;
 constexpr int kCols = kColVectors * kLanes;
 constexpr int kDepth = 384;         // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB (L1)
 constexpr int kBlockCols = 384;     // most of an N block: its packed B panels (<= 576 KB) stay in L2
-constexpr int kBlockRows = 4096;    // most of an M block: B is packed once per block, C's block (<= 6 MB) stays in L3
+constexpr int kBlockRows = 4096;    // most of an M block: B is packed once per block, C's block (<= 6 MB an image) stays in L3
 constexpr int kSplitColumnsBelowRows = 512;  // per thread
 
 struct Tap {
@@ -216,18 +216,18 @@ void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
   const int row_block = block_size(std::max(1, rows_part.last - rows_part.first), kBlockRows, kRows);
   std::vector<float> spare(static_cast<size_t>(kRows) * depth_block);
   std::vector<float> packed_b(static_cast<size_t>(col_block) * depth_block);
-  for (int batch = 0; batch < pr.batch; ++batch) {
-    const float* a = pr.a + batch * pr.a_batch_stride;
-    float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
-    for (int m0 = rows_part.first; m0 < rows_part.last; m0 += row_block) {
-      const int rows = std::min(row_block, rows_part.last - m0);
-      for (int t = 0; t < taps; ++t)
-        for (int k0 = 0; k0 < pr.depth; k0 += depth_block) {
-          const int depth = std::min(depth_block, pr.depth - k0);
-          const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
-          for (int n0 = cols_part.first; n0 < cols_part.last; n0 += col_block) {
-            const int cols = std::min(col_block, cols_part.last - n0);
-            pack_b(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());
+  for (int m0 = rows_part.first; m0 < rows_part.last; m0 += row_block) {
+    const int rows = std::min(row_block, rows_part.last - m0);
+    for (int t = 0; t < taps; ++t)
+      for (int k0 = 0; k0 < pr.depth; k0 += depth_block) {
+        const int depth = std::min(depth_block, pr.depth - k0);
+        const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
+        for (int n0 = cols_part.first; n0 < cols_part.last; n0 += col_block) {
+          const int cols = std::min(col_block, cols_part.last - n0);
+          pack_b(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());  // once for every batch entry
+          for (int batch = 0; batch < pr.batch; ++batch) {
+            const float* a = pr.a + batch * pr.a_batch_stride;
+            float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
             for (int p = 0; p < rows; p += kRows) {
               const Panel panel = a_panel(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth, spare.data());
               for (int q = 0; q < cols; q += kCols)
@@ -237,7 +237,7 @@ void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
             }
           }
         }
-    }
+      }
   }
 }
 
