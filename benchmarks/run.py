@@ -7,10 +7,11 @@ Builds (once, cached) the family's full-size architecture with seeded random wei
 folder and converts it to our format (benchmarks.sd_weights). Each round then runs every side in
 its own process, one after the other (ours, torch, torch-bf16, ours, ...), so that a change in the
 machine's load affects all sides alike and each side's memory figures are its own. A side measures
-load time from disk (ours: Pipeline.load of our folder; torch: diffusers' from_pretrained of the
-same weights), text encoding (prompt and negative, batch 2), one UNet step with classifier-free
-guidance (batch 2), a VAE decode (batch 1) and an end-to-end generation of --steps Euler steps
-(skipped with --steps 0), with peak RSS per phase and, for ours, MLX's peak-memory counter.
+load time (ours: Pipeline.load of our folder; torch: diffusers' from_pretrained of the same
+weights; both with the files in the page cache), text encoding (prompt and negative, batch 2), one
+UNet step with classifier-free guidance (batch 2), a VAE decode (batch 1) and an end-to-end
+generation of --steps Euler steps (skipped with --steps 0), with peak RSS per phase and, for ours,
+MLX's peak-memory counter.
 
 Prints a table of medians over the rounds and, as its last line, one JSON object with every figure,
 the per-round ratios ours/torch and the load averages.

@@ -16,6 +16,12 @@ The heap stays at its high-water mark until `release_free_memory()` (malloc_trim
 pages back to the OS: the pipeline calls it after a load and when it drops its text encoders, the
 app when a run ends (an idle app holds its weights, not its last activations). Not after every
 generation in the engine: the next one would fault its pages in again.
+
+Reading weights faults in every page they land in: 580k 4 KB pages for SD1.5, most of a load's
+time here (1.7-2.2 s of system time in a 1.7-2.2 s load). `prefault_heap` first grows the heap by
+what the read will take, in transparent huge pages faulted in by every core at once, and frees it
+again: the read then lands in pages already there, taking a fault per 2 MB where it took one per
+4 KB (SD1.5 load 1.7-2.2 -> 0.9-1.0 s).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -34,6 +43,14 @@ M_ARENA_MAX = -8
 NEVER_TRIM = -1  # mallopt takes an int: -1 becomes SIZE_MAX, "never" (2**31 - 1 still trims a 2 GB free top)
 # Where glibc's mallopt is missing (another C library), mlx's own cache is what reuses buffers.
 FALLBACK_CACHE_BYTES = 512 << 20
+# madvise advice (Linux's mman.h); MADV_POPULATE_WRITE needs Linux 5.14
+MADV_HUGEPAGE = 14
+MADV_POPULATE_WRITE = 23
+PAGE_BYTES = 4096
+HUGE_PAGE_BYTES = 2 << 20
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+_heap_keeps_freed = False  # set by keep_freed_memory: freed buffers stay in glibc's heap
 
 
 @functools.cache
@@ -41,14 +58,21 @@ def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc, looked up once (find_library runs ldconfig)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 def keep_freed_memory() -> str:
     """Make freed CPU buffers reusable without page faults; returns "heap" or "mlx cache"."""
+    global _heap_keeps_freed
     libc = _glibc()
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
-    if libc is not None and all(libc.mallopt(parameter, value) == 1 for parameter, value in settings):
+    _heap_keeps_freed = libc is not None and all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
+    if _heap_keeps_freed:
         mx.set_cache_limit(0)
         return "heap"
     mx.set_cache_limit(FALLBACK_CACHE_BYTES)
@@ -61,3 +85,40 @@ def release_free_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def transparent_huge_pages() -> bool:
+    """Whether the kernel backs memory that asks for it (madvise) with 2 MB pages."""
+    try:
+        return "[never]" not in TRANSPARENT_HUGE_PAGES.read_text()
+    except OSError:
+        return False
+
+
+def prefault_heap(nbytes: int) -> bool:
+    """Fault in `nbytes` of heap now, in 2 MB pages, for the buffers allocated next (a model's
+    weights); returns whether it did.
+
+    Only where freed memory stays in glibc's heap (keep_freed_memory) and the kernel has
+    transparent huge pages: in 4 KB pages, faulting ahead costs what the read would have cost.
+    """
+    libc = _glibc()
+    if libc is None or not _heap_keeps_freed or not transparent_huge_pages():
+        return False
+    block = libc.malloc(nbytes)
+    if not block:
+        return False
+    try:
+        start = -(-block // PAGE_BYTES) * PAGE_BYTES
+        end = (block + nbytes) // PAGE_BYTES * PAGE_BYTES
+        if end <= start or libc.madvise(start, end - start, MADV_HUGEPAGE) != 0:
+            return False
+        # one range per core, cut at 2 MB boundaries; ctypes releases the GIL during each call
+        cores = max(1, min(os.cpu_count() or 1, 8))
+        step = max(HUGE_PAGE_BYTES, (end - start) // cores // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES)
+        cuts = list(range(start, end, step)) + [end]
+        with ThreadPoolExecutor(len(cuts) - 1) as pool:
+            done = pool.map(lambda a, b: libc.madvise(a, b - a, MADV_POPULATE_WRITE), cuts[:-1], cuts[1:])
+            return all(result == 0 for result in done)
+    finally:
+        libc.free(block)  # back into the heap, which keeps it: the next allocations take these pages

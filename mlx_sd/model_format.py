@@ -24,6 +24,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
+from .cpu_memory import prefault_heap
 from .device import current_device, worker_streams
 
 MODEL_JSON = "model.json"
@@ -90,6 +91,8 @@ def load_weights(module: nn.Module, path: Path, component: str, dtype: mx.Dtype)
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelFolderError(f"{component}: cannot read {path}: {exc}") from exc
     check_weights(module, weights, component)
+    # mx.load is lazy: the read and the casts below take these bytes, faulted in ahead in 2 MB pages
+    prefault_heap(sum(v.nbytes + (v.size * dtype.size if v.dtype != dtype else 0) for v in weights.values()))
     streams = worker_streams(current_device())
     module.update(tree_unflatten([
         (k, v.astype(dtype, stream=streams[i % len(streams)])) for i, (k, v) in enumerate(weights.items())

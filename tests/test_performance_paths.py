@@ -155,6 +155,47 @@ def test_a_generation_thread_reuses_freed_buffers_too():
     assert first > pages // 2 and again < pages // 20 and smaller < pages // 20, (first, again, smaller)
 
 
+PREFAULT = """
+import json, resource
+import mlx_sd
+import mlx.core as mx
+from mlx_sd import cpu_memory
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+before = faults()
+prefaulted = cpu_memory.prefault_heap(512 << 20)
+between = faults()
+mx.eval(mx.ones((96, 1 << 20)))  # 384 MiB, inside what was prefaulted
+after = faults()
+rollup = open("/proc/self/smaps_rollup").read()
+huge_kb = int(rollup.split("AnonHugePages:")[1].split()[0])
+print(json.dumps([prefaulted, between - before, after - between, huge_kb]))
+"""
+
+
+@pytest.mark.skipif(cpu_memory._glibc() is None or device.gpu_available(), reason="glibc's heap on mlx's CPU")
+def test_prefaulted_heap_serves_the_next_buffers_without_page_faults():
+    """Weights are read into memory prefaulted in 2 MB pages: the read itself takes no faults."""
+    done = subprocess.run([sys.executable, "-c", PREFAULT], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    prefaulted, prefault_faults, read_faults, huge_kb = json.loads(done.stdout.strip().splitlines()[-1])
+    if not cpu_memory.transparent_huge_pages():
+        assert prefaulted is False  # 4 KB pages faulted ahead cost what they would have cost later
+        return
+    pages = (384 << 20) // 4096
+    assert prefaulted is True
+    assert read_faults < pages // 50, read_faults
+    assert huge_kb >= 384 << 10, huge_kb  # the prefaulted memory is in 2 MB pages
+    assert prefault_faults < pages // 20, prefault_faults  # a fault per 2 MB, not per 4 KB
+
+
+def test_prefault_heap_does_nothing_without_glibc(monkeypatch):
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: None)
+    assert cpu_memory.prefault_heap(64 << 20) is False
+
+
 @pytest.mark.skipif(cpu_memory._glibc() is None, reason="malloc_trim is glibc's")
 def test_release_free_memory_returns_the_heap_to_the_os():
     def rss_mb() -> float:
