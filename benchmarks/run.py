@@ -1,11 +1,11 @@
 """Our MLX engine against the torch reference (diffusers), on the same machine, in one run.
 
     python -m benchmarks.run --family sd15|sd21|sdxl --size 512 --steps 20 [--rounds 2] [--runs 2]
-                             [--sides ours,torch,torch-bf16] [--cache /work/bench_cache]
+                             [--sides ours,ours-bf16,torch,torch-bf16] [--cache /work/bench_cache]
 
 Builds (once, cached) the family's full-size architecture with seeded random weights as a diffusers
 folder and converts it to our format (benchmarks.sd_weights). Each round then runs every side in
-its own process, one after the other (ours, torch, torch-bf16, ours, ...), so that a change in the
+its own process, one after the other (ours, ours-bf16, torch, torch-bf16, ours, ...), so that a change in the
 machine's load affects all sides alike and each side's memory figures are its own. A side measures
 load time (ours: Pipeline.load of our folder; torch: diffusers' from_pretrained of the same
 weights; both with the files in the page cache), text encoding (prompt and negative, batch 2), one
@@ -34,7 +34,14 @@ from .sd_weights import DEFAULT_CACHE, FAMILIES, prepare
 from .side import SIDES
 
 PHASES = ("load", "text", "unet", "vae", "e2e")
-REFERENCES = ("torch", "torch-bf16")
+# ratios printed, where both sides ran: ours against each torch, our bfloat16 products against torch's bfloat16
+RATIOS = (("ours", "torch"), ("ours", "torch-bf16"), ("ours-bf16", "torch-bf16"))
+
+
+def default_sides() -> list[str]:
+    from mlx_sd import cpu_kernels
+
+    return [side for side in SIDES if side != "ours-bf16" or cpu_kernels.bf16_products()]
 
 
 def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -66,21 +73,15 @@ def summarize(rounds: list[dict[str, Any]], sides: list[str]) -> dict[str, Any]:
             if phase in rounds[0][side]["phases"]
         }
     ratios: dict[str, Any] = {}
-    if "ours" in sides:
-        for reference in (r for r in REFERENCES if r in sides):
-            ratios[f"ours/{reference}"] = {}
-            for phase in medians["ours"]:
-                per_round = [
-                    r["ours"]["phases"][phase]["median_s"] / r[reference]["phases"][phase]["median_s"]
-                    for r in rounds
-                ]
-                ratios[f"ours/{reference}"][phase] = {
-                    "time": round(statistics.median(per_round), 3),
-                    "per_round": [round(x, 3) for x in per_round],
-                    "rss_peak": round(
-                        medians["ours"][phase]["rss_peak_mb"] / medians[reference][phase]["rss_peak_mb"], 3
-                    ),
-                }
+    for side, reference in ((s, r) for s, r in RATIOS if s in sides and r in sides):
+        ratios[f"{side}/{reference}"] = {}
+        for phase in medians[side]:
+            per_round = [r[side]["phases"][phase]["median_s"] / r[reference]["phases"][phase]["median_s"] for r in rounds]
+            ratios[f"{side}/{reference}"][phase] = {
+                "time": round(statistics.median(per_round), 3),
+                "per_round": [round(x, 3) for x in per_round],
+                "rss_peak": round(medians[side][phase]["rss_peak_mb"] / medians[reference][phase]["rss_peak_mb"], 3),
+            }
     return {"medians": medians, "ratios": ratios}
 
 
@@ -113,10 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="end-to-end generation steps (0 skips it)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of every side")
     parser.add_argument("--runs", type=int, default=2, help="timed runs per phase after one warm-up")
-    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument(
+        "--sides", help=f"comma-separated, from {', '.join(SIDES)} (default: all; ours-bf16 where the CPU has AVX512_BF16)"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for the random full-size weights")
     args = parser.parse_args(argv)
-    sides = [s for s in args.sides.split(",") if s]
+    sides = [s for s in (args.sides or ",".join(default_sides())).split(",") if s]
     unknown = [s for s in sides if s not in SIDES]
     if unknown or not sides:
         parser.error(f"--sides: expected names from {', '.join(SIDES)}, received {args.sides!r}")

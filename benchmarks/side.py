@@ -1,6 +1,8 @@
 """One side of the benchmark, in its own process so that its memory figures are its own.
 
-    python -m benchmarks.side --side ours|torch|torch-bf16 --family sd15 --size 512 --steps 20 --cache DIR
+    python -m benchmarks.side --side ours|ours-bf16|torch|torch-bf16 --family sd15 --size 512 --steps 20 --cache DIR
+
+"ours-bf16" is our engine with bfloat16 products (Pipeline precision "bfloat16", CPUs with AVX512_BF16).
 
 Reads the side's weight files once, so that both sides load from the page cache (this VM's memory
 manager pages cold files out, and a load read from the disk times the disk). Then loads the cached
@@ -28,7 +30,7 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, 8k"
 NEGATIVE = "blurry, low quality"
 CFG = 7.0
 SEED = 1
-SIDES = ("ours", "torch", "torch-bf16")
+SIDES = ("ours", "ours-bf16", "torch", "torch-bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,19 +111,21 @@ def read_into_page_cache(folder: Path) -> None:
 
 
 class Ours(Backend):
-    name = "ours"
-
-    def __init__(self, size: int):
+    def __init__(self, size: int, precision: str):
         import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
         import mlx.core as mx
+        from mlx_sd.device import products_in
 
         self.mx = mx
         self.size = size
+        self.precision = precision
+        self.name = "ours" if precision == "float32" else "ours-bf16"
+        self.products = lambda: products_in(precision)  # what Pipeline.generate applies
 
     def load(self, cached) -> None:
         from mlx_sd.pipeline import Pipeline
 
-        self.pipe = Pipeline.load(cached.mlx)
+        self.pipe = Pipeline.load(cached.mlx, precision=self.precision)
         mx, config = self.mx, self.pipe.config
         rng = np.random.default_rng(0)
         latent = self.size // config.vae.downscale
@@ -141,14 +145,17 @@ class Ours(Backend):
         self.latents = mx.array(rng.standard_normal((1, latent, latent, 4), dtype=np.float32))
 
     def encode_text(self) -> None:
-        outputs = [encoder.encode(self.ids) for encoder in self.encoders]
-        self.mx.eval([(o.hidden, o.pooled) if o.pooled is not None else o.hidden for o in outputs])
+        with self.products():
+            outputs = [encoder.encode(self.ids) for encoder in self.encoders]
+            self.mx.eval([(o.hidden, o.pooled) if o.pooled is not None else o.hidden for o in outputs])
 
     def unet_step(self) -> None:
-        self.mx.eval(self.pipe.unet(self.sample, self.timestep, self.context, **self.extras))
+        with self.products():
+            self.mx.eval(self.pipe.unet(self.sample, self.timestep, self.context, **self.extras))
 
     def vae_decode(self) -> None:
-        self.mx.eval(self.pipe.vae.decode(self.latents))
+        with self.products():
+            self.mx.eval(self.pipe.vae.decode(self.latents))
 
     def generate(self, steps: int) -> None:
         from mlx_sd.request import GenerationRequest
@@ -238,7 +245,9 @@ class Torch(Backend):
 
 def backend_for(side: str, size: int) -> Backend:
     if side == "ours":
-        return Ours(size)
+        return Ours(size, "float32")
+    if side == "ours-bf16":
+        return Ours(size, "bfloat16")
     if side == "torch":
         return Torch(size, "float32")
     if side == "torch-bf16":
@@ -253,7 +262,7 @@ def measure(side: str, family: str, size: int, steps: int, runs: int, cache: Pat
     if not (cached.diffusers / "model_index.json").is_file() or not (cached.mlx / "model.json").is_file():
         raise SystemExit(f"no cached {family} model in {cache}: run benchmarks.run, which builds it first")
     backend = backend_for(side, size)
-    read_into_page_cache(cached.mlx if side == "ours" else cached.diffusers)
+    read_into_page_cache(cached.mlx if isinstance(backend, Ours) else cached.diffusers)
     reset_rss_peak()
     load = run_phase(backend, lambda: backend.load(cached), 1, warmup=False)
     phases = {"load": load}

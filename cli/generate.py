@@ -22,6 +22,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.request import GenerationRequest, Progress
 from mlx_sd.schedules import SCHEDULES
@@ -78,6 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output", type=Path, default=Path("outputs"), metavar="DIR", help="where to save images (default ./outputs)"
     )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.3x faster on CPUs with AVX512_BF16, "
+        "as torch's bfloat16; slightly different images)",
+    )  # fmt: skip
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -207,6 +213,7 @@ class StopOnInterrupt:
 
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from mlx_sd.device import check_precision
     from mlx_sd.generation import plan, resolve_seed
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
@@ -219,11 +226,12 @@ def run(args: argparse.Namespace) -> int:
     config = read_config(folder)
     request = build_request(args, config.default_size)
     request = plan(config, request).request  # every check before the weights load; canonical names
+    check_precision(args.precision)
     seed = resolve_seed(request.seed)
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
-    pipe = Pipeline.load(folder)
+    pipe = Pipeline.load(folder, precision=args.precision)
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()

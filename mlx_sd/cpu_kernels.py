@@ -189,19 +189,26 @@ def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, threads
     return _module().fused_attention(q, k, v, scale, threads)
 
 
-def gemm(a: mx.array, b: mx.array, bias: mx.array | None = None, threads: int = 1) -> mx.array:
+def bf16_products() -> bool:
+    """Whether the kernels were built for a CPU with AVX512_BF16: `gemm` and `conv_taps` can then
+    multiply bfloat16-rounded factors, accumulating in float32, at twice the float32 rate."""
+    return available() and _module().bf16_products()
+
+
+def gemm(a: mx.array, b: mx.array, bias: mx.array | None = None, threads: int = 1, bf16: bool = False) -> mx.array:
     """bias + a @ b in float32 for a (batch, rows, in) with its channels contiguous and b (in, out) with
-    any strides (a transposed weight is read in place), on the current CPU stream."""
-    return _module().gemm(a, b, bias, threads)
+    any strides (a transposed weight is read in place), on the current CPU stream; with `bf16`, of
+    a and b rounded to bfloat16 (bf16_products)."""
+    return _module().gemm(a, b, bias, threads, bf16)
 
 
 def conv_taps(
-    x: mx.array, b: mx.array, bias: mx.array | None, taps: list[tuple[int, int]], threads: int = 1
+    x: mx.array, b: mx.array, bias: mx.array | None, taps: list[tuple[int, int]], threads: int = 1, bf16: bool = False
 ) -> mx.array:
     """bias + the sum over taps t = (dy, dx) of x shifted by (dy, dx), zeros outside the image, @
     b[t in : (t + 1) in]: a stride-1 convolution of x (batch, height, width, in) in float32, without a
-    patch buffer or a padded copy, on the current CPU stream."""
-    return _module().conv_taps(x, b, bias, taps, threads)
+    patch buffer or a padded copy, on the current CPU stream; with `bf16`, as `gemm`."""
+    return _module().conv_taps(x, b, bias, taps, threads, bf16)
 
 
 def group_norm(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float, silu: bool) -> mx.array:

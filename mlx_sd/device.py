@@ -14,7 +14,9 @@ The CPU formulations (issue 6; figures from `python -m benchmarks.run`), all in 
   GroupNorm(+SiLU) "kernel": a compiled kernel (mlx_sd.cpu_kernels) of two passes instead of five.
 - matmul "kernel": a compiled GEMM (mlx_sd.cpu_kernels) for the CPU's full vector width, which the
   system BLAS may be pinned below (OPENBLAS_CORETYPE); it also takes a 3x3 convolution's nine
-  shifted taps in one call.
+  shifted taps in one call. Under `products_in("bfloat16")` (a pipeline's `precision`), on CPUs
+  with AVX512_BF16, it multiplies bfloat16-rounded factors into float32 sums at 1.7-1.9x the
+  float32 rate (as torch's bfloat16 autocast: activations, norms and attention stay float32).
 - conv "matmul": 1x1 convolutions as matmuls; 3x3 ones with many channels by Winograd F(2x2, 3x3),
   other wide 3x3 ones as nine shifted matmuls (no 9x patch buffer); nearest 2x upsampling and its
   3x3 conv as four 2x2 convolutions of the small image (mlx_sd.layers.upsample_conv).
@@ -32,7 +34,10 @@ The GPU keeps mlx's fused kernels: mx.fast.scaled_dot_product_attention, mx.conv
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 import mlx.core as mx
 
@@ -40,6 +45,7 @@ from . import cpu_kernels
 from .cpu_memory import keep_freed_memory
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+PRECISIONS = ("float32", "bfloat16")  # of the CPU's products (products_in)
 ATTENTION_CHUNK_BYTES = 16 << 20  # scores per block: stays in a 32 MB L3; larger blocks gain nothing
 
 
@@ -59,6 +65,8 @@ class DevicePolicy:
     # float32 products (Linear layers and the matmul convolutions): "kernel", the compiled GEMM of
     # mlx_sd.cpu_kernels; "native": mlx's matmul (the system BLAS).
     matmul: str = "native"
+    # The compiled GEMM's factors: "float32", or "bfloat16" (rounded, summed in float32; products_in).
+    products: str = "float32"
     # "native": mx.conv2d; "matmul": 1x1 and wide 3x3 convolutions as matmuls (float32, mlx_sd.layers.Conv2d).
     conv: str = "native"
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
@@ -113,12 +121,39 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
         compiled = cpu_kernels.available()
         return DevicePolicy(
             "cpu", mx.float32, attention="kernel" if compiled else "chunked", elementwise="polynomial",
-            group_norm="kernel" if compiled else "native", matmul="kernel" if compiled else "native", conv="matmul",
-            quantized="dequantize",
+            group_norm="kernel" if compiled else "native", matmul="kernel" if compiled else "native",
+            products=_products.get(), conv="matmul", quantized="dequantize",
             batch_streams=1 if compiled else CPU_STREAMS, eval_blocks=True, text_encoders_in_storage_dtype=True,
             unet_in_storage_dtype=compiled,
         )
     return DevicePolicy("gpu", storage_dtype, attention="fused")
+
+
+_products: ContextVar[str] = ContextVar("mlx_sd_products", default="float32")
+
+
+def check_precision(precision: str, device: str | None = None) -> None:
+    """Raise ValueError unless `precision` is one of PRECISIONS and this machine can run it: bfloat16
+    products need the compiled CPU kernels on a CPU with AVX512_BF16. The GPU computes in the
+    weights' storage dtype whatever the precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and (device or current_device()) == "cpu" and not cpu_kernels.bf16_products():
+        raise ValueError(
+            "bfloat16 products need mlx-sd's compiled CPU kernels on a CPU with AVX512_BF16 (AMD Zen 4 or later, "
+            f"Intel Sapphire Rapids or later); this one has not: {cpu_kernels.status().reason}. Use float32."
+        )
+
+
+@contextmanager
+def products_in(precision: str) -> Iterator[None]:
+    """The CPU's products built in this context (this thread's) use `precision` (check_precision)."""
+    check_precision(precision)
+    token = _products.set(precision)
+    try:
+        yield
+    finally:
+        _products.reset(token)
 
 
 # One CPU stream per core of this 2-core machine. Casting SD1.5's UNet weights from float16 to

@@ -207,11 +207,13 @@ def product(x: mx.array, weight_t: mx.array, bias: mx.array | None = None) -> mx
     """bias + x @ weight_t for x (..., in) and weight_t (in, out), which may be a transposed view.
 
     On the CPU in float32 the compiled GEMM of mlx_sd.cpu_kernels ("kernel", DevicePolicy.matmul)
-    runs it at the CPU's full vector width where the system BLAS may be pinned to a narrower one.
+    runs it at the CPU's full vector width where the system BLAS may be pinned to a narrower one,
+    in bfloat16 products where DevicePolicy.products says so.
     """
-    if x.dtype == mx.float32 and policy().matmul == "kernel":
+    choice = policy()
+    if x.dtype == mx.float32 and choice.matmul == "kernel":
         rows = x.reshape(1, -1, x.shape[-1])
-        out = cpu_kernels.gemm(rows, weight_t, bias, _kernel_threads())
+        out = cpu_kernels.gemm(rows, weight_t, bias, _kernel_threads(), choice.products == "bfloat16")
         return out.reshape(*x.shape[:-1], weight_t.shape[-1])
     return mx.addmm(bias, x, weight_t) if bias is not None else x @ weight_t
 
@@ -262,8 +264,13 @@ def _winograd_wins(pixels: int, channels: int, out_channels: int) -> bool:
     """Whether Winograd beats the shifted matmuls for a 3x3 convolution of `pixels` (batch x height
     x width). Its transforms are single-threaded memory passes: against mlx's matmul it wins with
     many channels of both; against the compiled GEMM, which takes the nine taps in one call on
-    every core, only with wide inputs on large maps (SD's 64x64 640-channel UNet and 128x128 VAE)."""
-    if policy().matmul == "kernel":
+    every core, only with wide inputs on large maps (SD's 64x64 640-channel UNet and 128x128 VAE);
+    against its bfloat16 products never (64x64 640 channels, batch 2: 89 ms taps, 91 ms Winograd;
+    128x128 512 channels: 119 against 118 ms; 64x64 512 channels: 26 against 39 ms)."""
+    choice = policy()
+    if choice.matmul == "kernel" and choice.products == "bfloat16":
+        return False
+    if choice.matmul == "kernel":
         return channels >= WINOGRAD_KERNEL_MIN_CHANNELS and pixels >= WINOGRAD_KERNEL_MIN_PIXELS
     return min(channels, out_channels) >= WINOGRAD_MIN_CHANNELS and pixels >= WINOGRAD_MIN_PIXELS
 
@@ -297,9 +304,11 @@ def _shifted_matmuls(x: mx.array, convolutions: list[tuple[Taps, mx.array]], bia
     tap is one matmul of a contiguous row range, accumulated in the GEMM itself (no patch buffer),
     and two junk columns per row are computed and dropped.
     """
-    if policy().matmul == "kernel":
+    choice = policy()
+    if choice.matmul == "kernel":
+        bf16 = choice.products == "bfloat16"
         return [
-            cpu_kernels.conv_taps(x, stacked, bias, [(i - 1, j - 1) for i, j in taps], _kernel_threads())
+            cpu_kernels.conv_taps(x, stacked, bias, [(i - 1, j - 1) for i, j in taps], _kernel_threads(), bf16)
             for taps, stacked in convolutions
         ]
     batch, height, width, channels = x.shape

@@ -3,8 +3,9 @@
 `Pipeline.load(folder)` reads `model.json`, builds the family's components lazily (no weights are
 evaluated until loaded), loads each weight file strictly and casts it to the compute dtype that
 `device.policy` picks for the storage dtype (float32 on the CPU, the storage dtype on the GPU).
-`Pipeline.generate(request)` runs a generation (mlx_sd.generation); the text encoders can be released
-to save memory and are reloaded from the folder when next needed.
+`Pipeline.generate(request)` runs a generation (mlx_sd.generation) with the CPU's products in the
+pipeline's `precision` (mlx_sd.device.products_in); the text encoders can be released to save
+memory and are reloaded from the folder when next needed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
 from .cpu_memory import release_free_memory
 from .config import ModelConfig
-from .device import dtype_from_name, policy
+from .device import check_precision, dtype_from_name, policy, products_in
 from .generation import generate
 from .model_format import TOKENIZER_FOR, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
@@ -63,17 +64,24 @@ class Pipeline:
     tokenizer_2: CLIPTokenizer | None
     dtype: mx.Dtype  # the compute dtype of every model
     folder: Path
+    precision: str = "float32"  # of the CPU's products: "float32" or "bfloat16" (mlx_sd.device.products_in)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None) -> "Pipeline":
-        """Load a converted model folder; `dtype` overrides the device policy's compute dtype.
+    def load(
+        cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None, precision: str = "float32"
+    ) -> "Pipeline":
+        """Load a converted model folder; `dtype` overrides the device policy's compute dtype;
+        `precision` "bfloat16" makes the CPU's products bfloat16 (faster, not exact; see
+        mlx_sd.device.products_in).
 
-        Raises ModelFolderError for an unusable folder and model_format.WeightsError for weights
-        that do not match the model (missing, unexpected or misshapen keys).
+        Raises ValueError for a precision this machine cannot run (before reading anything),
+        ModelFolderError for an unusable folder and model_format.WeightsError for weights that do
+        not match the model (missing, unexpected or misshapen keys).
         """
+        check_precision(precision)
         folder = Path(folder)
         config = read_config(folder)
         if dtype is None:
@@ -104,6 +112,7 @@ class Pipeline:
             tokenizer_2=tokenizers["tokenizer_2"],
             dtype=dtype,
             folder=folder,
+            precision=precision,
         )
 
     def generate(
@@ -116,7 +125,8 @@ class Pipeline:
 
         Raises RequestError before any model runs when the request cannot run on this model, and
         samplers.Cancelled (with no result) when `cancel()` returns True."""
-        return generate(self, request, on_progress, cancel)
+        with products_in(self.precision):
+            return generate(self, request, on_progress, cancel)
 
     @property
     def codec(self) -> VAECodec:

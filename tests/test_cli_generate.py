@@ -165,6 +165,24 @@ def test_generate_writes_numbered_pngs_whose_metadata_round_trips(capsys, model:
         assert params["Model hash"] == SHA256[:10] and params["Model"] == "tiny-sd1"
 
 
+def test_precision_bfloat16_reaches_the_pipeline_or_is_refused_in_one_line(capsys, model: Path, tmp_path: Path, monkeypatch):
+    from mlx_sd import cpu_kernels, device
+    from mlx_sd.pipeline import Pipeline
+
+    loaded = []
+    real = Pipeline.load.__func__
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda cls, *a, **k: loaded.append(k) or real(cls, *a, **k)))
+    if device.current_device() == "cpu" and cpu_kernels.bf16_products():
+        code, paths, err = generate(capsys, model, tmp_path / "out", "a cube", "--steps", "1", "--precision", "bfloat16")
+        assert code == 0 and len(paths) == 1, err
+        assert loaded == [{"precision": "bfloat16"}]
+    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: False)
+    if device.current_device() == "cpu":
+        code, paths, err = generate(capsys, model, tmp_path / "none", "a cube", "--steps", "1", "--precision", "bfloat16")
+        assert code != 0 and paths == [] and len(err.strip().splitlines()) == 1, err
+        assert "AVX512_BF16" in err and not (tmp_path / "none").exists()
+
+
 def test_same_seed_same_image_and_a_second_run_never_overwrites(capsys, model: Path, tmp_path: Path):
     out = tmp_path / "out"
     args = ("a blue sphere", "--steps", "2", "--seed", "77")

@@ -161,10 +161,90 @@ def test_conv_taps_match_a_padded_float64_convolution(batch, height, width, chan
     assert np.abs(np.array(got) - conv_reference(x, stacked, bias, taps)).max() < 1e-4
 
 
+needs_bf16 = pytest.mark.skipif(not cpu_kernels.bf16_products(), reason="bfloat16 products need AVX512_BF16")
+
+
+def bfloat16_rounded(x: mx.array) -> mx.array:
+    return x.astype(mx.bfloat16).astype(mx.float32)
+
+
+@needs_bf16
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "batch, rows, depth, cols",
+    [(1, 4096 + 5, 40, 64 + 3), (2, 77, 768, 320), (1, 13, 1001, 33), (3, 1, 1, 1), (2, 30, 35, 17)],
+)
+def test_bf16_gemm_is_the_float64_product_of_bfloat16_rounded_factors(batch, rows, depth, cols, threads):
+    """vdpbf16ps multiplies bfloat16 factors exactly and sums in float32: against float64 on the
+    rounded factors the error is float32 summation's alone (odd depths pad a pair with a zero)."""
+    a, weight, bias = rand(batch, rows, depth, seed=50), rand(cols, depth, seed=51), rand(cols, seed=52)
+    factors = np.array(bfloat16_rounded(a), dtype=np.float64), np.array(bfloat16_rounded(weight), dtype=np.float64)
+    expected = factors[0] @ factors[1].T + np.array(bias)
+    scale = np.abs(factors[0]) @ np.abs(factors[1]).T + np.abs(np.array(bias))
+    for b in (weight.T, mx.contiguous(weight.T), weight.astype(mx.float16).T, mx.contiguous(weight.T).astype(mx.bfloat16)):
+        got = cpu_kernels.gemm(a, b, bias, threads, True)
+        assert got.shape == (batch, rows, cols) and got.dtype == mx.float32
+        if b.dtype == mx.float16:  # float16 weights are rounded once more, to bfloat16
+            exact = np.array(bfloat16_rounded(b.astype(mx.float32)), dtype=np.float64)
+            reference = factors[0] @ exact + np.array(bias)
+        else:
+            reference = expected
+        assert (np.abs(np.array(got) - reference) / scale).max() < 1e-6
+    # and the whole product is bfloat16-close to float32's
+    plain = np.array(a, dtype=np.float64) @ np.array(weight, dtype=np.float64).T + np.array(bias)
+    assert (np.abs(np.array(cpu_kernels.gemm(a, weight.T, bias, threads, True)) - plain) / scale).max() < 1e-2
+
+
+@needs_bf16
+@pytest.mark.parametrize(
+    "batch, height, width, channels, out, taps",
+    [
+        (2, 9, 13, 16, 24, [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]),
+        (1, 40, 30, 7, 40, [(-1, 1), (0, 0), (1, -1)]),  # odd channels: pairs straddle no tap
+        (1, 1, 1, 4, 4, [(-1, -1), (0, 0)]),
+    ],
+)
+def test_bf16_conv_taps_are_the_float64_convolution_of_bfloat16_rounded_factors(batch, height, width, channels, out, taps):
+    x = rand(batch, height, width, channels, seed=53)
+    stacked, bias = rand(len(taps) * channels, out, seed=54), rand(out, seed=55)
+    got = cpu_kernels.conv_taps(x, stacked, bias, taps, 2, True)
+    expected = conv_reference(bfloat16_rounded(x), bfloat16_rounded(stacked), bias, taps)
+    scale = conv_reference(mx.abs(bfloat16_rounded(x)), mx.abs(bfloat16_rounded(stacked)), mx.abs(bias), taps)
+    assert got.shape == (batch, height, width, out)
+    assert (np.abs(np.array(got) - expected) / scale).max() < 1e-6
+
+
+def test_bf16_products_follow_the_precision_context(monkeypatch):
+    flags = []
+    real = cpu_kernels.gemm
+    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: flags.append(args[4]) or real(*args[:4], False))
+    x, weight = rand(3, 5, 8, seed=56), rand(8, 6, seed=57)
+    layers.product(x, weight)
+    with device.products_in("bfloat16"):
+        assert device.policy().products == "bfloat16"
+        layers.product(x, weight)
+        assert not layers._winograd_wins(1 << 20, 1280, 1280)  # the bfloat16 taps beat Winograd
+    layers.product(x, weight)
+    assert flags == [False, True, False]
+    with pytest.raises(ValueError, match="precision 'float16'"):
+        device.check_precision("float16")
+
+
+def test_bf16_products_are_refused_where_the_cpu_has_none(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: False)
+    with pytest.raises(ValueError, match="AVX512_BF16"):
+        device.check_precision("bfloat16", "cpu")
+    device.check_precision("bfloat16", "gpu")  # the GPU computes in the storage dtype anyway
+    with pytest.raises(ValueError, match="AVX512_BF16"):
+        with device.products_in("bfloat16"):
+            pass
+
+
 def test_products_use_one_thread_on_a_worker_stream_and_every_core_otherwise(monkeypatch):
     calls = []
     real = cpu_kernels.gemm
-    monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: calls.append(args[-1]) or real(*args))
+    monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: calls.append(args[3]) or real(*args))
     x, weight = rand(3, 5, 8, seed=48), rand(8, 6, seed=49)
     expected = np.array(x) @ np.array(weight)
     assert np.abs(np.array(layers.product(x, weight)) - expected).max() < 1e-5

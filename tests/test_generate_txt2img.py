@@ -22,6 +22,7 @@ from test_generate_models import (  # noqa: F401
 )
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+from mlx_sd import cpu_kernels, device
 from mlx_sd.config import SourceInfo
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.noise import ImageNoise
@@ -228,3 +229,31 @@ def test_infotext_of_every_image(tmp_path: Path) -> None:
     text = (copy / "model.json").read_text().replace('"tiny-v1.safetensors"', '""')
     (copy / "model.json").write_text(text)
     assert parse_infotext(Pipeline.load(copy).generate(request(steps=1)).infotexts[0]).params["Model"] == "my-model"
+
+
+@pytest.mark.skipif(
+    not cpu_kernels.bf16_products() or device.current_device() != "cpu", reason="bfloat16 products: CPUs with AVX512_BF16"
+)
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_bfloat16_products_make_nearly_the_float32_image(model_folders, pipes, family: str, monkeypatch) -> None:
+    flags = []
+    real = cpu_kernels.conv_taps
+    monkeypatch.setattr(cpu_kernels, "conv_taps", lambda *args: flags.append(args[-1]) or real(*args))
+    pipe = Pipeline.load(model_folders[family], precision="bfloat16")
+    assert pipe.precision == "bfloat16"
+    rounded = pipe.generate(request()).images[0]
+    assert flags and all(flags)  # every convolution multiplied in bfloat16
+    flags.clear()
+    exact = pipes[family].generate(request()).images[0]
+    assert flags and not any(flags)  # and the float32 pipeline beside it did not
+    assert 0 < levels_apart(rounded, exact) <= 12, levels_apart(rounded, exact)
+    assert device.policy().products == "float32"  # the precision holds inside generate only
+
+
+def test_an_unknown_or_impossible_precision_is_refused_before_loading(model_folders, monkeypatch) -> None:
+    with pytest.raises(ValueError, match="precision 'float16' is not one of float32, bfloat16"):
+        Pipeline.load(model_folders["sd1"], precision="float16")
+    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: False)
+    if device.current_device() == "cpu":
+        with pytest.raises(ValueError, match="AVX512_BF16"):
+            Pipeline.load(Path("/nonexistent"), precision="bfloat16")

@@ -102,9 +102,10 @@ inline mx::array contiguous_float32(const mx::array& x, mx::Stream stream) {
 }
 
 mx::array fused_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, int threads);
-mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads);
+bool bf16_products();
+mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads, bool bf16);
 mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
-                    const std::vector<std::pair<int, int>>& taps, int threads);
+                    const std::vector<std::pair<int, int>>& taps, int threads, bool bf16);
 mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
 
 }  // namespace mlx_sd

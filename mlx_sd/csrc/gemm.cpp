@@ -15,10 +15,19 @@
 //
 // C (batch, M, N) = bias + sum over taps t of A_t (M, K) @ B[t K : (t + 1) K] (K, N); A is read
 // with any batch and row strides (its channels contiguous), B with any strides.
+//
+// With `bf16` (CPUs with AVX512_BF16), A and B are rounded to bfloat16 (to nearest even) as they
+// are packed and multiplied in pairs by vdpbf16ps, which accumulates in float32: twice the
+// products per instruction, at bfloat16's 8-bit precision for the factors (as torch's bfloat16
+// autocast on the CPU). Here A is packed: a 12-row panel is converted into pairs once per column block.
 
 #include <algorithm>
 #include <stdexcept>
 #include <type_traits>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "cpu_kernel_support.h"
 
@@ -55,6 +64,7 @@ struct Problem {
   const float* bias;  // (N,) or null
   float* c;
   int batch, rows, cols, depth;  // per tap depth K; B has taps x K rows
+  bool bf16;  // products of bfloat16-rounded factors (only where kBf16 is true)
 };
 
 int round_up(int x, int to) {
@@ -173,17 +183,8 @@ void pack_b(const Problem& pr, int k0, int depth, int n0, int cols, float* packe
 // c itself (accumulate), the bias row, or zero.
 enum class Start { kZero, kBias, kAccumulate };
 
-void micro_kernel(int depth, Panel a, const float* b, float* c, int64_t ldc, int rows, int cols, Start start,
-                  const float* bias) {
-  vfloat acc[kRows][kColVectors] = {};
-  for (int k = 0; k < depth; ++k) {
-    vfloat bv[kColVectors];
-    for (int v = 0; v < kColVectors; ++v) bv[v] = load(b + k * kCols + v * kLanes);
-    for (int r = 0; r < kRows; ++r) {
-      const float x = a.data[r * a.stride + k];
-      for (int v = 0; v < kColVectors; ++v) acc[r][v] += x * bv[v];
-    }
-  }
+void write_tile(vfloat (&acc)[kRows][kColVectors], float* c, int64_t ldc, int rows, int cols, Start start,
+                const float* bias) {
   if (rows == kRows && cols == kCols) {
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < kColVectors; ++v) {
@@ -204,16 +205,186 @@ void micro_kernel(int depth, Panel a, const float* b, float* c, int64_t ldc, int
     }
 }
 
+void micro_kernel(int depth, Panel a, const float* b, float* c, int64_t ldc, int rows, int cols, Start start,
+                  const float* bias) {
+  vfloat acc[kRows][kColVectors] = {};
+  for (int k = 0; k < depth; ++k) {
+    vfloat bv[kColVectors];
+    for (int v = 0; v < kColVectors; ++v) bv[v] = load(b + k * kCols + v * kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const float x = a.data[r * a.stride + k];
+      for (int v = 0; v < kColVectors; ++v) acc[r][v] += x * bv[v];
+    }
+  }
+  write_tile(acc, c, ldc, rows, cols, start, bias);
+}
+
+#if defined(__AVX512BF16__)
+constexpr bool kBf16 = true;
+
+// float32 -> bfloat16 bits (round to nearest even), in the low half of each lane.
+inline vint bf16_bits(vfloat f) {
+  vint bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  const vint rounding = 0x7fff + ((bits >> 16) & 1);
+  return (vint)((__attribute__((vector_size(kLanes * 4))) uint32_t)(bits + rounding) >> 16);
+}
+
+// Lanes 2i and 2i + 1 of the 2 * kLanes values x[0..kLanes) y[0..kLanes) as one word each: a pair.
+inline vint pairs_of(vint x, vint y) {
+  const vint even = __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const vint odd = __builtin_shufflevector(x, y, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return even | (odd << 16);
+}
+
+inline uint32_t pair_word(float x, float y) {
+  const vint bits = bf16_bits(splat(0.0f) + vfloat{x, y});
+  return static_cast<uint32_t>(bits[0]) | static_cast<uint32_t>(bits[1]) << 16;
+}
+
+// kRows rows of A as bfloat16 pairs: word p of row r holds channels k0 + 2p and k0 + 2p + 1 (zero
+// past the depth, and for rows outside the image).
+void pack_a_pairs(const Problem& pr, const float* a, Tap tap, int m, int rows, int k0, int depth, uint32_t* dst) {
+  const int pairs = (depth + 1) / 2;
+  for (int r = 0; r < kRows; ++r) {
+    uint32_t* out = dst + static_cast<size_t>(r) * pairs;
+    const int yr = (m + r) / pr.width + tap.dy, xr = (m + r) % pr.width + tap.dx;
+    if (r >= rows || yr < 0 || yr >= pr.height || xr < 0 || xr >= pr.width) {
+      std::memset(out, 0, pairs * sizeof(uint32_t));
+      continue;
+    }
+    const float* src = a + (static_cast<int64_t>(yr) * pr.width + xr) * pr.a_row_stride + k0;
+    int k = 0;
+    for (; k + 2 * kLanes <= depth; k += 2 * kLanes) {
+      const vint word = pairs_of(bf16_bits(load(src + k)), bf16_bits(load(src + k + kLanes)));
+      std::memcpy(out + k / 2, &word, sizeof word);
+    }
+    for (; k < depth; k += 2) out[k / 2] = pair_word(src[k], k + 1 < depth ? src[k + 1] : 0.0f);
+  }
+}
+
+// B[k0..k0+depth, n0..n0+cols) -> column panels of kCols, each (depth / 2 rounded up) x kCols words
+// holding rows 2p and 2p + 1 of a column, zero-padded.
+template <class T>
+void pack_b_pairs_as(const Problem& pr, int k0, int depth, int n0, int cols, uint32_t* packed) {
+  const T* b = static_cast<const T*>(pr.b);
+  const int pairs = (depth + 1) / 2;
+  for (int q = 0; q < cols; q += kCols) {
+    uint32_t* panel = packed + static_cast<size_t>(q) * pairs;
+    const int width = std::min(kCols, cols - q);
+    const T* src = b + k0 * pr.b_row_stride + (n0 + q) * pr.b_col_stride;
+    const auto at = [&](int k, int n) { return k < depth ? to_float(src[k * pr.b_row_stride + n * pr.b_col_stride]) : 0.0f; };
+    if (pr.b_col_stride == 1 && width == kCols) {  // rows 2p and 2p + 1 side by side, a vector at a time
+      for (int p = 0; p < pairs; ++p)
+        for (int v = 0; v < kColVectors; ++v) {
+          const T* row = src + 2 * p * pr.b_row_stride + v * kLanes;
+          const vint low = bf16_bits(load_as_float(row));
+          const vint high = 2 * p + 1 < depth ? bf16_bits(load_as_float(row + pr.b_row_stride)) : vint{};
+          const vint word = low | (high << 16);
+          std::memcpy(panel + p * kCols + v * kLanes, &word, sizeof word);
+        }
+    } else if (pr.b_row_stride == 1) {  // a transposed weight: a column's pairs are adjacent
+      for (int n = 0; n < width; ++n) {
+        const T* column = src + n * pr.b_col_stride;
+        int k = 0;
+        for (; k + 2 * kLanes <= depth; k += 2 * kLanes) {
+          const vint word = pairs_of(bf16_bits(load_as_float(column + k)), bf16_bits(load_as_float(column + k + kLanes)));
+          for (int e = 0; e < kLanes; ++e) panel[(k / 2 + e) * kCols + n] = word[e];
+        }
+        for (; k < depth; k += 2) panel[k / 2 * kCols + n] = pair_word(at(k, n), at(k + 1, n));
+      }
+    } else {
+      for (int n = 0; n < width; ++n)
+        for (int p = 0; p < pairs; ++p) panel[p * kCols + n] = pair_word(at(2 * p, n), at(2 * p + 1, n));
+    }
+    for (int p = 0; p < pairs; ++p)
+      for (int n = width; n < kCols; ++n) panel[p * kCols + n] = 0;
+  }
+}
+
+void pack_b_pairs(const Problem& pr, int k0, int depth, int n0, int cols, uint32_t* packed) {
+  switch (pr.b_type) {
+    case BType::kFloat16: return pack_b_pairs_as<_Float16>(pr, k0, depth, n0, cols, packed);
+    case BType::kBFloat16: return pack_b_pairs_as<uint16_t>(pr, k0, depth, n0, cols, packed);
+    default: return pack_b_pairs_as<float>(pr, k0, depth, n0, cols, packed);
+  }
+}
+
+void micro_kernel_bf16(int pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int rows, int cols,
+                       Start start, const float* bias) {
+  __m512 acc[kRows][kColVectors] = {};
+  for (int p = 0; p < pairs; ++p) {
+    __m512bh bv[kColVectors];
+    for (int v = 0; v < kColVectors; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + p * kCols + v * kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * pairs + p]));
+      for (int v = 0; v < kColVectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
+    }
+  }
+  vfloat tile[kRows][kColVectors];
+  std::memcpy(tile, acc, sizeof tile);
+  write_tile(tile, c, ldc, rows, cols, start, bias);
+}
+#else
+constexpr bool kBf16 = false;
+#endif
+
 struct Range {
   int first, last;
 };
 
+// The blocks of a thread's part of C.
+struct Blocks {
+  int depth, cols, rows;
+  Blocks(const Problem& pr, Range rows_part, Range cols_part, int depth_multiple)
+      : depth(block_size(pr.depth, kDepth, depth_multiple)),
+        cols(block_size(std::max(1, cols_part.last - cols_part.first), kBlockCols, kCols)),
+        rows(block_size(std::max(1, rows_part.last - rows_part.first), kBlockRows, kRows)) {}
+};
+
+// gemm_part with bfloat16 products: A's panels are packed too, as pairs.
+void gemm_part_bf16(const Problem& pr, Range rows_part, Range cols_part) {
+#if defined(__AVX512BF16__)
+  const int taps = static_cast<int>(pr.taps.size());
+  const Blocks block(pr, rows_part, cols_part, 2);  // depth blocks of whole pairs
+  const int most_pairs = (block.depth + 1) / 2;
+  std::vector<uint32_t> packed_a(static_cast<size_t>(kRows) * most_pairs);
+  std::vector<uint32_t> packed_b(static_cast<size_t>(block.cols) * most_pairs);
+  for (int m0 = rows_part.first; m0 < rows_part.last; m0 += block.rows) {
+    const int rows = std::min(block.rows, rows_part.last - m0);
+    for (int t = 0; t < taps; ++t)
+      for (int k0 = 0; k0 < pr.depth; k0 += block.depth) {
+        const int depth = std::min(block.depth, pr.depth - k0), pairs = (depth + 1) / 2;
+        const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
+        for (int n0 = cols_part.first; n0 < cols_part.last; n0 += block.cols) {
+          const int cols = std::min(block.cols, cols_part.last - n0);
+          pack_b_pairs(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());
+          for (int batch = 0; batch < pr.batch; ++batch) {
+            const float* a = pr.a + batch * pr.a_batch_stride;
+            float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
+            for (int p = 0; p < rows; p += kRows) {
+              pack_a_pairs(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth, packed_a.data());
+              for (int q = 0; q < cols; q += kCols)
+                micro_kernel_bf16(pairs, packed_a.data(), packed_b.data() + static_cast<size_t>(q) * pairs,
+                                  c + static_cast<size_t>(m0 + p) * pr.cols + n0 + q, pr.cols, std::min(kRows, rows - p),
+                                  std::min(kCols, cols - q), start, pr.bias ? pr.bias + n0 + q : nullptr);
+            }
+          }
+        }
+      }
+  }
+#else
+  (void)pr, (void)rows_part, (void)cols_part;
+  throw std::runtime_error("bfloat16 products need AVX512_BF16");
+#endif
+}
+
 // Rows `rows_part` and columns `cols_part` of every batch entry's C.
 void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
   const int taps = static_cast<int>(pr.taps.size());
-  const int depth_block = block_size(pr.depth, kDepth, 1);
-  const int col_block = block_size(std::max(1, cols_part.last - cols_part.first), kBlockCols, kCols);
-  const int row_block = block_size(std::max(1, rows_part.last - rows_part.first), kBlockRows, kRows);
+  const Blocks block(pr, rows_part, cols_part, 1);
+  const int depth_block = block.depth, col_block = block.cols, row_block = block.rows;
+  if (pr.bf16) return gemm_part_bf16(pr, rows_part, cols_part);
   std::vector<float> spare(static_cast<size_t>(kRows) * depth_block);
   std::vector<float> packed_b(static_cast<size_t>(col_block) * depth_block);
   for (int m0 = rows_part.first; m0 < rows_part.last; m0 += row_block) {
@@ -263,8 +434,8 @@ BType b_type(const mx::array& b) {
 
 class Gemm : public CpuOnlyPrimitive {
  public:
-  Gemm(mx::Stream stream, std::vector<Tap> taps, int height, int width, int threads)
-      : CpuOnlyPrimitive(stream), taps_(std::move(taps)), height_(height), width_(width), threads_(threads) {}
+  Gemm(mx::Stream stream, std::vector<Tap> taps, int height, int width, int threads, bool bf16)
+      : CpuOnlyPrimitive(stream), taps_(std::move(taps)), height_(height), width_(width), threads_(threads), bf16_(bf16) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& a = inputs[0];
@@ -273,7 +444,8 @@ class Gemm : public CpuOnlyPrimitive {
     auto& encoder = encoder_for(inputs, out);
     Problem pr{a.data<float>(), a.strides(0), a.strides(1), taps_, height_, width_, b.data<void>(), b_type(b), b.strides(0),
                b.strides(1), inputs.size() > 2 ? inputs[2].data<float>() : nullptr, out.data<float>(),
-               static_cast<int>(a.shape(0)), height_ * width_, static_cast<int>(b.shape(1)), static_cast<int>(a.shape(2))};
+               static_cast<int>(a.shape(0)), height_ * width_, static_cast<int>(b.shape(1)), static_cast<int>(a.shape(2)),
+               bf16_};
     encoder.dispatch([pr = std::move(pr), threads = threads_]() { gemm(pr, threads); });
   }
 
@@ -285,13 +457,14 @@ class Gemm : public CpuOnlyPrimitive {
     const auto& o = static_cast<const Gemm&>(other);
     const auto same_tap = [](Tap x, Tap y) { return x.dy == y.dy && x.dx == y.dx; };
     return std::equal(taps_.begin(), taps_.end(), o.taps_.begin(), o.taps_.end(), same_tap) && height_ == o.height_ &&
-           width_ == o.width_ && threads_ == o.threads_;
+           width_ == o.width_ && threads_ == o.threads_ && bf16_ == o.bf16_;
   }
 
  private:
   std::vector<Tap> taps_;
   int height_, width_;
   int threads_;
+  bool bf16_;
 };
 
 // float32 with its last axis contiguous (strided rows and batches are read in place).
@@ -302,7 +475,8 @@ mx::array rows_contiguous(const mx::array& x, mx::Stream stream) {
 
 // a (batch, height x width, K) -> (batch, height x width, N)
 mx::array tap_product(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, std::vector<Tap> taps,
-                      int height, int width, int threads) {
+                      int height, int width, int threads, bool bf16) {
+  if (bf16 && !kBf16) throw std::invalid_argument("bfloat16 products need a CPU with AVX512_BF16");
   if (b.ndim() != 2 || b.shape(0) != static_cast<int64_t>(taps.size()) * a.shape(2))
     throw std::invalid_argument("b is not (taps x in, out)");
   if (bias && (bias->ndim() != 1 || bias->shape(0) != b.shape(1))) throw std::invalid_argument("bias is not (out,)");
@@ -311,24 +485,28 @@ mx::array tap_product(const mx::array& a, const mx::array& b, const std::optiona
   std::vector<mx::array> inputs = {rows_contiguous(a, stream), half ? b : mx::astype(b, mx::float32, stream)};
   if (bias) inputs.push_back(contiguous_float32(*bias, stream));
   return mx::array({a.shape(0), a.shape(1), b.shape(1)}, mx::float32,
-                   std::make_shared<Gemm>(stream, std::move(taps), height, width, threads), std::move(inputs));
+                   std::make_shared<Gemm>(stream, std::move(taps), height, width, threads, bf16), std::move(inputs));
 }
 
 }  // namespace
 
-mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads) {
+bool bf16_products() {
+  return kBf16;
+}
+
+mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::array>& bias, int threads, bool bf16) {
   if (a.ndim() != 3) throw std::invalid_argument("gemm takes a (batch, rows, in)");
-  return tap_product(a, b, bias, {{0, 0}}, 1, static_cast<int>(a.shape(1)), threads);
+  return tap_product(a, b, bias, {{0, 0}}, 1, static_cast<int>(a.shape(1)), threads, bf16);
 }
 
 mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
-                    const std::vector<std::pair<int, int>>& taps, int threads) {
+                    const std::vector<std::pair<int, int>>& taps, int threads, bool bf16) {
   if (x.ndim() != 4 || taps.empty()) throw std::invalid_argument("conv_taps takes x (batch, height, width, in) and taps");
   const int height = static_cast<int>(x.shape(1)), width = static_cast<int>(x.shape(2));
   std::vector<Tap> offsets;
   for (const auto& [dy, dx] : taps) offsets.push_back({dy, dx});
   const auto rows = mx::reshape(x, {x.shape(0), x.shape(1) * x.shape(2), x.shape(3)}, mx::default_stream(mx::Device::cpu));
-  const auto out = tap_product(rows, b, bias, std::move(offsets), height, width, threads);
+  const auto out = tap_product(rows, b, bias, std::move(offsets), height, width, threads, bf16);
   return mx::reshape(out, {x.shape(0), x.shape(1), x.shape(2), b.shape(1)}, mx::default_stream(mx::Device::cpu));
 }
 

@@ -12,10 +12,12 @@ namespace nb = nanobind;
 NB_MODULE(_mlx_sd_cpu_kernels, m) {
   m.def("fused_attention", &mlx_sd::fused_attention, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("scale"),
         nb::arg("threads") = 1, "softmax(q k^T * scale) v for float32 (pairs, tokens, dim) arrays on mlx's CPU stream");
+  m.def("bf16_products", &mlx_sd::bf16_products, "whether gemm and conv_taps can multiply in bfloat16 (AVX512_BF16)");
   m.def("gemm", &mlx_sd::gemm, nb::arg("a"), nb::arg("b"), nb::arg("bias") = nb::none(), nb::arg("threads") = 1,
+        nb::arg("bf16") = false,
         "bias + a @ b for a (batch, rows, in) and b (in, out), in float32 on mlx's CPU stream");
   m.def("conv_taps", &mlx_sd::conv_taps, nb::arg("x"), nb::arg("b"), nb::arg("bias") = nb::none(), nb::arg("taps"),
-        nb::arg("threads") = 1,
+        nb::arg("threads") = 1, nb::arg("bf16") = false,
         "bias + sum over taps t = (dy, dx) of x shifted by (dy, dx) (zeros outside) @ b[t in:(t + 1) in] for x (batch, height, "
         "width, in), in float32 on mlx's CPU stream");
   m.def("group_norm", &mlx_sd::group_norm, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("groups"), nb::arg("eps"),
