@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="float32",
-        help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.3x faster on CPUs with AVX512_BF16, "
+        help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
 

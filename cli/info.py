@@ -60,6 +60,14 @@ def matmul_gflops(size: int = 1024, runs: int = 3) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
+def bf16_line(device: str) -> str:
+    if device != "cpu":
+        return "not needed on the GPU, which computes in the weights' dtype"
+    if cpu_kernels.bf16_products():
+        return "available (AVX512_BF16)"
+    return "unavailable (they need the CPU kernels on a CPU with AVX512_BF16)"
+
+
 def system_lines() -> list[str]:
     device = current_device()
     half = policy(mx.float16, device)
@@ -70,6 +78,7 @@ def system_lines() -> list[str]:
         f"{dtype_name(policy(mx.float32, device).compute_dtype)} for float32; attention: {half.attention}",
         f"BLAS: {blas.STATUS.openblas_path or 'the BLAS mlx was built with'} ({blas.STATUS.reason})",
         f"CPU kernels: {cpu_kernels.status().reason if device == 'cpu' else 'not used on the GPU'}",
+        f"bfloat16 products (--precision bfloat16): {bf16_line(device)}",
         f"float32 1024x1024 matmul: {matmul_gflops():.1f} GFLOPS",
         f"Python {platform.python_version()} on {platform.platform()}",
     ]

@@ -13,6 +13,7 @@ import pytest
 from model_folders import CONFIGS, write_random_model
 
 from cli.main import main
+from mlx_sd import cpu_kernels
 from mlx_sd.config import SourceInfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,8 @@ def test_system_report_in_a_subprocess() -> None:
     assert re.search(r"^BLAS: .*\(.+\)$", out, re.M)
     assert re.search(r"^CPU kernels: (fused attention, GroupNorm and GEMM compiled in .+\.so|not used on the GPU)$", out, re.M)
     assert re.search(r"attention: (kernel|fused)$", out, re.M)
+    bf16 = re.search(r"^bfloat16 products \(--precision bfloat16\): (.+)$", out, re.M).group(1)
+    assert bf16.startswith("available" if cpu_kernels.bf16_products() else ("unavailable", "not needed"))
     gflops = float(re.search(r"^float32 1024x1024 matmul: ([\d.]+) GFLOPS$", out, re.M).group(1))
     assert gflops > 0
     assert re.search(r"^Python 3\.\d+\.\d+ on ", out, re.M)

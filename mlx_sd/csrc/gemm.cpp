@@ -221,13 +221,14 @@ void micro_kernel(int depth, Panel a, const float* b, float* c, int64_t ldc, int
 
 #if defined(__AVX512BF16__)
 constexpr bool kBf16 = true;
+static_assert(kLanes == 16, "AVX512_BF16 implies AVX-512's 16 lanes");
+typedef uint32_t vuint __attribute__((vector_size(kLanes * 4)));
 
 // float32 -> bfloat16 bits (round to nearest even), in the low half of each lane.
 inline vint bf16_bits(vfloat f) {
-  vint bits;
+  vuint bits;
   std::memcpy(&bits, &f, sizeof bits);
-  const vint rounding = 0x7fff + ((bits >> 16) & 1);
-  return (vint)((__attribute__((vector_size(kLanes * 4))) uint32_t)(bits + rounding) >> 16);
+  return (vint)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
 // Lanes 2i and 2i + 1 of the 2 * kLanes values x[0..kLanes) y[0..kLanes) as one word each: a pair.
