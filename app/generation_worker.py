@@ -20,6 +20,7 @@ from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
 from mlx_sd.cpu_memory import release_free_memory
+from mlx_sd.device import PrecisionError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
@@ -33,6 +34,8 @@ NOT_RECORDED = ("init_image", "mask", "latents")
 
 
 class PipelineLike(Protocol):
+    precision: str  # of the CPU's products, set per job (mlx_sd.pipeline.Pipeline.precision)
+
     def generate(
         self,
         request: GenerationRequest,
@@ -63,6 +66,7 @@ class GenerationJob:
     job_id: int = 0
     device: str = "gpu"
     preview_every: int = 1  # send a live preview every N steps, 0 = never
+    precision: str = "float32"  # of the CPU's products; changing it needs no reload
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ def describe_error(exc: BaseException) -> UserMessage:
     """What went wrong, in words a user can act on."""
     if isinstance(exc, RequestError):
         return UserMessage("These settings cannot be generated", f"{exc}.")
+    if isinstance(exc, PrecisionError):
+        return UserMessage("This CPU precision is not available here", f"{exc}, under CPU precision in Settings.")
     if isinstance(exc, (ModelFolderError, WeightsError)):
         return UserMessage(
             "The model could not be loaded",
@@ -181,6 +187,7 @@ class GenerationWorker(QObject):
             if self._abort.is_set():
                 raise Cancelled("cancelled before the model was loaded")
             pipeline = self._pipeline_for(job)
+            pipeline.precision = job.precision
             request = job.request  # the engine fits an init image to the request's size
             self.status.emit("Generating…")
             clock = ProgressClock()

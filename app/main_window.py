@@ -361,6 +361,7 @@ class MainWindow(QMainWindow):
             GenerationJob(
                 request, model.path, model.name,
                 device=self.settings.compute_device, preview_every=self.settings.preview_every,
+                precision=self.settings.cpu_precision,
             )
         )
         self._started = time.monotonic()

@@ -15,6 +15,7 @@ from typing import Any
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 PRECISIONS = ("float16", "bfloat16", "float32")
+CPU_PRECISIONS = ("float32", "bfloat16")  # mlx_sd.device.PRECISIONS
 DEVICES = ("gpu", "cpu")
 
 
@@ -33,6 +34,7 @@ class AppSettings:
     precision: str = "float16"  # storage dtype for conversions; the CPU computes in float32 anyway
     low_memory: bool = False  # release the text encoders before the UNet runs
     compute_device: str = "gpu"  # used when MLX offers a GPU
+    cpu_precision: str = "float32"  # of the CPU's products: "bfloat16" is faster where the CPU has AVX512_BF16
     preview_every: int = 1  # live preview every N steps (0 = off)
     output_format: str = "png"
     prompt_prefix: str = ""
@@ -47,6 +49,8 @@ class AppSettings:
             fixed.precision = default.precision
         if fixed.compute_device not in DEVICES:
             fixed.compute_device = default.compute_device
+        if fixed.cpu_precision not in CPU_PRECISIONS:
+            fixed.cpu_precision = default.cpu_precision
         if fixed.output_format not in OUTPUT_FORMATS:
             fixed.output_format = default.output_format
         if fixed.preview_every < 0:

@@ -189,6 +189,11 @@ def fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, threads
     return _module().fused_attention(q, k, v, scale, threads)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has AVX512_BF16, from its flags alone (no build): what bf16_products needs besides the kernels."""
+    return "avx512_bf16" in _cpu_identity().split()
+
+
 def bf16_products() -> bool:
     """Whether the kernels were built for a CPU with AVX512_BF16: `gemm` and `conv_taps` can then
     multiply bfloat16-rounded factors, accumulating in float32, at twice the float32 rate."""

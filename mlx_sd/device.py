@@ -132,16 +132,23 @@ def policy(storage_dtype: mx.Dtype = mx.float16, device: str | None = None) -> D
 _products: ContextVar[str] = ContextVar("mlx_sd_products", default="float32")
 
 
+class PrecisionError(ValueError):
+    """A precision that is unknown, or that this machine cannot run."""
+
+
 def check_precision(precision: str, device: str | None = None) -> None:
-    """Raise ValueError unless `precision` is one of PRECISIONS and this machine can run it: bfloat16
-    products need the compiled CPU kernels on a CPU with AVX512_BF16. The GPU computes in the
-    weights' storage dtype whatever the precision."""
+    """Raise PrecisionError unless `precision` is one of PRECISIONS and this machine can run it:
+    bfloat16 products need the compiled CPU kernels on a CPU with AVX512_BF16. The GPU computes in
+    the weights' storage dtype whatever the precision."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise PrecisionError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "bfloat16" and (device or current_device()) == "cpu" and not cpu_kernels.bf16_products():
-        raise ValueError(
+        missing = (
+            "this CPU has no AVX512_BF16" if cpu_kernels.available() else f"the CPU kernels: {cpu_kernels.status().reason}"
+        )
+        raise PrecisionError(
             "bfloat16 products need mlx-sd's compiled CPU kernels on a CPU with AVX512_BF16 (AMD Zen 4 or later, "
-            f"Intel Sapphire Rapids or later); this one has not: {cpu_kernels.status().reason}. Use float32."
+            f"Intel Sapphire Rapids or later), and {missing}. Use float32"
         )
 
 

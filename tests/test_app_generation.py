@@ -2,6 +2,7 @@
 screenshot, the event loop turning meanwhile, cancel, img2img, batches, reusing a seed, and model work
 kept off the UI thread."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -21,8 +22,10 @@ from app.main_window import MainWindow
 from app.result_view import qimage_to_pil
 from app.settings import AppSettings
 from app_support import QT_MARKS, noise_image, write_tiny_model
+from mlx_sd import cpu_kernels
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext
+from mlx_sd.pipeline import Pipeline
 
 pytestmark = QT_MARKS
 TIMEOUT = 120_000
@@ -217,3 +220,21 @@ def test_history_params_are_the_request(qtbot, window: MainWindow, library: Path
     params = entries(library)[0].generation.params
     json.dumps(params)
     assert (params["prompt"], params["seed"], params["cfg_scale"], params["clip_skip"]) == ("a green triangle", 11, 3.0, 2)
+
+
+def test_the_cpu_precision_setting_reaches_the_pipeline_without_a_reload(qtbot, window: MainWindow, monkeypatch) -> None:
+    precisions = []
+    real = Pipeline.generate
+    monkeypatch.setattr(Pipeline, "generate", lambda self, *a, **k: precisions.append(self.precision) or real(self, *a, **k))
+    run(qtbot, window, steps=1, seed=3)
+    window.settings = dataclasses.replace(window.settings, cpu_precision="bfloat16")
+    if cpu_kernels.bf16_products():
+        run(qtbot, window, steps=1, seed=3)
+        assert precisions == ["float32", "bfloat16"]
+        assert [what for what, *_ in window.load_threads].count("load") == 1  # the model stayed loaded
+    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: False)
+    with qtbot.waitSignal(window.controller.failed, timeout=TIMEOUT):
+        window.generate()
+    assert "This CPU precision is not available here" in window.message_bar.text()
+    assert "AVX512_BF16" in window.message_bar.text() and "CPU precision in Settings" in window.message_bar.text()
+    assert window.generate_button.isEnabled()

@@ -30,8 +30,8 @@ def default_library(tmp_path):
     return tmp_path / "appdata" / "mlx-sd"
 
 
-def make_dialog(qtbot, settings, path, default_library, gpu=True, models=MODELS, **kwargs):
-    dialog = SettingsDialog(settings, path, default_library, models, gpu=gpu, **kwargs)
+def make_dialog(qtbot, settings, path, default_library, gpu=True, models=MODELS, bf16=True, **kwargs):
+    dialog = SettingsDialog(settings, path, default_library, models, gpu=gpu, bf16=bf16, **kwargs)
     qtbot.addWidget(dialog)
     dialog.show()
     return dialog
@@ -55,13 +55,14 @@ def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library)
     first.precision_combo.setCurrentIndex(first.precision_combo.findData("bfloat16"))
     first.low_memory_check.setChecked(True)
     first.device_combo.setCurrentIndex(first.device_combo.findData("cpu"))
+    first.cpu_precision_combo.setCurrentIndex(first.cpu_precision_combo.findData("bfloat16"))
     first.preview_spin.setValue(0)
     first.format_combo.setCurrentIndex(first.format_combo.findData("webp"))
     with qtbot.waitSignal(first.settings_saved) as saved:
         first.accept()
     assert first.result() == QDialog.DialogCode.Accepted
     expected = AppSettings(default_model="demo", precision="bfloat16", low_memory=True, compute_device="cpu",
-                           preview_every=0, output_format="webp", prompt_suffix="8k")
+                           cpu_precision="bfloat16", preview_every=0, output_format="webp", prompt_suffix="8k")
     assert saved.args == [expected] and load_settings(path) == expected
     # the next start: a new dialog over the settings read back from the file
     second = make_dialog(qtbot, load_settings(path), path, default_library)
@@ -69,9 +70,20 @@ def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library)
     assert second.precision_combo.currentData() == "bfloat16"
     assert second.low_memory_check.isChecked()
     assert second.device_combo.currentData() == "cpu"
+    assert second.cpu_precision_combo.currentData() == "bfloat16"
     assert second.preview_spin.value() == 0 and second.preview_spin.text() == "Off"
     assert second.format_combo.currentData() == "webp"
     assert second.settings() == expected
+
+
+def test_cpu_precision_offers_bfloat16_only_where_the_cpu_has_it(qtbot, tmp_path, default_library):
+    able = make_dialog(qtbot, AppSettings(cpu_precision="bfloat16"), None, default_library, bf16=True)
+    assert able.cpu_precision_combo.isEnabled() and able.cpu_precision_combo.currentData() == "bfloat16"
+    assert [able.cpu_precision_combo.itemData(i) for i in range(able.cpu_precision_combo.count())] == ["float32", "bfloat16"]
+    unable = make_dialog(qtbot, AppSettings(cpu_precision="bfloat16"), None, default_library, bf16=False)
+    assert not unable.cpu_precision_combo.isEnabled() and "AVX512_BF16" in unable.cpu_precision_combo.toolTip()
+    assert unable.settings().cpu_precision == "float32"  # a settings file from another computer is corrected
+    assert AppSettings(cpu_precision="float16").validated().cpu_precision == "float32"
 
 
 def test_compute_device_follows_what_mlx_offers(qtbot, tmp_path, default_library):
