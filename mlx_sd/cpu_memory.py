@@ -17,9 +17,9 @@ pages back to the OS: the pipeline calls it after a load and when it drops its t
 app when a run ends (an idle app holds its weights, not its last activations). Not after every
 generation in the engine: the next one would fault its pages in again.
 
-Reading weights faults in every page they land in: 580k 4 KB pages for SD1.5, most of a load's
-time here (1.3-3.6 s of system time). `prefault_heap` first grows the heap by what the read will
-take, in transparent huge pages faulted in by every core at once, and frees it again: the read then
+Reading weights (where they cannot be mapped: mlx_sd.mapped_weights) or casting them faults in
+every page they land in: 580k 4 KB pages for SD1.5's files, most of a load's time here (1.3-3.6 s
+of system time). `prefault_heap` first grows the heap by what the read and casts will take, in transparent huge pages faulted in by every core at once, and frees it again: the read then
 lands in pages already there, and the load takes 18k faults (SD1.5 load 0.81-0.95 -> 0.41-0.46 s
 just after another process freed memory, 1.6-2.8 -> 1.1-1.7 s a few seconds later). Once this VM's
 host has taken freed memory back (free page reporting), its own faults dominate either way (2-6 s).

@@ -24,6 +24,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
+from . import mapped_weights
 from .cpu_memory import prefault_heap
 from .device import current_device, worker_streams
 
@@ -87,12 +88,14 @@ def load_weights(module: nn.Module, path: Path, component: str, dtype: mx.Dtype)
     if not path.is_file():
         raise ModelFolderError(f"{component}: weight file {path} is missing")
     try:
-        weights = mx.load(str(path))
+        mapped = mapped_weights.load(path)  # the page cache's own pages, where this mlx allows it
+        weights = mapped if mapped is not None else mx.load(str(path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelFolderError(f"{component}: cannot read {path}: {exc}") from exc
     check_weights(module, weights, component)
-    # mx.load is lazy: the read and the casts below take these bytes, faulted in ahead in 2 MB pages
-    prefault_heap(sum(v.nbytes + (v.size * dtype.size if v.dtype != dtype else 0) for v in weights.values()))
+    # mx.load is lazy: its read and the casts below take these bytes, faulted in ahead in 2 MB pages
+    read = 0 if mapped is not None else sum(v.nbytes for v in weights.values())
+    prefault_heap(read + sum(v.size * dtype.size for v in weights.values() if v.dtype != dtype))
     streams = worker_streams(current_device())
     module.update(tree_unflatten([
         (k, v.astype(dtype, stream=streams[i % len(streams)])) for i, (k, v) in enumerate(weights.items())

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <thread>
@@ -107,5 +108,17 @@ mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::a
 mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
                     const std::vector<std::pair<int, int>>& taps, int threads, bool bf16);
 mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
+
+// A file mapped into memory, unmapped with its last user (mapped_weights.cpp).
+struct Mapping {
+  void* base = nullptr;
+  size_t size = 0;
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping();
+};
+std::shared_ptr<Mapping> map_file(const std::string& path);
+mx::array mapped_array(const std::shared_ptr<Mapping>& mapping, size_t offset, const std::vector<int>& shape, mx::Dtype dtype);
 
 }  // namespace mlx_sd

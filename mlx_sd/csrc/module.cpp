@@ -3,6 +3,8 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "cpu_kernel_support.h"
@@ -20,6 +22,20 @@ NB_MODULE(_mlx_sd_cpu_kernels, m) {
         nb::arg("threads") = 1, nb::arg("bf16") = false,
         "bias + sum over taps t = (dy, dx) of x shifted by (dy, dx) (zeros outside) @ b[t in:(t + 1) in] for x (batch, height, "
         "width, in), in float32 on mlx's CPU stream");
+  nb::class_<mlx_sd::Mapping>(m, "Mapping");
+  m.def("map_file", &mlx_sd::map_file, nb::arg("path"), "a private, copy-on-write mapping of the file, its pages mapped in");
+  m.def(
+      "mapped_array",
+      [](const std::shared_ptr<mlx_sd::Mapping>& mapping, size_t offset, const std::vector<int>& shape, const std::string& dtype) {
+        static const std::pair<const char*, mlx::core::Dtype> kDtypes[] = {
+            {"float32", mlx::core::float32}, {"float16", mlx::core::float16}, {"bfloat16", mlx::core::bfloat16},
+            {"uint32", mlx::core::uint32}, {"int32", mlx::core::int32}, {"uint8", mlx::core::uint8}};
+        for (const auto& [name, value] : kDtypes)
+          if (dtype == name) return mlx_sd::mapped_array(mapping, offset, shape, value);
+        throw std::invalid_argument("mapped_array: unsupported dtype " + dtype);
+      },
+      nb::arg("mapping"), nb::arg("offset"), nb::arg("shape"), nb::arg("dtype"),
+      "an array whose data is the mapping's bytes from offset on (no copy)");
   m.def("group_norm", &mlx_sd::group_norm, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("groups"), nb::arg("eps"),
         nb::arg("silu") = false,
         "GroupNorm of float32 (batch, rows, channels) x with its affine, then SiLU if asked, on mlx's CPU stream");
