@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlx_sd.device import PRECISIONS as CPU_PRECISIONS  # of the CPU's products
+
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 PRECISIONS = ("float16", "bfloat16", "float32")
-CPU_PRECISIONS = ("float32", "bfloat16")  # mlx_sd.device.PRECISIONS
 DEVICES = ("gpu", "cpu")
 
 

@@ -104,7 +104,7 @@ def prefault_heap(nbytes: int) -> bool:
     transparent huge pages: in 4 KB pages, faulting ahead costs what the read would have cost.
     """
     libc = _glibc()
-    if libc is None or not _heap_keeps_freed or not transparent_huge_pages():
+    if nbytes <= 0 or libc is None or not _heap_keeps_freed or not transparent_huge_pages():
         return False
     block = libc.malloc(nbytes)
     if not block:
