@@ -169,14 +169,20 @@ void pack_b_as(const Problem& pr, int k0, int depth, int n0, int cols, float* pa
   }
 }
 
+// work(T{}) for B's element type T.
+template <class Work>
+void with_b_element(BType type, const Work& work) {
+  switch (type) {
+    case BType::kFloat16: return work(_Float16{});
+    case BType::kBFloat16: return work(uint16_t{});
+    default: return work(float{});
+  }
+}
+
 // B[k0..k0+depth, n0..n0+cols) -> column panels of kCols, each depth x kCols, zero-padded, in float32.
 // Read along B's contiguous axis: its rows (an activation) or its columns (a transposed weight).
 void pack_b(const Problem& pr, int k0, int depth, int n0, int cols, float* packed) {
-  switch (pr.b_type) {
-    case BType::kFloat16: return pack_b_as<_Float16>(pr, k0, depth, n0, cols, packed);
-    case BType::kBFloat16: return pack_b_as<uint16_t>(pr, k0, depth, n0, cols, packed);
-    default: return pack_b_as<float>(pr, k0, depth, n0, cols, packed);
-  }
+  with_b_element(pr.b_type, [&](auto element) { pack_b_as<decltype(element)>(pr, k0, depth, n0, cols, packed); });
 }
 
 // c (rows x cols of a kRows x kCols tile, row stride ldc) = start + a_panel @ b_panel, where start is
@@ -304,11 +310,7 @@ void pack_b_pairs_as(const Problem& pr, int k0, int depth, int n0, int cols, uin
 }
 
 void pack_b_pairs(const Problem& pr, int k0, int depth, int n0, int cols, uint32_t* packed) {
-  switch (pr.b_type) {
-    case BType::kFloat16: return pack_b_pairs_as<_Float16>(pr, k0, depth, n0, cols, packed);
-    case BType::kBFloat16: return pack_b_pairs_as<uint16_t>(pr, k0, depth, n0, cols, packed);
-    default: return pack_b_pairs_as<float>(pr, k0, depth, n0, cols, packed);
-  }
+  with_b_element(pr.b_type, [&](auto element) { pack_b_pairs_as<decltype(element)>(pr, k0, depth, n0, cols, packed); });
 }
 
 void micro_kernel_bf16(int pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int rows, int cols,
@@ -343,74 +345,88 @@ struct Blocks {
         rows(block_size(std::max(1, rows_part.last - rows_part.first), kBlockRows, kRows)) {}
 };
 
-// gemm_part with bfloat16 products: A's panels are packed too, as pairs.
-void gemm_part_bf16(const Problem& pr, Range rows_part, Range cols_part) {
+// float32 products: A's panels read in place (a_panel), B packed as float32.
+class Float32Products {
+ public:
+  static constexpr int kDepthMultiple = 1;
+  explicit Float32Products(const Blocks& block)
+      : spare_(static_cast<size_t>(kRows) * block.depth), packed_b_(static_cast<size_t>(block.cols) * block.depth) {}
+  void pack_b_block(const Problem& pr, int k0, int depth, int n0, int cols) {
+    pack_b(pr, k0, depth, n0, cols, packed_b_.data());
+  }
+  void take_a(const Problem& pr, const float* a, Tap tap, int m, int rows, int k0, int depth) {
+    panel_ = a_panel(pr, a, tap, m, rows, k0, depth, spare_.data());
+  }
+  void multiply(int depth, int q, float* c, int64_t ldc, int rows, int cols, Start start, const float* bias) const {
+    micro_kernel(depth, panel_, packed_b_.data() + static_cast<size_t>(q) * depth, c, ldc, rows, cols, start, bias);
+  }
+
+ private:
+  std::vector<float> spare_, packed_b_;
+  Panel panel_{nullptr, 0};
+};
+
 #if defined(__AVX512BF16__)
+// bfloat16 products: A's panels are packed too, as pairs, and so is B.
+class BFloat16Products {
+ public:
+  static constexpr int kDepthMultiple = 2;  // depth blocks of whole pairs
+  explicit BFloat16Products(const Blocks& block)
+      : packed_a_(static_cast<size_t>(kRows) * ((block.depth + 1) / 2)),
+        packed_b_(static_cast<size_t>(block.cols) * ((block.depth + 1) / 2)) {}
+  void pack_b_block(const Problem& pr, int k0, int depth, int n0, int cols) {
+    pack_b_pairs(pr, k0, depth, n0, cols, packed_b_.data());
+  }
+  void take_a(const Problem& pr, const float* a, Tap tap, int m, int rows, int k0, int depth) {
+    pack_a_pairs(pr, a, tap, m, rows, k0, depth, packed_a_.data());
+  }
+  void multiply(int depth, int q, float* c, int64_t ldc, int rows, int cols, Start start, const float* bias) const {
+    const int pairs = (depth + 1) / 2;
+    micro_kernel_bf16(pairs, packed_a_.data(), packed_b_.data() + static_cast<size_t>(q) * pairs, c, ldc, rows, cols, start,
+                      bias);
+  }
+
+ private:
+  std::vector<uint32_t> packed_a_, packed_b_;
+};
+#endif
+
+// Rows `rows_part` and columns `cols_part` of every batch entry's C, with `Products`' packing and micro-kernel.
+template <class Products>
+void gemm_blocks(const Problem& pr, Range rows_part, Range cols_part) {
   const int taps = static_cast<int>(pr.taps.size());
-  const Blocks block(pr, rows_part, cols_part, 2);  // depth blocks of whole pairs
-  const int most_pairs = (block.depth + 1) / 2;
-  std::vector<uint32_t> packed_a(static_cast<size_t>(kRows) * most_pairs);
-  std::vector<uint32_t> packed_b(static_cast<size_t>(block.cols) * most_pairs);
+  const Blocks block(pr, rows_part, cols_part, Products::kDepthMultiple);
+  Products products(block);
   for (int m0 = rows_part.first; m0 < rows_part.last; m0 += block.rows) {
     const int rows = std::min(block.rows, rows_part.last - m0);
     for (int t = 0; t < taps; ++t)
       for (int k0 = 0; k0 < pr.depth; k0 += block.depth) {
-        const int depth = std::min(block.depth, pr.depth - k0), pairs = (depth + 1) / 2;
+        const int depth = std::min(block.depth, pr.depth - k0);
         const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
         for (int n0 = cols_part.first; n0 < cols_part.last; n0 += block.cols) {
           const int cols = std::min(block.cols, cols_part.last - n0);
-          pack_b_pairs(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());
+          products.pack_b_block(pr, t * pr.depth + k0, depth, n0, cols);  // once for every batch entry
           for (int batch = 0; batch < pr.batch; ++batch) {
             const float* a = pr.a + batch * pr.a_batch_stride;
             float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
             for (int p = 0; p < rows; p += kRows) {
-              pack_a_pairs(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth, packed_a.data());
+              products.take_a(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth);
               for (int q = 0; q < cols; q += kCols)
-                micro_kernel_bf16(pairs, packed_a.data(), packed_b.data() + static_cast<size_t>(q) * pairs,
-                                  c + static_cast<size_t>(m0 + p) * pr.cols + n0 + q, pr.cols, std::min(kRows, rows - p),
-                                  std::min(kCols, cols - q), start, pr.bias ? pr.bias + n0 + q : nullptr);
+                products.multiply(depth, q, c + static_cast<size_t>(m0 + p) * pr.cols + n0 + q, pr.cols,
+                                  std::min(kRows, rows - p), std::min(kCols, cols - q), start,
+                                  pr.bias ? pr.bias + n0 + q : nullptr);
             }
           }
         }
       }
   }
-#else
-  (void)pr, (void)rows_part, (void)cols_part;
-  throw std::runtime_error("bfloat16 products need AVX512_BF16");
-#endif
 }
 
-// Rows `rows_part` and columns `cols_part` of every batch entry's C.
 void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
-  const int taps = static_cast<int>(pr.taps.size());
-  const Blocks block(pr, rows_part, cols_part, 1);
-  const int depth_block = block.depth, col_block = block.cols, row_block = block.rows;
-  if (pr.bf16) return gemm_part_bf16(pr, rows_part, cols_part);
-  std::vector<float> spare(static_cast<size_t>(kRows) * depth_block);
-  std::vector<float> packed_b(static_cast<size_t>(col_block) * depth_block);
-  for (int m0 = rows_part.first; m0 < rows_part.last; m0 += row_block) {
-    const int rows = std::min(row_block, rows_part.last - m0);
-    for (int t = 0; t < taps; ++t)
-      for (int k0 = 0; k0 < pr.depth; k0 += depth_block) {
-        const int depth = std::min(depth_block, pr.depth - k0);
-        const Start start = t > 0 || k0 > 0 ? Start::kAccumulate : pr.bias ? Start::kBias : Start::kZero;
-        for (int n0 = cols_part.first; n0 < cols_part.last; n0 += col_block) {
-          const int cols = std::min(col_block, cols_part.last - n0);
-          pack_b(pr, t * pr.depth + k0, depth, n0, cols, packed_b.data());  // once for every batch entry
-          for (int batch = 0; batch < pr.batch; ++batch) {
-            const float* a = pr.a + batch * pr.a_batch_stride;
-            float* c = pr.c + static_cast<size_t>(batch) * pr.rows * pr.cols;
-            for (int p = 0; p < rows; p += kRows) {
-              const Panel panel = a_panel(pr, a, pr.taps[t], m0 + p, std::min(kRows, rows - p), k0, depth, spare.data());
-              for (int q = 0; q < cols; q += kCols)
-                micro_kernel(depth, panel, packed_b.data() + static_cast<size_t>(q) * depth,
-                             c + static_cast<size_t>(m0 + p) * pr.cols + n0 + q, pr.cols, std::min(kRows, rows - p),
-                             std::min(kCols, cols - q), start, pr.bias ? pr.bias + n0 + q : nullptr);
-            }
-          }
-        }
-      }
-  }
+#if defined(__AVX512BF16__)
+  if (pr.bf16) return gemm_blocks<BFloat16Products>(pr, rows_part, cols_part);
+#endif
+  gemm_blocks<Float32Products>(pr, rows_part, cols_part);  // tap_product refuses bf16 where it is not built
 }
 
 // Part t of `count` of [0, total), cut at multiples of `unit`.
