@@ -26,7 +26,7 @@ from .cpu_memory import release_free_memory
 from .config import ModelConfig
 from .device import check_precision, dtype_from_name, policy, products_in
 from .generation import generate
-from .model_format import TOKENIZER_FOR, ModelFolderError, load_weights, read_config, weights_file
+from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
 from .tokenizer import CLIPTokenizer, TokenizerError
@@ -65,6 +65,7 @@ class Pipeline:
     dtype: mx.Dtype  # the compute dtype of every model
     folder: Path
     precision: str = "float32"  # of the CPU's products: "float32" or "bfloat16" (mlx_sd.device.products_in)
+    files: LoadedFiles | None = None  # the weight files as loaded: checked before each generation
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
@@ -90,6 +91,7 @@ class Pipeline:
             dtype = dtype_from_name(dtype)
 
         models = build_models(config)
+        files = LoadedFiles.of_model(folder, config)  # before reading: a change while loading shows too
         for name, model in models.items():
             _load(model, folder, name, dtype, dtype_from_name(config.dtype))
 
@@ -113,6 +115,7 @@ class Pipeline:
             dtype=dtype,
             folder=folder,
             precision=precision,
+            files=files,
         )
 
     def generate(
@@ -125,6 +128,8 @@ class Pipeline:
 
         Raises RequestError before any model runs when the request cannot run on this model, and
         samplers.Cancelled (with no result) when `cancel()` returns True."""
+        if self.files is not None:
+            self.files.check()  # model_format.ModelChangedError: a mapped file cut short would be a SIGBUS
         with products_in(self.precision):
             return generate(self, request, on_progress, cancel)
 
