@@ -257,3 +257,41 @@ def test_from_folder_errors(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\ni n t\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match="expected merges of the form"):
         CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "file, damage, message",
+    [
+        ("vocab.json", b"\xff\xfe not text", "vocab.json: not UTF-8 text"),
+        ("vocab.json", b'{"a": 0,', "vocab.json: not valid JSON"),
+        ("vocab.json", b"[" * 100_000, "vocab.json: not valid JSON"),  # nesting deeper than the recursion limit
+        ("vocab.json", b'["a", "b"]', "vocab.json: expected a vocabulary object"),
+        ("vocab.json", b'{"a": "0"}', r"vocab.json: token 'a' has id '0'"),
+        ("vocab.json", b'{"a": 0, "b": 0}', r"vocab.json: token 'b' has id 0; ids must be 0..1, each once"),
+        ("vocab.json", b'{"a": -1}', r"vocab.json: token 'a' has id -1"),
+        ("vocab.json", b'{"<|startoftext|>": 0, "<|endoftext|>": 1, ",</w>": 2}', "vocab.json: pad_token_id must be"),
+        ("merges.txt", b"#version: 0.2\nzz\xff yy\n", "merges.txt: not UTF-8 text"),
+        ("merges.txt", b"#version: 0.2\nq\xc3\xa9 \xe2\x82\xac\n", "vocab.json: the vocabulary and merges do not form"),
+    ],
+)
+def test_damaged_vocabulary_files_are_named_in_the_error(tmp_path, file, damage, message):
+    shutil.copy(BUNDLED_FOLDER / "vocab.json", tmp_path / "vocab.json")
+    shutil.copy(BUNDLED_FOLDER / "merges.txt", tmp_path / "merges.txt")
+    (tmp_path / file).write_bytes(damage)
+    with pytest.raises(TokenizerError, match=message):
+        CLIPTokenizer.from_folder(tmp_path, pad_token_id=5)
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ([], "tokenizer.json: expected a BPE model .* found no model"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": {}, "merges": "a b"}}, "expected a list of merges"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": [], "merges": []}}, "expected a vocabulary object"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": {"a": 0}, "merges": [[1, 2]]}}, "merges of the form"),
+    ],
+)
+def test_damaged_tokenizer_json_is_named_in_the_error(tmp_path, document, message):
+    (tmp_path / "tokenizer.json").write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=message):
+        CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
