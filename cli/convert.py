@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -85,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant,
         hub_cache=args.cache_dir,
     )
-    report = convert_model(args.source, args.output, options, on_progress=ProgressPrinter())
+    # SIGTERM (kill, a service manager, a closed session) stops like Ctrl-C: the converter's cleanup runs
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = convert_model(args.source, args.output, options, on_progress=ProgressPrinter())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n".join(report.lines()))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

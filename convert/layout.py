@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 
+from .errors import ConversionError
+
 Shape = tuple[int, ...]
 
 
@@ -20,6 +22,7 @@ class Rows:
 
     part: int
     parts: int = 3
+    min_rank = 1
 
     def shape(self, shape: Shape) -> Shape:
         return (shape[0] // self.parts, *shape[1:])
@@ -33,6 +36,8 @@ class Rows:
 class Transpose:
     """OpenCLIP's text_projection is used as x @ P; a Linear stores P transposed."""
 
+    min_rank = 2
+
     def shape(self, shape: Shape) -> Shape:
         return tuple(reversed(shape))
 
@@ -43,6 +48,8 @@ class Transpose:
 @dataclass(frozen=True)
 class SqueezeToLinear:
     """LDM's VAE attention 1x1 convs `[C, C, 1, 1]` (or `[C, C, 1]`) -> Linear `[C, C]`."""
+
+    min_rank = 2
 
     def shape(self, shape: Shape) -> Shape:
         return shape[:2]
@@ -64,6 +71,11 @@ class Route:
 
     def torch_shape(self, shape: Shape) -> Shape:
         """The destination shape in torch layout (what config inference reads)."""
+        if self.transform and len(shape) < self.transform.min_rank:
+            raise ConversionError(
+                f"{self.component} weight {self.name!r} comes from a tensor of shape {shape}, where a rank-"
+                f"{self.transform.min_rank} or higher tensor belongs; the file is damaged"
+            )
         return self.transform.shape(shape) if self.transform else shape
 
     def apply(self, array: mx.array, dtype: mx.Dtype) -> mx.array:

@@ -9,7 +9,9 @@ tensors. Whatever happens, no half-written output folder is left behind.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,20 +19,24 @@ from pathlib import Path
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
-from mlx_sd.config import ModelConfig
+from mlx_sd.config import ConfigError, ModelConfig
 from mlx_sd.device import dtype_from_name
-from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError, check_weights, write_model
+from mlx_sd.model_format import (
+    MODEL_JSON, ModelFolderError, WeightsError, check_weights, remove_stale_folders, write_model,
+)
 from mlx_sd.pipeline import Pipeline, build_models
 
 from . import hub
 from .diffusers_folder import MODEL_INDEX, plan_diffusers_folder
 from .errors import ConversionCancelled, ConversionError
+from .local_paths import describe_missing, looks_like_path
 from .options import ConversionReport, ConvertOptions, Progress
 from .plan import Plan, Weights
 from .single_file import plan_single_file
 
 ProgressCallback = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
+SCRATCH_MARK = "mlx-sd-convert-"  # mlx-sd-convert-<pid>-<random> in the temporary folder
 
 
 def convert_model(
@@ -47,13 +53,19 @@ def convert_model(
     if output.exists():
         raise ConversionError(f"output {output} already exists; choose another folder or delete it")
     notify: ProgressCallback = on_progress or (lambda progress: None)
+    # what conversions killed mid-way (SIGKILL, power loss) left: their process is gone
+    remove_stale_folders(output.parent)
+    remove_stale_folders(Path(tempfile.gettempdir()), SCRATCH_MARK)
 
     def check_cancel() -> None:
         if cancel is not None and cancel():
             raise ConversionCancelled()
 
-    with tempfile.TemporaryDirectory(prefix="mlx-sd-convert-") as scratch:
-        plan = _plan(str(source), options, Path(scratch), notify, check_cancel)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_MARK}{os.getpid()}-") as scratch:
+        try:
+            plan = _plan(str(source), options, Path(scratch), notify, check_cancel)
+        except ConfigError as exc:  # shapes read from a damaged or hostile file
+            raise ConversionError(f"{source}: its tensors describe no model mlx-sd can build ({exc})") from None
         weights, sha256 = _read(plan, dtype_from_name(options.dtype), notify, check_cancel)
         if plan.after_read:
             plan.after_read(plan, weights)
@@ -98,24 +110,32 @@ def _plan(
     source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel: Callable[[], None]
 ) -> Plan:
     path = Path(source).expanduser()
-    if path.is_file():
-        return plan_single_file(path, options, scratch)
-    if path.is_dir():
-        if (path / MODEL_JSON).is_file():
-            raise ConversionError(f"{path} is already an mlx-sd model folder; there is nothing to convert")
-        if not (path / MODEL_INDEX).is_file():
-            raise ConversionError(
-                f"{path} is a folder without {MODEL_INDEX}; expected a diffusers pipeline folder or a checkpoint file"
-            )
-        return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
-    if hub.looks_like_repo_id(source):
-        notify(Progress("fetch", 0, 1, source))
-        folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
-        check_cancel()
-        notify(Progress("fetch", 1, 1, source))
-        name = source + (f"@{options.revision}" if options.revision else "")
-        return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
-    raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)")
+    try:
+        mode = path.stat().st_mode  # not opened: a FIFO would block
+    except OSError as exc:
+        if looks_like_path(source):
+            raise describe_missing(source, exc) from None
+        if not hub.looks_like_repo_id(source):
+            raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)") from None
+        return _plan_hub(source, options, notify, check_cancel)
+    if not stat.S_ISDIR(mode):
+        return plan_single_file(path, options, scratch)  # which refuses what is not a regular file
+    if (path / MODEL_JSON).is_file():
+        raise ConversionError(f"{path} is already an mlx-sd model folder; there is nothing to convert")
+    if not (path / MODEL_INDEX).is_file():
+        raise ConversionError(
+            f"{path} is a folder without {MODEL_INDEX}; expected a diffusers pipeline folder or a checkpoint file"
+        )
+    return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
+
+
+def _plan_hub(source: str, options: ConvertOptions, notify: ProgressCallback, check_cancel: Callable[[], None]) -> Plan:
+    notify(Progress("fetch", 0, 1, source))
+    folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
+    check_cancel()
+    notify(Progress("fetch", 1, 1, source))
+    name = source + (f"@{options.revision}" if options.revision else "")
+    return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
 
 
 def _read(

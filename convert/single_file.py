@@ -23,6 +23,7 @@ from .options import ConvertOptions
 from .pickle_file import PICKLE_SUFFIXES, PickleCheckpoint, refuse_pickle
 from .plan import Plan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
+from .local_paths import require_regular_file
 from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
 from .tokenizer_files import bundled
@@ -41,6 +42,7 @@ _MARKERS = {  # other schedule markers (sd_facts 2.3.6) we report but do not app
 
 
 def open_checkpoint(path: Path, allow_pickle: bool) -> TensorSource:
+    require_regular_file(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise refuse_pickle(path)

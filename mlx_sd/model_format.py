@@ -203,12 +203,12 @@ STAGING_MARK = ".partial-"  # .<name>.partial-<pid>-<random>: the pid says wheth
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def remove_stale_staging(parent: Path) -> list[Path]:
-    """Remove the staging folders in `parent` whose writing process is gone (killed mid-write)."""
+def remove_stale_folders(parent: Path, mark: str = STAGING_MARK) -> list[Path]:
+    """Remove the folders in `parent` named `...<mark><pid>-...` whose process is gone (killed mid-write)."""
     removed = []
-    for path in parent.glob(f".*{STAGING_MARK}*") if parent.is_dir() else ():
-        owner = path.name.rpartition(STAGING_MARK)[2].split("-")[0]
-        if owner.isdigit() and not process_alive(int(owner)):
+    for path in parent.glob(f"*{mark}*") if parent.is_dir() else ():
+        owner = path.name.rpartition(mark)[2].split("-")[0]
+        if path.is_dir() and not path.is_symlink() and owner.isdigit() and not process_alive(int(owner)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
