@@ -38,11 +38,14 @@ PICKLE_NAMES = {"diffusion_pytorch_model": "diffusion_pytorch_model", "model": "
 
 def _json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError(f"{path} is missing; the diffusers folder is incomplete") from None
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{path} is not valid JSON ({exc}); the diffusers folder is damaged") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConversionError(f"{path} is not valid JSON ({exc.__class__.__name__}); the diffusers folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} is not a JSON object; the diffusers folder is damaged")
+    return data
 
 
 def _present(index: dict, folder: Path) -> list[str]:

@@ -130,7 +130,7 @@ class CLIPTokenizer:
 
 
 def _read_vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vocab = _checked_vocab(_read_json(vocab_path), vocab_path)
+    vocab = _checked_vocab(read_json(vocab_path), vocab_path)
     lines = [line for line in _read_text(merges_path).split("\n") if line]
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
@@ -140,7 +140,7 @@ def _read_vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[st
 
 
 def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    data = _read_json(path)
+    data = read_json(path)
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
         found = f"a {model.get('type')!s:.40} model with suffix {model.get('end_of_word_suffix')!r:.40}" if isinstance(model, dict) else "no model"
@@ -161,7 +161,8 @@ def _read_text(path: Path) -> str:
         raise TokenizerError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
+    """A tokenizer folder's JSON file; TokenizerError names it when it is damaged."""
     try:
         return json.loads(_read_text(path))
     except (json.JSONDecodeError, RecursionError) as exc:
