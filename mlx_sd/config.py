@@ -102,6 +102,19 @@ def _names(name: str, value: object, choices: Sequence[str]) -> None:
         _choice(f"{name}[{i}]", item, choices)
 
 
+def _levels(widths: object, levels: int, layers_per_block: object, groups: object) -> list[int]:
+    """The widths of a UNet's or VAE's levels, each split evenly into GroupNorm groups."""
+    if not isinstance(widths, (list, tuple)) or not 1 <= levels <= MAX_LEVELS:
+        raise ConfigError(f"block_out_channels: expected a list of 1..{MAX_LEVELS} widths, found {_show(widths)}")
+    checked = _ints("block_out_channels", widths, levels, 1, MAX_WIDTH)
+    _int("layers_per_block", layers_per_block, 1, 16)
+    count = _int("norm_num_groups", groups, 1, MAX_WIDTH)
+    for level, width in enumerate(checked):
+        if width % count:
+            raise ConfigError(f"norm_num_groups: {count} groups do not divide block_out_channels[{level}] = {width}")
+    return checked
+
+
 def _within(prefix: str, config: Any) -> None:
     """Validate a part of a model, its field names prefixed with where it sits."""
     if config is None:
@@ -213,14 +226,7 @@ class UNetConfig:
         _names("up_block_types", self.up_block_types, UP_BLOCKS)
         if len(self.up_block_types) != levels:
             raise ConfigError(f"up_block_types: expected {levels} (as many as down_block_types), found {len(self.up_block_types)}")
-        if not isinstance(self.block_out_channels, (list, tuple)):
-            raise ConfigError(f"block_out_channels: expected a list, found {_show(self.block_out_channels)}")
-        widths = _ints("block_out_channels", self.block_out_channels, levels, 1, MAX_WIDTH)
-        _int("layers_per_block", self.layers_per_block, 1, 16)
-        groups = _int("norm_num_groups", self.norm_num_groups, 1, MAX_WIDTH)
-        for level, width in enumerate(widths):
-            if width % groups:
-                raise ConfigError(f"norm_num_groups: {groups} groups do not divide block_out_channels[{level}] = {width}")
+        widths = _levels(self.block_out_channels, levels, self.layers_per_block, self.norm_num_groups)
         _float("norm_eps", self.norm_eps, 0.0, 1.0)
         _ints("cross_attention_dim", self.cross_attention_dim, levels, 1, 4 * MAX_WIDTH)
         _ints("transformer_layers_per_block", self.transformer_layers_per_block, levels, 1, 64)
@@ -296,14 +302,8 @@ class VAEConfig:
         _int("in_channels", self.in_channels, 1, 64)
         _int("out_channels", self.out_channels, 1, 64)
         _int("latent_channels", self.latent_channels, 1, 64)
-        if not isinstance(self.block_out_channels, (list, tuple)) or not 1 <= len(self.block_out_channels) <= MAX_LEVELS:
-            raise ConfigError(f"block_out_channels: expected a list of 1..{MAX_LEVELS} widths, found {_show(self.block_out_channels)}")
-        widths = _ints("block_out_channels", self.block_out_channels, len(self.block_out_channels), 1, MAX_WIDTH)
-        _int("layers_per_block", self.layers_per_block, 1, 16)
-        groups = _int("norm_num_groups", self.norm_num_groups, 1, MAX_WIDTH)
-        for level, width in enumerate(widths):
-            if width % groups:
-                raise ConfigError(f"norm_num_groups: {groups} groups do not divide block_out_channels[{level}] = {width}")
+        levels = len(self.block_out_channels) if isinstance(self.block_out_channels, (list, tuple)) else 0
+        _levels(self.block_out_channels, levels, self.layers_per_block, self.norm_num_groups)
         _int("sample_size", self.sample_size, 1, 8192)
         _float("scaling_factor", self.scaling_factor, 0.0, 100.0)
         for flag in ("force_upcast", "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention"):
