@@ -19,7 +19,7 @@ from mlx_sd.clip import CLIPTextModel, TextEmbedding
 from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig
 from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import check_weights
-from mlx_sd.reference import models as reference_models
+from reference import models as reference_models
 from mlx_sd.tokenizer import CLIPTokenizer
 
 TOL = 1e-4

@@ -42,7 +42,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 import ldm_export as ldm
-from mlx_sd.reference.models import bundled_tokenizer, hf_clip_state, save_hub_layout
+from reference.models import bundled_tokenizer, hf_clip_state, save_hub_layout
 
 KINDS = ("sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-refiner")
 

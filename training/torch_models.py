@@ -1,5 +1,5 @@
 """The demo model's torch side: tokenizer, noise schedule, and the diffusers pipeline it is saved as.
-(The modules are built, and the pipeline saved, by mlx_sd.reference.models.)"""
+(The modules are built, and the pipeline saved, by reference.models.)"""
 
 from __future__ import annotations
 
