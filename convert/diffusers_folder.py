@@ -1,4 +1,4 @@
-"""A plan for a diffusers pipeline folder (sd_facts 2.1): component configs map onto our config
+"""A plan for a diffusers pipeline folder (docs/facts.md §2.1): component configs map onto our config
 dataclasses, weights already carry our parameter names and only need the MLX layout."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ _OP_RE = re.compile(r"model\.diffusion_model\.input_blocks\.(\d+)\.0\.op\.weight
 _RESBLOCK_RE = re.compile(r"transformer\.resblocks\.(\d+)\.")
 _VAE_LEVEL_RE = re.compile(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$")
 _VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-_MARKERS = {  # other schedule markers (sd_facts 2.3.6) we report but do not apply
+_MARKERS = {  # other schedule markers (docs/facts.md §2.4) we report but do not apply
     "ztsnr": "a zero-terminal-SNR schedule (ztsnr)",
     "edm_vpred.sigma_max": "an EDM v-prediction schedule",
     "edm_mean": "Playground v2.5's EDM latent statistics",
@@ -145,7 +145,7 @@ def _route_text(
     source: TensorSource, layout: Layout, text: TextEncoderSource, routes: dict[str, list[Route]], ignored: list[str]
 ) -> None:
     keys = [k for k in source.tensors if k.startswith(text.prefix)]
-    # SD2 uses 23 of OpenCLIP ViT-H's 24 layers (diffusers drops the last, sd_facts 2.6)
+    # SD2 uses 23 of OpenCLIP ViT-H's 24 layers (diffusers drops the last, docs/facts.md §2.7)
     drop_layer = None
     if text.openclip and layout.family == "sd2":
         blocks = {int(m.group(1)) for k in keys if (m := _RESBLOCK_RE.match(k[len(text.prefix):]))}
@@ -234,7 +234,7 @@ def _finish(config: ModelConfig, prediction: str) -> None:
     size = DEFAULT_SIZE[config.family]
     if config.family == "sd2" and prediction == "v_prediction":
         size = SD2_V_SIZE
-        config.unet.upcast_attention = True  # as diffusers sets for SD2.1-768 (sd_facts 1.2)
+        config.unet.upcast_attention = True  # as diffusers sets for SD2.1-768 (docs/facts.md §1.2)
     config.default_size = size
     config.unet.sample_size = size // config.vae.downscale
     config.vae.sample_size = size

@@ -1,6 +1,6 @@
 """Prompt text -> the UNet's cross-attention context (and SDXL's pooled vector), as A1111 does it.
 
-For each text encoder (sd_facts 5.3):
+For each text encoder (docs/facts.md §5.2):
 1. the prompt is parsed into weighted fragments and BREAKs (`prompt_parser`); each fragment is
    tokenised without BOS/EOS;
 2. tokens fill 75-token chunks; when a chunk is full and a comma lies within the last 20 tokens, the

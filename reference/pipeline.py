@@ -50,7 +50,8 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def pipeline_class_for_checkpoint(shapes: dict[str, tuple[int, ...]]) -> str:
-    """The diffusers pipeline class name for an original LDM / SGM checkpoint, from its keys (sd_facts 2.3)."""
+    """The diffusers pipeline class name for an original LDM / SGM checkpoint, from its keys
+    (docs/facts.md §2.3)."""
     if UNET_IN_KEY not in shapes:
         sample = ", ".join(sorted(shapes)[:3]) or "no keys"
         raise ValueError(

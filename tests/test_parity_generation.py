@@ -21,7 +21,7 @@ What makes the two runs comparable:
   DPM++ 2M SDE, LCM) are compared too. DPM++ SDE cannot be: diffusers' DPMSolverSDEScheduler draws
   Brownian-tree noise through torchsde at points of its own choosing; tests/test_samplers.py checks
   its formulas instead.
-- img2img strength: we follow A1111 (sd_facts 4.7): strength s runs int(min(s, 0.999) * steps) + 1 steps
+- img2img strength: we follow A1111 (docs/facts.md §4.6): strength s runs int(min(s, 0.999) * steps) + 1 steps
   of the full schedule; diffusers runs int(s * steps). Our strength s therefore equals diffusers'
   `diffusers_strength(s, steps)`, one step more than diffusers at the same s (tested both ways).
 """

@@ -1,4 +1,4 @@
-"""Samplers: hand-computed steps from the sd_facts 4.5 formulas on an analytic denoiser, convergence
+"""Samplers: hand-computed steps from the formulas of docs/facts.md §4.4 on an analytic denoiser, convergence
 to the exact probability-flow solution, progress and cancellation, the name registry, and
 scheduler-level parity with diffusers (reference.schedulers) on a fake deterministic model."""
 
@@ -65,7 +65,7 @@ def assert_close(ours, expected, tol=2e-5):
 
 
 # ---------------------------------------------------------------------------------------------
-# hand-computed steps (float64, sd_facts 4.5)
+# hand-computed steps (float64, docs/facts.md §4.4)
 
 
 def test_euler_steps():
@@ -173,7 +173,8 @@ def test_dpmpp_sde_steps():
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_against_the_ddpm_frame_update(eta):
-    """sd_facts' DDPM-frame DDIM (x0 from eps, sigma_eta, x_prev) on a schedule ending at sigma(t=0)."""
+    """The DDPM-frame DDIM of docs/facts.md §4.4 (x0 from eps, sigma_eta, x_prev) on a schedule ending
+    at sigma(t=0)."""
     sigmas = np.array([8.0, 2.5, 0.9, 0.2, 0.03])
     noise = RecordedNoise(4)
     draws = iter(noise.draws)

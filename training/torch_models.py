@@ -24,7 +24,7 @@ def load_tokenizer(folder: Path) -> CLIPTokenizer:
 
 
 def alphas_cumprod(schedule: NoiseScheduleConfig) -> torch.Tensor:
-    """ᾱ_t of the DDPM training schedule (sd_facts 1.7), float64 then float32 like diffusers."""
+    """ᾱ_t of the DDPM training schedule (docs/facts.md §1.7), float64 then float32 like diffusers."""
     if schedule.beta_schedule != "scaled_linear":
         raise ValueError(f"expected beta_schedule 'scaled_linear', got {schedule.beta_schedule!r}")
     betas = torch.linspace(
