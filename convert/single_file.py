@@ -21,7 +21,7 @@ from .ldm_vae import diffusers_vae_key, is_attention_projection, vae_key
 from .layout import Route, SqueezeToLinear
 from .options import ConvertOptions
 from .pickle_file import PICKLE_SUFFIXES, PickleCheckpoint, refuse_pickle
-from .plan import Plan, Read, TensorSource, Weights
+from .plan import ConversionPlan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
 from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
@@ -48,7 +48,7 @@ def open_checkpoint(path: Path, allow_pickle: bool) -> TensorSource:
     return SafetensorsFile(path)
 
 
-def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan:
+def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> ConversionPlan:
     source = open_checkpoint(path, options.allow_pickle)
     shapes = {key: info.shape for key, info in source.tensors.items()}
     layout = detect_layout(path.name, shapes, options.family)
@@ -100,7 +100,7 @@ def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan
         TOKENIZER_FOR[t.component]: bundled(OPENCLIP_PAD_TOKEN if t.openclip else EOS_TOKEN, staging)
         for t in layout.text_encoders
     }
-    plan = Plan(
+    plan = ConversionPlan(
         config=config,
         reads=reads,
         tokenizers=tokenizers,
@@ -202,7 +202,7 @@ def _require_components(name: str, layout: Layout, shapes: dict[str, dict], opti
         raise ConversionError(f"{name} has no VAE weights ({VAE_PREFIX}*); pass a VAE file with --vae FILE")
 
 
-def _settle_prediction(plan: Plan, path: Path, options: ConvertOptions, v_pred_marker: bool) -> None:
+def _settle_prediction(plan: ConversionPlan, path: Path, options: ConvertOptions, v_pred_marker: bool) -> None:
     config = plan.config
     yaml = sidecar_yaml(path)
     from_yaml = yaml_prediction(yaml) if yaml else None
@@ -222,7 +222,7 @@ def _settle_prediction(plan: Plan, path: Path, options: ConvertOptions, v_pred_m
         plan.prediction_by = f"{config.family} default" + (" (inpainting)" if config.family == "sd2" else "")
 
 
-def _probe(plan: Plan, weights: Weights) -> None:
+def _probe(plan: ConversionPlan, weights: Weights) -> None:
     prediction, mean = probe_prediction(plan.config.unet, weights["unet"])
     _finish(plan.config, prediction)
     plan.prediction_by = f"A1111's probe (mean {mean:+.3f}; v-prediction below {PROBE_THRESHOLD:+.1f})"
