@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
-from mlx_sd.device import DTYPES
+from mlx_sd.dtypes import DTYPES
 
 if TYPE_CHECKING:
     from convert import ConversionProgress

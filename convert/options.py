@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
-from mlx_sd.device import DTYPES
+from mlx_sd.dtypes import DTYPES
 from mlx_sd.infotext import model_hash
 
 from .errors import ConversionError
