@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,10 @@ def test_torch_qt_and_the_converter_stay_out_of_the_engine():
         print(len(names), heavy)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # from the checkout root, so that it imports this checkout's mlx_sd whatever an editable install points at
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     count, heavy = result.stdout.split(" ", 1)
     assert int(count) >= 5, result.stdout  # the walk found the package's modules
