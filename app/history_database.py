@@ -169,7 +169,8 @@ def _inspect(path: Path) -> str | None:
         if is_damage(exc):
             return str(exc)
         raise HistoryError(f"cannot open the history {path}: {describe(exc)}") from exc
-    return "; ".join(problems[:2]) if problems else None
+    lines = [line for problem in problems for line in problem.splitlines() if not line.startswith("***")]
+    return f"SQLite's check found: {lines[0] if lines else 'damage'}" if problems else None
 
 
 def quick_check(db: sqlite3.Connection, seconds: float = CHECK_SECONDS) -> list[str]:
