@@ -293,7 +293,7 @@ class HistoryStore:
             params = json.loads(params)
         except (ValueError, RecursionError):
             return None
-        if path is None or not isinstance(params, dict):
+        if path is None or not isinstance(params, dict) or not _is_time(created):
             return None
         generation = Generation(prompt, negative, model, seed, width, height, params, infotext, created)
         return HistoryEntry(entry_id, generation, path, bool(fav))
@@ -432,6 +432,15 @@ def _stale(file: Path, owner_pid: object) -> bool:
     except (OSError, OverflowError):
         return True
     return False
+
+
+def _is_time(created: float) -> bool:
+    """Whether a recorded creation time is one the clock can show (not NaN, not beyond year 9999)."""
+    try:
+        time.localtime(created)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def _remove(path: Path) -> None:
