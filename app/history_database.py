@@ -149,28 +149,39 @@ def _inspect(path: Path) -> str | None:
         return None
     try:
         with open(path, "rb") as handle:
-            header = handle.read(len(SQLITE_MAGIC))
+            header = handle.read(100)  # SQLite's database header
     except OSError as exc:
         raise HistoryError(f"cannot read the history {path}: {exc.strerror or exc}") from exc
-    if header and header != SQLITE_MAGIC:
+    if header and not header.startswith(SQLITE_MAGIC):
         return "not an SQLite database"
+    if int.from_bytes(header[68:72], "big") != APPLICATION_ID:
+        _refuse_if_foreign(path, header)
     try:
         with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            application_id = db.execute("PRAGMA application_id").fetchone()[0]
-            tables = _tables(db)
-            if application_id != APPLICATION_ID and (application_id != 0 or (tables and tables != our_tables())):
-                shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
-                raise HistoryError(
-                    f"{path} is another program's database (tables: {shown or 'none'}), not an mlx-sd history;"
-                    " move it away or choose another library folder"
-                )
             problems = quick_check(db)
     except sqlite3.Error as exc:
         if is_damage(exc):
-            return str(exc)
+            return str(exc).splitlines()[0]
         raise HistoryError(f"cannot open the history {path}: {describe(exc)}") from exc
     lines = [line for problem in problems for line in problem.splitlines() if not line.startswith("***")]
     return f"SQLite's check found: {lines[0] if lines else 'damage'}" if problems else None
+
+
+def _refuse_if_foreign(path: Path, header: bytes) -> None:
+    """Raise HistoryError if the file is another program's database: marked by it, or holding tables that
+    are not ours. Read as immutable, so that not even SQLite's -wal/-shm files appear beside it."""
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)) as db:
+            tables = _tables(db)
+    except sqlite3.Error:
+        return  # unreadable: the integrity check that follows says how
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id != 0 or (tables and tables != our_tables()):
+        shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        raise HistoryError(
+            f"{path} is another program's database (tables: {shown or 'none'}), not an mlx-sd history;"
+            " move it away or choose another library folder"
+        )
 
 
 def quick_check(db: sqlite3.Connection, seconds: float = CHECK_SECONDS) -> list[str]:

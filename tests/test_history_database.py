@@ -246,10 +246,12 @@ def test_fuzzed_row_json_gives_entries_or_skips_never_errors(tmp_path):
 # -- whose database it is ---------------------------------------------------------------------
 
 
-def test_another_programs_database_is_refused_and_left_untouched(tmp_path):
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_programs_database_is_refused_and_left_untouched(tmp_path, journal):
     library = tmp_path / "lib"
     library.mkdir()
     with sqlite3.connect(db_file(library)) as db:
+        db.execute(f"PRAGMA journal_mode={journal}")
         db.execute("CREATE TABLE accounts (name TEXT, balance REAL)")
         db.execute("INSERT INTO accounts VALUES ('alice', 10.5)")
     db.close()
