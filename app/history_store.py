@@ -2,9 +2,9 @@
 
     <library>/history.sqlite3     WAL-mode database: one row per image, FTS5 index over the prompts
     <library>/images/YYYY-MM-DD/  the PNGs (with A1111 `parameters` and our own `mlx-sd` JSON chunk)
-    <library>/.pending/           one marker per image being added, until its row is committed (the
-                                  image's relative path and the writer's pid, so that only markers
-                                  of writers that are gone are finished by another store)
+    <library>/.pending/           one marker per image being added, until its row is committed (named
+                                  with the writer's pid, so that only markers of writers that are
+                                  gone are finished by another store)
     <library>/.trash/             images being deleted (a crash mid-delete is undone on the next open)
 
 Durability: a pending marker is written, then the image is written, fsynced and renamed into place,
@@ -159,9 +159,9 @@ class HistoryStore:
         created = generation.created or time.time()
         generation = Generation(**{**_record(generation), "created": created})
         path = self._new_image_path(created, generation.seed)
-        marker = self.library / PENDING_DIR / f"{path.stem}.json"
+        marker = self.library / PENDING_DIR / f"{path.stem}.{os.getpid()}.json"  # its writer's pid: see _stale
         try:
-            write_durably(marker, json.dumps({"image": self._relative(path), "pid": os.getpid()}).encode())
+            write_durably(marker, json.dumps({"image": self._relative(path)}).encode())
             write_durably(path, encode_png(image, generation))
             entry_id = self._insert(generation, path, make_thumbnail(image))
         except (OSError, sqlite3.Error) as exc:
@@ -321,7 +321,7 @@ class HistoryStore:
             for file in pending.iterdir():
                 if file.suffix == ".json" and not file.name.startswith("."):
                     self._finish_marker(file)
-                elif _stale(file, None):  # write_durably's temp file of a marker
+                elif _stale(file):  # write_durably's temp file of a marker
                     _remove(file)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot finish the history's interrupted work in {self.library}: {_reason(exc)}") from exc
@@ -331,14 +331,12 @@ class HistoryStore:
             content = json.loads(marker.read_bytes())
         except (OSError, ValueError, RecursionError):
             content = None
-        legacy = isinstance(content, str)  # markers before the owner's pid was recorded
-        image = content if legacy else content.get("image") if isinstance(content, dict) else None
-        pid = content.get("pid") if isinstance(content, dict) else None
+        image = content.get("image") if isinstance(content, dict) else content  # a bare string before the pid
         path = self._library_path(image)
         if path is None:
             _remove(marker)  # not a marker of ours: nothing it names is touched
             return
-        if not _stale(marker, pid):
+        if not _stale(marker):
             return
         recorded = self._db.execute("SELECT 1 FROM generations WHERE image_path = ?", (self._relative(path),)).fetchone()
         if not recorded and path.is_file():
@@ -414,22 +412,26 @@ class _Transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _stale(file: Path, owner_pid: object) -> bool:
-    """Whether a pending marker (or a temp file) was left by a process that is gone: older than an add
-    could take, or written before this process started by this pid (reused) or by no known owner."""
+def _stale(file: Path) -> bool:
+    """Whether a pending marker (or write_durably's temp file of one) was left by a process that is gone:
+    its writer's pid (in the name, `<stem>.<pid>.json`) is not running, or it is older than an add could
+    take, or it was written before this process started by this pid (reused) or by no known writer."""
     try:
         age = time.time() - file.stat().st_mtime
     except FileNotFoundError:
         return False  # its owner just finished with it
+    parts = file.name.split(".")
+    owner = parts[parts.index("json") - 1] if "json" in parts[1:] else ""
+    owner_pid = int(owner) if owner.isdigit() and len(owner) < 10 else 0
     if age > STALE_SECONDS:
         return True
-    if not isinstance(owner_pid, int) or isinstance(owner_pid, bool) or owner_pid <= 0 or owner_pid == os.getpid():
+    if owner_pid <= 0 or owner_pid == os.getpid():
         return age > time.time() - _PROCESS_STARTED
     try:
         os.kill(owner_pid, 0)
     except PermissionError:
         return False  # alive, another user's
-    except (OSError, OverflowError):
+    except OSError:
         return True
     return False
 

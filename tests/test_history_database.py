@@ -301,11 +301,12 @@ def test_a_history_made_before_the_mark_is_adopted_and_marked(tmp_path):
     "content",
     [
         json.dumps("/etc/passwd"),
-        json.dumps({"image": "/tmp/outside.png", "pid": 1}),
-        json.dumps({"image": "images/../../outside.png", "pid": 1}),
+        json.dumps({"image": "/tmp/outside.png"}),
+        json.dumps({"image": "images/../../outside.png"}),
         json.dumps({"image": "../outside.png"}),
         json.dumps({"image": ["images", "a.png"]}),
-        json.dumps({"image": "images/a.png", "pid": "x"}),
+        json.dumps({"image": "images/a.png\x00.png"}),
+        json.dumps({"image": "images/a.png"}),  # names nothing there: just removed
         '"' + "[" * 5000,
         "\x00\xff garbage",
     ],
@@ -330,12 +331,14 @@ def test_stale_temp_files_of_markers_are_removed_and_fresh_ones_kept(tmp_path):
     pending = library / history_store.PENDING_DIR
     pending.mkdir(parents=True)
     stale, fresh = pending / ".a.json.x1.partial", pending / ".b.json.x2.partial"
-    stale.write_bytes(b'{"ima')
-    fresh.write_bytes(b'{"ima')
+    ours, dead_writers = pending / f".c.{os.getpid()}.json.x3.partial", pending / f".d.{dead_pid()}.json.x4.partial"
+    for file in (stale, fresh, ours, dead_writers):
+        file.write_bytes(b'{"ima')
     old = time.time() - 2 * history_store.STALE_SECONDS
     os.utime(stale, (old, old))
     HistoryStore(library).close()
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and not dead_writers.exists()
+    assert fresh.exists() and ours.exists()  # written since this process started, by no known writer or by it
 
 
 def test_a_marker_whose_writer_is_alive_is_left_to_it_and_finished_once_it_is_gone(tmp_path, monkeypatch):
@@ -365,6 +368,12 @@ def test_a_marker_whose_writer_is_alive_is_left_to_it_and_finished_once_it_is_go
     store.close()
 
 
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 # -- writes that fail ---------------------------------------------------------------------------
 
 
@@ -380,3 +389,38 @@ def test_a_read_only_database_is_a_clear_error_and_nothing_recorded_is_lost(tmp_
         store.delete(1)
     assert sorted(store._image_files()) == images and store.count() == 3
     store.close()
+
+
+# -- kill -9 ------------------------------------------------------------------------------------
+
+_WRITER = """
+import sys
+from PIL import Image
+from app.history_store import Generation, HistoryStore
+
+store = HistoryStore(sys.argv[1])
+for i in range(10_000):
+    store.add(Image.new("RGB", (32, 32)), Generation(f"killed {i}", "", "demo", i, 32, 32, {}, ""))
+    print(i, flush=True)
+"""
+
+
+def test_kill_9_while_adding_leaves_a_whole_history_with_every_image(tmp_path):
+    library = tmp_path / "lib"
+    for round_, adds in enumerate((3, 7, 12)):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(library)], stdout=subprocess.PIPE, text=True,
+                                  cwd=Path(__file__).parents[1])
+        for _ in range(adds):
+            writer.stdout.readline()
+        time.sleep(random.Random(round_).random() * 0.02)  # somewhere inside the next add
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+        store = HistoryStore(library)
+        assert store.notice is None and damaged_copies(library) == []
+        store.reconcile_all()
+        images = list(store._image_files())
+        assert store.count() == len(images) >= adds and store.damaged_rows() == 0
+        assert not list((library / history_store.PENDING_DIR).iterdir())
+        assert history_database.quick_check(store._db) == []
+        store.close()
