@@ -117,6 +117,8 @@ def make_thumbnail(image: Image.Image) -> bytes:
 
 # A row is shown only if its columns have the types we write and its params are a JSON object; a row
 # damaged by hand or by a disk is skipped (see damaged_rows) rather than failing every page it is on.
+# Only pages and single rows are filtered: counting and listing models stay on their indexes (a count
+# through this filter reads every row: 0.11 s for 20,000), at the price of counting damaged rows too.
 _WHOLE_ROW = (
     "CASE WHEN json_valid(g.params) THEN json_type(g.params) = 'object' ELSE 0 END"
     " AND typeof(g.seed) = 'integer' AND typeof(g.width) = 'integer' AND typeof(g.height) = 'integer'"
@@ -222,12 +224,13 @@ class HistoryStore:
     # -- reading -----------------------------------------------------------------------------
 
     def count(self, query: HistoryQuery = HistoryQuery()) -> int:
+        """How many rows match `query`, damaged ones included (pages skip those)."""
         where, args = self._where(query)
         return int(self._read(f"SELECT count(*) FROM generations g {where}", args)[0][0])
 
     def page(self, query: HistoryQuery, offset: int, limit: int) -> list[HistoryEntry]:
-        """Entries matching `query`, newest first."""
-        where, args = self._where(query)
+        """Entries matching `query`, newest first; `offset` counts rows that are whole in SQL's eyes."""
+        where, args = self._where(query, _WHOLE_ROW)
         columns = ", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))
         rows = self._read(
             f"SELECT {columns} FROM generations g {where} ORDER BY g.created DESC, g.id DESC LIMIT ? OFFSET ?",
@@ -246,7 +249,7 @@ class HistoryStore:
         return bytes(rows[0][0]) if rows and isinstance(rows[0][0], bytes) else None
 
     def models(self) -> list[str]:
-        return [r[0] for r in self._read(f"SELECT DISTINCT g.model FROM generations g WHERE {_WHOLE_ROW} ORDER BY 1")]
+        return [str(r[0]) for r in self._read("SELECT DISTINCT model FROM generations ORDER BY model")]
 
     def damaged_rows(self) -> int:
         """How many rows are hidden because their columns or JSON are damaged."""
@@ -265,8 +268,8 @@ class HistoryStore:
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot read the history in {self.library}: {describe(exc)}") from exc
 
-    def _where(self, query: HistoryQuery) -> tuple[str, tuple[Any, ...]]:
-        clauses: list[str] = [_WHOLE_ROW]
+    def _where(self, query: HistoryQuery, *conditions: str) -> tuple[str, tuple[Any, ...]]:
+        clauses = list(conditions)
         args: list[Any] = []
         expression = fts_expression(query.text)
         if expression:
@@ -283,7 +286,7 @@ class HistoryStore:
             args.append(query.until)
         if query.favourites_only:
             clauses.append("g.favourite = 1")
-        return "WHERE " + " AND ".join(clauses), tuple(args)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def _entry(self, row: tuple[Any, ...]) -> HistoryEntry | None:
         """The row as an entry, or None if it is damaged in a way the SQL filter cannot see."""

@@ -190,9 +190,11 @@ def test_a_store_that_cannot_be_read_is_reported_and_the_rows_stay(qtbot, store)
 
 def test_rows_the_store_skips_as_damaged_neither_repeat_nor_stop_the_paging(store):
     entries = fill(store, 23)
-    damaged = {e.id for e in entries[::4]}
+    outside, bad_json = {e.id for e in entries[::4]}, {e.id for e in entries[1::5]}
     store._db.executemany("UPDATE generations SET image_path = '/elsewhere/x.png' || id WHERE id = ?",
-                          [(i,) for i in damaged])
+                          [(i,) for i in outside])  # skipped by the store in Python
+    store._db.executemany("UPDATE generations SET params = '{oops' WHERE id = ?", [(i,) for i in bad_json])  # in SQL
+    damaged = outside | bad_json
     model = HistoryListModel(store, page_size=5)
     while model.canFetchMore():
         model.fetchMore()
