@@ -161,7 +161,7 @@ class HistoryStore:
         created = generation.created or time.time()
         generation = Generation(**{**_record(generation), "created": created})
         path = self._new_image_path(created, generation.seed)
-        marker = self.library / PENDING_DIR / f"{path.stem}.{os.getpid()}.json"  # its writer's pid: see _stale
+        marker = self.library / PENDING_DIR / f"{path.stem}.{os.getpid()}.json"  # see _left_behind
         try:
             write_durably(marker, json.dumps({"image": self._relative(path)}).encode())
             write_durably(path, encode_png(image, generation))
@@ -208,7 +208,7 @@ class HistoryStore:
         if entry is None:
             return
         trash = self.library / TRASH_DIR
-        trashed = trash / f"{entry_id}-{entry.image_path.name}"
+        trashed = trash / f"{entry_id}.{os.getpid()}-{entry.image_path.name}"  # see _left_behind
         try:
             trash.mkdir(exist_ok=True)
             if entry.image_path.exists():
@@ -324,10 +324,11 @@ class HistoryStore:
             for file in pending.iterdir():
                 if file.suffix == ".json" and not file.name.startswith("."):
                     self._finish_marker(file)
-                elif _stale(file):  # write_durably's temp file of a marker
+                elif _left_behind(file, _marker_writer(file.name)):  # write_durably's temp file of a marker
                     _remove(file)
         except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"cannot finish the history's interrupted work in {self.library}: {_reason(exc)}") from exc
+            reason = _reason(exc)
+            raise HistoryError(f"cannot finish the history's interrupted work in {self.library}: {reason}") from exc
 
     def _finish_marker(self, marker: Path) -> None:
         try:
@@ -339,9 +340,10 @@ class HistoryStore:
         if path is None:
             _remove(marker)  # not a marker of ours: nothing it names is touched
             return
-        if not _stale(marker):
+        if not _left_behind(marker, _marker_writer(marker.name)):
             return
-        recorded = self._db.execute("SELECT 1 FROM generations WHERE image_path = ?", (self._relative(path),)).fetchone()
+        relative = self._relative(path)
+        recorded = self._db.execute("SELECT 1 FROM generations WHERE image_path = ?", (relative,)).fetchone()
         if not recorded and path.is_file():
             self._recover(path)
         for partial in path.parent.glob(f".{glob.escape(path.name)}.*partial"):  # write_durably's temp
@@ -365,12 +367,16 @@ class HistoryStore:
             raise HistoryError(f"cannot scan the history's images in {self.library}: {_reason(exc)}") from exc
 
     def _restore_trash(self) -> None:
-        """A file still in .trash was being deleted; finish the delete if its row is gone, else undo."""
+        """A file left in .trash was being deleted; finish the delete if its row is gone, else undo. Files
+        that a running delete (another store's) may still be working on are left to it."""
         trash = self.library / TRASH_DIR
         if not trash.is_dir():
             return
         for trashed in trash.iterdir():
-            entry_id, _, name = trashed.name.partition("-")
+            head, _, name = trashed.name.partition("-")  # <id>.<pid>-<name>, or <id>-<name> before the pid
+            entry_id, _, writer = head.partition(".")
+            if not _left_behind(trashed, writer, dated_by_change=True):
+                continue
             row = self._db.execute(
                 "SELECT image_path FROM generations WHERE id = ?", (int(entry_id) if entry_id.isdigit() else -1,)
             ).fetchone()
@@ -415,28 +421,35 @@ class _Transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _stale(file: Path) -> bool:
-    """Whether a pending marker (or write_durably's temp file of one) was left by a process that is gone:
-    its writer's pid (in the name, `<stem>.<pid>.json`) is not running, or it is older than an add could
-    take, or it was written before this process started by this pid (reused) or by no known writer."""
+def _left_behind(file: Path, writer: str, dated_by_change: bool = False) -> bool:
+    """Whether `file` (a pending marker, write_durably's temp file of one, an image in the trash) was left by
+    a process that is gone. `writer` is the pid its writer put in the name ("" if none): gone when that
+    process is not running; with no pid (or our own pid), when written before this process started; and
+    whoever wrote it, when older than an add or a delete could take. `dated_by_change`: by the inode's
+    change time, as a rename into the trash keeps the image's modification time."""
     try:
-        age = time.time() - file.stat().st_mtime
+        stat = file.stat()
     except FileNotFoundError:
-        return False  # its owner just finished with it
-    parts = file.name.split(".")
-    owner = parts[parts.index("json") - 1] if "json" in parts[1:] else ""
-    owner_pid = int(owner) if owner.isdigit() and len(owner) < 10 else 0
+        return False  # its writer just finished with it
+    age = time.time() - (stat.st_ctime if dated_by_change else stat.st_mtime)
+    pid = int(writer) if writer.isdigit() and len(writer) < 10 else 0
     if age > STALE_SECONDS:
         return True
-    if owner_pid <= 0 or owner_pid == os.getpid():
+    if pid <= 0 or pid == os.getpid():
         return age > time.time() - _PROCESS_STARTED
     try:
-        os.kill(owner_pid, 0)
+        os.kill(pid, 0)
     except PermissionError:
-        return False  # alive, another user's
+        return False  # running, as another user
     except OSError:
         return True
     return False
+
+
+def _marker_writer(name: str) -> str:
+    """The writer's pid in a marker's name (`<stem>.<pid>.json`, or its temp file `.<that>.<random>.partial`)."""
+    parts = name.split(".")
+    return parts[parts.index("json", 1) - 1] if "json" in parts[1:] else ""
 
 
 def _is_time(created: float) -> bool:

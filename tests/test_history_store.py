@@ -161,10 +161,16 @@ def test_crash_in_the_middle_of_a_delete_is_undone(tmp_path):
     entry = store.add(image(), make_generation())
     trash = library / history_store.TRASH_DIR
     trash.mkdir()
-    os.replace(entry.image_path, trash / f"{entry.id}-{entry.image_path.name}")  # moved, never committed
+    trashed = trash / f"{entry.id}.{os.getpid()}-{entry.image_path.name}"
+    os.replace(entry.image_path, trashed)  # moved, not yet committed: the delete is running
+    other = HistoryStore(library)  # e.g. the browser's store while the worker's deletes
+    assert trashed.is_file() and not entry.image_path.exists()  # left to the running delete
+    other.close()
     store.close()
+    os.replace(trashed, trash / f"{entry.id}.{dead_pid()}-{entry.image_path.name}")  # ...whose process died
     reopened = HistoryStore(library)
     assert reopened.get(entry.id) is not None and entry.image_path.is_file()
+    assert not any(trash.iterdir())
     reopened.close()
 
 
