@@ -444,3 +444,14 @@ def test_the_checks_at_open_stop_at_their_time_budget(tmp_path):
     history_database.quick_check(db, whole / 10)  # the full-text check is bounded the same way
     assert time.monotonic() - started < whole / 2, whole
     db.close()
+
+
+def test_a_history_of_a_newer_schema_is_refused_untouched(tmp_path):
+    library = filled_library(tmp_path / "lib", rows=1)
+    with sqlite3.connect(db_file(library)) as db:
+        db.execute(f"PRAGMA user_version = {history_database.SCHEMA_VERSION + 1}")
+    db.close()
+    before = db_file(library).read_bytes()
+    with pytest.raises(HistoryError, match="newer mlx-sd"):
+        HistoryStore(library)
+    assert db_file(library).read_bytes() == before
