@@ -95,6 +95,7 @@ class HistoryListModel(QAbstractListModel):
         self._query = HistoryQuery()
         self._entries: list[HistoryEntry] = []
         self._offset = 0  # rows read from the store: more than the entries when damaged rows were skipped
+        self._stalled = False  # a page could not be read: fetch no more until the next reload
         self._total = self._count(self._query) or 0
         self._placeholder: QIcon | None = None
         self._icons: OrderedDict[int, QIcon] = OrderedDict()
@@ -136,6 +137,7 @@ class HistoryListModel(QAbstractListModel):
         self.beginResetModel()
         self._entries = []
         self._offset = 0
+        self._stalled = False
         self._total = total
         self._icons.clear()
         self.endResetModel()
@@ -203,7 +205,7 @@ class HistoryListModel(QAbstractListModel):
         return 0 if parent.isValid() else len(self._entries)
 
     def canFetchMore(self, parent: Index = QModelIndex()) -> bool:
-        return not parent.isValid() and not self._changing and self._offset < self._total
+        return not parent.isValid() and not self._changing and not self._stalled and self._offset < self._total
 
     def fetchMore(self, parent: Index = QModelIndex()) -> None:
         if not self.canFetchMore(parent) or self._store is None:
@@ -211,7 +213,7 @@ class HistoryListModel(QAbstractListModel):
         try:
             page = self._store.page(self._query, self._offset, self._page_size)
         except HistoryError as exc:
-            self._total = self._offset  # stop asking until the next reload
+            self._stalled = True
             self.failed.emit(str(exc))
             return
         self._offset += self._page_size  # damaged rows the store skipped were read all the same

@@ -182,7 +182,7 @@ def test_a_store_that_cannot_be_read_is_reported_and_the_rows_stay(qtbot, store)
     assert model.rowCount() == 4 and model.total == 6
     with qtbot.waitSignal(model.failed):
         model.fetchMore()
-    assert model.rowCount() == 4 and not model.canFetchMore()
+    assert model.rowCount() == 4 and model.total == 6 and not model.canFetchMore()
     with qtbot.waitSignal(model.failed):
         assert model.models() == []
     assert not model.data(model.index(0), Qt.ItemDataRole.DecorationRole).isNull()  # cached or placeholder
