@@ -122,8 +122,9 @@ def open_database(path: Path) -> OpenedDatabase:
 
 def _start_afresh(path: Path, damage: str) -> str:
     aside = move_aside(path)
+    first_line = damage.strip().splitlines()[0] if damage.strip() else "unreadable"
     return (
-        f"The history database was damaged ({damage}) and was moved to {aside}; a new history was "
+        f"The history database was damaged ({first_line}) and was moved to {aside}; a new history was "
         "started; the library's images are added back to it from their files after the next generation."
     )
 
@@ -166,7 +167,7 @@ def _inspect(path: Path) -> str | None:
             problems = quick_check(db)
     except sqlite3.Error as exc:
         if is_damage(exc):
-            return str(exc).splitlines()[0]
+            return str(exc) or "unreadable"
         raise HistoryError(f"cannot open the history {path}: {describe(exc)}") from exc
     lines = [line for problem in problems for line in problem.splitlines() if not line.startswith("***")]
     return f"SQLite's check found: {lines[0] if lines else 'damage'}" if problems else None
