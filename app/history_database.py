@@ -79,6 +79,7 @@ def describe(exc: sqlite3.Error) -> str:
     plain = {
         sqlite3.SQLITE_READONLY: "the library folder or the database is read-only",
         sqlite3.SQLITE_FULL: "the disk is full",
+        sqlite3.SQLITE_IOERR: "reading or writing the disk failed (is it full, or gone?)",
         sqlite3.SQLITE_CANTOPEN: "it cannot be opened (check the library folder's permissions)",
         sqlite3.SQLITE_BUSY: "another program is using it",
         sqlite3.SQLITE_CORRUPT: "the database is damaged (restart the app to check and repair it)",

@@ -455,3 +455,39 @@ def test_a_history_of_a_newer_schema_is_refused_untouched(tmp_path):
     with pytest.raises(HistoryError, match="newer mlx-sd"):
         HistoryStore(library)
     assert db_file(library).read_bytes() == before
+
+
+def files_besides_the_database(library: Path) -> list[Path]:
+    return sorted(p.relative_to(library) for p in library.rglob("*") if p.is_file() and "sqlite3" not in p.name)
+
+
+_FULL_DISK_WRITER = """
+import resource, signal, sys
+from PIL import Image
+from app.history_store import Generation, HistoryError, HistoryStore
+
+store = HistoryStore(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+side = int(sys.argv[3])
+try:
+    store.add(Image.effect_noise((side, side), 80).convert("RGB"), Generation("full", "", "demo", 1, side, side, {}, ""))
+except HistoryError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("limit, side", [(2000, 256), (2000, 4)], ids=["the image", "the database"])
+def test_a_disk_that_fills_while_writing_is_a_clear_error_and_loses_nothing(tmp_path, limit, side):
+    library = filled_library(tmp_path / "lib", rows=3)
+    before = files_besides_the_database(library)
+    writer = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITER, str(library), str(limit), str(side)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    assert writer.returncode == 0 and writer.stderr == ""
+    [message] = writer.stdout.splitlines()
+    assert message.startswith("could not record the image") and ("File too large" in message or "is it full" in message)
+    store = HistoryStore(library)
+    assert store.notice is None and store.count() == 3 and len(store.page(HistoryQuery(), 0, 10)) == 3
+    assert files_besides_the_database(library) == before  # the images, and no half-written file
+    assert history_database.quick_check(store._db) == []
+    store.close()
