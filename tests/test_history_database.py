@@ -5,9 +5,11 @@ Each test builds its own hostile input; none may end in anything but a result or
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -491,3 +493,41 @@ def test_a_disk_that_fills_while_writing_is_a_clear_error_and_loses_nothing(tmp_
     assert files_besides_the_database(library) == before  # the images, and no half-written file
     assert history_database.quick_check(store._db) == []
     store.close()
+
+
+_READ_ONLY_OPENER = """
+import os, sys
+from PIL import Image
+from app.history_store import Generation, HistoryError, HistoryStore
+
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: the library (root's, 0755) is read-only to it
+try:
+    store = HistoryStore(sys.argv[1])
+    store.add(Image.new("RGB", (8, 8)), Generation("read-only", "", "demo", 1, 8, 8, {}, ""))
+except HistoryError as exc:
+    print(exc)
+"""
+
+
+def test_a_read_only_library_folder_is_a_clear_error_and_nothing_changes(tmp_path):
+    base = Path(tempfile.mkdtemp())  # not under pytest's 0700 folder: the other user must reach it
+    try:
+        base.chmod(0o755)
+        library = filled_library(base / "lib", rows=2)
+        if os.geteuid() != 0:
+            for folder in (library, *[p for p in library.rglob("*") if p.is_dir()]):
+                folder.chmod(0o555)
+        before = {p: p.read_bytes() for p in library.rglob("*") if p.is_file()}
+        opener = subprocess.run([sys.executable, "-c", _READ_ONLY_OPENER, str(library)], capture_output=True,
+                                text=True, cwd=Path(__file__).parents[1], timeout=60)
+        assert opener.returncode == 0 and opener.stderr == ""
+        [message] = opener.stdout.splitlines()
+        assert str(library) in message and ("permissions" in message or "read-only" in message)
+        assert {p: p.read_bytes() for p in library.rglob("*") if p.is_file()} == before
+    finally:
+        for folder in base.rglob("*"):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        shutil.rmtree(base)
