@@ -294,7 +294,7 @@ class HistoryStore:
         path = self._library_path(relative)
         try:
             params = json.loads(params)
-        except (ValueError, RecursionError):
+        except (ValueError, TypeError, RecursionError):
             return None
         if path is None or not isinstance(params, dict) or not _is_time(created):
             return None

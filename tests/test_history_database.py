@@ -20,6 +20,7 @@ from PIL import Image
 
 from app import history_database, history_store
 from app.history_store import Generation, HistoryError, HistoryQuery, HistoryStore
+from test_history_store import dead_pid
 
 ROWS = 40
 
@@ -368,12 +369,6 @@ def test_a_marker_whose_writer_is_alive_is_left_to_it_and_finished_once_it_is_go
     assert reopened.count() == 1 and not list((library / history_store.PENDING_DIR).iterdir())
     reopened.close()
     store.close()
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
 
 
 # -- writes that fail ---------------------------------------------------------------------------
