@@ -172,6 +172,7 @@ class HistoryBrowser(QWidget):
         super().__init__(parent)
         self._now = now
         self.model = HistoryListModel(store, parent=self)
+        self.model.failed.connect(self._show_message)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply_filters)
         self._build()
@@ -396,8 +397,7 @@ class HistoryBrowser(QWidget):
         current = self.model_filter.currentText()
         self.model_filter.clear()
         self.model_filter.addItem(ALL_MODELS)
-        store = self.model.store
-        self.model_filter.addItems(store.models() if store is not None else [])
+        self.model_filter.addItems(self.model.models())
         found = self.model_filter.findText(current)
         self.model_filter.setCurrentIndex(max(0, found))
 
@@ -433,7 +433,11 @@ class HistoryBrowser(QWidget):
             return
         self.details.setHtml(details_html(entry))
         self.actions_by_name["favourite"].setText("Unfavourite" if entry.favourite else "Favourite")
-        self.preview.setPixmap(_load_preview(entry.image_path))
+        preview = _load_preview(entry.image_path)
+        if preview.isNull():
+            self.preview.setText("The image file is missing\nor cannot be read.")
+        else:
+            self.preview.setPixmap(preview)
 
     def _context_menu(self, position: QPoint) -> None:
         index: QModelIndex = self.grid.indexAt(position)
@@ -506,6 +510,8 @@ class HistoryPanel(QObject):
         except HistoryError as exc:
             self._window.show_error("The history cannot be opened", f"{exc}. Choose another library folder in Settings.")
             return
+        if self._store.notice:
+            self._window.show_error("The history was damaged", self._store.notice)
         self.browser.set_store(self._store)
 
 

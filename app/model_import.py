@@ -15,14 +15,14 @@ from typing import Callable
 from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
 from PySide6.QtWidgets import QProgressBar, QProgressDialog, QWidget
 
-from convert import ConversionCancelled, ConversionReport, ConvertOptions, Progress, convert_model
+from convert import ConversionCancelled, ConversionProgress, ConversionReport, ConvertOptions, convert_model
 
 from .model_library import ModelLibrary
 
 Converter = Callable[..., ConversionReport]  # convert_model's signature
 
 
-def progress_label(progress: Progress, source: str) -> str:
+def progress_label(progress: ConversionProgress, source: str) -> str:
     """What the progress dialog says at each stage of a conversion."""
     match progress.stage:
         case "fetch":
@@ -39,7 +39,7 @@ def progress_label(progress: Progress, source: str) -> str:
 class ConversionWorker(QObject):
     """Runs one conversion in its thread; `abort` may be called from any thread."""
 
-    progressed = Signal(object)  # convert.Progress
+    progressed = Signal(object)  # convert.ConversionProgress
     succeeded = Signal(object)  # convert.ConversionReport
     failed = Signal(str)
     cancelled = Signal()
@@ -74,7 +74,7 @@ class ConversionWorker(QObject):
 class ModelImporter(QObject):
     """Converts checkpoints into the library one at a time, showing a cancellable progress dialog."""
 
-    progressed = Signal(object)  # convert.Progress, after the progress dialog has shown it
+    progressed = Signal(object)  # convert.ConversionProgress, after the progress dialog has shown it
     imported = Signal(str)  # the new model's name
     failed = Signal(str)  # what went wrong, in words
     cancelled = Signal()
@@ -154,7 +154,7 @@ class ModelImporter(QObject):
         self.progress_dialog = dialog
 
     @Slot(object)
-    def _on_progress(self, progress: Progress) -> None:
+    def _on_progress(self, progress: ConversionProgress) -> None:
         dialog, bar = self.progress_dialog, self._bar
         if dialog is None or bar is None or dialog.wasCanceled():
             return

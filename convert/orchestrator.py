@@ -30,11 +30,11 @@ from . import hub
 from .diffusers_folder import MODEL_INDEX, plan_diffusers_folder
 from .errors import ConversionCancelled, ConversionError
 from .local_paths import describe_missing, looks_like_path
-from .options import ConversionReport, ConvertOptions, Progress
-from .plan import Plan, Weights
+from .options import ConversionProgress, ConversionReport, ConvertOptions
+from .plan import ConversionPlan, Weights
 from .single_file import plan_single_file
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[ConversionProgress], None]
 CancelCheck = Callable[[], bool]
 SCRATCH_MARK = "mlx-sd-convert-"  # mlx-sd-convert-<pid>-<random> in the temporary folder
 
@@ -73,17 +73,17 @@ def convert_model(
         _check(plan.config, weights)
         parameters = {name: sum(a.size for a in arrays.values()) for name, arrays in weights.items()}
         check_cancel()
-        notify(Progress("write", 0, 1, str(output)))
+        notify(ConversionProgress("write", 0, 1, str(output)))
         write_model(output, plan.config, weights, plan.tokenizers)
     del weights  # free the converted arrays before loading the result back
     try:
-        notify(Progress("validate", 0, 1, str(output)))
+        notify(ConversionProgress("validate", 0, 1, str(output)))
         _validate(output, options.dtype)
         check_cancel()
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
-    notify(Progress("done", 1, 1, str(output)))
+    notify(ConversionProgress("done", 1, 1, str(output)))
     return ConversionReport(
         output=output,
         source=plan.config.source.name,
@@ -108,7 +108,7 @@ def convert_model(
 
 def _plan(
     source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel: Callable[[], None]
-) -> Plan:
+) -> ConversionPlan:
     path = Path(source).expanduser()
     try:
         mode = path.stat().st_mode  # not opened: a FIFO would block
@@ -129,24 +129,24 @@ def _plan(
     return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
 
 
-def _plan_hub(source: str, options: ConvertOptions, notify: ProgressCallback, check_cancel: Callable[[], None]) -> Plan:
-    notify(Progress("fetch", 0, 1, source))
+def _plan_hub(source: str, options: ConvertOptions, notify: ProgressCallback, check_cancel: Callable[[], None]) -> ConversionPlan:
+    notify(ConversionProgress("fetch", 0, 1, source))
     folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
     check_cancel()
-    notify(Progress("fetch", 1, 1, source))
+    notify(ConversionProgress("fetch", 1, 1, source))
     name = source + (f"@{options.revision}" if options.revision else "")
     return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
 
 
 def _read(
-    plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
+    plan: ConversionPlan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
 ) -> tuple[Weights, str]:
     """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed source."""
     weights: Weights = {}
     hasher = hashlib.sha256()
     total = sum(len(read.routes) for read in plan.reads)
     done = 0
-    notify(Progress("read", 0, total, ""))
+    notify(ConversionProgress("read", 0, total, ""))
     for read in plan.reads:
         for key, array in read.source.arrays(read.routes.keys(), hasher if read.hashed else None):
             converted = []
@@ -162,7 +162,7 @@ def _read(
             mx.eval(converted)  # drop the source array now: memory stays near the output size
             done += 1
             check_cancel()
-            notify(Progress("read", done, total, key))
+            notify(ConversionProgress("read", done, total, key))
     return weights, hasher.hexdigest()
 
 

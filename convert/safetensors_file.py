@@ -16,10 +16,15 @@ import numpy as np
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
-from mlx_sd.safetensors_header import DTYPES, HeaderError, TensorInfo, read_header
+from mlx_sd.dtypes import SAFETENSORS_DTYPES
+from mlx_sd.safetensors_header import HeaderError, TensorInfo, read_header
 
 from .errors import ConversionError
 
+# safetensors dtype -> the numpy dtype its bytes are read as (bfloat16's bits as uint16)
+_NUMPY = {
+    code: np.dtype(np.uint16 if name == "bfloat16" else name) for code, (name, _) in SAFETENSORS_DTYPES.items()
+}
 _FLOATS = ("F64", "F32", "F16", "BF16")
 _CHUNK = 16 * 2**20
 
@@ -35,7 +40,7 @@ def to_mx(buffer: bytes | np.ndarray, dtype: str, shape: tuple[int, ...], name: 
     """Raw little-endian bytes of one tensor -> an mx.array with the same values."""
     if dtype not in _FLOATS:
         raise ConversionError(f"tensor {name!r} has dtype {dtype}; a weight must be F16, BF16, F32 or F64")
-    values = np.frombuffer(buffer, dtype=DTYPES[dtype].numpy).reshape(shape)
+    values = np.frombuffer(buffer, dtype=_NUMPY[dtype]).reshape(shape)
     if dtype == "BF16":  # numpy has no bfloat16: carry the bits and reinterpret them in mlx
         return mx.array(values).view(mx.bfloat16)
     if dtype == "F64":

@@ -30,7 +30,8 @@ import numpy as np
 
 from . import cpu_kernels
 from .device import gpu_available, policy
-from .safetensors_header import DTYPES, SafetensorsHeader, read_header
+from .dtypes import SAFETENSORS_DTYPES
+from .safetensors_header import SafetensorsHeader, read_header
 
 # What csrc/module.cpp's mapped_array makes; a file with other dtypes is read instead.
 MAPPED_DTYPES = frozenset({"F32", "F16", "BF16", "U32", "I32", "U8"})
@@ -90,7 +91,7 @@ def _map(path: Path, header: SafetensorsHeader) -> dict[str, mx.array]:
     module = cpu_kernels.status().module
     mapping = module.map_file(str(path))
     return {
-        name: module.mapped_array(mapping, header.data_start + entry.begin, list(entry.shape), DTYPES[entry.dtype].mlx)
+        name: module.mapped_array(mapping, header.data_start + entry.begin, list(entry.shape), SAFETENSORS_DTYPES[entry.dtype][0])
         for name, entry in header.tensors.items()
     }
 

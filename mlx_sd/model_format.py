@@ -32,7 +32,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
 from . import mapped_weights
-from .safetensors_header import DTYPES, HeaderError, read_header
+from .dtypes import safetensors_code
+from .safetensors_header import HeaderError, read_header
 from .cpu_memory import prefault_heap
 from .device import current_device, worker_streams
 
@@ -227,11 +228,10 @@ def process_alive(pid: int) -> bool:
 def write_safetensors(path: Path, arrays: dict[str, mx.array], metadata: dict[str, str]) -> None:
     """Write `arrays` as a safetensors file with Python's own file calls, so that a full disk is an
     OSError with its errno (mx.save_safetensors reports it as a RuntimeError without one)."""
-    codes = {getattr(mx, element.mlx): code for code, element in DTYPES.items()}
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for name, array in arrays.items():
-        header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape),
+        header[name] = {"dtype": safetensors_code(str(array.dtype).rpartition(".")[2]), "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
         offset += array.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")

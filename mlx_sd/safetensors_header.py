@@ -18,31 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from .dtypes import SAFETENSORS_DTYPES
 
 
-@dataclass(frozen=True)
-class ElementType:
-    size: int  # bytes per element
-    numpy: type  # what numpy reads the bytes as (bfloat16 as its bits: numpy has no bfloat16)
-    mlx: str  # the mlx dtype name of the same values
-
-
-# The safetensors dtype codes mlx-sd reads, the one table of them.
-DTYPES: dict[str, ElementType] = {
-    "F64": ElementType(8, np.float64, "float64"),
-    "F32": ElementType(4, np.float32, "float32"),
-    "F16": ElementType(2, np.float16, "float16"),
-    "BF16": ElementType(2, np.uint16, "bfloat16"),
-    "I64": ElementType(8, np.int64, "int64"),
-    "I32": ElementType(4, np.int32, "int32"),
-    "U32": ElementType(4, np.uint32, "uint32"),
-    "I16": ElementType(2, np.int16, "int16"),
-    "U16": ElementType(2, np.uint16, "uint16"),
-    "I8": ElementType(1, np.int8, "int8"),
-    "U8": ElementType(1, np.uint8, "uint8"),
-    "BOOL": ElementType(1, np.bool_, "bool_"),
-}
 HEADER_LIMIT = 100 << 20  # the safetensors library's own limit; real headers are well under 10 MB
 MAX_EXTENT = 2**31 - 1  # mlx shapes are 32-bit: no weight has a longer axis
 
@@ -117,7 +95,7 @@ def parse_header(text: bytes, data_size: int) -> tuple[dict[str, TensorInfo], di
 
 def _entry(name: str, entry: object) -> TensorInfo:
     bad = f"is not a valid safetensors file: the header entry for {name!r:.200}"
-    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_DTYPES:
         raise HeaderError(f"{bad} has no known dtype (found {entry!r:.80})")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     if not (isinstance(shape, list) and all(_is_int(d) and 0 <= d <= MAX_EXTENT for d in shape)):
@@ -125,7 +103,7 @@ def _entry(name: str, entry: object) -> TensorInfo:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
         raise HeaderError(f"{bad} has invalid data_offsets {offsets!r:.80}")
     begin, end = offsets
-    expected = math.prod(shape) * DTYPES[entry["dtype"]].size
+    expected = math.prod(shape) * SAFETENSORS_DTYPES[entry["dtype"]][1]
     if not 0 <= begin <= end or end - begin != expected:
         raise HeaderError(f"{bad} spans bytes {begin}..{end}, but shape {shape} of {entry['dtype']} needs {expected}")
     return TensorInfo(tuple(shape), entry["dtype"], begin, end)

@@ -238,3 +238,23 @@ def test_set_store_switches_library(qtbot, tmp_path, browser):
     browser.set_store(other)
     assert shown_prompts(browser) == ["from the other library"]
     other.close()
+
+
+def test_a_missing_image_file_shows_a_placeholder_and_its_actions_a_message(monkeypatch, tmp_path, browser):
+    entry = browser.selected_entry()
+    entry.image_path.unlink()  # deleted behind the app's back
+    browser.select_row(1)
+    browser.select_row(0)
+    assert browser.preview.pixmap().isNull() and "missing" in browser.preview.text()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "out.png"), ""))
+    browser.export_selection()
+    assert "Could not export" in browser.message.text()
+
+
+def test_a_history_that_cannot_be_read_is_a_message_not_a_traceback(browser, store):
+    store.close()  # every read now fails inside SQLite
+    browser.search_box.setText("circle")
+    browser.apply_filters()
+    browser.reload()
+    assert "cannot read the history" in browser.message.text()
+    assert browser.model.rowCount() == 3  # what was shown stays

@@ -114,3 +114,13 @@ def test_build_window_plugs_everything_in(qtbot, tmp_path, qstandardpaths_test_m
     qtbot.waitUntil(lambda: window.message_bar.kind == "error", timeout=TIMEOUT)
     assert "The model could not be imported" in window.message_bar.text()
     window.close()
+
+
+def test_a_damaged_history_is_moved_aside_and_the_window_says_where(qtbot, tmp_path, library):
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "history.sqlite3").write_bytes(b"\x00garbage" * 512)
+    window = open_window(qtbot, library)
+    panel = install_history_browser(window)
+    [aside] = library.glob("history.damaged-*.sqlite3")
+    assert panel.store is not None and panel.browser.model.total == 0
+    assert window.message_bar.kind == "error" and str(aside) in window.message_bar.text()

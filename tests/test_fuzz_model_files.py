@@ -21,7 +21,8 @@ from convert.detect import REFINER_BIGG, SD1_CLIP, SD2_OPENCLIP, SDXL_BIGG, SDXL
 from convert.errors import ConversionError
 from mlx_sd.config import ConfigError, ModelConfig
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, read_config
-from mlx_sd.safetensors_header import DTYPES, HeaderError, parse_header, read_header
+from mlx_sd.dtypes import SAFETENSORS_DTYPES
+from mlx_sd.safetensors_header import HeaderError, parse_header, read_header
 
 BUDGET = 0.5  # seconds per input: every reader is linear, these inputs are small
 def fuzz(examples: int) -> settings:
@@ -56,9 +57,9 @@ def timed(call, *errors):
 @st.composite
 def tensor_entries(draw):
     """Entries near the valid ones: known and unknown dtypes, odd shapes, offsets off by a little."""
-    dtype = draw(st.sampled_from([*DTYPES, "F8_E4M3", "f32", "", 7]))
+    dtype = draw(st.sampled_from([*SAFETENSORS_DTYPES, "F8_E4M3", "f32", "", 7]))
     shape = draw(st.lists(st.integers(-2, 5) | st.sampled_from([2**31, 2**63, True, 1.0, "2"]), max_size=4))
-    size = math.prod(d for d in shape if isinstance(d, int)) * (DTYPES[dtype].size if dtype in DTYPES else 1)
+    size = math.prod(d for d in shape if isinstance(d, int)) * (SAFETENSORS_DTYPES[dtype][1] if dtype in SAFETENSORS_DTYPES else 1)
     begin = draw(st.integers(0, 64))
     end = begin + draw(st.sampled_from([size, size, size + 1, size - 1, 0]))
     offsets = draw(st.sampled_from([[begin, end], [begin, end], [end, begin], [begin], [str(begin), end], None]))

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from model_folders import CONFIGS
 
-from mlx_sd import config as config_module
 from mlx_sd.config import PRESETS, ConfigError, ModelConfig, preset
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, read_config
 
@@ -92,12 +91,6 @@ def test_configs_check_themselves_when_made_or_edited_with_replace():
 
     with pytest.raises(ConfigError, match="norm_num_groups: 0 is outside"):
         dataclasses.replace(preset("sd15").unet, norm_num_groups=0)
-
-
-def test_the_storage_dtypes_are_the_devices():
-    from mlx_sd.device import DTYPES
-
-    assert tuple(DTYPES) == config_module.STORAGE_DTYPES
 
 
 def test_a_huge_model_json_is_refused_in_bounded_time(tmp_path):
