@@ -163,6 +163,10 @@ def load_weights(module: nn.Module, path: Path, component: str, dtype: mx.Dtype)
     ]))
 
 
+STAGING_MARK = ".partial-"  # .<name>.partial-<pid>-<random>: the pid says whether its writer still runs
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def write_model(
     folder: str | os.PathLike[str],
     config: ModelConfig,
@@ -200,10 +204,6 @@ def write_model(
     return target
 
 
-STAGING_MARK = ".partial-"  # .<name>.partial-<pid>-<random>: the pid says whether its writer still runs
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 def remove_stale_folders(parent: Path, mark: str = STAGING_MARK) -> list[Path]:
     """Remove the folders in `parent` named `...<mark><pid>-...` whose process is gone (killed mid-write)."""
     removed = []
@@ -231,8 +231,10 @@ def write_safetensors(path: Path, arrays: dict[str, mx.array], metadata: dict[st
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for name, array in arrays.items():
-        header[name] = {"dtype": safetensors_code(str(array.dtype).rpartition(".")[2]), "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
+        code = safetensors_code(str(array.dtype).rpartition(".")[2])
+        if code is None:
+            raise ValueError(f"{name}: safetensors has no element type for {array.dtype}")
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as safetensors writes it

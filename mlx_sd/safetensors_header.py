@@ -1,4 +1,4 @@
-"""The one reader of safetensors headers, for the converter and the mapped loader alike.
+"""The one reader of safetensors headers, for the converter and the model loader alike.
 
 A safetensors file is an 8-byte little-endian header length, a JSON object
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`, then the
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dtypes import SAFETENSORS_DTYPES
-
 
 HEADER_LIMIT = 100 << 20  # the safetensors library's own limit; real headers are well under 10 MB
 MAX_EXTENT = 2**31 - 1  # mlx shapes are 32-bit: no weight has a longer axis
