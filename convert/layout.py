@@ -22,7 +22,10 @@ class Rows:
 
     part: int
     parts: int = 3
-    min_rank = 1
+    expects = "a tensor of at least one axis, split evenly into q, k and v"
+
+    def accepts(self, shape: Shape) -> bool:
+        return len(shape) >= 1 and shape[0] % self.parts == 0
 
     def shape(self, shape: Shape) -> Shape:
         return (shape[0] // self.parts, *shape[1:])
@@ -36,7 +39,10 @@ class Rows:
 class Transpose:
     """OpenCLIP's text_projection is used as x @ P; a Linear stores P transposed."""
 
-    min_rank = 2
+    expects = "a matrix"
+
+    def accepts(self, shape: Shape) -> bool:
+        return len(shape) == 2
 
     def shape(self, shape: Shape) -> Shape:
         return tuple(reversed(shape))
@@ -49,7 +55,10 @@ class Transpose:
 class SqueezeToLinear:
     """LDM's VAE attention 1x1 convs `[C, C, 1, 1]` (or `[C, C, 1]`) -> Linear `[C, C]`."""
 
-    min_rank = 2
+    expects = "a 1x1 convolution's [C, C, 1, 1] weight"
+
+    def accepts(self, shape: Shape) -> bool:
+        return 2 <= len(shape) <= 4 and all(extent == 1 for extent in shape[2:])
 
     def shape(self, shape: Shape) -> Shape:
         return shape[:2]
@@ -71,10 +80,10 @@ class Route:
 
     def torch_shape(self, shape: Shape) -> Shape:
         """The destination shape in torch layout (what config inference reads)."""
-        if self.transform and len(shape) < self.transform.min_rank:
+        if self.transform and not self.transform.accepts(shape):
             raise ConversionError(
-                f"{self.component} weight {self.name!r} comes from a tensor of shape {shape}, where a rank-"
-                f"{self.transform.min_rank} or higher tensor belongs; the file is damaged"
+                f"{self.component} weight {self.name!r} comes from a tensor of shape {shape}, where "
+                f"{self.transform.expects} belongs; the file is damaged"
             )
         return self.transform.shape(shape) if self.transform else shape
 

@@ -157,7 +157,10 @@ def _read(
                         f"{read.source.path.name}: two tensors map to {route.component} {route.name!r} "
                         f"(the second is {key!r})"
                     )
-                component[route.name] = route.apply(array, dtype)
+                try:
+                    component[route.name] = route.apply(array, dtype)
+                except ValueError as exc:  # mlx's own words for a shape that cannot take the transform
+                    raise ConversionError(f"{read.source.path.name}: tensor {key!r} of shape {array.shape}: {exc}") from None
                 converted.append(component[route.name])
             mx.eval(converted)  # drop the source array now: memory stays near the output size
             done += 1
