@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
@@ -26,11 +26,9 @@ from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
+from .history_record import request_params
 from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
-
-# Fields of a request that are images or arrays: the history keeps the rest as JSON.
-NOT_RECORDED = ("init_image", "mask", "latents")
 
 
 class PipelineLike(Protocol):
@@ -130,13 +128,6 @@ def describe_error(exc: BaseException) -> UserMessage:
     if isinstance(exc, OSError):
         return UserMessage("A file could not be read or written", f"{exc}.")
     return UserMessage("Generation failed", f"{type(exc).__name__}: {exc}")
-
-
-def request_params(request: GenerationRequest) -> dict[str, Any]:
-    """The request as JSON-ready values for the history (images and arrays left out)."""
-    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in NOT_RECORDED}
-    params["img2img"] = request.init_image is not None
-    return params
 
 
 class ProgressClock:

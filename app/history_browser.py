@@ -45,7 +45,7 @@ from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
 from mlx_sd.infotext import request_from_infotext
 from mlx_sd.request import GenerationRequest
 
-from .generation_worker import NOT_RECORDED
+from .history_record import NOT_RECORDED
 from .history_model import HistoryListModel
 from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
 from .result_view import SAVE_FILTERS

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
 from .history_browser import install_history_browser
+from .library_folder import default_library_folder
 from .main_window import MainWindow
 from .model_manager import install_model_manager
 from .settings import AppSettings, library_path, load_settings
@@ -30,7 +31,7 @@ def settings_file() -> Path:
 
 def default_library() -> Path:
     """The library folder when the user has not chosen one: the platform's app data folder."""
-    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation))
+    return default_library_folder(APP_NAME)
 
 
 def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:

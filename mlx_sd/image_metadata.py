@@ -106,10 +106,15 @@ def save_image(
     if not durable:
         _save_to(image, str(path), fmt, infotext, quality)
         return path
+    write_durably(path, image_bytes(image, fmt, infotext, quality))
+    return path
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG", infotext: str | None = None, quality: int = 95) -> bytes:
+    """`image` encoded as `fmt` ("PNG", "JPEG", "WEBP") with `infotext`, as `save_image` writes it."""
     buffer = io.BytesIO()
     _save_to(image, buffer, fmt, infotext, quality)
-    write_durably(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
