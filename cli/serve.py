@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from app.library_folder import default_library_folder
     from mlx_sd.device import check_precision
     from mlx_sd.model_paths import DEMO_NAME
-    from server.app import ApiServer, ServerConfig, create_app
-    from server.history import HistoryRecorder
-    from server.jobs import GenerationQueue, PipelineExecutor
+    from server.app import ApiServer, ServerConfig, create_app, start_queue
     from server.library import Library
 
     auth = parse_auth(args.api_auth)
@@ -86,20 +84,18 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         library=library_folder, host=args.host, port=args.port, api_auth=auth,
         cors_allow_origins=tuple(o.strip() for o in args.cors_allow_origins.split(",") if o.strip()),
-        max_queued=args.queue_size,
+        max_queued=args.queue_size, record_history=not args.no_history, precision=args.precision,
     )
     sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    recorder = None if args.no_history else HistoryRecorder(library_folder)
-    queue = GenerationQueue(PipelineExecutor(args.precision), args.queue_size, recorder)
-    try:
+    with sock:
         sys.stderr.write(f"loading {model.name} from {model.folder}\n")
-        queue.submit(model, None).result()
-        port = sock.getsockname()[1]
-        sys.stderr.write(f"serving the A1111 API on http://{args.host}:{port}/sdapi/v1 (Ctrl-C stops)\n")
-        sys.stderr.flush()
-        app = create_app(ApiServer(config, queue, model, library))
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
-    finally:
-        queue.close(timeout=5)
-        sock.close()
+        queue = start_queue(config, model)
+        try:
+            port = sock.getsockname()[1]
+            sys.stderr.write(f"serving the A1111 API on http://{args.host}:{port}/sdapi/v1 (Ctrl-C stops)\n")
+            sys.stderr.flush()
+            app = create_app(ApiServer(config, queue, model, library))
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        finally:
+            queue.close(timeout=5)
     return 0

@@ -37,7 +37,8 @@ from mlx_sd.schedules import SCHEDULES
 
 from .exposure import LOCAL_HOSTS
 from .images import decode_image, encode_png
-from .jobs import DEFAULT_MAX_QUEUED, GenerationQueue, JobOutcome, QueueFullError
+from .history import HistoryRecorder
+from .jobs import DEFAULT_MAX_QUEUED, GenerationQueue, JobOutcome, PipelineExecutor, QueueFullError
 from .library import Library, ServedModel
 from .schema import Img2ImgRequest, OpenAIImageRequest, PngInfoRequest, Txt2ImgRequest
 from .translate import ServerOptions, a1111_info, a1111_request, openai_request
@@ -55,6 +56,20 @@ class ServerConfig:
     cors_allow_origins: tuple[str, ...] = ()
     max_queued: int = DEFAULT_MAX_QUEUED
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    record_history: bool = True
+    precision: str = "float32"  # of the CPU's products (mlx_sd.device.products_in)
+
+
+def start_queue(config: ServerConfig, model: ServedModel) -> GenerationQueue:
+    """The generation queue over the server's own executor, with `model` loaded when this returns."""
+    recorder = HistoryRecorder(config.library) if config.record_history else None
+    queue = GenerationQueue(PipelineExecutor(config.precision), config.max_queued, recorder)
+    try:
+        queue.submit(model, None).result()
+    except BaseException:
+        queue.close()
+        raise
+    return queue
 
 
 class ApiServer:

@@ -54,5 +54,7 @@ def decode_image(data: str, field: str) -> DecodedImage:
             image.load()
             items = {key: value for key, value in image.info.items() if isinstance(value, str) and key != PARAMETERS_KEY}
             return DecodedImage(image.copy(), infotext_from_image(image), items)
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, checked from the header too
+        raise ImageInputError(f"{field}: the image is too large ({exc})") from None
     except UNDECODABLE as exc:
         raise ImageInputError(f"{field}: cannot decode the image ({exc}); expected a PNG, JPEG or WebP") from None

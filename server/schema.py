@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 A1111_SAMPLER = "Euler"  # what A1111 uses when a request names no sampler (its sampler_index default)
 A1111_STEPS = 50  # A1111's API default
@@ -49,6 +49,11 @@ class Txt2ImgRequest(Lenient):
     script_name: str = ""
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+
+    @field_validator("override_settings")
+    @classmethod
+    def _unset_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {key: setting for key, setting in value.items() if setting is not None}  # null: not overridden
 
 
 class Img2ImgRequest(Txt2ImgRequest):
