@@ -7,7 +7,6 @@ error at once. Binding anything but localhost needs `--api-auth USER:PASS` or an
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -59,12 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the server stack loads only when the command runs, so `mlx-sd --help` stays fast
-    import uvicorn
-
     from app.library_folder import default_library_folder
     from mlx_sd.device import check_precision
     from mlx_sd.model_paths import DEMO_NAME
     from server.app import ApiServer, ServerConfig, create_app, start_queue
+    from server.background import bind, uvicorn_server
     from server.library import Library
 
     auth = parse_auth(args.api_auth)
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         cors_allow_origins=tuple(o.strip() for o in args.cors_allow_origins.split(",") if o.strip()),
         max_queued=args.queue_size, record_history=not args.no_history, precision=args.precision,
     )
-    sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock = bind(args.host, args.port)
     with sock:
         sys.stderr.write(f"loading {model.name} from {model.folder}\n")
         queue = start_queue(config, model)
@@ -95,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"serving the A1111 API on http://{args.host}:{port}/sdapi/v1 (Ctrl-C stops)\n")
             sys.stderr.flush()
             app = create_app(ApiServer(config, queue, model, library))
-            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+            uvicorn_server(app).run(sockets=[sock])
         finally:
             queue.close(timeout=5)
     return 0

@@ -6,15 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
-
-import uvicorn
 
 from mlx_sd.model_paths import DEMO_FOLDER
 from server.app import ApiServer, ServerConfig, create_app, start_queue
+from server.background import BackgroundServer, bind
 from server.library import Library
 
 
@@ -32,26 +28,17 @@ def add_model_copy(library: Path, name: str, source_name: str) -> Path:
 class RunningServer:
     def __init__(self, config: ServerConfig, model: str = "demo"):
         self.library = Library(config.library)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.config = dataclasses.replace(config, port=self.sock.getsockname()[1])
+        sock = bind("127.0.0.1", 0)
+        self.config = dataclasses.replace(config, port=sock.getsockname()[1])
         served = self.library.model(model)
         self.queue = start_queue(self.config, served)
         self.api = ApiServer(self.config, self.queue, served, self.library)
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.api), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
+        self.background = BackgroundServer(create_app(self.api), sock)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config.port}"
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.background.stop()
         self.queue.close(timeout=10)
-        self.sock.close()
