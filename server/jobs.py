@@ -195,7 +195,10 @@ class GenerationQueue:
                     self._lock.wait()
                 if self._closed:
                     return
-                job = self._running = self._waiting.popleft()
+                job = self._waiting.popleft()
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # its client went away while it waited
+                self._running = job
                 self._interrupt.clear()
                 self._skip.clear()
                 self._start(job.request)

@@ -118,6 +118,13 @@ def test_progress_has_a_live_preview_and_interrupt_stops_within_a_second(api) ->
     assert api.get_progress()["state"]["job_count"] == 0
 
 
+def test_a_client_that_goes_away_does_not_stop_the_server(served, api) -> None:
+    body = {"prompt": "abandoned", "width": 64, "height": 64, "steps": 40}
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{served.url}/sdapi/v1/txt2img", json=body, timeout=0.3)
+    assert api.txt2img(prompt="next", seed=2, **SMALL).info["all_seeds"] == [2]
+
+
 def test_png_info_reads_the_parameters_back(api) -> None:
     image = api.txt2img(prompt="a house", negative_prompt="rain", seed=99, **SMALL).images[0]
     result = api.png_info(image)

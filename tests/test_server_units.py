@@ -75,6 +75,23 @@ def test_the_queue_is_fifo_and_bounded(queue, executor) -> None:
     assert [call.seed for call in executor.calls] == [1, 2]
 
 
+def test_a_waiting_job_whose_client_left_is_dropped(executor) -> None:
+    queue = GenerationQueue(executor, max_queued=4)
+    try:
+        first = queue.submit(MODEL, GenerationRequest(seed=1))
+        assert executor.started.acquire(timeout=10)
+        assert not first.cancel()  # a running job cannot be cancelled: its result still comes
+        abandoned = queue.submit(MODEL, GenerationRequest(seed=2))
+        assert abandoned.cancel()  # what asyncio.wrap_future does when the request is cancelled
+        last = queue.submit(MODEL, GenerationRequest(seed=3))
+        executor.release.set()
+        assert first.result(10).seeds == [1] and last.result(10).seeds == [3]
+        assert [call.seed for call in executor.calls] == [1, 3]
+    finally:
+        executor.release.set()
+        queue.close(timeout=10)
+
+
 def test_skip_drops_one_batch_and_interrupt_ends_the_job(queue, executor) -> None:
     job = queue.submit(MODEL, GenerationRequest(seed=10, batch_count=3))
     assert executor.started.acquire(timeout=10)
