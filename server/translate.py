@@ -92,6 +92,7 @@ def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bo
         "alwayson_scripts": any(payload.alwayson_scripts.values()),
     }
     if isinstance(payload, Img2ImgRequest):
+        flags["init_images[1:]"] = len(payload.init_images) > 1  # every image of the run starts from the first
         flags["resize_mode"] = payload.resize_mode != 0
         flags["inpainting_fill"] = inpainting and payload.inpainting_fill != ORIGINAL_FILL
         flags["inpaint_full_res"] = inpainting and payload.inpaint_full_res

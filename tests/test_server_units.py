@@ -169,6 +169,8 @@ def test_img2img_translation() -> None:
     )
     assert translated.request.strength == 0.4 and translated.request.mask.getextrema() == (0, 0)  # inverted
     assert translated.not_applied == ()
+    two = Img2ImgRequest(init_images=["a", "b"], resize_mode=1)
+    assert a1111_request(two, ServerOptions("demo"), init).not_applied == ("init_images[1:]", "resize_mode")
     with pytest.raises(RequestError, match="init_images"):
         a1111_request(Img2ImgRequest(), ServerOptions("demo"))
 
