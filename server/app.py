@@ -106,7 +106,7 @@ class ApiServer:
         )
         if outcome.history_error:
             info["history_error"] = outcome.history_error
-        images = [encode_png(image, text) for image, text in zip(outcome.images, outcome.infotexts, strict=True)]
+        images = _encoded(outcome)
         parameters = payload.model_dump(exclude={"init_images", "mask"})
         return {"images": images if payload.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
@@ -120,7 +120,7 @@ class ApiServer:
         outcome = await self._run(model, request)
 
         def respond() -> dict[str, Any]:
-            encoded = [encode_png(image, text) for image, text in zip(outcome.images, outcome.infotexts, strict=True)]
+            encoded = _encoded(outcome)
             key = "b64_json" if payload.response_format == "b64_json" else "url"
             prefix = "" if key == "b64_json" else "data:image/png;base64,"
             return {"created": int(time.time()), "data": [{key: prefix + data} for data in encoded]}
@@ -178,6 +178,11 @@ class ApiServer:
             "current_image": preview,
             "textinfo": None,
         }
+
+
+def _encoded(outcome: JobOutcome) -> list[str]:
+    """The outcome's images as base64 PNGs, each carrying its infotext."""
+    return [encode_png(image, text) for image, text in zip(outcome.images, outcome.infotexts, strict=True)]
 
 
 def create_app(server: ApiServer) -> FastAPI:

@@ -183,7 +183,8 @@ class GenerationQueue:
                 self._interrupt.set()
             self._lock.notify()
         for job in waiting:
-            job.future.set_exception(QueueFullError("the server is shutting down"))
+            if job.future.set_running_or_notify_cancel():  # not when its client already went away
+                job.future.set_exception(QueueFullError("the server is shutting down"))
         self._thread.join(timeout)
 
     # -- the worker thread --------------------------------------------------------------------
