@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
 from .history_browser import install_history_browser
+from .linux_libraries import xcb_problem
 from .main_window import MainWindow
 from .model_manager import install_model_manager
 from .settings import AppSettings, library_path, load_settings
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args, qt_args = parse_args(argv[1:])
     if args.install_desktop_entry:
         return desktop_entry.main()
+    problem = xcb_problem(qt_args)
+    if problem is not None:  # said in words, instead of Qt's abort
+        print(problem, file=sys.stderr)
+        return 1
     app = QApplication([argv[0] if argv else APP_NAME, *qt_args])
     app.setWindowIcon(desktop_entry.app_icon())
     app.setApplicationName(APP_NAME)  # no organisation name: folders are .../mlx-sd, not .../mlx-sd/mlx-sd
