@@ -21,6 +21,7 @@ from .settings_dialog import install_settings_dialog
 
 APP_NAME = "mlx-sd"
 SETTINGS_FILE = "settings.json"
+SESSION_FILE = "session.json"  # the window as it was closed (app.session_state)
 
 
 def settings_file() -> Path:
@@ -36,13 +37,17 @@ def default_library() -> Path:
 
 def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:
     """The main window with everything plugged in."""
-    window = MainWindow(settings, library_path(settings.library_folder, default_library()), settings_path)
+    session = settings_path.with_name(SESSION_FILE) if settings_path is not None else None
+    window = MainWindow(
+        settings, library_path(settings.library_folder, default_library()), settings_path, session_path=session,
+    )
     history = install_history_browser(window)
     models = install_model_manager(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
     )
+    window.restore_session()
     return window
 
 

@@ -3,13 +3,17 @@ worker thread, drag and drop anywhere.
 
 Where the rest of the app plugs in (the history browser, model manager and settings dialog):
 - `menu(title)` gives a top-level menu ("File", "Edit", "View", "Models") to add actions to;
-- `add_panel(title, widget)` docks a panel (the history browser) and lists it under View;
+- `add_panel(title, widget)` adds a tab beside the image (the history browser), shown from View;
 - `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
 - `refresh_models(select)` after a model was imported, renamed or deleted;
 - `apply_settings(settings)` after the settings dialog (which saved them), `update_settings(settings)` to
   apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
+- `show_history_entry(entry)` shows a history image large in the result view;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
+
+With a `session_path` the prompts, parameters, geometry and panel sizes are saved on close and come back
+with `restore_session()` (call it once every panel is installed).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image
-from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtCore import QByteArray, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
-    QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -33,6 +37,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -51,15 +56,22 @@ from .generation_worker import (
     describe_error,
     load_pipeline,
 )
+from .history_store import HistoryEntry
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
-from .model_picker import DEMO_TEXT, NO_MODEL_TEXT, ModelPicker
+from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
 from .prompt_panel import PromptPanel
 from .result_view import MessageBar, ResultItem, ResultView, qimage_to_pil
+from .session_state import SessionState, load_session, save_session
 from .settings import AppSettings, save_settings
+from .wheel_guard import WheelGuard, guard_wheel
 
 READY_TEXT = "Your images appear here. Write a prompt and press Generate (Ctrl+Enter)."
+SIDE_MIN_WIDTH = 340
+# fits a 13-inch MacBook Air's usable screen (1280x800 less the menu bar and the Dock) with room to spare
+MINIMUM_SIZE = QSize(960, 600)
+DEFAULT_SIZE = QSize(1200, 760)
 # the request fields a history entry or an infotext brings back (batch settings stay the user's)
 RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength")
 
@@ -93,6 +105,7 @@ class MainWindow(QMainWindow):
         *,
         loader: Loader = load_pipeline,
         demo_folder: Path | None = DEMO_FOLDER,
+        session_path: Path | None = None,
     ):
         super().__init__()
         self.setWindowTitle("mlx-sd")
@@ -100,6 +113,7 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self._settings_path = settings_path
         self._demo_folder = demo_folder
+        self._session_path = session_path
         self._checkpoint_importer: Callable[[Path], None] | None = None
         self._job: GenerationJob | None = None
         self._started = 0.0
@@ -120,6 +134,7 @@ class MainWindow(QMainWindow):
         self.message_bar = MessageBar()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
+        self.generate_button.setMinimumHeight(34)
         self.generate_button.setToolTip("Generate (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop after the current step; nothing is saved (Esc)")
@@ -143,40 +158,65 @@ class MainWindow(QMainWindow):
         self.result_view.output_format = settings.output_format
         self._refresh_presets()
         self.refresh_models(settings.default_model or None)
-        self.resize(1200, 800)
+        self.parameters.low_memory.setChecked(settings.low_memory)
+        self.wheel_guard = WheelGuard(self)
+        guard_wheel(self, self.wheel_guard)
+        self.setMinimumSize(MINIMUM_SIZE)
+        self.resize(DEFAULT_SIZE)
 
     # -- layout ---------------------------------------------------------------------------------
 
     def _build_layout(self) -> None:
+        """The prompt, Generate, progress and the image never scroll away: only the parameters below
+        Generate scroll. Messages take the image's room (the banner) or the status bar, so nothing
+        moves the controls or resizes the window."""
         model_row = QHBoxLayout()
-        model_row.addWidget(QLabel("Model"))
+        model_label = QLabel("Model")
+        model_label.setBuddy(self.picker.combo)
+        model_row.addWidget(model_label)
         model_row.addWidget(self.picker, 1)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button, 1)
         buttons.addWidget(self.cancel_button)
+        self.parameters.add_advanced_row("Prompt prefix", self.prompt_panel.prefix_edit)
+        self.parameters.add_advanced_row("Prompt suffix", self.prompt_panel.suffix_edit)
+        self.parameters_scroll = QScrollArea()
+        self.parameters_scroll.setWidget(self.parameters)
+        self.parameters_scroll.setWidgetResizable(True)
+        self.parameters_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.parameters_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.parameters_scroll.setMinimumHeight(120)
+        # always there (empty when idle), one line high: a run starting or ending moves nothing
+        self.progress.setFixedHeight(8)
+        self.progress_label.setFixedHeight(self.progress_label.fontMetrics().height() + 2)
         side = QWidget()
+        side.setMinimumWidth(SIDE_MIN_WIDTH)
         column = QVBoxLayout(side)
+        column.setContentsMargins(8, 8, 4, 4)
         column.addLayout(model_row)
         column.addWidget(self.prompt_panel)
         column.addLayout(buttons)
         column.addWidget(self.progress)
         column.addWidget(self.progress_label)
-        column.addWidget(self.parameters)
-        scroll = QScrollArea()
-        scroll.setWidget(side)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(380)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        column.addWidget(self.parameters_scroll, 1)
 
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.result_view, "Image")
         main = QWidget()
         main_layout = QVBoxLayout(main)
+        main_layout.setContentsMargins(4, 8, 8, 4)
         main_layout.addWidget(self.message_bar)
-        main_layout.addWidget(self.result_view, 1)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(scroll)
-        splitter.addWidget(main)
-        splitter.setStretchFactor(1, 1)
-        self.setCentralWidget(splitter)
+        main_layout.addWidget(self.tabs, 1)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(side)
+        self.splitter.addWidget(main)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setCollapsible(0, False)
+        self.splitter.setCollapsible(1, False)
+        self.splitter.setSizes([SIDE_MIN_WIDTH + 20, DEFAULT_SIZE.width() - SIDE_MIN_WIDTH - 20])
+        self.setCentralWidget(self.splitter)
         self.statusBar()
 
     def _build_menus(self) -> None:
@@ -207,14 +247,15 @@ class MainWindow(QMainWindow):
             self._menus[title] = self.menuBar().addMenu(title)
         return self._menus[title]
 
-    def add_panel(self, title: str, widget: QWidget, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
-        """Dock a panel (e.g. the history browser) and list it under View."""
-        dock = QDockWidget(title, self)
-        dock.setObjectName(title)
-        dock.setWidget(widget)
-        self.addDockWidget(area, dock)
-        self.menu("View").addAction(dock.toggleViewAction())
-        return dock
+    def add_panel(self, title: str, widget: QWidget) -> QAction:
+        """A tab beside the image (e.g. the history browser); returns its View menu action, which
+        switches between that tab and the image."""
+        index = self.tabs.addTab(widget, title)
+        show = QAction(title, self)
+        show.triggered.connect(lambda _=False: self.tabs.setCurrentIndex(0 if self.tabs.currentIndex() == index else index))
+        self.menu("View").addAction(show)
+        guard_wheel(widget, self.wheel_guard)
+        return show
 
     def _connect(self) -> None:
         self.generate_button.clicked.connect(self.generate)
@@ -225,6 +266,7 @@ class MainWindow(QMainWindow):
         self.parameters.init_image.pasteRequested.connect(self.paste_from_clipboard)
         self.parameters.presetSaveRequested.connect(self.save_preset)
         self.parameters.presetDeleteRequested.connect(self.delete_preset)
+        self.parameters.low_memory.toggled.connect(self._set_low_memory)
         self.picker.modelChanged.connect(self._on_model_changed)
         self.result_view.error.connect(lambda title, detail: self.show_error(title, detail))
         self.result_view.info.connect(lambda text: self.statusBar().showMessage(text, 5000))
@@ -247,9 +289,10 @@ class MainWindow(QMainWindow):
             self.parameters.set_native_size(model.native_size)
         if self.picker.has_own_models():
             self.result_view.canvas.set_placeholder(READY_TEXT)
+        elif any(m.bundled for m in self.picker.models()):
+            self.result_view.canvas.set_placeholder(f"{READY_TEXT} {DEMO_READY_TEXT}")
         else:
-            demo = any(m.bundled for m in self.picker.models())
-            self.result_view.canvas.set_placeholder(NO_MODEL_TEXT + (" " + DEMO_TEXT if demo else ""))
+            self.result_view.canvas.set_placeholder(NO_MODEL_TEXT)
         self.generate_button.setEnabled(model is not None and not self.controller.busy)
 
     def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
@@ -278,7 +321,12 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
         self.result_view.output_format = settings.output_format
+        self.parameters.low_memory.setChecked(settings.low_memory)
         self._refresh_presets()
+
+    def _set_low_memory(self, on: bool) -> None:
+        if on != self.settings.low_memory:
+            self.update_settings(dataclasses.replace(self.settings, low_memory=on))
 
     def update_settings(self, settings: AppSettings) -> None:
         """Apply settings changed outside the settings dialog and write them to the settings file."""
@@ -367,6 +415,7 @@ class MainWindow(QMainWindow):
         self._started = time.monotonic()
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.progress_label.setText("Starting…")
+        self.tabs.setCurrentIndex(0)
         self._set_busy(True)
         return self._job
 
@@ -381,7 +430,6 @@ class MainWindow(QMainWindow):
         self.generate_action.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.cancel_action.setEnabled(busy)
-        self.progress.setVisible(busy)
         if not busy:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
@@ -486,6 +534,53 @@ class MainWindow(QMainWindow):
     def reuse_seed(self, seed: int) -> None:
         self.parameters.seed.set_seed(seed)
 
+    def show_history_entry(self, entry: HistoryEntry | None) -> None:
+        """Show a history image large (not while a run shows its preview)."""
+        if entry is None or self.controller.busy:
+            return
+        try:
+            with Image.open(entry.image_path) as image:
+                image.load()
+        except OSError as exc:
+            self.statusBar().showMessage(f"The image cannot be shown: {exc}", 5000)
+            return
+        g = entry.generation
+        self.result_view.set_results([ResultItem(image, g.seed, g.infotext, entry.image_path)])
+
+    # -- the session ---------------------------------------------------------------------------------
+
+    def session_state(self) -> SessionState:
+        return SessionState(
+            prompt=self.prompt_panel.prompt(),
+            negative_prompt=self.prompt_panel.negative_prompt(),
+            params=self.parameters.values(),
+            preset=self.parameters.preset_combo.currentText(),
+            advanced_open=self.parameters.advanced.is_expanded(),
+            geometry=_encode(self.saveGeometry()),
+            splitter=_encode(self.splitter.saveState()),
+        )
+
+    def restore_session(self) -> None:
+        """Bring back what `session_state` saved on the last close (nothing without a session file)."""
+        if self._session_path is None:
+            return
+        state = load_session(self._session_path)
+        self.prompt_panel.set_prompts(state.prompt, state.negative_prompt)
+        self.parameters.set_values(state.params)
+        self.parameters.show_preset(state.preset)
+        self.parameters.advanced.set_expanded(state.advanced_open)
+        if state.geometry:
+            self.restoreGeometry(_decode(state.geometry))
+        if state.splitter:
+            self.splitter.restoreState(_decode(state.splitter))
+
+    def _save_session(self) -> None:
+        if self._session_path is not None:
+            try:
+                save_session(self.session_state(), self._session_path)
+            except OSError:
+                pass  # closing: nowhere left to say it; the next start uses the defaults
+
     # -- drops and paste ----------------------------------------------------------------------------
 
     @Slot(object)
@@ -520,5 +615,14 @@ class MainWindow(QMainWindow):
     # -- closing --------------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._save_session()
         self.controller.shutdown()
         super().closeEvent(event)
+
+
+def _encode(data: QByteArray) -> str:
+    return bytes(data.toBase64().data()).decode("ascii")
+
+
+def _decode(text: str) -> QByteArray:
+    return QByteArray.fromBase64(text.encode("ascii"))

@@ -1,0 +1,41 @@
+"""What the window looked like when it closed (prompts, parameters, geometry, panel sizes), restored on
+the next start. Kept apart from the settings: it changes on every close and is never edited by hand.
+
+Qt-free: geometry and panel sizes are Qt's own saved-state bytes, stored as base64 text."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .settings import typed_values, write_json
+
+
+@dataclass
+class SessionState:
+    prompt: str = ""
+    negative_prompt: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field names
+    preset: str = ""  # the preset shown when the window closed ("" = Custom)
+    advanced_open: bool = False
+    geometry: str = ""  # QMainWindow.saveGeometry, base64
+    splitter: str = ""  # the main splitter's saveState, base64
+
+
+def load_session(path: str | os.PathLike[str]) -> SessionState:
+    """The saved state; a fresh one for a missing or unreadable file, a default for each bad value."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return SessionState()
+    if not isinstance(data, dict):
+        return SessionState()
+    return SessionState(**typed_values(SessionState, data))
+
+
+def save_session(state: SessionState, path: str | os.PathLike[str]) -> None:
+    write_json(dataclasses.asdict(state), path)
