@@ -141,8 +141,9 @@ def applies(name: str, value: object, params: dict[str, Any]) -> bool:
         return params.get("img2img") is True
     if name in ("prompt", "negative_prompt", "seed", "width", "height", "img2img", "mask_blur"):
         return False
-    default = getattr(GenerationRequest(), name, None)
-    return name not in LABELS or value != default
+    if name in ("sampler", "schedule", "steps", "cfg_scale") or name not in LABELS:
+        return True
+    return value != getattr(GenerationRequest(), name)
 
 
 def detail_rows(entry: HistoryEntry) -> list[tuple[str, str]]:
@@ -217,6 +218,7 @@ class HistoryBrowser(QWidget):
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply_filters)
         self.last_message = ""
+        self._resetting = False
         self._build()
         self._refresh_models()
         self._after_reset()
@@ -457,12 +459,14 @@ class HistoryBrowser(QWidget):
         self.model_filter.setCurrentIndex(max(0, found))
 
     def _after_reset(self) -> None:
+        self._resetting = True
         self._update_count()
         if self.model.canFetchMore():
             self.model.fetchMore()
         if self.model.rowCount():
             self.select_row(0)
         self._show_selection()
+        self._resetting = False
 
     def _update_count(self) -> None:
         total = self.model.total
@@ -482,7 +486,8 @@ class HistoryBrowser(QWidget):
         entry = self.selected_entry()
         for action in self.actions_by_name.values():
             action.setEnabled(entry is not None)
-        self.entry_selected.emit(entry)
+        if not self._resetting:  # a reload's automatic selection must not replace the window's results
+            self.entry_selected.emit(entry)
         if entry is None:
             self.details.clear()
             self.preview.clear()
