@@ -140,7 +140,9 @@ class MainWindow(QMainWindow):
         self.cancel_button.setToolTip("Stop after the current step; nothing is saved (Esc)")
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
+        self.progress.setAccessibleName("Progress")
         self.progress_label = QLabel(" ")
+        self.progress_label.setAccessibleName("Status")
         self._build_layout()
         self._build_menus()
         self._connect()
@@ -159,6 +161,7 @@ class MainWindow(QMainWindow):
         self._refresh_presets()
         self.refresh_models(settings.default_model or None)
         self.parameters.low_memory.setChecked(settings.low_memory)
+        self._set_tab_order()
         self.wheel_guard = WheelGuard(self)
         guard_wheel(self, self.wheel_guard)
         self.setMinimumSize(MINIMUM_SIZE)
@@ -218,6 +221,13 @@ class MainWindow(QMainWindow):
         self.splitter.setSizes([SIDE_MIN_WIDTH + 20, DEFAULT_SIZE.width() - SIDE_MIN_WIDTH - 20])
         self.setCentralWidget(self.splitter)
         self.statusBar()
+
+    def _set_tab_order(self) -> None:
+        """Tab goes model, prompt, negative prompt, Generate, Cancel, then the parameters."""
+        chain = [self.picker.combo, self.prompt_panel.prompt_edit, self.prompt_panel.negative_edit,
+                 self.generate_button, self.cancel_button, self.parameters.preset_combo]
+        for first, second in zip(chain, chain[1:]):
+            QWidget.setTabOrder(first, second)
 
     def _build_menus(self) -> None:
         def action(menu: str, text: str, slot: Callable[[], object], *keys: QKeySequence | str) -> QAction:

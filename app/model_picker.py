@@ -31,6 +31,7 @@ class ModelPicker(QWidget):
         self.combo.setMinimumContentsLength(18)
         self.combo.setPlaceholderText("No model installed")
         self.combo.setToolTip("The model to generate with")
+        self.combo.setAccessibleName("Model")
         self.combo.currentIndexChanged.connect(lambda _: self.modelChanged.emit(self.current()))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -183,6 +183,7 @@ class ParametersPanel(QWidget):
         # presets
         self.preset_combo = QComboBox()
         self.preset_combo.setToolTip("Apply a preset: built-in ones first, then your own")
+        self.preset_combo.setAccessibleName("Preset")
         self.preset_combo.setPlaceholderText(CUSTOM)  # shown while no preset matches the values
         self.preset_combo.activated.connect(self._preset_activated)
         self.save_preset_button = QToolButton()
@@ -463,6 +464,10 @@ class ParametersPanel(QWidget):
                 self._update_delete()
                 return
         raise KeyError(f"no preset named {name!r}; presets are {', '.join(self.preset_names())}")
+
+    def preset_label(self) -> str:
+        """What the preset box shows: the preset in use, or "Custom"."""
+        return self.preset_combo.currentText() or CUSTOM
 
     def show_preset(self, name: str) -> None:
         """Name `name` as the preset in use without applying it (a restored window): "Custom" when the

@@ -408,11 +408,11 @@ class ResultView(QWidget):
         self.method.setToolTip("Upscaling filter")
         for combo in (self.factor, self.method):
             combo.currentIndexChanged.connect(lambda _: self._refresh())
-        self.save_button = QPushButton("Save…")
+        self.save_button = QToolButton(text="Save…")
         self.save_button.clicked.connect(self.save_current_as)
-        self.copy_button = QPushButton("Copy")
+        self.copy_button = QToolButton(text="Copy")
         self.copy_button.clicked.connect(self.copy_current)
-        self.reveal_button = QPushButton("Show in Folder" if sys.platform != "darwin" else "Show in Finder")
+        self.reveal_button = QToolButton(text="Show in Folder" if sys.platform != "darwin" else "Show in Finder")
         self.reveal_button.clicked.connect(self.reveal_current)
 
         self.factor.setAccessibleName("Upscale factor")

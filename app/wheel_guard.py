@@ -4,9 +4,9 @@ the pointer passing over CFG scale must scroll the panel, not turn CFG down to 0
 from __future__ import annotations
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt
-from PySide6.QtWidgets import QAbstractScrollArea, QAbstractSlider, QAbstractSpinBox, QComboBox, QWidget
+from PySide6.QtWidgets import QAbstractScrollArea, QAbstractSpinBox, QComboBox, QSlider, QWidget
 
-GUARDED = (QAbstractSpinBox, QComboBox, QAbstractSlider)
+GUARDED = (QAbstractSpinBox, QComboBox, QSlider)  # not QScrollBar: it is how a scroll area scrolls
 
 
 class WheelGuard(QObject):
