@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
 from .history_browser import install_history_browser
+from .kernel_warmup import KernelWarmup, kernels_needed
 from .linux_libraries import xcb_problem
 from .main_window import MainWindow
 from .model_manager import install_model_manager
@@ -48,6 +49,8 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
     )
     window.restore_session()
+    if kernels_needed(settings.compute_device):
+        window.prepare_cpu_kernels(KernelWarmup(parent=window))
     return window
 
 

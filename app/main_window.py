@@ -57,6 +57,7 @@ from .generation_worker import (
     load_pipeline,
 )
 from .history_store import HistoryEntry
+from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
@@ -68,6 +69,7 @@ from .settings import AppSettings, save_settings
 from .wheel_guard import WheelGuard, guard_wheel
 
 READY_TEXT = "Your images appear here. Write a prompt and press Generate (Ctrl+Enter)."
+PREPARING_KERNELS_TEXT = "Preparing the CPU kernels (once: about a minute on the first start)…"
 SIDE_MIN_WIDTH = 340
 # fits a 13-inch MacBook Air's usable screen (1280x800 less the menu bar and the Dock) with room to spare
 MINIMUM_SIZE = QSize(960, 600)
@@ -116,6 +118,8 @@ class MainWindow(QMainWindow):
         self._session_path = session_path
         self._checkpoint_importer: Callable[[Path], None] | None = None
         self._job: GenerationJob | None = None
+        self._kernels_ready = True  # until prepare_cpu_kernels starts preparing them
+        self._waiting: GenerationJob | None = None  # a run asked for while the kernels are prepared
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
 
@@ -398,9 +402,26 @@ class MainWindow(QMainWindow):
             **values,
         )
 
+    def prepare_cpu_kernels(self, warmup: KernelWarmup) -> None:
+        """Prepare the CPU kernels in the background (a first start compiles them); a Generate
+        meanwhile waits for them, saying so."""
+        self._kernels_ready = False
+        warmup.finished.connect(self._on_kernels_ready)
+        self.statusBar().showMessage(PREPARING_KERNELS_TEXT)
+        warmup.start()
+
+    @Slot(str)
+    def _on_kernels_ready(self, outcome: str) -> None:
+        self._kernels_ready = True
+        self.statusBar().showMessage(f"CPU kernels: {outcome}", 8000)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._start(waiting)
+
     def generate(self) -> GenerationJob | None:
-        """Start a generation on the worker thread; returns the job, or None when it cannot start."""
-        if self.controller.busy:
+        """Start a generation on the worker thread; returns the job, or None when it cannot start
+        (a job asked for while the CPU kernels are prepared is returned and starts after them)."""
+        if self.controller.busy or self._waiting is not None:
             return None
         model = self.picker.current()
         if model is None:
@@ -415,22 +436,32 @@ class MainWindow(QMainWindow):
             return None
         if self.message_bar.kind == "error":
             self.message_bar.dismiss()
-        self._job = self.controller.start(
-            GenerationJob(
-                request, model.path, model.name,
-                device=self.settings.compute_device, preview_every=self.settings.preview_every,
-                precision=self.settings.cpu_precision,
-            )
+        job = GenerationJob(
+            request, model.path, model.name,
+            device=self.settings.compute_device, preview_every=self.settings.preview_every,
+            precision=self.settings.cpu_precision,
         )
-        self._started = time.monotonic()
         self.progress.setRange(0, 0)  # busy until the first step reports
-        self.progress_label.setText("Starting…")
         self.tabs.setCurrentIndex(0)
         self._set_busy(True)
+        if not self._kernels_ready:
+            self._waiting = job
+            self.progress_label.setText(PREPARING_KERNELS_TEXT)
+            return job
+        return self._start(job)
+
+    def _start(self, job: GenerationJob) -> GenerationJob:
+        self._job = self.controller.start(job)
+        self._started = time.monotonic()
+        self.progress_label.setText("Starting…")
         return self._job
 
     def cancel(self) -> None:
-        if self.controller.busy:
+        if self._waiting is not None:
+            self._waiting = None
+            self._set_busy(False)
+            self.progress_label.setText("Cancelled; nothing was saved")
+        elif self.controller.busy:
             self.controller.cancel()
             self.cancel_button.setEnabled(False)
             self.progress_label.setText("Cancelling…")

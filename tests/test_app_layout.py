@@ -229,3 +229,28 @@ def test_keyboard_generates_and_cancels_and_controls_have_names(qtbot, library: 
         and not isinstance(w.parentWidget(), (QAbstractSpinBox, QComboBox))  # a spin box's own line edit
     ]
     assert unnamed == [], [_name(w) + ' in ' + _name(w.parentWidget()) for w in unnamed]
+
+
+def test_cpu_kernels_are_prepared_in_the_background_and_a_run_waits_for_them(qtbot, library: Path) -> None:
+    import threading
+
+    from app.kernel_warmup import KernelWarmup
+    from app.main_window import PREPARING_KERNELS_TEXT
+
+    window = open_window(qtbot, library)
+    built = threading.Event()
+    warmup = KernelWarmup(lambda: "compiled" if built.wait(TIMEOUT / 1000) else "timed out", window)
+    window.prepare_cpu_kernels(warmup)
+    assert window.statusBar().currentMessage() == PREPARING_KERNELS_TEXT  # said at start, before any Generate
+
+    window.parameters.set_values({"steps": 2})
+    assert window.generate() is not None
+    assert window.progress_label.text() == PREPARING_KERNELS_TEXT and not window.controller.busy
+    window.cancel()  # a waiting run is dropped
+    assert window.generate_button.isEnabled() and window.progress_label.text().startswith("Cancelled")
+
+    assert window.generate() is not None
+    with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT):
+        built.set()  # the compile ends: the waiting run starts by itself
+    assert "compiled" in window.statusBar().currentMessage()
+    assert window.result_view.current_item() is not None
