@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 Index = QModelIndex | QPersistentModelIndex
 REPO_EXAMPLE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+IMPORT_HINT = (
+    "Import a Stable Diffusion checkpoint (.safetensors, SD 1.x, 2.x or SDXL) from a file or a Hugging Face "
+    "repo, or drop one here."
+)
 
 
 def format_size(size: int) -> str:
@@ -160,11 +164,7 @@ class ModelManagerDialog(QDialog):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
         self.table.doubleClicked.connect(lambda _: self.use_selected())
-        self.empty_label = QLabel(
-            "No models yet. Import a Stable Diffusion checkpoint (.safetensors, SD 1.x, 2.x or SDXL) "
-            "from a file or a Hugging Face repo, or drop one here.",
-            wordWrap=True,
-        )
+        self.empty_label = QLabel(wordWrap=True)
         self.message = QLabel(wordWrap=True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
@@ -297,8 +297,11 @@ class ModelManagerDialog(QDialog):
 
     def _refresh(self, select: str | None = None) -> None:
         self.model.reload()
-        empty = not any(not m.bundled for m in self.library.models())
+        models = self.library.models()
+        empty = not any(not m.bundled for m in models)
         self.empty_label.setVisible(empty)
+        # with the demo listed above, "no models" would contradict the list
+        self.empty_label.setText(("Only the bundled demo model so far. " if models else "No models yet. ") + IMPORT_HINT)
         if select is not None:
             self.select(select)
         self._update_buttons()
@@ -333,7 +336,7 @@ class ModelManagerPlugin(QObject):
         self.dialog: ModelManagerDialog | None = None
         window.set_checkpoint_importer(lambda path: self.importer.start(path, window.picker.library, self.options()))
         self.importer.imported.connect(self._imported)
-        self.importer.failed.connect(lambda text: window.show_error("The model could not be imported", text))
+        self.importer.failed.connect(self._failed)
         window.menu("Models").addAction("Manage Models\u2026", self.open)
 
     def options(self) -> ConvertOptions:
@@ -353,9 +356,21 @@ class ModelManagerPlugin(QObject):
         self.dialog = dialog
         return dialog
 
+    def _dialog_open(self) -> bool:
+        """Whether the manager is open: then it says what happened, and the window says nothing."""
+        try:
+            return self.dialog is not None and self.dialog.isVisible()
+        except RuntimeError:  # the closed dialog deleted itself
+            return False
+
     def _imported(self, name: str) -> None:
         self._window.refresh_models(name)
-        self._window.show_info(f"Imported {name}", "It is selected and ready to generate with.")
+        if not self._dialog_open():
+            self._window.show_info(f"Imported {name}", "It is selected and ready to generate with.")
+
+    def _failed(self, text: str) -> None:
+        if not self._dialog_open():
+            self._window.show_error("The model could not be imported", text)
 
     def _renamed(self, old: str, new: str) -> None:
         current = self._window.picker.current()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -41,6 +41,7 @@ UPSCALE_FILTERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
 }
 UPSCALE_FACTORS = (1, 2, 3, 4)
+INFO_SECONDS = 10
 NEAREST_FROM = 3  # on-screen enlargement from which pixels are shown as crisp squares
 SAVE_FILTERS = {"png": "PNG image (*.png)", "jpeg": "JPEG image (*.jpg *.jpeg)", "webp": "WebP image (*.webp)"}
 SUFFIX_FOR = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -302,7 +303,8 @@ class ImageCanvas(QWidget):
 
 
 class MessageBar(QFrame):
-    """A banner above the result: an error, or an offer with buttons. Closing it hides it."""
+    """A banner above the result: an error, an offer with buttons, or news (which hides itself after
+    INFO_SECONDS). Closing it hides it; the image gives up the room, the controls never move."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -322,6 +324,8 @@ class MessageBar(QFrame):
         layout.addLayout(self._buttons)
         layout.addWidget(close)
         self.kind = ""
+        self._expiry = QTimer(self, singleShot=True, interval=INFO_SECONDS * 1000)
+        self._expiry.timeout.connect(self.dismiss)
         self.hide()
 
     def show_message(
@@ -341,6 +345,11 @@ class MessageBar(QFrame):
             button.clicked.connect(lambda _=False, c=callback: (self.dismiss(), c()))
             self._buttons.addWidget(button)
         self.show()
+        # news goes away by itself; an error, or an offer waiting for an answer, stays until dealt with
+        if kind == "info" and not actions:
+            self._expiry.start()
+        else:
+            self._expiry.stop()
 
     def text(self) -> str:
         return self._label.text()

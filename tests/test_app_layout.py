@@ -254,3 +254,35 @@ def test_cpu_kernels_are_prepared_in_the_background_and_a_run_waits_for_them(qtb
         built.set()  # the compile ends: the waiting run starts by itself
     assert "compiled" in window.statusBar().currentMessage()
     assert window.result_view.current_item() is not None
+
+
+def test_news_hides_itself_but_errors_and_offers_stay(qtbot, library: Path, monkeypatch) -> None:
+    window = open_window(qtbot, library)
+    bar = window.message_bar
+    bar._expiry.setInterval(50)
+    window.show_info("Imported tiny", "It is selected and ready to generate with.")
+    qtbot.waitUntil(lambda: not bar.isVisible(), timeout=TIMEOUT)
+    window.show_error("The model could not be loaded", "unet is missing")
+    window.show_info("x.png carries generation parameters", "Restore?", [("Restore Parameters", lambda: None)])
+    qtbot.wait(200)
+    assert bar.isVisible() and bar.action_labels() == ["Restore Parameters"]
+
+
+def test_models_dialog_says_one_thing_in_one_place(qtbot, tmp_path: Path) -> None:
+    from app.model_manager import install_model_manager
+
+    demo = fake_model_folder(tmp_path / "resources" / "demo", native=64)
+    window = MainWindow(AppSettings(), tmp_path / "library", None, loader=scripted_loader(ScriptedPipeline()), demo_folder=demo)
+    qtbot.addWidget(window)
+    window.show()
+    plugin = install_model_manager(window)
+    dialog = plugin.open()
+    assert dialog.model.rowCount() == 1  # the demo is listed...
+    assert dialog.empty_label.text().startswith("Only the bundled demo model so far.")  # ...and not denied
+    plugin.importer.failed.emit("the file is not a checkpoint")
+    assert dialog.message.text() == "The model could not be imported: the file is not a checkpoint"
+    assert not window.message_bar.isVisible()  # the open dialog says it; the window does not say it again
+    dialog.close()
+    qtbot.waitUntil(lambda: not plugin._dialog_open(), timeout=TIMEOUT)
+    plugin.importer.failed.emit("the file is not a checkpoint")
+    assert window.message_bar.isVisible() and window.message_bar.kind == "error"
