@@ -6,13 +6,11 @@ Qt-free: geometry and panel sizes are Qt's own saved-state bytes, stored as base
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .settings import typed_values, write_json
+from .settings import read_json_object, typed_values, write_json
 
 
 @dataclass
@@ -28,13 +26,7 @@ class SessionState:
 
 def load_session(path: str | os.PathLike[str]) -> SessionState:
     """The saved state; a fresh one for a missing or unreadable file, a default for each bad value."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return SessionState()
-    if not isinstance(data, dict):
-        return SessionState()
-    return SessionState(**typed_values(SessionState, data))
+    return SessionState(**typed_values(SessionState, read_json_object(path)))
 
 
 def save_session(state: SessionState, path: str | os.PathLike[str]) -> None:

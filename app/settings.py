@@ -66,19 +66,22 @@ def library_path(folder: str, default: Path) -> Path:
 
 def load_settings(path: str | os.PathLike[str]) -> AppSettings:
     """Settings from `path`; defaults for a missing or unreadable file and for each bad value."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return AppSettings()
-    if not isinstance(data, dict):
-        return AppSettings()
-    values = typed_values(AppSettings, data)
+    values = typed_values(AppSettings, read_json_object(path))
     if "user_presets" in values:
         values["user_presets"] = [
             Preset(str(p["name"]), dict(p["params"]))
             for p in values["user_presets"] if isinstance(p, dict) and isinstance(p.get("params"), dict) and "name" in p
         ]
     return AppSettings(**values).validated()
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in `path`; empty for a missing, unreadable or malformed file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def typed_values(cls: type, data: dict[str, Any]) -> dict[str, Any]:

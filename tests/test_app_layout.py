@@ -286,3 +286,14 @@ def test_models_dialog_says_one_thing_in_one_place(qtbot, tmp_path: Path) -> Non
     qtbot.waitUntil(lambda: not plugin._dialog_open(), timeout=TIMEOUT)
     plugin.importer.failed.emit("the file is not a checkpoint")
     assert window.message_bar.isVisible() and window.message_bar.kind == "error"
+
+
+def test_a_damaged_session_file_means_a_fresh_window(tmp_path: Path) -> None:
+    from app.session_state import SessionState, load_session
+
+    path = tmp_path / "session.json"
+    assert load_session(path) == SessionState()
+    path.write_text("{not json", encoding="utf-8")
+    assert load_session(path) == SessionState()
+    path.write_text('{"prompt": 5, "negative_prompt": "blurry", "params": [], "advanced_open": true}', encoding="utf-8")
+    assert load_session(path) == SessionState(negative_prompt="blurry", advanced_open=True)
