@@ -18,9 +18,10 @@ def kernels_needed(compute_device: str) -> bool:
 
 
 def prepare_cpu_kernels() -> str:
-    """Build (first time) or load the engine's CPU kernels; the engine's one-line outcome. The app's
-    only call into the kernels: if they move, this line follows."""
-    return cpu_kernels.status().reason
+    """Build (first time) or load the engine's CPU kernels; what came of it, in a few words. The app's
+    only call into the kernels: if they move, this follows."""
+    status = cpu_kernels.status()
+    return "ready" if status.module is not None else f"not used ({status.reason})"
 
 
 class KernelWarmup(QObject):

@@ -233,8 +233,13 @@ class ImageCanvas(QWidget):
     def cells(self) -> list[QRect]:
         """The grid's cells, one per picture (a single picture fills the canvas)."""
         count = max(len(self._pictures), 1)
-        columns = math.ceil(math.sqrt(count * self.width() / max(self.height(), 1) / max(self._aspect(), 1e-6)))
-        columns = min(max(columns, 1), count)
+        aspect = self._aspect()
+
+        def image_width(columns: int) -> float:  # how large each image is drawn with this many columns
+            cell_width, cell_height = self.width() / columns, self.height() / math.ceil(count / columns)
+            return min(cell_width, cell_height * aspect)
+
+        columns = max(range(1, count + 1), key=image_width)  # the fewest columns among the best
         rows = math.ceil(count / columns)
         width, height = self.width() // columns, self.height() // rows
         return [QRect((i % columns) * width, (i // columns) * height, width, height) for i in range(count)]

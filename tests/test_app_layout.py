@@ -239,7 +239,7 @@ def test_cpu_kernels_are_prepared_in_the_background_and_a_run_waits_for_them(qtb
 
     window = open_window(qtbot, library)
     built = threading.Event()
-    warmup = KernelWarmup(lambda: "compiled" if built.wait(TIMEOUT / 1000) else "timed out", window)
+    warmup = KernelWarmup(lambda: "ready" if built.wait(TIMEOUT / 1000) else "timed out", window)
     window.prepare_cpu_kernels(warmup)
     assert window.statusBar().currentMessage() == PREPARING_KERNELS_TEXT  # said at start, before any Generate
 
@@ -252,7 +252,7 @@ def test_cpu_kernels_are_prepared_in_the_background_and_a_run_waits_for_them(qtb
     assert window.generate() is not None
     with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT):
         built.set()  # the compile ends: the waiting run starts by itself
-    assert "compiled" in window.statusBar().currentMessage()
+    assert window.statusBar().currentMessage() == "CPU kernels: ready"
     assert window.result_view.current_item() is not None
 
 
@@ -297,3 +297,26 @@ def test_a_damaged_session_file_means_a_fresh_window(tmp_path: Path) -> None:
     assert load_session(path) == SessionState()
     path.write_text('{"prompt": 5, "negative_prompt": "blurry", "params": [], "advanced_open": true}', encoding="utf-8")
     assert load_session(path) == SessionState(negative_prompt="blurry", advanced_open=True)
+
+
+def test_a_batch_grid_gives_each_image_the_most_room(qtbot) -> None:
+    from app.result_view import ImageCanvas
+
+    canvas = ImageCanvas()
+    qtbot.addWidget(canvas)
+    canvas.resize(640, 520)
+    canvas.set_pictures([noise_image(s, 64, 64) for s in range(4)])
+    rects = canvas.image_rects()
+    assert len({r.top() for r in rects}) == 2 and len({r.left() for r in rects}) == 2  # 2 x 2, not 3 + 1
+    assert all(not a.intersects(b) for i, a in enumerate(rects) for b in rects[i + 1:])
+    assert rects[0].width() >= 240
+
+
+def test_the_kernel_outcome_in_words(monkeypatch) -> None:
+    from app import kernel_warmup
+    from mlx_sd.cpu_kernels import KernelStatus
+
+    monkeypatch.setattr(kernel_warmup.cpu_kernels, "status", lambda: KernelStatus(None, "no C++ compiler (g++) found"))
+    assert kernel_warmup.prepare_cpu_kernels() == "not used (no C++ compiler (g++) found)"
+    monkeypatch.setattr(kernel_warmup.cpu_kernels, "status", lambda: KernelStatus(kernel_warmup, "compiled"))
+    assert kernel_warmup.prepare_cpu_kernels() == "ready"
