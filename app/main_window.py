@@ -91,6 +91,8 @@ def progress_text(report: StepReport) -> str:
     text = f"Step {report.step}/{report.total}"
     if report.batch_count > 1:
         text += f" · run {report.batch_index + 1}/{report.batch_count}"
+    if report.step == report.total:  # the sampler is done: the VAE decodes before the images arrive
+        return text + " · decoding the image…"
     if report.seconds_left is not None:
         text += f" · {format_seconds(report.seconds_left)} left"
     return text

@@ -363,6 +363,7 @@ def test_progress_text() -> None:
     report = StepReport(1, 5, 20, 1, 3, 25, 60, 75.0)
     assert progress_text(report) == "Step 5/20 · run 2/3 · 1 min 15 s left"
     assert progress_text(StepReport(1, 1, 4, 0, 1, 1, 4, None)) == "Step 1/4"
+    assert progress_text(StepReport(1, 4, 4, 0, 1, 4, 4, 0.0)) == "Step 4/4 · decoding the image…"
     assert format_seconds(0.2) == "under a second" and format_seconds(12.4) == "12 s"
 
 
