@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QAbstractListModel, QEvent, QModelIndex, QObject, QPersistentModelIndex, QRect, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -308,13 +308,15 @@ class ImageCanvas(QWidget):
 
 
 class MessageBar(QFrame):
-    """A banner above the result: an error, an offer with buttons, or news (which hides itself after
-    INFO_SECONDS). Closing it hides it; the image gives up the room, the controls never move."""
+    """A banner over the top of the result: an error, an offer with buttons, or news (which hides itself
+    after INFO_SECONDS). Closing it hides it. It floats over its host (`float_over`) rather than taking a
+    place in a layout, so its coming and going never moves a control under the pointer."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("messageBar")
         self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setAutoFillBackground(True)  # floating over the image, it must be opaque
         self._label = QLabel()
         self._label.setWordWrap(True)
         self._label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -329,6 +331,7 @@ class MessageBar(QFrame):
         layout.addLayout(self._buttons)
         layout.addWidget(close)
         self.kind = ""
+        self._top: Callable[[], int] = lambda: 0
         self._expiry = QTimer(self, singleShot=True, interval=INFO_SECONDS * 1000)
         self._expiry.timeout.connect(self.dismiss)
         self.hide()
@@ -350,11 +353,34 @@ class MessageBar(QFrame):
             button.clicked.connect(lambda _=False, c=callback: (self.dismiss(), c()))
             self._buttons.addWidget(button)
         self.show()
+        self._place()
         # news goes away by itself; an error, or an offer waiting for an answer, stays until dealt with
         if kind == "info" and not actions:
             self._expiry.start()
         else:
             self._expiry.stop()
+
+    def float_over(self, host: QWidget, top: Callable[[], int] = lambda: 0) -> None:
+        """Float over `host`, `top()` pixels from its top edge, across its width."""
+        self.setParent(host)
+        self._top = top
+        host.installEventFilter(self)
+        self.hide()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.parentWidget() and event.type() == QEvent.Type.Resize and self.isVisible():
+            self._place()
+        return False
+
+    def _place(self) -> None:
+        host = self.parentWidget()
+        if host is None:
+            return
+        width, layout = host.width(), self.layout()
+        # as tall as its wrapped text needs at this width
+        height = layout.totalHeightForWidth(width) if layout.hasHeightForWidth() else layout.totalMinimumSize().height()
+        self.setGeometry(0, self._top(), width, height)
+        self.raise_()
 
     def text(self) -> str:
         return self._label.text()

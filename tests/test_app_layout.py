@@ -145,7 +145,8 @@ def test_the_wheel_edits_only_a_focused_control(qtbot, library: Path) -> None:
 
 def test_the_window_keeps_its_size_after_a_batch_and_an_error(qtbot, library: Path) -> None:
     window = sized_window(qtbot, library, 1024, 640)
-    controls = {w: window_rect(w) for w in (window.generate_button, window.prompt_panel.prompt_edit, window.progress)}
+    controls = {w: window_rect(w) for w in (window.generate_button, window.prompt_panel.prompt_edit, window.progress,
+                                            window.result_view.save_button, window.result_view.scroll, window.tabs)}
     window.parameters.set_values({"steps": 2, "batch_size": 2, "batch_count": 2, "seed": 5})
     with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT):
         window.generate()
@@ -154,6 +155,7 @@ def test_the_window_keeps_its_size_after_a_batch_and_an_error(qtbot, library: Pa
     window.show_error("The model could not be loaded", "unet.safetensors is missing; " * 8)
     QApplication.processEvents()
     assert window.message_bar.isVisible() and window.size() == QSize(1024, 640)
+    assert fully_shown(window.message_bar) and window.tabs.tabBar().isVisible()  # over the image, below the tabs
     assert {w: window_rect(w) for w in controls} == controls  # nothing moved the controls
     window.message_bar.dismiss()
     QApplication.processEvents()
