@@ -312,6 +312,7 @@ class HistoryBrowser(QWidget):
         left_layout.addWidget(self.empty_label)
         # the gallery, and the selected image's details beside it
         self.splitter = QSplitter()
+        self.splitter.setObjectName("historySplitter")  # its position is kept with the window's
         self.splitter.addWidget(left)
         self.splitter.addWidget(side)
         self.splitter.setStretchFactor(0, 1)

@@ -600,7 +600,7 @@ class MainWindow(QMainWindow):
             preset=self.parameters.preset_combo.currentText(),
             advanced_open=self.parameters.advanced.is_expanded(),
             geometry=_encode(self.saveGeometry()),
-            splitter=_encode(self.splitter.saveState()),
+            splitters={s.objectName(): _encode(s.saveState()) for s in self._named_splitters()},
         )
 
     def restore_session(self) -> None:
@@ -614,8 +614,14 @@ class MainWindow(QMainWindow):
         self.parameters.advanced.set_expanded(state.advanced_open)
         if state.geometry:
             self.restoreGeometry(_decode(state.geometry))
-        if state.splitter:
-            self.splitter.restoreState(_decode(state.splitter))
+        for splitter in self._named_splitters():
+            saved = state.splitters.get(splitter.objectName())
+            if isinstance(saved, str):
+                splitter.restoreState(_decode(saved))
+
+    def _named_splitters(self) -> list[QSplitter]:
+        """The panel dividers whose positions are kept: every splitter with an object name."""
+        return [s for s in self.findChildren(QSplitter) if s.objectName()]
 
     def _save_session(self) -> None:
         if self._session_path is not None:

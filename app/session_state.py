@@ -21,7 +21,7 @@ class SessionState:
     preset: str = ""  # the preset shown when the window closed ("" = Custom)
     advanced_open: bool = False
     geometry: str = ""  # QMainWindow.saveGeometry, base64
-    splitter: str = ""  # the main splitter's saveState, base64
+    splitters: dict[str, str] = field(default_factory=dict)  # a named QSplitter's saveState, base64
 
 
 def load_session(path: str | os.PathLike[str]) -> SessionState:

@@ -12,6 +12,7 @@ from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QSize, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QApplication, QComboBox, QLineEdit, QPlainTextEdit, QWidget
 
+from app.history_browser import install_history_browser
 from app.main_window import MainWindow
 from app.result_view import ResultItem
 from app.settings import AppSettings
@@ -176,6 +177,10 @@ def test_state_comes_back_after_a_restart(qtbot, library: Path, tmp_path: Path) 
     first.parameters.advanced.set_expanded(True)
     first.splitter.setSizes([420, 540])
     sizes = first.splitter.sizes()
+    first_history = install_history_browser(first)
+    first.tabs.setCurrentIndex(1)
+    first_history.browser.splitter.setSizes([150, 400])
+    history_sizes = first_history.browser.splitter.sizes()
     assert first.parameters.preset_label() == "Custom"  # a value differs from Quick's
     values = first.parameters.values()
     first.close()
@@ -183,12 +188,15 @@ def test_state_comes_back_after_a_restart(qtbot, library: Path, tmp_path: Path) 
     second = MainWindow(AppSettings(), library, None, loader=scripted_loader(ScriptedPipeline()), demo_folder=None,
                         session_path=session)
     qtbot.addWidget(second)
+    second_history = install_history_browser(second)
     second.restore_session()
+    second.tabs.setCurrentIndex(1)
     second.show()
     qtbot.waitUntil(lambda: second.size() == QSize(960, 690), timeout=TIMEOUT)
     assert (second.prompt_panel.prompt(), second.prompt_panel.negative_prompt()) == ("a red fox in snow", "blurry")
     assert second.parameters.values() == values
     assert second.parameters.advanced.is_expanded() and second.splitter.sizes() == sizes
+    assert second_history.browser.splitter.sizes() == history_sizes  # a panel's divider too
     assert second.parameters.preset_label() == "Custom"
 
 
