@@ -609,7 +609,10 @@ class MainWindow(QMainWindow):
             return
         state = load_session(self._session_path)
         self.prompt_panel.set_prompts(state.prompt, state.negative_prompt)
-        self.parameters.set_values(state.params)
+        try:
+            self.parameters.set_values(state.params)
+        except (TypeError, ValueError):  # a hand-edited session file: the rest keeps its defaults
+            self.statusBar().showMessage("Some of the last session's parameters could not be restored", 5000)
         self.parameters.show_preset(state.preset)
         self.parameters.advanced.set_expanded(state.advanced_open)
         if state.geometry:

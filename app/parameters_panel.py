@@ -380,7 +380,7 @@ class ParametersPanel(QWidget):
             if key in values:
                 spin.setValue(float(values[key]))
         if "vae_tiling" in values:
-            self.tiling.setCurrentText(next(k for k, v in TILING.items() if v is values["vae_tiling"]))
+            self.tiling.setCurrentText(next((k for k, v in TILING.items() if v is values["vae_tiling"]), "Automatic"))
         return notes
 
     # -- size ---------------------------------------------------------------------------------

@@ -330,3 +330,16 @@ def test_the_kernel_outcome_in_words(monkeypatch) -> None:
     assert kernel_warmup.prepare_cpu_kernels() == "not used (no C++ compiler (g++) found)"
     monkeypatch.setattr(kernel_warmup.cpu_kernels, "status", lambda: KernelStatus(kernel_warmup, "compiled"))
     assert kernel_warmup.prepare_cpu_kernels() == "ready"
+
+
+def test_damaged_parameters_in_the_session_do_not_stop_the_window(qtbot, library: Path, tmp_path: Path) -> None:
+    from app.session_state import SessionState, save_session
+
+    session = tmp_path / "session.json"
+    save_session(SessionState(prompt="kept", params={"steps": "many", "vae_tiling": "sometimes"}), session)
+    window = MainWindow(AppSettings(), library, None, loader=scripted_loader(ScriptedPipeline()), demo_folder=None,
+                        session_path=session)
+    qtbot.addWidget(window)
+    window.restore_session()
+    assert window.prompt_panel.prompt() == "kept" and window.parameters.values()["steps"] == 20
+    assert "could not be restored" in window.statusBar().currentMessage()
