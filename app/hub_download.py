@@ -87,6 +87,15 @@ def wanted(files: list[RepoFile], variant: str | None) -> list[RepoFile]:
     return [f for f in files if any(fnmatch.fnmatchcase(f.name, p) for p in patterns)]
 
 
+def available_variant(files: list[RepoFile], variant: str | None) -> str | None:
+    """`variant` when the repository publishes its UNet in it, else None (the full-precision files):
+    not every pipeline has fp16 files."""
+    if variant is None:
+        return None
+    unet = [f for f in wanted(files, variant) if f.name.startswith("unet/") and f.name.endswith(".safetensors")]
+    return variant if unet else None
+
+
 def _safe_target(folder: Path, name: str) -> Path:
     target = (folder / name).resolve()
     if folder.resolve() not in target.parents:  # a hostile listing must not write outside the folder
@@ -101,17 +110,20 @@ def download_repo(
     revision: str = "main",
     on_progress: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-) -> Path:
+) -> str | None:
     """Download the files a conversion of `repo_id` reads into `folder` (created; must not exist).
     Reports Progress("download", megabytes done, megabytes in all, file). Raises ConversionCancelled
     within one chunk of `cancel()` turning true, and ConversionError saying what went wrong; either
-    way `folder` is removed, so nothing half-downloaded is left."""
+    way `folder` is removed, so nothing half-downloaded is left. Returns the variant downloaded (None
+    when the repository has no files in `variant`)."""
     notify = on_progress or (lambda progress: None)
     stop = cancel or (lambda: False)
     token = _token()
     folder.mkdir(parents=True)
     try:
-        files = wanted(repo_files(repo_id, revision, token), variant)
+        listing = repo_files(repo_id, revision, token)
+        variant = available_variant(listing, variant)
+        files = wanted(listing, variant)
         if not any(f.name == "model_index.json" for f in files):
             raise ConversionError(f"{repo_id} is not a diffusers pipeline (no model_index.json)")
         total = sum(f.size for f in files)
@@ -132,7 +144,7 @@ def download_repo(
                 raise _explain(exc, repo_id) from None
             except OSError as exc:  # the disk, not the network
                 raise ConversionError(f"cannot write {target}: {exc}") from None
-        return folder
+        return variant
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

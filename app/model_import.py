@@ -8,6 +8,7 @@ importer (app.model_manager).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -50,9 +51,9 @@ def hub_converter(downloads: Path, convert: Converter = convert_model) -> Conver
     ) -> ConversionReport:
         folder = downloads / output.name
         shutil.rmtree(folder, ignore_errors=True)  # what a crash mid-download left
-        download_repo(source, folder, options.variant, options.revision or "main", on_progress, cancel)
+        variant = download_repo(source, folder, options.variant, options.revision or "main", on_progress, cancel)
         try:
-            return convert(folder, output, options, on_progress, cancel)
+            return convert(folder, output, dataclasses.replace(options, variant=variant), on_progress, cancel)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

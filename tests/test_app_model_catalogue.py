@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QPushButton
 
-from app.hub_download import RepoFile, download_repo, wanted
+from app.hub_download import RepoFile, available_variant, download_repo, wanted
 from app.model_catalogue import CATALOGUE, CatalogueDialog, CatalogueEntry
 from app.model_import import ModelImporter, progress_label
 from app.model_library import ModelLibrary
@@ -110,6 +110,8 @@ def test_only_the_files_a_conversion_reads_are_fetched() -> None:
     assert [f.name for f in wanted(files, "fp16")] == ["model_index.json", "unet/config.json",
                                                        "unet/diffusion_pytorch_model.fp16.safetensors"]
     assert progress_label(Progress("download", 12, 2000), "a/b") == "Downloading a/b: 12 of 2,000 MB"
+    assert available_variant(files, "fp16") == "fp16"
+    assert available_variant([f for f in files if ".fp16." not in f.name], "fp16") is None  # full precision then
 
 
 def test_download_errors_say_what_to_do_and_leave_nothing(hub: Hub, tmp_path: Path) -> None:
@@ -132,7 +134,7 @@ def test_one_click_downloads_and_imports(qtbot, hub: Hub, tmp_path: Path, tiny_m
     steps = []
     importer.progressed.connect(steps.append)
     with qtbot.waitSignal(importer.imported, timeout=TIMEOUT) as imported:
-        dialog.download(CatalogueEntry("Tiny", "someone/tiny-sd1", "SD 1.x", 0.1, "test", variant=None))
+        dialog.download(CatalogueEntry("Tiny", "someone/tiny-sd1", "SD 1.x", 0.1, "test"))  # fp16 asked, none there
     assert imported.args == ["tiny-sd1"]
     assert [m.name for m in library.models()] == ["tiny-sd1"] and library.models()[0].usable
     assert any(p.stage == "download" for p in steps) and any(p.stage == "read" for p in steps)
