@@ -116,6 +116,8 @@ def download_repo(
     within one chunk of `cancel()` turning true, and ConversionError saying what went wrong; either
     way `folder` is removed, so nothing half-downloaded is left. Returns the variant downloaded (None
     when the repository has no files in `variant`)."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ConversionError(f"cannot download {repo_id}: HF_HUB_OFFLINE is set; unset it to download")
     notify = on_progress or (lambda progress: None)
     stop = cancel or (lambda: False)
     token = _token()

@@ -82,6 +82,7 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 def hub(monkeypatch):
     server = Hub({"someone/slow-sd1": {"model_index.json": b"{}", "unet/diffusion_pytorch_model.safetensors": BIG}})
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("app.hub_download._token", lambda: None)
     yield server
     server.close()
@@ -115,6 +116,10 @@ def test_only_the_files_a_conversion_reads_are_fetched() -> None:
 
 
 def test_download_errors_say_what_to_do_and_leave_nothing(hub: Hub, tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as offline:
+        offline.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(ConversionError, match="HF_HUB_OFFLINE is set"):
+            download_repo("someone/slow-sd1", tmp_path / "x")
     with pytest.raises(ConversionError, match="no such repository"):
         download_repo("someone/missing", tmp_path / "x")
     assert not (tmp_path / "x").exists()
