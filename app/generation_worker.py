@@ -180,7 +180,7 @@ class GenerationWorker(QObject):
             pipeline = self._pipeline_for(job)
             pipeline.precision = job.precision
             request = job.request  # the engine fits an init image to the request's size
-            self.status.emit("Generating…")
+            self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
             clock = ProgressClock()
             result = pipeline.generate(
                 request, on_progress=lambda p: self._on_progress(job, p, clock), cancel=self._abort.is_set
@@ -205,7 +205,7 @@ class GenerationWorker(QObject):
         key = (str(folder.resolve()), job.device, config.stat().st_mtime if config.exists() else 0.0)
         if self._pipeline is None or key != self._pipeline_key:
             self._pipeline = self._pipeline_key = None  # free the old model before loading the next
-            self.status.emit(f"Loading {job.model_name}…")
+            self.status.emit(f"Loading the model {job.model_name}…")
             self._pipeline = self._loader(folder, job.device)
             self._pipeline_key = key
         return self._pipeline

@@ -1,4 +1,4 @@
-"""Save images with their A1111 infotext and read it back (sd_facts 7.1), with Pillow only.
+"""Save images with their A1111 infotext and read it back (docs/facts.md §6.1), with Pillow only.
 
 - PNG: a text chunk keyed `parameters`: tEXt when the text is Latin-1 encodable, else iTXt (UTF-8).
 - JPEG and WebP: the EXIF UserComment, "UNICODE" character code + UTF-16 big-endian, which is what

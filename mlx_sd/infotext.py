@@ -1,4 +1,4 @@
-"""A1111 infotext: the `parameters` text stored with every image (sd_facts 7.2).
+"""A1111 infotext: the `parameters` text stored with every image (docs/facts.md §6.2).
 
     <prompt, may span lines>
     Negative prompt: <negative prompt>          (only when it is not empty)

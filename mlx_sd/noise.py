@@ -1,6 +1,6 @@
 """Seeded noise, generated on the CPU so one seed gives one image on every machine and backend.
 
-The generator reproduces A1111's platform-independent "NV" RNG (sd_facts 4.8): a NumPy version
+The generator reproduces A1111's platform-independent "NV" RNG (docs/facts.md §4.7): a NumPy version
 of what torch draws on CUDA, Philox4x32-10 counter-based bits turned into normals by Box-Muller.
 Draw number k of a generator (k = 0, 1, ...) uses the counter (k, 0, i, 0) for element i and the
 64-bit seed as the key; the normal is sqrt(-2 ln u) * sin(2 pi v) from the counter's first two

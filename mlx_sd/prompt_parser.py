@@ -5,7 +5,7 @@
     \\( \\) \\[ \\] \\\\  literal characters     BREAK (uppercase word) ends the 75-token chunk
 
 Unbalanced openers are closed at the end of the prompt, stray closers are literal text, adjacent
-fragments of equal weight are merged, and an empty prompt is one empty fragment (sd_facts 5.2).
+fragments of equal weight are merged, and an empty prompt is one empty fragment (docs/facts.md §5.1).
 Prompt editing (`[a:b:0.5]`), alternation (`[a|b]`) and `AND` are not scheduled here: their text goes
 through this parser verbatim, which is what A1111 does with text it cannot schedule.
 

@@ -127,7 +127,7 @@ def test_round_trip_defaults_and_empty_prompt():
     assert request_from_infotext(text) == dataclasses.replace(request, seed=99)
 
 
-# Infotexts written by hand from A1111's format (sd_facts 7.2), as different A1111 versions emit them.
+# Infotexts written by hand from A1111's format (docs/facts.md §6.2), as different A1111 versions emit them.
 A1111_V110 = """masterpiece, best quality, 1girl, (looking at viewer:1.2), <lora:detail:0.6>
 outdoors, cherry blossoms
 Negative prompt: (worst quality, low quality:1.4), bad hands

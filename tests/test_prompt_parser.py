@@ -23,7 +23,7 @@ def escape(text: str) -> str:
     return re.sub(r"([\\()\[\]])", r"\\\1", text)
 
 
-# The examples of A1111's own docstring (sd_facts 5.2).
+# The examples of A1111's own docstring (docs/facts.md §5.1).
 @pytest.mark.parametrize(
     "prompt, expected",
     [
