@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
-from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file, classify_mime
+from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
 from .generation_worker import (
     GenerationController,
     GenerationJob,
@@ -515,7 +515,7 @@ class MainWindow(QMainWindow):
         if mime is None or not (mime.hasImage() or mime.hasUrls()):
             self.show_error("There is no image on the clipboard", "Copy an image or an image file, then paste again.")
             return
-        self.handle_drop(classify_mime(mime))
+        self.drop_filter.classify(mime)  # read on a worker thread; handle_drop gets the result
 
     # -- closing --------------------------------------------------------------------------------------
 
