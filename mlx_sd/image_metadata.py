@@ -18,6 +18,7 @@ import io
 import os
 import secrets
 import struct
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -188,14 +189,19 @@ def open_image(path: str | os.PathLike[str]) -> tuple[Image.Image, str | None]:
     """An image file decoded completely (a truncated or corrupt file fails here, not later): the image,
     detached from the file, and its infotext or None. Raises one of UNDECODABLE; an image of more than
     MAX_PIXELS raises Image.DecompressionBombError before its pixels are decoded."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise Image.DecompressionBombError(
-                f"{width}x{height} pixels is more than the {MAX_PIXELS // 2**20} Mpx images may have"
-            )
-        image.load()
-        return image.copy(), infotext_from_image(image)
+    # Pillow warns (several lines on stderr) about damaged EXIF it skips and about large images; the
+    # first is read leniently on purpose and the second is bounded here, so neither is news to the user.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{width}x{height} pixels is more than the {MAX_PIXELS // 2**20} Mpx images may have"
+                )
+            image.load()
+            return image.copy(), infotext_from_image(image)
 
 
 def read_infotext(path: str | os.PathLike[str]) -> str | None:

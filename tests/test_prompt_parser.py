@@ -1,4 +1,5 @@
 import math
+import time
 import re
 
 import pytest
@@ -148,3 +149,33 @@ def test_fuzz_escaped_text_is_literal(text):
 @given(plain, st.floats(min_value=-10, max_value=10, allow_nan=False).map(lambda w: round(w, 3)))
 def test_fuzz_explicit_weight(text, weight):
     assert pairs(parse_prompt_attention(f"({escape(text)}:{weight})")) == [(text, weight)]
+
+
+# -- linear time (issue 15) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "(a" * 50_000,  # deep unclosed nesting: A1111 re-multiplies everything after each opener
+        "(a" * 25_000 + ")" * 25_000,
+        "[a(b" * 25_000,
+        "(a:1.1)" * 14_000,
+        " " * 100_000 + "BREAK",  # A1111's BREAK split retries its leading \s* at every space
+        "a:" * 50_000,  # one fragment of equal weight after another: joined once, not per fragment
+        "\\" * 100_000,
+    ],
+    ids=["nested", "balanced", "mixed", "weights", "spaces", "colons", "backslashes"],
+)
+def test_hostile_100kb_prompts_parse_in_linear_time(prompt):
+    started = time.perf_counter()
+    parse_prompt_attention(prompt)
+    assert time.perf_counter() - started < 5  # generous for a shared CI machine; quadratic: minutes
+
+
+def test_brackets_deeper_than_the_limit_add_no_weight():
+    from mlx_sd.prompt_parser import MAX_NESTING
+
+    deep = "(" * (MAX_NESTING + 3) + "x" + ")" * (MAX_NESTING + 3) + " y"
+    assert pairs(parse_prompt_attention(deep)) == [("x", pytest.approx(1.1**MAX_NESTING)), (" y", 1.0)]
+    assert pairs(parse_prompt_attention("[" * 40 + "x")) == [("x", pytest.approx(1.1**-MAX_NESTING))]
