@@ -128,11 +128,6 @@ def classify_source(source: DropSource) -> DropItem:
     return DropItem(DropKind.UNSUPPORTED, message=f"Nothing usable was dropped. {WHAT_TO_DROP}")
 
 
-def classify_mime(mime: QMimeData) -> DropItem:
-    """`classify_source` of a QMimeData, on the calling thread."""
-    return classify_source(source_of(mime))
-
-
 def accepts(mime: QMimeData) -> bool:
     """Files and images are ours; plain text is left to the text boxes."""
     return mime.hasUrls() or mime.hasImage()

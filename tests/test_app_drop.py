@@ -17,7 +17,7 @@ from PySide6.QtTest import QSignalSpy
 from PySide6.QtWidgets import QApplication, QWidget
 
 from app import drop_handler
-from app.drop_handler import DropKind, accepts, classify_file, classify_mime
+from app.drop_handler import DropKind, accepts, classify_file, classify_source, source_of
 from app.main_window import MainWindow
 from app.result_view import pil_to_qimage
 from app_support import QT_MARKS, fake_model_folder, noise_image, open_window
@@ -85,6 +85,11 @@ def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
         assert item.kind is DropKind.UNSUPPORTED and text in item.message, key
     missing = classify_file(tmp_path / "gone.png")
     assert missing.kind is DropKind.UNSUPPORTED and "does not exist" in missing.message
+
+
+def classify_mime(mime: QMimeData):
+    """What the drop filter's worker makes of `mime`, on this thread."""
+    return classify_source(source_of(mime))
 
 
 def test_classify_mime() -> None:
