@@ -14,6 +14,7 @@ the window.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,6 +26,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 from convert.diffusers_folder import MODEL_INDEX
 from convert.pickle_file import PICKLE_SUFFIXES
 from mlx_sd.image_metadata import UNDECODABLE, open_image
+from mlx_sd.infotext import Infotext, parse_infotext
 
 from .result_view import qimage_to_pil
 
@@ -50,6 +52,7 @@ class DropItem:
     path: Path | None = None
     image: Image.Image | None = None
     infotext: str | None = None
+    parameters: Infotext | None = None  # the infotext parsed, on the worker thread like the file read
     message: str = ""  # why it is unsupported, or a note (e.g. extra files ignored)
 
     @property
@@ -84,7 +87,7 @@ def classify_file(path: Path) -> DropItem:
             return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} could not be read as an image: {exc}")
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} is not an image or a checkpoint. {WHAT_TO_DROP}")
     if infotext and infotext.strip():
-        return DropItem(DropKind.PARAMETERS, path, image, infotext)
+        return DropItem(DropKind.PARAMETERS, path, image, infotext, parse_infotext(infotext))
     return DropItem(DropKind.IMAGE, path, image)
 
 
@@ -121,7 +124,7 @@ def classify_source(source: DropSource) -> DropItem:
             )
         item = classify_file(source.paths[0])
         if source.url_count > 1 and item.kind is not DropKind.UNSUPPORTED:
-            return DropItem(item.kind, item.path, item.image, item.infotext, f"Used {item.name}; drop one file at a time.")
+            return dataclasses.replace(item, message=f"Used {item.name}; drop one file at a time.")
         return item
     if source.image is not None:
         return DropItem(DropKind.IMAGE, image=source.image)

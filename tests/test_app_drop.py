@@ -68,6 +68,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
     ours = classify_file(files["ours"])
     assert ours.kind is DropKind.PARAMETERS and "Seed: 77" in ours.infotext and ours.image.size == (96, 64)
+    assert ours.parameters.params["Seed"] == "77"  # parsed where the file is read: on the worker in the app
     assert classify_file(files["a1111"]).kind is DropKind.PARAMETERS
     assert classify_file(files["jpeg"]).infotext == A1111_INFOTEXT  # EXIF UserComment
     plain = classify_file(files["plain"])
