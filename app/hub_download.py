@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from convert import ConversionCancelled, ConversionError, Progress
+from convert import ConversionCancelled, ConversionError, ConversionProgress
 from convert.hub import allow_patterns
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -108,11 +108,11 @@ def download_repo(
     folder: Path,
     variant: str | None = None,
     revision: str = "main",
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[ConversionProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> str | None:
     """Download the files a conversion of `repo_id` reads into `folder` (created; must not exist).
-    Reports Progress("download", megabytes done, megabytes in all, file). Raises ConversionCancelled
+    Reports ConversionProgress("download", megabytes done, megabytes in all, file). Raises ConversionCancelled
     within one chunk of `cancel()` turning true, and ConversionError saying what went wrong; either
     way `folder` is removed, so nothing half-downloaded is left. Returns the variant downloaded (None
     when the repository has no files in `variant`)."""
@@ -141,7 +141,7 @@ def download_repo(
                             raise ConversionCancelled()
                         out.write(chunk)
                         done += len(chunk)
-                        notify(Progress("download", done // 1_000_000, max(total, done) // 1_000_000, file.name))
+                        notify(ConversionProgress("download", done // 1_000_000, max(total, done) // 1_000_000, file.name))
             except NETWORK_ERRORS as exc:
                 raise _explain(exc, repo_id) from None
             except OSError as exc:  # the disk, not the network

@@ -42,10 +42,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mlx_sd.infotext import parse_infotext, request_from_infotext
+from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
-from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file, classify_mime
+from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
 from .generation_worker import (
     GenerationController,
     GenerationJob,
@@ -552,9 +552,10 @@ class MainWindow(QMainWindow):
             return
         self.set_init_image(item.image, item.name)
 
-    def restore_parameters(self, infotext: str, source: str = "the image") -> list[str]:
-        """Fill the window from an A1111 infotext; returns notes on what could not be restored."""
-        info = parse_infotext(infotext)
+    def restore_parameters(self, infotext: str | Infotext, source: str = "the image") -> list[str]:
+        """Fill the window from an A1111 infotext (or one parsed already, as drops are on their worker);
+        returns notes on what could not be restored."""
+        info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
         notes = self.reuse_request(request, info.params.get("Model"))
         detail = "; ".join(notes)
@@ -639,8 +640,8 @@ class MainWindow(QMainWindow):
     def handle_drop(self, item: DropItem) -> None:
         if item.kind is DropKind.IMAGE and item.image is not None:
             self.set_init_image(item.image, item.name)
-        elif item.kind is DropKind.PARAMETERS and item.image is not None and item.infotext is not None:
-            image, infotext, name = item.image, item.infotext, item.name
+        elif item.kind is DropKind.PARAMETERS and item.image is not None and item.parameters is not None:
+            image, infotext, name = item.image, item.parameters, item.name
             self.show_info(
                 f"{name} carries generation parameters",
                 "Restore its prompt and settings, or start from the image itself?",
@@ -662,7 +663,7 @@ class MainWindow(QMainWindow):
         if mime is None or not (mime.hasImage() or mime.hasUrls()):
             self.show_error("There is no image on the clipboard", "Copy an image or an image file, then paste again.")
             return
-        self.handle_drop(classify_mime(mime))
+        self.drop_filter.classify(mime)  # read on a worker thread; handle_drop gets the result
 
     # -- closing --------------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ def hub_converter(downloads: Path, convert: Converter = convert_model) -> Conver
 
     def download_and_convert(
         source: str, output: Path, options: ConvertOptions,
-        on_progress: Callable[[Progress], None], cancel: Callable[[], bool],
+        on_progress: Callable[[ConversionProgress], None], cancel: Callable[[], bool],
     ) -> ConversionReport:
         folder = downloads / output.name
         shutil.rmtree(folder, ignore_errors=True)  # what a crash mid-download left

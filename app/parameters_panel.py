@@ -51,12 +51,13 @@ TILING = {"Automatic": None, "On": True, "Off": False}
 class SeedEdit(QWidget):
     """A seed field (-1 = random) with a dice button and a button that reuses the last seed.
 
-    A line edit rather than a spin box: seeds go up to 2^32 - 1, past a QSpinBox's int range."""
+    A line edit rather than a spin box: seeds go up to 2^64 - 1 (a run's later images count past
+    2^32 - 1), far past a QSpinBox's int range."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.edit = QLineEdit(str(RANDOM_SEED))
-        self.edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{1,10}")))
+        self.edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{1,20}")))
         self.edit.setToolTip("-1 picks a new random seed for every run")
         self.dice = QToolButton()
         # macOS always has an emoji font; elsewhere the die may be missing, then say it in words

@@ -263,7 +263,7 @@ def test_a_missing_image_file_shows_a_placeholder_and_its_actions_a_message(monk
     assert browser.preview.pixmap().isNull() and "missing" in browser.preview.text()
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "out.png"), ""))
     browser.export_selection()
-    assert "Could not export" in browser.message.text()
+    assert "Could not export" in browser.last_message
 
 
 def test_a_history_that_cannot_be_read_is_a_message_not_a_traceback(browser, store):
@@ -271,5 +271,5 @@ def test_a_history_that_cannot_be_read_is_a_message_not_a_traceback(browser, sto
     browser.search_box.setText("circle")
     browser.apply_filters()
     browser.reload()
-    assert "cannot read the history" in browser.message.text()
+    assert "cannot read the history" in browser.last_message
     assert browser.model.rowCount() == 3  # what was shown stays

@@ -129,11 +129,11 @@ def test_seed_dice_and_reuse_last(qtbot, library: Path) -> None:
 
 def test_an_out_of_range_seed_is_refused_not_made_random(qtbot, library: Path) -> None:
     window = open_window(qtbot, library)
-    window.parameters.seed.edit.setText("9999999999")  # ten digits pass the field's validator
-    assert window.build_request().seed == 9_999_999_999
+    window.parameters.seed.edit.setText("99999999999999999999")  # twenty digits pass the field's validator
+    assert window.build_request().seed == 99_999_999_999_999_999_999
     assert window.generate() is None
     assert window.message_bar.kind == "error"
-    assert "seed = 9999999999" in window.message_bar.text() and "4294967295" in window.message_bar.text()
+    assert "seed = 99999999999999999999" in window.message_bar.text() and str(2**64 - 1) in window.message_bar.text()
     window.parameters.seed.edit.setText("")  # an empty field means random
     assert window.build_request().seed == -1
 

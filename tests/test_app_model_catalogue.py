@@ -17,7 +17,7 @@ from app.model_catalogue import CATALOGUE, CatalogueDialog, CatalogueEntry
 from app.model_import import ModelImporter, progress_label
 from app.model_library import ModelLibrary
 from app.model_manager import DOWNLOADS_DIR, ModelManagerDialog
-from convert import ConversionError, ConvertOptions, Progress
+from convert import ConversionError, ConvertOptions, ConversionProgress
 from app_support import QT_MARKS
 
 pytestmark = QT_MARKS
@@ -110,7 +110,7 @@ def test_only_the_files_a_conversion_reads_are_fetched() -> None:
                                       "README.md", "v1-5-pruned.safetensors")]
     assert [f.name for f in wanted(files, "fp16")] == ["model_index.json", "unet/config.json",
                                                        "unet/diffusion_pytorch_model.fp16.safetensors"]
-    assert progress_label(Progress("download", 12, 2000), "a/b") == "Downloading a/b: 12 of 2,000 MB"
+    assert progress_label(ConversionProgress("download", 12, 2000), "a/b") == "Downloading a/b: 12 of 2,000 MB"
     assert available_variant(files, "fp16") == "fp16"
     assert available_variant([f for f in files if ".fp16." not in f.name], "fp16") is None  # full precision then
 
