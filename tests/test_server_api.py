@@ -241,3 +241,13 @@ def test_forty_requests_from_eight_threads_are_all_answered_and_recorded(library
     finally:
         store.close()
     assert sorted(p for p in recorded if p.startswith("prompt ")) == sorted(prompts)
+
+
+def test_no_history_records_nothing(tmp_path) -> None:
+    server = RunningServer(ServerConfig(library=tmp_path, record_history=False))
+    try:
+        body = {"prompt": "unrecorded", "width": 64, "height": 64, "steps": 2}
+        assert requests.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=60).status_code == 200
+    finally:
+        server.stop()
+    assert not (tmp_path / "history.sqlite3").exists() and not (tmp_path / "images").exists()
