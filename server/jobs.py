@@ -21,6 +21,7 @@ from PIL import Image
 
 from mlx_sd.generation import resolve_seed
 from mlx_sd.noise import image_seeds
+from mlx_sd.pipeline import Pipeline
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress
 from mlx_sd.samplers import Cancelled
 
@@ -50,11 +51,9 @@ class PipelineExecutor:
     def __init__(self, precision: str = "float32"):
         self.precision = precision
         self.loaded: ServedModel | None = None
-        self._pipeline = None
+        self._pipeline: Pipeline | None = None
 
     def load(self, model: ServedModel) -> None:
-        from mlx_sd.pipeline import Pipeline
-
         if self.loaded == model:
             return
         self._pipeline = self.loaded = None  # free the old model before loading the next
