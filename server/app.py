@@ -231,9 +231,8 @@ def _add_routes(app: FastAPI, server: ApiServer) -> None:
         return {}
 
     @app.post(f"{api}/skip")
-    def skip() -> dict[str, Any]:
+    def skip() -> None:  # A1111 answers null here, {} for interrupt
         server.queue.skip()
-        return {}
 
     @app.post(f"{api}/png-info")
     def png_info(payload: PngInfoRequest) -> dict[str, Any]:

@@ -124,6 +124,7 @@ def test_a_full_queue_is_503_with_retry_after(tmp_path, queue, executor) -> None
     progress = client.get("/sdapi/v1/progress").json()
     assert progress["state"]["job_count"] == 2 and progress["current_image"]  # the scripted preview
     assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
+    assert client.post("/sdapi/v1/skip").json() is None and client.post("/sdapi/v1/interrupt").json() == {}  # as A1111
 
 
 def test_auth_and_cors(tmp_path, queue) -> None:
