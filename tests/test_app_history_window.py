@@ -36,7 +36,7 @@ def test_generated_images_appear_and_their_parameters_come_back(qtbot, monkeypat
     window = open_window(qtbot, library)
     panel = install_history_browser(window)
     browser = panel.browser
-    assert panel.dock.toggleViewAction() in window.menu("View").actions()
+    assert panel.show_action in window.menu("View").actions()
     assert browser.model.total == 0
     generate(qtbot, window, "a red circle on blue", 11, batch=2)
     qtbot.waitUntil(lambda: browser.model.total == 2, timeout=TIMEOUT)
@@ -50,6 +50,8 @@ def test_generated_images_appear_and_their_parameters_come_back(qtbot, monkeypat
     assert browser.model.total == 2
     browser.select_row(1)  # the batch's first image: seed 11
     assert browser.selected_entry().generation.seed == 11
+    shown = window.result_view.current_item()  # a chosen history image is shown large
+    assert shown.path == browser.selected_entry().image_path and shown.seed == 11
 
     window.prompt_panel.set_prompts("something else", "")
     window.parameters.set_values({"seed": 5, "steps": 20, "cfg_scale": 7.0})
