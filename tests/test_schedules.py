@@ -155,9 +155,14 @@ def test_schedule_by_name():
     assert S.schedule_by_name("SGM Uniform").function is S.sgm_uniform
     assert S.schedule_by_name("sgm_uniform").name == "SGM Uniform"
     assert S.schedule_by_name(" AUTOMATIC ").function is None
+    assert S.schedule_by_name("kl_optimal").function is S.kl_optimal
+    assert S.schedule_by_name("align_your_steps").name == "Align Your Steps"
     with pytest.raises(ValueError) as error:
-        S.schedule_by_name("Polyexponential")
+        S.schedule_by_name("Karras Exponential")
     message = str(error.value)
-    assert "'Polyexponential'" in message
-    for name in ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Normal"):
+    assert "'Karras Exponential'" in message
+    names = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+             "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+    assert [s.name for s in S.SCHEDULES] == list(names)  # A1111's 12, in A1111's order
+    for name in names:
         assert name in message
