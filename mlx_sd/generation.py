@@ -120,7 +120,10 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
         raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
     try:
-        sigmas = sigmas_for(sampler.name, schedule.name, request.steps, NoiseSchedule.from_config(config.noise_schedule))
+        sigmas = sigmas_for(
+            sampler.name, schedule.name, request.steps, NoiseSchedule.from_config(config.noise_schedule),
+            sdxl=config.family.startswith("sdxl"),
+        )
     except ValueError as exc:
         raise RequestError("steps", request.steps, f"a step count {sampler.name} can run ({exc})") from None
 
