@@ -993,4 +993,6 @@ def sigmas_for(
     sigmas = chosen.sigmas(noise_schedule, steps, sdxl) if chosen.function else info.default_schedule(noise_schedule, steps)
     if info.discard_penultimate_sigma:
         sigmas = np.append(sigmas[:-2], sigmas[-1])
+    if info.function in (sample_dpm_fast, sample_dpm_adaptive):
+        _dpm_solver_range(checked_sigmas(sigmas), info.name)  # refused here, before any work
     return sigmas

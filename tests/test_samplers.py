@@ -498,3 +498,93 @@ def test_reference_mapping_says_truly_where_diffusers_matches(steps):
             assert match.exact or match.notes
             checked += 1
     assert checked >= 50
+
+
+# ---------------------------------------------------------------------------------------------
+# the samplers with no k-diffusion function: PLMS, Restart (A1111's own code), and coverage
+
+
+def test_plms_against_ldms_ddpm_frame_update():
+    """A1111's PLMS (LDM's): pseudo improved Euler, then Adams-Bashforth of orders 2, 3, 4 on eps."""
+    sigmas = np.array([8.0, 4.0, 2.5, 1.4, 0.9, 0.5, 0.2, 0.03])
+    alpha = lambda s: 1 / (1 + s**2)  # noqa: E731
+    x = start().astype(np.float64) / math.sqrt(1 + sigmas[0] ** 2)  # DDPM frame
+    eps_of = lambda x_t, s: (x_t * math.sqrt(1 + s**2) - gaussian_denoiser_np(x_t * math.sqrt(1 + s**2), s)) / s  # noqa: E731
+
+    def x_prev(x_t, e, s, sn):
+        a, a_prev = alpha(s), alpha(sn)
+        x0 = (x_t - math.sqrt(1 - a) * e) / math.sqrt(a)
+        return math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+
+    old = []
+    for s, sn in zip(sigmas[:-1], sigmas[1:]):
+        e = eps_of(x, s)
+        if not old:
+            e_prime = (e + eps_of(x_prev(x, e, s, sn), sn)) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = x_prev(x, e_prime, s, sn)
+        old = (old + [e])[-3:]
+    denoiser = GaussianDenoiser()
+    ours = np.array(K.sample_plms(denoiser, mx.array(start()), sigmas))
+    assert_close(ours, x)
+    assert len(denoiser.calls) == len(sigmas)  # one extra call on the first step
+
+
+def test_restart_below_20_steps_is_heun():
+    sigmas = S.karras(S.NoiseSchedule.from_config(), 12)
+    assert_close(run(K.sample_restart, start(), sigmas), run(K.sample_heun, start(), sigmas))
+
+
+@pytest.mark.parametrize("steps,main_steps,restart_steps,times", [(20, 11, 9, 1), (36, 18, 9, 2), (40, 20, 10, 2)])
+def test_restart_plan_as_a1111(ns, steps, main_steps, restart_steps, times):
+    sigmas = S.karras(ns, steps)
+    main, pairs = K.restart_segments([float(s) for s in sigmas])
+    np.testing.assert_allclose(main, S.karras_between(main_steps, sigmas[-2], sigmas[0]))
+    assert len(pairs) == main_steps + restart_steps * times
+    low = int(np.abs(np.array(main) - 0.1).argmin())
+    high = int(np.abs(np.array(main) - 2.0).argmin())
+    jumps = [(a, b) for (_, a), (b, _) in zip(pairs, pairs[1:]) if b > a]
+    assert jumps == [(main[low], main[high])] * times  # back up from the step nearest 0.1 to the one nearest 2
+    noise = RecordedNoise(times)
+    run(K.sample_restart, start(), sigmas, noise=noise)
+    assert noise.used == times
+
+
+def test_dpm_fast_and_adaptive_need_two_positive_sigmas(ns):
+    with pytest.raises(ValueError, match="DPM fast needs two positive sigmas"):
+        K.sigmas_for("DPM fast", "Karras", 1, ns)
+    assert len(K.sigmas_for("DPM fast", "Automatic", 1, ns)) == 2  # its own span: sigma_max -> sigma_min
+
+
+def test_discarded_penultimate_sigma(ns):
+    sigmas = K.sigmas_for("DPM2", "Karras", 10, ns)
+    full = S.karras(ns, 11)
+    np.testing.assert_array_equal(sigmas, np.append(full[:-2], 0.0))
+
+
+FAMILIES = {"sd1": "epsilon", "sd2": "v_prediction", "sdxl": "epsilon", "sdxl-refiner": "epsilon"}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_sampler_with_every_schedule_runs_on_every_family(family):
+    """All 20 samplers x 12 schedules through the real Denoiser (the family's prediction type, CFG) on
+    a stand-in UNet, 3 steps: finite, unit-scale latents out, and the step reports add up."""
+    z = np.random.default_rng(2).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    cond = Conditioning(context=mx.zeros((1, 1, 1)), negative_context=mx.ones((1, 1, 1)), cfg_scale=3.0)
+    for info in K.SAMPLERS:
+        denoiser = Denoiser(fake_unet_mx, NS, cond, prediction_type=FAMILIES[family], timesteps=info.timesteps)
+        for schedule in S.SCHEDULES:
+            sigmas = K.sigmas_for(info.name, schedule.name, 3, NS, sdxl=family.startswith("sdxl"))
+            rng = np.random.default_rng(4)
+            steps = []
+            out = np.array(info.function(
+                denoiser, mx.array(z * sigmas[0]), sigmas, callback=steps.append,
+                noise=lambda: mx.array(rng.standard_normal(z.shape).astype(np.float32)),
+            ))
+            assert np.isfinite(out).all() and np.abs(out).max() < 20, (info.name, schedule.name)
+            assert steps and steps[-1].step == len(steps), (info.name, schedule.name)

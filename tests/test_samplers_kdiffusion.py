@@ -1,7 +1,9 @@
 """Our samplers against the code A1111 calls, k-diffusion's sampling.py (PyPI k-diffusion, installed
 with --no-deps: see the README's test command), both driving the same deterministic toy denoiser from
-the same start with the same noise draws, step by step at float32 tolerance. Run with -s to print the
-table of max abs errors that the README quotes."""
+the same start with the same noise draws, step by step at float32 tolerance; UniPC, which A1111 takes
+from UniPC's authors rather than k-diffusion, against diffusers' UniPCMultistepScheduler set up as
+A1111 runs it (bh1, order 3, lower order at the end). Run with -s to print the table of max abs errors
+that the README quotes."""
 
 import importlib
 import inspect
@@ -19,6 +21,8 @@ torch = pytest.importorskip("torch")
 from mlx_sd import samplers as K  # noqa: E402
 from mlx_sd import schedules as S  # noqa: E402
 
+# diffusers' schedulers build numpy arrays from torch tensors the numpy-2 way it deprecates
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 MU, STD = 0.3, 0.5
 SHAPE = (2, 4, 5, 3)  # NHWC for ours; k-diffusion gets the same array (layout does not matter here)
 NS = S.NoiseSchedule.from_config()
@@ -145,6 +149,33 @@ def test_dpm_adaptive_matches_k_diffusion(eta):
 
     error = compare("DPM adaptive", K.sample_dpm_adaptive, theirs, sigmas, eta=eta)
     assert error < 5e-4, f"max abs error {error:.2e}"
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_unipc_matches_diffusers(steps):
+    from diffusers import UniPCMultistepScheduler
+
+    sigmas = K.sigmas_for("UniPC", "Automatic", steps, NS)
+    x = (np.random.default_rng(0).standard_normal(SHAPE) * sigmas[0]).astype(np.float32)
+    ours = np.array(K.sample_unipc(toy_mx, mx.array(x), sigmas))
+
+    scheduler = UniPCMultistepScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_order=3, solver_type="bh1",
+        lower_order_final=True, final_sigmas_type="sigma_min",
+    )
+    scheduler.set_timesteps(steps)
+    # pinned to our schedule (A1111's time-uniform one); diffusers takes no custom sigmas for UniPC
+    scheduler.sigmas = torch.from_numpy(sigmas.astype(np.float32))
+    scheduler.timesteps = torch.from_numpy(NS.sigma_to_t(sigmas[:-1]))
+    latent = torch.from_numpy(x / math.sqrt(1 + sigmas[0] ** 2))  # diffusers works in the DDPM frame
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = float(sigmas[i])
+        x_k = latent * math.sqrt(1 + sigma**2)
+        eps = (x_k - toy_torch(x_k, sigma)) / sigma
+        latent = scheduler.step(eps, t, latent).prev_sample
+    error = float(np.abs(ours - latent.numpy()).max())
+    ERRORS["UniPC"] = max(error, ERRORS.get("UniPC", 0.0))
+    assert error < 5e-5, f"max abs error {error:.2e}"
 
 
 def test_print_error_table():
