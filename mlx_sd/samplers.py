@@ -361,6 +361,49 @@ def sample_ddim(
     return run.finish_in_ddpm_frame(x)
 
 
+class GuidedDenoiser(Protocol):
+    """A denoiser that also gives its two predictions before CFG (mlx_sd.denoiser.Denoiser)."""
+
+    cfg_scale: float
+
+    def __call__(self, x: mx.array, sigma: float) -> mx.array: ...
+
+    def predictions(self, x: mx.array, sigma: float) -> tuple[mx.array | None, mx.array]: ...
+
+
+CFGPP_SCALE = 1 / 12.5  # A1111 maps CFG 0..12.5 onto CFG++'s guidance 0..1
+
+
+def sample_ddim_cfgpp(
+    denoiser: GuidedDenoiser,
+    x: mx.array,
+    sigmas: np.ndarray,
+    *,
+    noise: NoiseSource | None = None,
+    callback: Callback | None = None,
+    cancel: CancelCheck | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    eta: float = 0.0,
+) -> mx.array:
+    """DDIM with CFG++ (Chung et al. 2024) as A1111 runs it: the prediction guided at cfg_scale / 12.5,
+    renoised along the negative prompt's noise instead of the guided one. Without CFG (cfg_scale <= 1
+    computes no negative prediction) it is DDIM."""
+    draw = _need_noise(noise, "DDIM CFG++ with eta > 0", noise_sampler) if eta else None
+    run = _Run(sigmas, callback, cancel)
+    for sigma, sigma_next in run:
+        negative, positive = denoiser.predictions(x, sigma)
+        if negative is None:
+            negative = denoised = positive
+        else:
+            denoised = negative + (positive - negative) * (denoiser.cfg_scale * CFGPP_SCALE)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+        x = denoised + (x - negative) * (sigma_down / sigma)
+        if sigma_up:
+            x = x + draw(sigma, sigma_next) * sigma_up
+        run.done(x, denoised)
+    return run.finish_in_ddpm_frame(x)
+
+
 def sample_lcm(
     denoiser: DenoiserFn,
     x: mx.array,
@@ -944,6 +987,7 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM adaptive", sample_dpm_adaptive, sigma_range, 3, stochastic=True, aliases=("k_dpm_ad",)),
     SamplerInfo("Restart", sample_restart, karras, 2, stochastic=True, aliases=("restart",)),
     SamplerInfo("DDIM", sample_ddim, ddim, 1, timesteps="discrete", aliases=("ddim",)),
+    SamplerInfo("DDIM CFG++", sample_ddim_cfgpp, ddim, 1, timesteps="discrete", aliases=("ddim_cfgpp",)),
     SamplerInfo("PLMS", sample_plms, ddim, 1, timesteps="discrete", aliases=("plms",)),
     SamplerInfo("UniPC", sample_unipc, unipc_time_uniform, 1, aliases=("unipc",)),
     SamplerInfo("LCM", sample_lcm, lcm, 1, timesteps="lcm", stochastic=True, aliases=("k_lcm",)),

@@ -588,3 +588,56 @@ def test_every_sampler_with_every_schedule_runs_on_every_family(family):
             ))
             assert np.isfinite(out).all() and np.abs(out).max() < 20, (info.name, schedule.name)
             assert steps and steps[-1].step == len(steps), (info.name, schedule.name)
+
+
+class TwoPredictions:
+    """A guided denoiser: the Gaussian denoiser for the positive prompt, a shifted one for the negative."""
+
+    cfg_scale = 7.0
+
+    def predictions(self, x, sigma):
+        positive = GaussianDenoiser()(x, sigma)
+        return positive - 0.2 * sigma / (1 + sigma), positive
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_cfgpp_against_a1111s_ddpm_frame_update(eta):
+    """A1111's ddim_cfgpp: pred_x0 from the CFG noise at scale/12.5, direction from the unconditional noise."""
+    sigmas = np.array([8.0, 2.5, 0.9, 0.2, 0.03])
+    noise = RecordedNoise(4)
+    draws = iter(noise.draws)
+    alpha = lambda s: 1 / (1 + s**2)  # noqa: E731
+    x = start().astype(np.float64) * math.sqrt(alpha(sigmas[0]))  # DDPM frame
+    for s, sn in zip(sigmas[:-1], sigmas[1:]):
+        a_t, a_prev = alpha(s), alpha(sn)
+        x_k = x / math.sqrt(a_t)
+        positive = gaussian_denoiser_np(x_k, s)
+        negative = positive - 0.2 * s / (1 + s)
+        eps_pos, eps_neg = (x_k - positive) / s, (x_k - negative) / s
+        e_t = eps_neg + (eps_pos - eps_neg) * (7.0 / 12.5)
+        pred_x0 = (x - math.sqrt(1 - a_t) * e_t) / math.sqrt(a_t)
+        sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x = math.sqrt(a_prev) * pred_x0 + math.sqrt(1 - a_prev - sigma_t**2) * eps_neg
+        if eta:
+            x = x + sigma_t * next(draws)
+    ours = np.array(K.sample_ddim_cfgpp(TwoPredictions(), mx.array(start()), sigmas, noise=noise, eta=eta))
+    assert_close(ours, x)
+
+
+def test_infotext_writes_and_reads_back_every_a1111_name():
+    from mlx_sd.infotext import format_infotext, request_from_infotext
+    from mlx_sd.request import GenerationRequest
+
+    for info in K.SAMPLERS:
+        for schedule in S.SCHEDULES:
+            text = format_infotext(GenerationRequest(prompt="a", sampler=info.name, schedule=schedule.name), 1)
+            assert f"Sampler: {info.name}, Schedule type: {schedule.name}," in text
+            back = request_from_infotext(text)
+            assert (back.sampler, back.schedule) == (info.name, schedule.name)
+    for alias in ("k_dpm_2_a", "k_dpmpp_3m_sde", "ddim_cfgpp", "unipc", "plms", "restart", "k_lms"):
+        assert K.sampler_by_name(alias).name in {info.name for info in K.SAMPLERS}
+    # pre-1.9 combined names of the new samplers
+    assert K.split_sampler_name("DPM2 a Karras") == ("DPM2 a", "Karras")
+    assert K.split_sampler_name("LMS Karras") == ("LMS", "Karras")
+    assert K.split_sampler_name("DPM++ 2S a Karras") == ("DPM++ 2S a", "Karras")
+    assert K.split_sampler_name("DDIM CFG++") == ("DDIM CFG++", "Automatic")
