@@ -24,6 +24,7 @@ torch's CUDA randn) gives that variant.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import mlx.core as mx
@@ -35,6 +36,9 @@ SeededRandn = Callable[[int, tuple[int, ...]], np.ndarray]  # (seed, shape) -> f
 
 TOLERANCE_DIGITS = 6  # torchsde BrownianTree's tol=1e-6: times rounded to 6 decimals
 POOL_SIZE = 24  # BrownianTree's SeedSequence pool size
+# Increments kept (an SDXL latent's is 256 KiB): a step's queries share the nodes near the root and
+# revisit few others; evicted ones are recomputed identically, as torchsde's own LRU cache does.
+CACHE_NODES = 64
 
 
 def torch_cpu_randn(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -76,8 +80,8 @@ def philox_randn(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 class BrownianTree:
     """torchsde's BrownianTree(t0, zeros(shape), t1, entropy) increments, computed in NumPy.
 
-    Nodes are keyed by (path bits, depth); each caches its increment, so the many queries of one
-    sampling run share the walk down from the root."""
+    Nodes are keyed by (path bits, depth); the most recently used keep their increments, so the
+    queries of one sampling run share the walk down from the root."""
 
     def __init__(self, t0: float, t1: float, shape: tuple[int, ...], entropy: int, randn: SeededRandn = torch_cpu_randn):
         if not t0 < t1:
@@ -86,7 +90,8 @@ class BrownianTree:
         self.shape, self.entropy, self.randn = tuple(shape), int(entropy), randn
         root_w_seed = np.random.SeedSequence(entropy=self.entropy, pool_size=POOL_SIZE).generate_state(3)[0]
         # torchsde keeps the unrounded ends for the root's variance
-        self.increments = {(0, 0): randn(int(root_w_seed), self.shape) * np.float32(math.sqrt(t1 - t0))}
+        self.root = randn(int(root_w_seed), self.shape) * np.float32(math.sqrt(t1 - t0))
+        self.increments: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # least recently used first
 
     @staticmethod
     def _round(t: float) -> float:
@@ -128,7 +133,10 @@ class BrownianTree:
         return parts
 
     def _increment(self, node: tuple[int, int], start: float, end: float) -> np.ndarray:
+        if node == (0, 0):
+            return self.root
         if node in self.increments:
+            self.increments.move_to_end(node)
             return self.increments[node]
         key, depth = node
         parent = (key // 2, depth - 1)
@@ -144,8 +152,11 @@ class BrownianTree:
         noise = self.randn(int(seed), self.shape)
         mean = w * np.float32(left_diff) * np.float32(h_reciprocal)
         left_w = mean + np.float32(math.sqrt(left_diff * right_diff * h_reciprocal)) * noise
-        self.increments[node] = left_w if is_left else w - left_w
-        return self.increments[node]
+        increment = left_w if is_left else w - left_w
+        self.increments[node] = increment
+        if len(self.increments) > CACHE_NODES:
+            self.increments.popitem(last=False)
+        return increment
 
     def _span(self, node: tuple[int, int]) -> tuple[float, float]:
         """A node's (start, end), walked down from the root along its path bits: a rounded midpoint

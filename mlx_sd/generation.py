@@ -35,6 +35,7 @@ from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
 from .noise import ImageNoise, image_seeds, latents_from_request
 from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
+from .brownian import BrownianNoise, philox_randn
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
 from .sdxl_conditioning import needs_time_ids, time_ids
@@ -284,6 +285,11 @@ class _BatchSampler:
                 preview = self.pipe.preview.image(step.denoised[0])
                 self.on_progress(Progress(step.step, step.total, batch_index, request.batch_count, preview))
 
+        # A1111's SDE samplers draw from Brownian trees seeded per image; on an NVIDIA GPU, whose
+        # randn the NV generator reproduces, the trees' draws are CUDA's too (mlx_sd.brownian)
+        noise_sampler = None
+        if self.plan.sampler.brownian:
+            noise_sampler = BrownianNoise(seeds, sigmas, self.latent_shape, philox_randn)
         return self.plan.sampler.function(
-            denoiser, x, sigmas, noise=noise, callback=report, cancel=self.cancel
+            denoiser, x, sigmas, noise=noise, callback=report, cancel=self.cancel, noise_sampler=noise_sampler
         )
