@@ -178,6 +178,17 @@ def test_unipc_matches_diffusers(steps):
     assert error < 5e-5, f"max abs error {error:.2e}"
 
 
+@pytest.mark.parametrize("name,rho", [("Karras", 7.0), ("Exponential", None), ("Polyexponential", 1.0)])
+def test_schedules_match_k_diffusion(name, rho):
+    ks = k_sampling()
+    theirs_fn = {"Karras": ks.get_sigmas_karras, "Exponential": ks.get_sigmas_exponential,
+                 "Polyexponential": ks.get_sigmas_polyexponential}[name]
+    for steps in (1, 4, 10, 50):
+        args = (steps, NS.sigma_min, NS.sigma_max) + ((rho,) if rho else ())
+        ours = S.schedule_by_name(name).sigmas(NS, steps)
+        np.testing.assert_allclose(ours, theirs_fn(*args).double().numpy(), atol=1e-6 * NS.sigma_max, rtol=0)
+
+
 def test_print_error_table():
     """Prints the errors measured above (run the file with -s); passes once they were measured."""
     if not ERRORS:
