@@ -83,7 +83,9 @@ class BrownianTree:
     Nodes are keyed by (path bits, depth); the most recently used keep their increments, so the
     queries of one sampling run share the walk down from the root."""
 
-    def __init__(self, t0: float, t1: float, shape: tuple[int, ...], entropy: int, randn: SeededRandn = torch_cpu_randn):
+    def __init__(
+        self, t0: float, t1: float, shape: tuple[int, ...], entropy: int, randn: SeededRandn = torch_cpu_randn
+    ):
         if not t0 < t1:
             raise ValueError(f"a Brownian tree needs t0 < t1, got {t0} and {t1}")
         self.t0, self.t1 = self._round(t0), self._round(t1)

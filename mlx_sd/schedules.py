@@ -3,8 +3,8 @@
 A sigma schedule is a float64 numpy array of n+1 descending noise levels: a sampler's n steps go
 sigmas[i] -> sigmas[i+1]. Every schedule ends at 0 except DDIM's and UniPC's own, which end at
 sigma(t=0) as LDM's and diffusers' do (sd_facts 4.3-4.5), and KL Optimal, which A1111 ends at the
-model's sigma_min. A1111's "DDIM" schedule label has its own function (`ddim_uniform`), ending at 0. Computations are float64 for exactness; samplers
-apply the resulting scalars to float32 latents.
+model's sigma_min. A1111's "DDIM" schedule label has its own function (`ddim_uniform`), ending at 0.
+Computations are float64 for exactness; samplers apply the resulting scalars to float32 latents.
 """
 
 from __future__ import annotations
