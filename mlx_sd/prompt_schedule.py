@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+T = TypeVar("T")
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*")
 
 
@@ -199,7 +201,7 @@ def prompt_schedule(prompt: str, steps: int, hires_steps: int | None = None) -> 
     return [(end, _text_at(nodes, end)) for end in sorted(ends)]
 
 
-def text_at_step(schedule: list[tuple[int, str]], step: int) -> str:
-    """The text for sampler step `step` (0-based) as A1111 picks it: the first entry whose last step
-    is at least `step` (A1111 compares its 0-based step with the 1-based ends)."""
-    return next((text for end, text in schedule if step <= end), schedule[0][1])
+def at_step(schedule: list[tuple[int, T]], step: int) -> T:
+    """The entry for step `step` (0-based) as A1111 picks it: the first whose last step is at least
+    `step` (A1111 compares its 0-based count with the 1-based ends), else the first entry."""
+    return next((value for end, value in schedule if step <= end), schedule[0][1])

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from mlx_sd.prompt_schedule import prompt_schedule, text_at_step
+from mlx_sd.prompt_schedule import at_step, prompt_schedule
 
 # A1111's documented examples, 10 steps: prompt -> [(last step, text), ...]
 A1111_EXAMPLES = {
@@ -69,9 +69,9 @@ def test_brackets_that_fit_no_construct_stay_as_written(prompt):
     assert prompt_schedule(prompt, 10) == [(10, prompt)]
 
 
-def test_text_at_step_follows_a1111s_comparison():
+def test_at_step_follows_a1111s_comparison():
     schedule = prompt_schedule("[a:b:3]", 10)  # [(3, 'a'), (10, 'b')]
-    assert [text_at_step(schedule, step) for step in range(10)] == ["a"] * 4 + ["b"] * 6
+    assert [at_step(schedule, step) for step in range(12)] == ["a"] * 4 + ["b"] * 7 + ["a"]  # then the first
 
 
 def test_steps_are_checked():
