@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
-from mlx_sd.device import DTYPES
+from mlx_sd.dtypes import DTYPES
 
 if TYPE_CHECKING:
-    from convert import Progress
+    from convert import ConversionProgress
 
 _STAGES = {
     "fetch": "fetching from the Hugging Face Hub",
@@ -56,7 +56,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: ConversionProgress) -> None:
         label = _STAGES.get(progress.stage)
         if label is None:
             return

@@ -23,9 +23,10 @@ Shapes = dict[str, Shape]
 SD1_UNET_HEADS = 8
 HEAD_DIM = 64
 SDXL_TIME_EMBED_DIM = 256
-# Each family's VAE scaling factor and float16 upcast (sd_facts 1.5, 9.3), from the released models' configs.
+# Each family's VAE scaling factor and float16 upcast (docs/facts.md §1.5, §7.2), from the released
+# models' configs.
 VAE_USAGE = {"sd1": VAE_SD, "sd2": VAE_SD, "sdxl": VAE_SDXL, "sdxl-refiner": VAE_SDXL}
-# How each family reads its text encoders (sd_facts 1.4): hidden layer, final norm, pad id.
+# How each family reads its text encoders (docs/facts.md §1.4): hidden layer, final norm, pad id.
 TEXT_USAGE = {
     ("sd1", "text_encoder"): CLIP_L,
     ("sd2", "text_encoder"): OPENCLIP_H,

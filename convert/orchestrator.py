@@ -25,11 +25,11 @@ from mlx_sd.pipeline import Pipeline, build_models
 from . import hub
 from .diffusers_folder import MODEL_INDEX, plan_diffusers_folder
 from .errors import ConversionCancelled, ConversionError
-from .options import ConversionReport, ConvertOptions, Progress
-from .plan import Plan, Weights
+from .options import ConversionProgress, ConversionReport, ConvertOptions
+from .plan import ConversionPlan, Weights
 from .single_file import plan_single_file
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[ConversionProgress], None]
 CancelCheck = Callable[[], bool]
 
 
@@ -61,17 +61,17 @@ def convert_model(
         _check(plan.config, weights)
         parameters = {name: sum(a.size for a in arrays.values()) for name, arrays in weights.items()}
         check_cancel()
-        notify(Progress("write", 0, 1, str(output)))
+        notify(ConversionProgress("write", 0, 1, str(output)))
         write_model(output, plan.config, weights, plan.tokenizers)
     del weights  # free the converted arrays before loading the result back
     try:
-        notify(Progress("validate", 0, 1, str(output)))
+        notify(ConversionProgress("validate", 0, 1, str(output)))
         _validate(output, options.dtype)
         check_cancel()
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
-    notify(Progress("done", 1, 1, str(output)))
+    notify(ConversionProgress("done", 1, 1, str(output)))
     return ConversionReport(
         output=output,
         source=plan.config.source.name,
@@ -96,7 +96,7 @@ def convert_model(
 
 def _plan(
     source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel: Callable[[], None]
-) -> Plan:
+) -> ConversionPlan:
     path = Path(source).expanduser()
     if path.is_file():
         return plan_single_file(path, options, scratch)
@@ -109,24 +109,24 @@ def _plan(
             )
         return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
     if hub.looks_like_repo_id(source):
-        notify(Progress("fetch", 0, 1, source))
+        notify(ConversionProgress("fetch", 0, 1, source))
         folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
         check_cancel()
-        notify(Progress("fetch", 1, 1, source))
+        notify(ConversionProgress("fetch", 1, 1, source))
         name = source + (f"@{options.revision}" if options.revision else "")
         return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
     raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)")
 
 
 def _read(
-    plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
+    plan: ConversionPlan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
 ) -> tuple[Weights, str]:
     """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed source."""
     weights: Weights = {}
     hasher = hashlib.sha256()
     total = sum(len(read.routes) for read in plan.reads)
     done = 0
-    notify(Progress("read", 0, total, ""))
+    notify(ConversionProgress("read", 0, total, ""))
     for read in plan.reads:
         for key, array in read.source.arrays(read.routes.keys(), hasher if read.hashed else None):
             converted = []
@@ -142,7 +142,7 @@ def _read(
             mx.eval(converted)  # drop the source array now: memory stays near the output size
             done += 1
             check_cancel()
-            notify(Progress("read", done, total, key))
+            notify(ConversionProgress("read", done, total, key))
     return weights, hasher.hexdigest()
 
 

@@ -19,13 +19,13 @@ import numpy as np
 
 import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
+from mlx_sd.dtypes import SAFETENSORS_DTYPES
 
 from .errors import ConversionError
 
-# safetensors dtype -> (numpy dtype used to read the bytes, bytes per element)
+# safetensors dtype -> the numpy dtype its bytes are read as (bfloat16's bits as uint16)
 _NUMPY = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    code: np.dtype(np.uint16 if name == "bfloat16" else name) for code, (name, _) in SAFETENSORS_DTYPES.items()
 }
 _FLOATS = ("F64", "F32", "F16", "BF16")
 _MAX_HEADER = 100 * 2**20  # real headers are well under 10 MB

@@ -2,7 +2,7 @@
 
 Component configs use the field names of the diffusers / transformers config.json files they mirror,
 so `from_dict` reads those files directly (unknown keys are ignored). The full-size presets at the
-bottom are the published Stable Diffusion architectures (sd_facts 1.2, 1.4, 1.5).
+bottom are the published Stable Diffusion architectures (docs/facts.md §1.2, §1.4, §1.5).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ class CLIPTextConfig:
     projection_dim: int | None = None
     eos_token_id: int = 49407
     bos_token_id: int = 49406
-    # How the family reads the tower (sd_facts 1.4): which hidden state feeds cross-attention
+    # How the family reads the tower (docs/facts.md §1.4): which hidden state feeds cross-attention
     # (-1 = last layer, -2 = penultimate) and whether the final LayerNorm is applied to it.
     hidden_layer: int = -1
     final_norm: bool = True
-    # Padding after the first EOS: EOS (49407) for OpenAI CLIP, 0 for OpenCLIP (sd_facts 3.3).
+    # Padding after the first EOS: EOS (49407) for OpenAI CLIP, 0 for OpenCLIP (docs/facts.md §3.2).
     pad_token_id: int = 49407
 
     @classmethod
@@ -62,7 +62,7 @@ class CLIPTextConfig:
 
 @dataclass
 class UNetConfig:
-    """UNet2DConditionModel in diffusers' config naming (sd_facts 1.1-1.3)."""
+    """UNet2DConditionModel in diffusers' config naming (docs/facts.md §1.1, §1.2, §1.3)."""
 
     sample_size: int = 64
     in_channels: int = 4
@@ -86,7 +86,7 @@ class UNetConfig:
     cross_attention_dim: int | list[int] = 768
     transformer_layers_per_block: int | list[int] = 1
     # diffusers' historical misnomer: `attention_head_dim` is the number of heads when
-    # `num_attention_heads` is unset (sd_facts 1.1).
+    # `num_attention_heads` is unset (docs/facts.md §1.1).
     attention_head_dim: int | list[int] = 8
     num_attention_heads: int | list[int] | None = None
     use_linear_projection: bool = False
@@ -134,7 +134,7 @@ class UNetConfig:
 
 @dataclass
 class VAEConfig:
-    """AutoencoderKL in diffusers' config naming (sd_facts 1.5)."""
+    """AutoencoderKL in diffusers' config naming (docs/facts.md §1.5)."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -163,7 +163,7 @@ class VAEConfig:
 
 @dataclass
 class NoiseScheduleConfig:
-    """The DDPM training schedule the model was trained with (sd_facts 1.7)."""
+    """The DDPM training schedule the model was trained with (docs/facts.md §1.7)."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
@@ -199,9 +199,9 @@ class ModelConfig:
     prediction_type: str = "epsilon"
     default_size: int = 512
     noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
-    # SDXL base: an empty negative prompt encodes to zeros (sd_facts 5.4).
+    # SDXL base: an empty negative prompt encodes to zeros (docs/facts.md §5.3).
     force_zeros_for_empty_prompt: bool = False
-    # SDXL refiner: aesthetic score in the text_time vector (sd_facts 1.3).
+    # SDXL refiner: aesthetic score in the text_time vector (docs/facts.md §1.3).
     requires_aesthetics_score: bool = False
     dtype: str = "float16"
     source: SourceInfo = field(default_factory=SourceInfo)

@@ -43,8 +43,8 @@ import mlx.core as mx
 
 from . import cpu_kernels
 from .cpu_memory import keep_freed_memory
+from .dtypes import DTYPES
 
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PRECISIONS = ("float32", "bfloat16")  # of the CPU's products (products_in)
 ATTENTION_CHUNK_BYTES = 16 << 20  # scores per block: stays in a 32 MB L3; larger blocks gain nothing
 

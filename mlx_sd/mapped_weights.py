@@ -25,12 +25,10 @@ import numpy as np
 
 from . import cpu_kernels
 from .device import gpu_available, policy
+from .dtypes import SAFETENSORS_DTYPES
 
-# safetensors dtype codes -> (mlx dtype name, bytes per element)
-DTYPES = {
-    "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "U32": ("uint32", 4), "I32": ("int32", 4), "U8": ("uint8", 1),
-}  # fmt: skip
+# The safetensors dtypes mapped as arrays: those mlx saves (any other is an unsupported entry).
+DTYPES = {code: SAFETENSORS_DTYPES[code] for code in ("F32", "F16", "BF16", "U32", "I32", "U8")}
 HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
 
 

@@ -1,4 +1,4 @@
-"""k-diffusion's samplers (sd_facts 4.5), A1111's Restart, and the registry of A1111's 20 samplers.
+"""k-diffusion's samplers (docs/facts.md §4.4), A1111's Restart, and the registry of A1111's 20 samplers.
 
 The contract they all keep and the loop they share are in mlx_sd.sampler_loop; DDIM, DDIM CFG++,
 PLMS, UniPC and LCM are in mlx_sd.ldm_samplers, DPM fast and DPM adaptive in mlx_sd.dpm_solver.

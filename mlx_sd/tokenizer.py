@@ -1,4 +1,4 @@
-"""CLIP's byte-level BPE tokenizer, shared by every SD text encoder (sd_facts 3).
+"""CLIP's byte-level BPE tokenizer, shared by every SD text encoder (docs/facts.md §3).
 
 Text is cleaned the way OpenAI CLIP and open_clip clean it (ftfy, HTML unescape twice, whitespace
 collapse, lower-case), split by CLIP's pre-tokenisation regex, mapped byte-by-byte to printable
@@ -26,7 +26,7 @@ from .resources import resource
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (sd_facts 3.3); OpenAI CLIP pads with EOS
+OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (docs/facts.md §3.2); OpenAI CLIP pads with EOS
 COMMA_TOKEN = ",</w>"
 END_OF_WORD = "</w>"
 CONTEXT_LENGTH = 77  # BOS + 75 tokens + EOS
@@ -92,7 +92,7 @@ class CLIPTokenizer:
         """Read `tokenizer.json`, or else `vocab.json` + `merges.txt` (a diffusers tokenizer folder).
 
         Only the vocabulary and merges are taken from the files, so every folder tokenizes alike.
-        `pad_token_id` is the family's padding (sd_facts 3.3): 49407 (EOS) for OpenAI CLIP-L,
+        `pad_token_id` is the family's padding (docs/facts.md §3.2): 49407 (EOS) for OpenAI CLIP-L,
         0 for OpenCLIP ViT-H / bigG.
         """
         folder = Path(folder)

@@ -32,7 +32,6 @@ from mlx_sd import cpu_memory, device
 from mlx_sd.config import UNetConfig, VAEConfig
 from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import load_weights
-from mlx_sd.quantize import QuantizedLinear, quantize
 from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
 
@@ -546,31 +545,3 @@ def test_the_cpu_decodes_resnet_by_resnet(use_policy, monkeypatch):
         *[(1, 16, 16, 32)] * resnets, (1, 32, 32, 32), *[(1, 32, 32, 32)] * resnets,
     ]  # the mid block, then each resnet and upsampler
     assert np.abs(np.array(blocks) - np.array(whole)).max() < 1e-4
-
-
-# ---------------------------------------------------------------------------------------------
-# Quantized Linear layers
-
-
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_linear_formulations_agree(bits, monkeypatch):
-    import mlx_sd.quantize as quantize_module
-
-    model = nn.Sequential(layers.Linear(128, 192), nn.Linear(192, 64, bias=False), nn.Linear(100, 8))
-    x = rand(3, 7, 128, seed=16)
-    reference = np.array(model.layers[1](model.layers[0](x)))
-    assert quantize(model, bits) == 2  # 100 inputs is not a multiple of the 64-wide groups
-    assert [type(layer) for layer in model.layers] == [QuantizedLinear, QuantizedLinear, nn.Linear]
-    outputs = {}
-    for choice in (CPU, NATIVE):
-        monkeypatch.setattr(quantize_module, "policy", lambda *a, choice=choice, **k: choice)
-        outputs[choice.quantized] = np.array(model.layers[1](model.layers[0](x)))
-    assert np.abs(outputs["dequantize"] - outputs["kernel"]).max() < TOLERANCE
-    # affine quantization per group of 64: error about a 255th (8-bit) or 15th (4-bit) of each group's range
-    relative = np.abs(outputs["dequantize"] - reference).max() / np.abs(reference).max()
-    assert relative < (0.02 if bits == 8 else 0.3)
-
-
-def test_quantize_rejects_other_widths():
-    with pytest.raises(ValueError, match=r"bits must be one of \(4, 8\); received 3"):
-        quantize(nn.Linear(64, 64), 3)

@@ -1,4 +1,4 @@
-"""The CLIP tokenizer against sd_facts 3.4, transformers' CLIPTokenizerFast, and an independent
+"""The CLIP tokenizer against docs/facts.md §3.3, transformers' CLIPTokenizerFast, and an independent
 pure-Python CLIP BPE (OpenAI's published algorithm, with ftfy) written here as the reference."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from mlx_sd.tokenizer import BUNDLED_FOLDER, CLIPTokenizer, TokenizerError, clea
 
 EOS, BOS = 49407, 49406
 
-SD_FACTS_VECTORS = {
+# Token ids of docs/facts.md §3.3.
+KNOWN_IDS = {
     "a photo of a cat": [49406, 320, 1125, 539, 320, 2368, 49407],
     "A photo of an astronaut riding a horse on mars": [
         49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407,
@@ -151,9 +152,9 @@ def test_bundled_vocabulary_layout():
     assert vocab["in"] == 512 and vocab["jekyll</w>"] == 49405
 
 
-@pytest.mark.parametrize("text", list(SD_FACTS_VECTORS))
-def test_sd_facts_vectors(ours, text):
-    assert ours(text)[: len(SD_FACTS_VECTORS[text])] == SD_FACTS_VECTORS[text]
+@pytest.mark.parametrize("text", list(KNOWN_IDS))
+def test_known_token_ids(ours, text):
+    assert ours(text)[: len(KNOWN_IDS[text])] == KNOWN_IDS[text]
 
 
 def test_special_ids(ours):
@@ -198,13 +199,13 @@ def test_unicode_sweep_matches_reference(ours, reference):
 def test_padding_with_eos(ours):
     ids = ours("a photo of a cat")
     assert len(ids) == 77
-    assert ids[:7] == SD_FACTS_VECTORS["a photo of a cat"] and set(ids[7:]) == {EOS}
+    assert ids[:7] == KNOWN_IDS["a photo of a cat"] and set(ids[7:]) == {EOS}
 
 
 def test_padding_with_zero(hf_fast):
     ours0 = CLIPTokenizer.bundled(pad_token_id=0)
     ids = ours0("a photo of a cat")
-    assert ids[:7] == SD_FACTS_VECTORS["a photo of a cat"] and ids[7:] == [0] * 70
+    assert ids[:7] == KNOWN_IDS["a photo of a cat"] and ids[7:] == [0] * 70
     # transformers' own pad-"!" tokenizer would also split every typed "!" out as a special token,
     # so compare with its EOS-padded ids, zeroed after the closing EOS.
     for text in PLAIN_PROMPTS:
