@@ -86,8 +86,8 @@ class BrownianTree:
     def __init__(
         self, t0: float, t1: float, shape: tuple[int, ...], entropy: int, randn: SeededRandn = torch_cpu_randn
     ):
-        if not t0 < t1:
-            raise ValueError(f"a Brownian tree needs t0 < t1, got {t0} and {t1}")
+        if not t0 <= t1:  # equal for a one-step schedule, which draws nothing
+            raise ValueError(f"a Brownian tree needs t0 <= t1, got {t0} and {t1}")
         self.t0, self.t1 = self._round(t0), self._round(t1)
         self.shape, self.entropy, self.randn = tuple(shape), int(entropy), randn
         root_w_seed = np.random.SeedSequence(entropy=self.entropy, pool_size=POOL_SIZE).generate_state(3)[0]

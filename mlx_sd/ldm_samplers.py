@@ -33,12 +33,20 @@ def sample_ddim(
     run = SamplerRun(sigmas, callback, cancel)
     for sigma, sigma_next in run:
         denoised = denoiser(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = denoised + (x - denoised) * (sigma_down / sigma)
-        if sigma_up:
-            x = x + draw(sigma, sigma_next) * sigma_up
+        x = _ddim_step(x, denoised, denoised, sigma, sigma_next, eta, draw)
         run.done(x, denoised)
     return run.finish_in_ddpm_frame(x)
+
+
+def _ddim_step(
+    x: mx.array, denoised: mx.array, renoise_from: mx.array, sigma: float, sigma_next: float, eta: float,
+    draw: NoiseSampler | None,
+) -> mx.array:
+    """One DDIM step to sigma_next: the prediction `denoised`, plus the noise direction of
+    `renoise_from` (x - it) / sigma scaled to sigma_down, plus fresh noise of size sigma_up."""
+    sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+    x = denoised + (x - renoise_from) * (sigma_down / sigma)
+    return x + draw(sigma, sigma_next) * sigma_up if sigma_up else x
 
 
 class GuidedDenoiser(Protocol):
@@ -76,10 +84,7 @@ def sample_ddim_cfgpp(
             negative = denoised = positive
         else:
             denoised = negative + (positive - negative) * (denoiser.cfg_scale * CFGPP_SCALE)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = denoised + (x - negative) * (sigma_down / sigma)
-        if sigma_up:
-            x = x + draw(sigma, sigma_next) * sigma_up
+        x = _ddim_step(x, denoised, negative, sigma, sigma_next, eta, draw)
         run.done(x, denoised)
     return run.finish_in_ddpm_frame(x)
 

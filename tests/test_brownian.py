@@ -79,3 +79,11 @@ def test_sde_samplers_with_a1111s_brownian_noise(name, function, extra, schedule
     error = float(np.abs(ours.transpose(0, 3, 1, 2) - theirs).max())
     ERRORS[f"{name} (Brownian)"] = max(error, ERRORS.get(f"{name} (Brownian)", 0.0))
     assert error < 1e-4, f"max abs error {error:.2e}"
+
+
+def test_one_step_schedules_build_a_tree_that_is_never_queried():
+    noise = BrownianNoise([3], K.sigmas_for("DPM++ 2M SDE", "Automatic", 1, NS), (4, 4, 4))
+    x = mx.ones((1, 4, 4, 4))
+    out = K.sample_dpmpp_2m_sde(lambda x, s: x * 0.5, x, K.sigmas_for("DPM++ 2M SDE", "Automatic", 1, NS),
+                                noise_sampler=noise)
+    np.testing.assert_allclose(np.array(out), 0.5)
