@@ -10,7 +10,10 @@ from mlx_sd.samplers import SAMPLERS, SamplerInfo
 from mlx_sd.schedules import SCHEDULES
 
 # Schedules that are no entry of A1111's list: samplers that bring their own timesteps.
-_OWN_TIMESTEPS = {"ddim": "DDIM timesteps", "lcm": "LCM timesteps"}
+_OWN_TIMESTEPS = {
+    "ddim": "DDIM timesteps", "lcm": "LCM timesteps", "unipc_time_uniform": "UniPC timesteps",
+    "sigma_range": "sigma_max to sigma_min",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -154,7 +154,17 @@ class Denoiser:
             return float(self._lcm_timesteps[nearest])
         return float(self.noise_schedule.sigma_to_t(sigma, quantize=self.timesteps == "discrete"))
 
+    @property
+    def cfg_scale(self) -> float:
+        return self.cond.cfg_scale
+
     def __call__(self, x: mx.array, sigma: float) -> mx.array:
+        negative, positive = self.predictions(x, sigma)
+        return positive if negative is None else negative + (positive - negative) * self.cfg_scale
+
+    def predictions(self, x: mx.array, sigma: float) -> tuple[mx.array | None, mx.array]:
+        """The negative-prompt (None without CFG) and positive x0 predictions before CFG mixes them
+        (DDIM CFG++ mixes them its own way)."""
         batch = self.cond.batch_size
         if x.ndim != 4 or x.shape[0] != batch:
             raise ValueError(f"x must be (batch {batch}, h, w, channels) like the conditioning, got {tuple(x.shape)}")
@@ -183,6 +193,5 @@ class Denoiser:
             lcm_skip, lcm_out = lcm_boundary_scalings(t)
             denoised = denoised * lcm_out + x_rows * (c_in * lcm_skip)
         if rows == batch:
-            return denoised
-        negative, positive = denoised[:batch], denoised[batch:]
-        return negative + (positive - negative) * self.cond.cfg_scale
+            return None, denoised
+        return denoised[:batch], denoised[batch:]

@@ -28,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from .brownian import BrownianNoise, philox_randn
 from .config import ModelConfig
 from .denoiser import Conditioning, Denoiser
 from .image_prep import prepare_init_image, prepare_mask, to_image
@@ -38,6 +39,7 @@ from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult,
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
 from .sdxl_conditioning import needs_time_ids, time_ids
+from .stepwise_conditioning import conditioning_schedule, stepwise
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -120,7 +122,10 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
         raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
     try:
-        sigmas = sigmas_for(sampler.name, schedule.name, request.steps, NoiseSchedule.from_config(config.noise_schedule))
+        sigmas = sigmas_for(
+            sampler.name, schedule.name, request.steps, NoiseSchedule.from_config(config.noise_schedule),
+            sdxl=config.family.startswith("sdxl"),
+        )
     except ValueError as exc:
         raise RequestError("steps", request.steps, f"a step count {sampler.name} can run ({exc})") from None
 
@@ -211,12 +216,16 @@ def generate(
     init_moments = None if p.init is None else codec.encode(mx.array(p.init)[None], request.vae_tiling)
     if c_concat is not None or init_moments is not None:
         now = timed("vae_encode", now)
-    conditioning = _conditioning(pipe, request, c_concat)
+    conditionings = conditioning_schedule(  # prompt editing and alternation: one entry per change
+        request, lambda prompt, negative: _conditioning(
+            pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
+        )
+    )
     now = timed("text_encoders", now)
     if request.low_memory:
         pipe.release_text_encoders()
 
-    sampler = _BatchSampler(pipe, p, conditioning, init_moments, on_progress, cancel)
+    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel)
     images: list[Image.Image] = []
     for batch_index in range(request.batch_count):
         _check_cancel(cancel, f"before batch {batch_index + 1} of {request.batch_count}")
@@ -242,7 +251,7 @@ class _BatchSampler:
         self,
         pipe: "Pipeline",
         p: Plan,
-        conditioning: Conditioning,
+        conditionings: list[tuple[int, Conditioning]],
         init_moments: mx.array | None,
         on_progress: ProgressFn | None,
         cancel: CancelFn | None,
@@ -250,10 +259,10 @@ class _BatchSampler:
         self.pipe, self.plan, self.init_moments = pipe, p, init_moments
         self.on_progress, self.cancel = on_progress, cancel
         config = pipe.config
-        self.denoiser = Denoiser(
+        self.denoisers = [(end, Denoiser(
             pipe.unet, NoiseSchedule.from_config(config.noise_schedule), conditioning,
             config.prediction_type, p.sampler.timesteps, pipe.dtype,
-        )
+        )) for end, conditioning in conditionings]
         request = p.request
         factor = config.vae.downscale
         self.latent_shape = (request.height // factor, request.width // factor, config.vae.latent_channels)
@@ -267,7 +276,7 @@ class _BatchSampler:
         x = noise.initial()  # drawn even when replaced, so later draws do not depend on `latents`
         if request.latents is not None:
             x = latents_from_request(request.latents, self.latent_shape[-1])
-        denoiser = self.denoiser
+        denoiser = stepwise(self.denoisers)
         if self.init_moments is None:
             x = x * float(sigmas[0])
         else:
@@ -281,6 +290,11 @@ class _BatchSampler:
                 preview = self.pipe.preview.image(step.denoised[0])
                 self.on_progress(Progress(step.step, step.total, batch_index, request.batch_count, preview))
 
+        # A1111's SDE samplers draw from Brownian trees seeded per image; on an NVIDIA GPU, whose
+        # randn the NV generator reproduces, the trees' draws are CUDA's too (mlx_sd.brownian)
+        noise_sampler = None
+        if self.plan.sampler.brownian:
+            noise_sampler = BrownianNoise(seeds, sigmas, self.latent_shape, philox_randn)
         return self.plan.sampler.function(
-            denoiser, x, sigmas, noise=noise, callback=report, cancel=self.cancel
+            denoiser, x, sigmas, noise=noise, callback=report, cancel=self.cancel, noise_sampler=noise_sampler
         )

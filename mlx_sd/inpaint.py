@@ -56,7 +56,18 @@ class BlendedDenoiser:
         self.repaint = repaint
 
     def __call__(self, x: mx.array, sigma: float) -> mx.array:
-        denoised = self.denoiser(x, sigma)
+        return self._blend(self.denoiser(x, sigma))
+
+    @property
+    def cfg_scale(self) -> float:
+        return self.denoiser.cfg_scale
+
+    def predictions(self, x: mx.array, sigma: float) -> tuple[mx.array | None, mx.array]:
+        """Both predictions of the wrapped Denoiser, blended alike (DDIM CFG++)."""
+        negative, positive = self.denoiser.predictions(x, sigma)
+        return (None if negative is None else self._blend(negative)), self._blend(positive)
+
+    def _blend(self, denoised: mx.array) -> mx.array:
         return denoised * self.repaint + self.original * (1.0 - self.repaint)
 
 

@@ -1,13 +1,15 @@
 """The training noise schedule in the k-diffusion frame, sigma <-> timestep, and sigma schedules.
 
 A sigma schedule is a float64 numpy array of n+1 descending noise levels: a sampler's n steps go
-sigmas[i] -> sigmas[i+1]. Every schedule ends at 0 except DDIM's, which ends at sigma(t=0) as
-LDM's and diffusers' DDIM do (docs/facts.md §4.3, §4.4). Computations are float64 for exactness; samplers
-apply the resulting scalars to float32 latents.
+sigmas[i] -> sigmas[i+1]. Every schedule ends at 0 except DDIM's and UniPC's own, which end at
+sigma(t=0) as LDM's and diffusers' do (docs/facts.md §4.3, §4.4), and KL Optimal, which A1111 ends at
+the model's sigma_min. A1111's "DDIM" schedule label has its own function (`ddim_uniform`), ending at
+0. Computations are float64 for exactness; samplers apply the resulting scalars to float32 latents.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -20,6 +22,10 @@ ScheduleFn = Callable[["NoiseSchedule", int], np.ndarray]
 
 KARRAS_RHO = 7.0
 LCM_ORIGINAL_STEPS = 50  # LCM's distillation schedule: timesteps 19, 39, ..., 999
+BETA_ALPHA = BETA_BETA = 0.6  # A1111's defaults for the Beta schedule's distribution
+# Align Your Steps' published 10-step sigmas (NVIDIA's how-to page, as A1111 uses them), per family
+AYS_SD1 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,9 +125,14 @@ def sgm_uniform(schedule: NoiseSchedule, steps: int) -> np.ndarray:
 
 def karras(schedule: NoiseSchedule, steps: int, rho: float = KARRAS_RHO) -> np.ndarray:
     """Karras et al. (2022): evenly spaced in sigma^(1/rho) between the model's sigma_max and sigma_min."""
+    return karras_between(steps, schedule.sigma_min, schedule.sigma_max, rho)
+
+
+def karras_between(steps: int, sigma_min: float, sigma_max: float, rho: float = KARRAS_RHO) -> np.ndarray:
+    """The Karras schedule between any two noise levels (Restart builds its restart segments with it)."""
     _check_steps(steps)
     ramp = np.linspace(0.0, 1.0, steps)
-    max_inv, min_inv = schedule.sigma_max ** (1 / rho), schedule.sigma_min ** (1 / rho)
+    max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return _with_zero((max_inv + ramp * (min_inv - max_inv)) ** rho)
 
 
@@ -129,6 +140,98 @@ def exponential(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     """Evenly spaced in log sigma between the model's sigma_max and sigma_min."""
     _check_steps(steps)
     return _with_zero(np.exp(np.linspace(np.log(schedule.sigma_max), np.log(schedule.sigma_min), steps)))
+
+
+def polyexponential(schedule: NoiseSchedule, steps: int, rho: float = 1.0) -> np.ndarray:
+    """k-diffusion's polyexponential: log sigma follows ramp^rho from log sigma_max to log sigma_min
+    (A1111's rho is 1, which is Exponential)."""
+    _check_steps(steps)
+    ramp = np.linspace(1.0, 0.0, steps) ** rho
+    log_min, log_max = math.log(schedule.sigma_min), math.log(schedule.sigma_max)
+    return _with_zero(np.exp(ramp * (log_max - log_min) + log_min))
+
+
+def kl_optimal(schedule: NoiseSchedule, steps: int) -> np.ndarray:
+    """A1111 "KL Optimal" (Sabour et al. 2024): evenly spaced in arctan(sigma), n+1 values from
+    sigma_max down to sigma_min. A1111 appends no 0, so the last step ends at sigma_min."""
+    _check_steps(steps)
+    ramp = np.arange(steps + 1) / steps
+    return np.tan(ramp * math.atan(schedule.sigma_min) + (1.0 - ramp) * math.atan(schedule.sigma_max))
+
+
+def align_your_steps(schedule: NoiseSchedule, steps: int, sdxl: bool = False) -> np.ndarray:
+    """A1111 "Align Your Steps": the family's published 10-step sigmas, interpolated log-linearly to
+    n values (evenly in their index), then 0. The model's own sigma_min/max are not used."""
+    _check_steps(steps)
+    published = np.array(AYS_SDXL if sdxl else AYS_SD1, dtype=np.float64)
+    if steps == len(published):
+        return _with_zero(published)
+    log_ascending = np.log(published[::-1])
+    ramp = np.interp(np.linspace(0, 1, steps), np.linspace(0, 1, len(published)), log_ascending)
+    return _with_zero(np.exp(ramp)[::-1])
+
+
+def ddim_uniform(schedule: NoiseSchedule, steps: int) -> np.ndarray:
+    """A1111's "DDIM" schedule label: the training sigmas at t = 1, 1 + T//n, ... below T, highest
+    first, then 0. When n does not divide T this gives more than n steps (30 -> 31), as in A1111."""
+    _check_steps(steps)
+    stride = max(schedule.num_timesteps // steps, 1)
+    return _with_zero(schedule.sigmas[np.arange(1, schedule.num_timesteps, stride)][::-1])
+
+
+def beta(schedule: NoiseSchedule, steps: int, a: float = BETA_ALPHA, b: float = BETA_BETA) -> np.ndarray:
+    """A1111 "Beta" (Lee et al. 2024): sigma_min + q * (sigma_max - sigma_min) at the Beta(a, b)
+    quantiles q of 1, ..., 0 (n evenly spaced levels), then 0."""
+    _check_steps(steps)
+    quantiles = [beta_quantile(p, a, b) for p in 1.0 - np.linspace(0.0, 1.0, steps)]
+    return _with_zero(schedule.sigma_min + np.array(quantiles) * (schedule.sigma_max - schedule.sigma_min))
+
+
+def beta_quantile(p: float, a: float, b: float) -> float:
+    """The inverse of the regularized incomplete beta function I_x(a, b) = p, by bisection (the
+    function is monotone in x); exact to float64 at 0 and 1."""
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(64):
+        middle = 0.5 * (low + high)
+        if regularized_incomplete_beta(middle, a, b) < p:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
+
+
+def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b) from its continued fraction, evaluated by the modified Lentz method on the side of
+    (a + 1) / (a + b + 2) where the fraction converges fast (the symmetry I_x(a,b) = 1 - I_{1-x}(b,a))."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - regularized_incomplete_beta(1.0 - x, b, a)
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny = 1e-300  # keeps Lentz's ratios away from division by zero
+
+    def nonzero(value: float) -> float:
+        return value if abs(value) > tiny else tiny
+
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0))
+    fraction = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 / nonzero(1.0 + numerator * d)
+            c = nonzero(1.0 + numerator / c)
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return math.exp(log_front) * fraction / a
 
 
 def simple(schedule: NoiseSchedule, steps: int) -> np.ndarray:
@@ -161,6 +264,24 @@ def ddim(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     """DDIM's schedule: the sigmas of its discrete timesteps, ending at sigma(t=0) (alphas_cumprod[0]),
     not at 0, as LDM and diffusers (`set_alpha_to_one=False`) do."""
     return np.append(schedule.sigmas[ddim_timesteps(schedule, steps)], schedule.sigma_min)
+
+
+def sigma_range(schedule: NoiseSchedule, steps: int) -> np.ndarray:
+    """The model's sigma_max down to its sigma_min in n steps evenly spaced in log sigma, with no
+    final 0: DPM fast and DPM adaptive's own schedule (A1111 hands them only the model's sigma_min
+    and sigma_max; they choose their steps in log sigma themselves)."""
+    _check_steps(steps)
+    return np.exp(np.linspace(np.log(schedule.sigma_max), np.log(schedule.sigma_min), steps + 1))
+
+
+def unipc_time_uniform(schedule: NoiseSchedule, steps: int) -> np.ndarray:
+    """UniPC's own schedule in A1111 (skip type "time_uniform"): n+1 timesteps evenly spaced from T-1
+    down to 0, their noise levels interpolating log alpha linearly in t (UniPC's discrete VP
+    schedule, not log sigma as `t_to_sigma`), ending at sigma(t=0) like DDIM."""
+    _check_steps(steps)
+    t = np.linspace(schedule.num_timesteps - 1, 0, steps + 1)
+    log_alphas_cumprod = np.interp(t, np.arange(schedule.num_timesteps), np.log(schedule.alphas_cumprod))
+    return np.sqrt(np.expm1(-log_alphas_cumprod))
 
 
 def lcm_timesteps(schedule: NoiseSchedule, steps: int, original_steps: int = LCM_ORIGINAL_STEPS) -> np.ndarray:
@@ -202,6 +323,14 @@ def img2img_sigmas(sigmas: np.ndarray, strength: float) -> np.ndarray:
 class Schedule:
     name: str  # A1111's label
     function: ScheduleFn | None  # None for "Automatic": the sampler's own default
+    per_family: bool = False  # the function takes `sdxl=` (Align Your Steps has SD1 and SDXL sigmas)
+
+    def sigmas(self, noise_schedule: NoiseSchedule, steps: int, sdxl: bool = False) -> np.ndarray:
+        if self.function is None:
+            raise ValueError("'Automatic' is the sampler's default schedule: resolve it with the sampler")
+        if self.per_family:
+            return self.function(noise_schedule, steps, sdxl=sdxl)
+        return self.function(noise_schedule, steps)
 
 
 # A1111's schedule labels (sd_schedulers.py), each with A1111's internal name as an alias.
@@ -210,11 +339,19 @@ SCHEDULES: tuple[Schedule, ...] = (
     Schedule("Uniform", uniform),
     Schedule("Karras", karras),
     Schedule("Exponential", exponential),
+    Schedule("Polyexponential", polyexponential),
     Schedule("SGM Uniform", sgm_uniform),
+    Schedule("KL Optimal", kl_optimal),
+    Schedule("Align Your Steps", align_your_steps, per_family=True),
     Schedule("Simple", simple),
     Schedule("Normal", normal),
+    Schedule("DDIM", ddim_uniform),
+    Schedule("Beta", beta),
 )
-_ALIASES = {"sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform"}
+_ALIASES = {
+    "sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform", "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+}
 
 
 def schedule_by_name(name: str) -> Schedule:

@@ -49,13 +49,14 @@ from PIL import Image
 import mlx_sd.generation
 from convert import ConvertOptions, convert_model
 from mlx_sd.config import ModelConfig, NoiseScheduleConfig
+from mlx_sd.brownian import BrownianNoise, philox_randn
 from mlx_sd.noise import ImageNoise
 from mlx_sd.pipeline import Pipeline
 from reference import ReferencePipeline
 from reference.schedulers import SchedulerMatch, diffusers_scheduler, scheduler_noise
 from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SamplerInfo, sampler_by_name, sigmas_for
-from mlx_sd.schedules import SCHEDULES, NoiseSchedule
+from mlx_sd.schedules import SCHEDULES, NoiseSchedule, img2img_sigmas
 
 pytestmark = [
     pytest.mark.slow,  # about a minute of CPU for the whole file
@@ -306,10 +307,17 @@ def run_case(case: Case, models: Models, float_pixels: list[np.ndarray], monkeyp
     assert np.array_equal(np.asarray(result.images[0]), np.round(np.clip(ours[0], 0, 1) * 255).astype(np.uint8))
 
     # diffusers, drawing our noise
-    noise = ImageNoise([SEED], (SIZE // 8, SIZE // 8, config.vae.latent_channels))
+    latent_shape = (SIZE // 8, SIZE // 8, config.vae.latent_channels)
+    noise = ImageNoise([SEED], latent_shape)
     noise.initial()  # replaced by `latents` on our side too
     draws = lambda shape: nchw(noise(), shape)  # noqa: E731
-    with scheduler_noise(draws):
+    scheduler_draws = draws
+    if info.brownian:  # A1111's SDE samplers: the steps' draws come from the image's Brownian tree
+        sigmas = match.sigmas if image is None else img2img_sigmas(match.sigmas, case.strength)
+        tree = BrownianNoise([SEED], sigmas, latent_shape, philox_randn)
+        steps = iter([tree(a, b) for a, b in zip(sigmas, sigmas[1:]) if b > 0])
+        scheduler_draws = lambda shape: nchw(next(steps, mx.zeros((1, *latent_shape))), shape)  # noqa: E731
+    with scheduler_noise(scheduler_draws):
         if image is None:
             theirs = reference.generate(
                 PROMPT, case.negative, SIZE, SIZE, case.steps, case.cfg, latents=z, scheduler=match.make(), seed=SEED

@@ -123,7 +123,9 @@ def test_lcm_timesteps_and_schedule(ns):
         S.lcm_timesteps(ns, 51)
 
 
-@pytest.mark.parametrize("fn", [S.uniform, S.karras, S.exponential, S.sgm_uniform, S.simple, S.normal, S.lcm])
+@pytest.mark.parametrize("fn", [
+    S.uniform, S.karras, S.exponential, S.sgm_uniform, S.simple, S.normal, S.lcm, S.polyexponential, S.beta,
+])
 def test_every_schedule_has_n_plus_one_descending_sigmas_ending_at_zero(ns, fn):
     for steps in (1, 2, 7, 30):
         sigmas = fn(ns, steps)
@@ -155,9 +157,64 @@ def test_schedule_by_name():
     assert S.schedule_by_name("SGM Uniform").function is S.sgm_uniform
     assert S.schedule_by_name("sgm_uniform").name == "SGM Uniform"
     assert S.schedule_by_name(" AUTOMATIC ").function is None
+    assert S.schedule_by_name("kl_optimal").function is S.kl_optimal
+    assert S.schedule_by_name("align_your_steps").name == "Align Your Steps"
     with pytest.raises(ValueError) as error:
-        S.schedule_by_name("Polyexponential")
+        S.schedule_by_name("Karras Exponential")
     message = str(error.value)
-    assert "'Polyexponential'" in message
-    for name in ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Normal"):
+    assert "'Karras Exponential'" in message
+    names = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+             "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+    assert [s.name for s in S.SCHEDULES] == list(names)  # A1111's 12, in A1111's order
+    for name in names:
         assert name in message
+
+
+def test_polyexponential_with_rho_1_is_exponential(ns):
+    np.testing.assert_allclose(S.polyexponential(ns, 9), S.exponential(ns, 9), rtol=1e-12)
+
+
+def test_kl_optimal_is_even_in_arctan_and_ends_at_sigma_min(ns):
+    sigmas = S.kl_optimal(ns, 8)
+    assert sigmas.shape == (9,) and sigmas[-1] == pytest.approx(ns.sigma_min, rel=1e-12)
+    np.testing.assert_allclose(np.diff(np.arctan(sigmas)), (np.arctan(ns.sigma_min) - np.arctan(ns.sigma_max)) / 8)
+
+
+def test_align_your_steps_uses_the_published_sigmas(ns):
+    np.testing.assert_allclose(S.align_your_steps(ns, 11), S.AYS_SD1 + (0.0,))  # 11 steps take them as they are
+    sdxl = S.align_your_steps(ns, 11, sdxl=True)
+    np.testing.assert_allclose(sdxl, S.AYS_SDXL + (0.0,))
+    twenty = S.align_your_steps(ns, 20)
+    assert twenty.shape == (21,) and twenty[0] == pytest.approx(14.615) and twenty[-2] == pytest.approx(0.029)
+    # log-linear: every second of 21 log-interpolated levels is one of the published 11
+    np.testing.assert_allclose(S.align_your_steps(ns, 21)[:-1][::2], S.AYS_SD1, rtol=1e-12)
+
+
+def test_ddim_schedule_label_is_a1111s_leading_timesteps(ns):
+    sigmas = S.ddim_uniform(ns, 20)
+    np.testing.assert_array_equal(sigmas[:-1], ns.sigmas[np.arange(1, 1000, 50)][::-1])
+    assert sigmas[-1] == 0
+    assert len(S.ddim_uniform(ns, 30)) == 32  # 1000 // 30 = 33: t = 1, 34, ..., 991 is 31 steps, as A1111
+
+
+def test_beta_schedule_against_scipy(ns):
+    stats = pytest.importorskip("scipy.stats")
+    sigmas = S.beta(ns, 7)
+    quantiles = stats.beta.ppf(1 - np.linspace(0, 1, 7), 0.6, 0.6)
+    np.testing.assert_allclose(sigmas[:-1], ns.sigma_min + quantiles * (ns.sigma_max - ns.sigma_min), rtol=1e-12)
+    for p in (1e-9, 0.013, 0.5, 0.77, 1 - 1e-9):
+        assert S.beta_quantile(p, 2.0, 5.0) == pytest.approx(stats.beta.ppf(p, 2.0, 5.0), rel=1e-9, abs=1e-15)
+
+
+def test_unipc_time_uniform_interpolates_log_alpha(ns):
+    sigmas = S.unipc_time_uniform(ns, 9)  # 999 / 9 = 111: whole timesteps, the training sigmas
+    np.testing.assert_allclose(sigmas, ns.sigmas[np.arange(999, -1, -111)], rtol=1e-12)
+    half = S.unipc_time_uniform(ns, 2)[1]  # t = 499.5
+    alphas = ns.alphas_cumprod
+    np.testing.assert_allclose(half, np.sqrt(1 / np.sqrt(alphas[499] * alphas[500]) - 1), rtol=1e-12)
+
+
+def test_sigma_range_spans_the_model_without_a_final_zero(ns):
+    sigmas = S.sigma_range(ns, 4)
+    np.testing.assert_allclose(sigmas[[0, -1]], [ns.sigma_max, ns.sigma_min], rtol=1e-12)
+    np.testing.assert_allclose(np.diff(np.log(sigmas)), np.log(ns.sigma_min / ns.sigma_max) / 4)
