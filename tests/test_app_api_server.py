@@ -5,6 +5,7 @@ stops the server; a taken port is a message in the window, not a crash."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import threading
 from pathlib import Path
@@ -168,3 +169,33 @@ def test_the_settings_dialog_sets_serving_and_the_port(qtbot, tmp_path: Path) ->
     dialog.api_port_spin.setValue(7861)
     assert dialog.api_port_spin.isEnabled()
     assert (dialog.settings().serve_api, dialog.settings().api_port) == (True, 7861)
+
+
+def test_an_api_interrupt_stops_its_job_and_the_windows_own_job_queued_behind_it_runs(qtbot, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    fake_model_folder(library / "models" / "tiny", native=64)
+    pipeline = ScriptedPipeline(step_seconds=0.1)
+    window = open_window(qtbot, library, pipeline, settings=AppSettings(serve_api=True, api_port=free_port()))
+    url = f"http://127.0.0.1:{window.api.port}/sdapi/v1"
+    reports: list[object] = []
+    window.controller.progressed.connect(reports.append)
+    finished: list[object] = []
+    window.controller.finished.connect(finished.append)
+    box = in_thread(lambda: requests.post(f"{url}/txt2img", json={"prompt": "slow", "steps": 50, "width": 64, "height": 64}, timeout=60))
+    qtbot.waitUntil(lambda: len(reports) >= 2, timeout=10_000)
+    own = window.generate()  # queued on the worker behind the API's job
+    assert own is not None and window.controller.busy
+    assert requests.post(f"{url}/interrupt", timeout=10).json() == {}
+    answer = wait_for(qtbot, box)
+    assert answer.status_code == 200 and answer.json()["images"] == []
+    assert json.loads(answer.json()["info"])["interrupted"] is True
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert [result.job.job_id for result in finished] == [own.job_id]
+    assert not window.controller.busy and window.generate_button.isEnabled()
+    api_steps = [r.step for r in reports if r.job_id != own.job_id]
+    assert len(pipeline.requests) == 2 and max(api_steps) < 50
+
+def test_the_port_setting_falls_back_to_the_default_when_out_of_range() -> None:
+    assert AppSettings(api_port=0).validated().api_port == AppSettings().api_port
+    assert AppSettings(api_port=70000).validated().api_port == AppSettings().api_port
+    assert AppSettings(api_port=7861).validated().api_port == 7861
