@@ -189,15 +189,7 @@ class GenerationWorker(QObject):
         try:
             if self._abort.is_set():
                 raise Cancelled("cancelled before the model was loaded")
-            self.started.emit(job)
-            pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
-            pipeline.precision = job.precision
-            request = job.request  # the engine fits an init image to the request's size
-            self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
-            clock = ProgressClock()
-            result = pipeline.generate(
-                request, on_progress=lambda p: self._on_progress(job, p, clock), cancel=self._abort.is_set
-            )
+            result = self._generate(job, self._abort.is_set)
             if self._abort.is_set():  # the last step finished as Cancel was pressed: still record nothing
                 raise Cancelled("cancelled after the last step")
         except Cancelled:
@@ -211,6 +203,24 @@ class GenerationWorker(QObject):
         self.status.emit("Saving…")
         entries, record_error = self._record(job, result)
         self.finished.emit(JobResult(job, result, entries, record_error))
+
+    def _generate(
+        self, job: GenerationJob, cancel: Callable[[], bool], on_progress: Callable[[Progress], None] | None = None
+    ) -> GenerationResult:
+        """Generate `job` with its model loaded, reporting each step to the window (and to `on_progress`)."""
+        self.started.emit(job)
+        pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
+        pipeline.precision = job.precision
+        self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
+        clock = ProgressClock()
+
+        def progressed(progress: Progress) -> None:
+            if on_progress is not None:
+                on_progress(progress)
+            self._on_progress(job, progress, clock)
+
+        # the engine fits an init image to the request's size
+        return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
 
     def _pipeline_for(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
         folder = Path(model_folder)
@@ -244,17 +254,8 @@ class GenerationWorker(QObject):
     ) -> GenerationResult:
         """Generate `job` with the loaded model, reporting to `on_progress` and to the window; the
         window's Cancel does not stop it, `cancel` does. Raises what the pipeline raises."""
-        self.started.emit(job)
         try:
-            pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
-            pipeline.precision = job.precision
-            clock = ProgressClock()
-
-            def progressed(progress: Progress) -> None:
-                on_progress(progress)
-                self._on_progress(job, progress, clock)
-
-            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+            return self._generate(job, cancel, on_progress)
         except Cancelled:
             self.cancelled.emit(job.job_id)
             raise

@@ -511,7 +511,7 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def _on_status(self, text: str) -> None:
-        self.progress_label.setText(text)
+        self.progress_label.setText((API_PREFIX if self._shown is not None and self._shown.outside else "") + text)
 
     @Slot(object)
     def _on_progress(self, report: StepReport) -> None:
