@@ -79,9 +79,9 @@ class ApiService:
         self._server: BackgroundServer | None = None
 
     @property
-    def port(self) -> int | None:
-        """The port served, None when the API is off."""
-        return self._server.port if self._server is not None else None
+    def address(self) -> tuple[str, int] | None:
+        """The host and port served, None when the API is off."""
+        return self._server.sock.getsockname()[:2] if self._server is not None else None
 
     def apply(self, settings: AppSettings, library: Path) -> None:
         wanted = (settings.api_port, Path(library)) if settings.serve_api else None

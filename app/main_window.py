@@ -708,6 +708,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_session()
+        self.controller.cancel()  # so an API job queued behind the window's own one is not kept waiting
         self.api.stop()  # before the worker ends: the API's running job stops at its next step
         self.controller.shutdown()
         super().closeEvent(event)

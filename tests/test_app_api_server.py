@@ -18,6 +18,7 @@ from PIL import Image
 from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, open_window
 
 from app.generation_worker import load_pipeline
+from app.history_browser import install_history_browser
 from app.history_store import HistoryQuery, HistoryStore
 from app.main_window import API_PREFIX, MainWindow
 from app.settings import AppSettings
@@ -88,13 +89,15 @@ def served_window(qtbot, tmp_path: Path):
 
 def test_an_api_txt2img_runs_on_the_apps_worker_and_shows_in_its_progress_and_history(qtbot, served_window) -> None:
     window, loader = served_window
-    assert window.api.port == window.settings.api_port
+    history = install_history_browser(window)
+    assert history.browser.model.rowCount() == 0
+    assert window.api.address == ("127.0.0.1", window.settings.api_port)
     labels: list[str] = []
     window.controller.progressed.connect(lambda _report: labels.append(window.progress_label.text()))
     recorded: list[object] = []
     window.imageRecorded.connect(recorded.append)
 
-    client = webuiapi.WebUIApi(host="127.0.0.1", port=window.api.port)
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=window.api.address[1])
     box = in_thread(lambda: client.txt2img(prompt="a red square", width=64, height=64, steps=3, seed=11, sampler_name="Euler"))
     result = wait_for(qtbot, box)
     qtbot.waitUntil(lambda: len(recorded) == 1, timeout=TIMEOUT_MS)
@@ -107,6 +110,7 @@ def test_an_api_txt2img_runs_on_the_apps_worker_and_shows_in_its_progress_and_hi
     assert result.info["all_seeds"] == [11]
     entry = recorded[0]
     assert entry.generation.seed == 11 and entry.generation.model == "demo"
+    qtbot.waitUntil(lambda: history.browser.model.rowCount() == 1, timeout=10_000)  # the History tab reloaded
     store = HistoryStore(window.library)
     try:
         assert store.count(HistoryQuery()) == 1
@@ -131,15 +135,17 @@ def test_turning_the_setting_off_stops_the_server_and_on_starts_it_again(qtbot, 
     port = free_port()
     window = open_window(qtbot, library, settings=AppSettings(serve_api=True, api_port=port))
     assert requests.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=10).json()[0]["model_name"] == "tiny"
+    assert window.api.address == ("127.0.0.1", port)  # this machine only
+    assert requests.get(f"http://127.0.0.1:{port}/sdapi/v1/cmd-flags", timeout=10).json()["listen"] is False
 
     window.apply_settings(dataclasses.replace(window.settings, serve_api=False))
-    assert window.api.port is None
+    assert window.api.address is None
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/sdapi/v1/options", timeout=10)
 
     other = free_port()
     window.apply_settings(dataclasses.replace(window.settings, serve_api=True, api_port=other))
-    assert window.api.port == other
+    assert window.api.address[1] == other
     assert requests.get(f"http://127.0.0.1:{other}/sdapi/v1/progress", timeout=10).status_code == 200
     window.close()
     with pytest.raises(requests.ConnectionError):
@@ -152,7 +158,7 @@ def test_a_taken_port_is_a_message_in_the_window_which_keeps_working(qtbot, tmp_
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         window = open_window(qtbot, library, ScriptedPipeline(), settings=AppSettings(serve_api=True, api_port=port))
-        assert window.api.port is None
+        assert window.api.address is None
         assert window.message_bar.kind == "error"
         assert f"Port {port}" in window.message_bar.text() and "Settings" in window.message_bar.text()
         with qtbot.waitSignal(window.controller.finished, timeout=10_000):
@@ -176,7 +182,7 @@ def test_an_api_interrupt_stops_its_job_and_the_windows_own_job_queued_behind_it
     fake_model_folder(library / "models" / "tiny", native=64)
     pipeline = ScriptedPipeline(step_seconds=0.1)
     window = open_window(qtbot, library, pipeline, settings=AppSettings(serve_api=True, api_port=free_port()))
-    url = f"http://127.0.0.1:{window.api.port}/sdapi/v1"
+    url = f"http://127.0.0.1:{window.api.address[1]}/sdapi/v1"
     reports: list[object] = []
     window.controller.progressed.connect(reports.append)
     finished: list[object] = []
