@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -205,3 +207,8 @@ def test_the_port_setting_falls_back_to_the_default_when_out_of_range() -> None:
     assert AppSettings(api_port=0).validated().api_port == AppSettings().api_port
     assert AppSettings(api_port=70000).validated().api_port == AppSettings().api_port
     assert AppSettings(api_port=7861).validated().api_port == 7861
+
+
+def test_the_window_loads_the_server_stack_only_when_the_api_is_on() -> None:
+    code = "import sys, app.main, app.main_window; assert not [m for m in ('fastapi', 'uvicorn') if m in sys.modules]"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
