@@ -23,7 +23,8 @@ from app.generation_worker import load_pipeline
 from app.history_browser import install_history_browser
 from app.history_store import HistoryQuery, HistoryStore
 from app.main_window import API_PREFIX, MainWindow
-from app.settings import AppSettings
+from app.settings import AppSettings, load_settings
+from app.settings_dialog import SERVE_API_TEXT, install_settings_dialog
 from mlx_sd.model_paths import DEMO_FOLDER
 
 pytestmark = QT_MARKS
@@ -167,17 +168,26 @@ def test_a_taken_port_is_a_message_in_the_window_which_keeps_working(qtbot, tmp_
             assert window.generate() is not None
 
 
-def test_the_settings_dialog_sets_serving_and_the_port(qtbot, tmp_path: Path) -> None:
-    from app.settings_dialog import SERVE_API_TEXT, SettingsDialog
-
-    dialog = SettingsDialog(AppSettings(), None, tmp_path, gpu=False, bf16=False)
-    qtbot.addWidget(dialog)
-    assert dialog.serve_api_check.text() == SERVE_API_TEXT and not dialog.api_port_spin.isEnabled()
+def test_the_settings_dialog_turns_the_api_on_with_its_port_and_the_next_start_serves_again(qtbot, tmp_path: Path) -> None:
+    library, path = tmp_path / "library", tmp_path / "config" / "settings.json"
+    fake_model_folder(library / "models" / "tiny", native=64)
+    window = open_window(qtbot, library, settings_path=path)
+    plugin = install_settings_dialog(window, path, library)
+    dialog = plugin.open()
+    assert dialog.serve_api_check.text() == SERVE_API_TEXT and not dialog.serve_api_check.isChecked()
+    assert not dialog.api_port_spin.isEnabled()
+    port = free_port()
     dialog.serve_api_check.setChecked(True)
-    dialog.api_port_spin.setValue(7861)
-    assert dialog.api_port_spin.isEnabled()
-    assert (dialog.settings().serve_api, dialog.settings().api_port) == (True, 7861)
+    dialog.api_port_spin.setValue(port)
+    dialog.accept()
+    assert window.api.address == ("127.0.0.1", port)
+    window.close()
+    assert window.api.address is None
 
+    settings = load_settings(path)
+    assert (settings.serve_api, settings.api_port) == (True, port)
+    again = open_window(qtbot, library, settings=settings, settings_path=path)
+    assert again.api.address == ("127.0.0.1", port)
 
 def test_an_api_interrupt_stops_its_job_and_the_windows_own_job_queued_behind_it_runs(qtbot, tmp_path: Path) -> None:
     library = tmp_path / "library"
