@@ -369,6 +369,9 @@ class GenerationController(QObject):
         self._busy = False
         self._job_id = 0  # the window's last job
         self._ids = itertools.count(1)  # shared by the window's jobs and outside ones, from any thread
+        self._calls: list[OutsideCall] = []  # cancelled when the thread ends before running them
+        self._calls_lock = threading.Lock()
+        self._stopped = False
         self._thread.start()
 
     @property
@@ -395,6 +398,11 @@ class GenerationController(QObject):
     def call(self, work: OutsideWork) -> concurrent.futures.Future:
         """Queue `work(worker)` on the generation thread, behind the jobs already queued (any thread)."""
         call = OutsideCall(work)
+        with self._calls_lock:
+            if self._stopped:
+                call.future.cancel()
+                return call.future
+            self._calls = [c for c in self._calls if not c.future.done()] + [call]
         self._call.emit(call)
         return call.future
 
@@ -451,3 +459,8 @@ class GenerationController(QObject):
         self.worker.cancel()
         self._thread.quit()
         self._thread.wait()
+        with self._calls_lock:
+            self._stopped = True
+            for call in self._calls:
+                call.future.cancel()  # never run: whoever waits for it hears so instead of waiting for ever
+            self._calls = []

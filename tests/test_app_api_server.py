@@ -17,9 +17,9 @@ import pytest
 import requests
 import webuiapi
 from PIL import Image
-from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, open_window
+from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, open_window, scripted_loader
 
-from app.generation_worker import load_pipeline
+from app.generation_worker import GenerationController, load_pipeline
 from app.history_browser import install_history_browser
 from app.history_store import HistoryQuery, HistoryStore
 from app.main_window import API_PREFIX, MainWindow
@@ -222,3 +222,15 @@ def test_the_port_setting_falls_back_to_the_default_when_out_of_range() -> None:
 def test_the_window_loads_the_server_stack_only_when_the_api_is_on() -> None:
     code = "import sys, app.main, app.main_window; assert not [m for m in ('fastapi', 'uvicorn') if m in sys.modules]"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_outside_calls_run_on_the_generation_thread_and_are_cancelled_once_it_ended(qtbot, tmp_path: Path) -> None:
+    controller = GenerationController(tmp_path, scripted_loader(ScriptedPipeline()))
+    try:
+        thread = controller.call(lambda worker: threading.current_thread()).result(timeout=10)
+        assert thread is not threading.current_thread()
+        with pytest.raises(ZeroDivisionError):  # a failure goes back to the caller
+            controller.call(lambda worker: 1 / 0).result(timeout=10)
+    finally:
+        controller.shutdown()
+    assert controller.call(lambda worker: None).cancelled()
