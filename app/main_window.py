@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
 from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
+from .api_service import ApiService
 from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
 from .generation_worker import (
     GenerationController,
@@ -59,7 +60,6 @@ from .generation_worker import (
     describe_error,
     load_pipeline,
 )
-from .api_service import ApiService
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
@@ -495,6 +495,10 @@ class MainWindow(QMainWindow):
     def _own(self, job_id: int) -> bool:
         return self._job is not None and self._job.job_id == job_id
 
+    def _prefix(self) -> str:
+        """Before the progress text of the job shown: whether it came from the API."""
+        return API_PREFIX if self._shown is not None and self._shown.outside else ""
+
     def _end_outside(self, text: str) -> None:
         """An API job ended: say so, and go idle unless the window's own job waits behind it."""
         if not self.controller.busy:
@@ -511,15 +515,15 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def _on_status(self, text: str) -> None:
-        self.progress_label.setText((API_PREFIX if self._shown is not None and self._shown.outside else "") + text)
+        self.progress_label.setText(self._prefix() + text)
 
     @Slot(object)
     def _on_progress(self, report: StepReport) -> None:
-        if not self._current(report.job_id) or self._shown is None:
+        if not self._current(report.job_id):
             return
         self.progress.setRange(0, report.overall)
         self.progress.setValue(report.done)
-        self.progress_label.setText((API_PREFIX if self._shown.outside else "") + progress_text(report))
+        self.progress_label.setText(self._prefix() + progress_text(report))
 
     @Slot(int, QImage)
     def _on_preview(self, job_id: int, image: QImage) -> None:
