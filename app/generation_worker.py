@@ -4,12 +4,19 @@ The worker loads the model (kept loaded between runs), calls `Pipeline.generate`
 finished image in the history store and reports back with signals; the UI thread never runs a model.
 Cancelling sets a flag that the pipeline polls before every step, so a run stops within one step and
 records nothing. `GenerationController` owns the thread and is what the window talks to.
+
+Jobs from outside the window (the A1111 API's queue, app.api_service) run on the same thread with the
+same loaded model: `GenerationController.call` hands a function to the worker's `run_call` slot and
+returns a future, and the worker's `load_model`, `run_outside` and `record_outside` do the work there,
+emitting the same signals as the window's own jobs, so those jobs show in its progress and history.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +63,9 @@ def load_pipeline(folder: Path, device: str) -> PipelineLike:
     return Pipeline.load(folder)
 
 
+OutsideWork = Callable[["GenerationWorker"], object]  # run on the generation thread, given the worker
+
+
 @dataclass(frozen=True)
 class GenerationJob:
     request: GenerationRequest
@@ -65,6 +75,7 @@ class GenerationJob:
     device: str = "gpu"
     preview_every: int = 1  # send a live preview every N steps, 0 = never
     precision: str = "float32"  # of the CPU's products; changing it needs no reload
+    outside: bool = False  # from the API, not the window's Generate
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,7 @@ class GenerationWorker(QObject):
     """Lives in the generation thread; call `run` through a queued signal, `cancel` from anywhere."""
 
     status = Signal(str)
+    started = Signal(object)  # GenerationJob, as the worker begins it (the window's or an outside one)
     progressed = Signal(object)  # StepReport
     preview = Signal(int, QImage)  # job id, preview image
     finished = Signal(object)  # JobResult
@@ -177,14 +189,7 @@ class GenerationWorker(QObject):
         try:
             if self._abort.is_set():
                 raise Cancelled("cancelled before the model was loaded")
-            pipeline = self._pipeline_for(job)
-            pipeline.precision = job.precision
-            request = job.request  # the engine fits an init image to the request's size
-            self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
-            clock = ProgressClock()
-            result = pipeline.generate(
-                request, on_progress=lambda p: self._on_progress(job, p, clock), cancel=self._abort.is_set
-            )
+            result = self._generate(job, self._abort.is_set)
             if self._abort.is_set():  # the last step finished as Cancel was pressed: still record nothing
                 raise Cancelled("cancelled after the last step")
         except Cancelled:
@@ -199,16 +204,73 @@ class GenerationWorker(QObject):
         entries, record_error = self._record(job, result)
         self.finished.emit(JobResult(job, result, entries, record_error))
 
-    def _pipeline_for(self, job: GenerationJob) -> PipelineLike:
-        folder = Path(job.model_folder)
+    def _generate(
+        self, job: GenerationJob, cancel: Callable[[], bool], on_progress: Callable[[Progress], None] | None = None
+    ) -> GenerationResult:
+        """Generate `job` with its model loaded, reporting each step to the window (and to `on_progress`)."""
+        self.started.emit(job)
+        pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
+        pipeline.precision = job.precision
+        self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
+        clock = ProgressClock()
+
+        def progressed(progress: Progress) -> None:
+            if on_progress is not None:
+                on_progress(progress)
+            self._on_progress(job, progress, clock)
+
+        # the engine fits an init image to the request's size
+        return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+
+    def _pipeline_for(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
+        folder = Path(model_folder)
         config = folder / MODEL_JSON
-        key = (str(folder.resolve()), job.device, config.stat().st_mtime if config.exists() else 0.0)
+        key = (str(folder.resolve()), device, config.stat().st_mtime if config.exists() else 0.0)
         if self._pipeline is None or key != self._pipeline_key:
             self._pipeline = self._pipeline_key = None  # free the old model before loading the next
-            self.status.emit(f"Loading the model {job.model_name}…")
-            self._pipeline = self._loader(folder, job.device)
+            self.status.emit(f"Loading the model {model_name}…")
+            self._pipeline = self._loader(folder, device)
             self._pipeline_key = key
         return self._pipeline
+
+    # -- outside jobs (worker thread, through run_call) -------------------------------------------
+
+    @Slot(object)
+    def run_call(self, call: "OutsideCall") -> None:
+        """Run `call.work(self)` here, on the generation thread; its return value or exception goes to `call.future`."""
+        if not call.future.set_running_or_notify_cancel():
+            return  # its caller stopped waiting
+        try:
+            call.future.set_result(call.work(self))
+        except BaseException as exc:  # the caller's thread decides what a failure means
+            call.future.set_exception(exc)
+
+    def load_model(self, model_folder: Path, model_name: str, device: str) -> None:
+        """Make this the loaded model (the one the window's jobs use too)."""
+        self._pipeline_for(model_folder, model_name, device)
+
+    def run_outside(
+        self, job: GenerationJob, on_progress: Callable[[Progress], None], cancel: Callable[[], bool]
+    ) -> GenerationResult:
+        """Generate `job` with the loaded model, reporting to `on_progress` and to the window; the
+        window's Cancel does not stop it, `cancel` does. Raises what the pipeline raises."""
+        try:
+            return self._generate(job, cancel, on_progress)
+        except Cancelled:
+            self.cancelled.emit(job.job_id)
+            raise
+        except Exception as exc:
+            self.failed.emit(job.job_id, describe_error(exc))
+            raise
+        finally:
+            release_free_memory()
+
+    def record_outside(self, job: GenerationJob, result: GenerationResult) -> UserMessage | None:
+        """Record `result` in the window's history store and report it as finished; returns why it
+        could not all be recorded (or None)."""
+        entries, record_error = self._record(job, result)
+        self.finished.emit(JobResult(job, result, entries, record_error))
+        return record_error
 
     def _on_progress(self, job: GenerationJob, progress: Progress, clock: ProgressClock) -> None:
         done = progress.batch_index * progress.total + progress.step
@@ -262,6 +324,12 @@ class GenerationWorker(QObject):
         self.close_store()
 
 
+@dataclass(frozen=True)
+class OutsideCall:
+    work: OutsideWork
+    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+
+
 class GenerationController(QObject):
     """The UI thread's handle on the worker: starts jobs, cancels, shuts the thread down.
 
@@ -269,6 +337,7 @@ class GenerationController(QObject):
     Python callable connected to the worker's signals would run in the worker thread)."""
 
     status = Signal(str)
+    started = Signal(object)  # GenerationJob
     progressed = Signal(object)  # StepReport
     preview = Signal(int, QImage)
     finished = Signal(object)  # JobResult
@@ -276,6 +345,7 @@ class GenerationController(QObject):
     cancelled = Signal(int)
 
     _run = Signal(object)
+    _call = Signal(object)
     _set_library = Signal(object)
 
     def __init__(self, library: Path | None, loader: Loader = load_pipeline, parent: QObject | None = None):
@@ -285,17 +355,23 @@ class GenerationController(QObject):
         self.worker = GenerationWorker(library, loader)
         self.worker.moveToThread(self._thread)
         self._run.connect(self.worker.run)
+        self._call.connect(self.worker.run_call, Qt.ConnectionType.QueuedConnection)  # emitted from any thread
         self._set_library.connect(self.worker.set_library)
         # runs in the worker thread as it ends, so the SQLite connection closes in its own thread
         self._thread.finished.connect(self.worker.release, Qt.ConnectionType.DirectConnection)
         self.worker.status.connect(self._on_status)
+        self.worker.started.connect(self._on_started)
         self.worker.progressed.connect(self._on_progressed)
         self.worker.preview.connect(self._on_preview)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self._on_failed)
         self.worker.cancelled.connect(self._on_cancelled)
         self._busy = False
-        self._next_id = 0
+        self._job_id = 0  # the window's last job
+        self._ids = itertools.count(1)  # shared by the window's jobs and outside ones, from any thread
+        self._calls: list[OutsideCall] = []  # cancelled when the thread ends before running them
+        self._calls_lock = threading.Lock()
+        self._stopped = False
         self._thread.start()
 
     @property
@@ -306,8 +382,8 @@ class GenerationController(QObject):
         """Queue `job` (its id is assigned here); raises RuntimeError while a job runs."""
         if self._busy:
             raise RuntimeError("a generation is already running; cancel it or wait for it to finish")
-        self._next_id += 1
-        job = dataclasses.replace(job, job_id=self._next_id)
+        job = dataclasses.replace(job, job_id=self.next_job_id())
+        self._job_id = job.job_id
         self._busy = True
         self.worker.reset_abort()
         self._run.emit(job)
@@ -315,6 +391,20 @@ class GenerationController(QObject):
 
     def cancel(self) -> None:
         self.worker.cancel()
+
+    def next_job_id(self) -> int:
+        return next(self._ids)
+
+    def call(self, work: OutsideWork) -> concurrent.futures.Future:
+        """Queue `work(worker)` on the generation thread, behind the jobs already queued (any thread)."""
+        call = OutsideCall(work)
+        with self._calls_lock:
+            if self._stopped:
+                call.future.cancel()
+                return call.future
+            self._calls = [c for c in self._calls if not c.future.done()] + [call]
+        self._call.emit(call)
+        return call.future
 
     def set_library(self, library: Path | None) -> None:
         self._set_library.emit(library)
@@ -332,6 +422,10 @@ class GenerationController(QObject):
         self.status.emit(text)
 
     @Slot(object)
+    def _on_started(self, job: GenerationJob) -> None:
+        self.started.emit(job)
+
+    @Slot(object)
     def _on_progressed(self, report: StepReport) -> None:
         self.progressed.emit(report)
 
@@ -339,19 +433,23 @@ class GenerationController(QObject):
     def _on_preview(self, job_id: int, image: QImage) -> None:
         self.preview.emit(job_id, image)
 
+    def _ended(self, job_id: int) -> None:
+        if job_id == self._job_id:  # an outside job ending leaves the window's own one running
+            self._busy = False
+
     @Slot(object)
     def _on_finished(self, result: JobResult) -> None:
-        self._busy = False
+        self._ended(result.job.job_id)
         self.finished.emit(result)
 
     @Slot(int, object)
     def _on_failed(self, job_id: int, message: UserMessage) -> None:
-        self._busy = False
+        self._ended(job_id)
         self.failed.emit(job_id, message)
 
     @Slot(int)
     def _on_cancelled(self, job_id: int) -> None:
-        self._busy = False
+        self._ended(job_id)
         self.cancelled.emit(job_id)
 
     def shutdown(self) -> None:
@@ -361,3 +459,8 @@ class GenerationController(QObject):
         self.worker.cancel()
         self._thread.quit()
         self._thread.wait()
+        with self._calls_lock:
+            self._stopped = True
+            for call in self._calls:
+                call.future.cancel()  # never run: whoever waits for it hears so instead of waiting for ever
+            self._calls = []

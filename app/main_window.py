@@ -12,6 +12,9 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
+With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
+the worker runs the API's jobs between the window's own, and the window shows whichever job runs.
+
 With a `session_path` the prompts, parameters, geometry and panel sizes are saved on close and come back
 with `restore_session()` (call it once every panel is installed).
 """
@@ -45,6 +48,7 @@ from PySide6.QtWidgets import (
 from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
+from .api_service import ApiService
 from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
 from .generation_worker import (
     GenerationController,
@@ -68,6 +72,7 @@ from .session_state import SessionState, load_session, save_session
 from .settings import AppSettings, save_settings
 from .wheel_guard import WheelGuard, guard_wheel
 
+API_PREFIX = "API request · "  # progress of a job from the A1111 API
 READY_TEXT = "Your images appear here. Write a prompt and press Generate (Ctrl+Enter)."
 PREPARING_KERNELS_TEXT = "Preparing the CPU kernels (once: about a minute on the first start)…"
 SIDE_MIN_WIDTH = 340
@@ -119,7 +124,8 @@ class MainWindow(QMainWindow):
         self._demo_folder = demo_folder
         self._session_path = session_path
         self._checkpoint_importer: Callable[[Path], None] | None = None
-        self._job: GenerationJob | None = None
+        self._job: GenerationJob | None = None  # the window's own last job
+        self._shown: GenerationJob | None = None  # the job the worker runs: the window's own or the API's
         self._kernels_ready = True  # until prepare_cpu_kernels starts preparing them
         self._waiting: GenerationJob | None = None  # a run asked for while the kernels are prepared
         self._started = 0.0
@@ -127,6 +133,7 @@ class MainWindow(QMainWindow):
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
+        self.controller.started.connect(self._on_started)
         self.controller.progressed.connect(self._on_progress)
         self.controller.preview.connect(self._on_preview)
         self.controller.finished.connect(self._on_finished)
@@ -172,6 +179,8 @@ class MainWindow(QMainWindow):
         guard_wheel(self, self.wheel_guard)
         self.setMinimumSize(MINIMUM_SIZE)
         self.resize(DEFAULT_SIZE)
+        self.api = ApiService(self)
+        self.api.apply(settings, self.library)
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -339,6 +348,7 @@ class MainWindow(QMainWindow):
         self.result_view.output_format = settings.output_format
         self.parameters.low_memory.setChecked(settings.low_memory)
         self._refresh_presets()
+        self.api.apply(settings, self.library)
 
     def _set_low_memory(self, on: bool) -> None:
         if on != self.settings.low_memory:
@@ -354,9 +364,11 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self.controller.set_library(self.library)
         self.picker.set_library(ModelLibrary(self.library, self._demo_folder))
+        self.api.apply(self.settings, self.library)
 
     def release_library(self) -> None:
-        """Stop any run and close the worker's history connection, before the library folder moves."""
+        """Stop any run and the API, and close the worker's history connection, before the library folder moves."""
+        self.api.stop()
         self.controller.release_library()
 
     def _persist(self) -> None:
@@ -478,11 +490,32 @@ class MainWindow(QMainWindow):
             self.progress.setValue(0)
 
     def _current(self, job_id: int) -> bool:
+        return self._shown is not None and self._shown.job_id == job_id
+
+    def _own(self, job_id: int) -> bool:
         return self._job is not None and self._job.job_id == job_id
+
+    def _prefix(self) -> str:
+        """Before the progress text of the job shown: whether it came from the API."""
+        return API_PREFIX if self._shown is not None and self._shown.outside else ""
+
+    def _end_outside(self, text: str) -> None:
+        """An API job ended: say so, and go idle unless the window's own job waits behind it."""
+        if not self.controller.busy:
+            self._set_busy(False)
+        self.progress_label.setText(f"{API_PREFIX}{text}")
+
+    @Slot(object)
+    def _on_started(self, job: GenerationJob) -> None:
+        self._shown = job
+        self._started = time.monotonic()
+        if job.outside:
+            self.progress.setRange(0, 0)
+            self.progress_label.setText(f"{API_PREFIX}starting…")
 
     @Slot(str)
     def _on_status(self, text: str) -> None:
-        self.progress_label.setText(text)
+        self.progress_label.setText(self._prefix() + text)
 
     @Slot(object)
     def _on_progress(self, report: StepReport) -> None:
@@ -490,12 +523,12 @@ class MainWindow(QMainWindow):
             return
         self.progress.setRange(0, report.overall)
         self.progress.setValue(report.done)
-        self.progress_label.setText(progress_text(report))
+        self.progress_label.setText(self._prefix() + progress_text(report))
 
     @Slot(int, QImage)
     def _on_preview(self, job_id: int, image: QImage) -> None:
-        if self._current(job_id) and self._job is not None:
-            self.result_view.show_preview(image, QSize(self._job.request.width, self._job.request.height))
+        if self._current(job_id) and self._shown is not None:
+            self.result_view.show_preview(image, QSize(self._shown.request.width, self._shown.request.height))
 
     @Slot(object)
     def _on_finished(self, outcome: JobResult) -> None:
@@ -508,12 +541,16 @@ class MainWindow(QMainWindow):
             for i, (image, seed, infotext) in enumerate(zip(result.images, result.seeds, result.infotexts))
         ]
         self.result_view.set_results(items)
-        if result.seeds:
-            self.parameters.seed.set_last_seed(result.seeds[0])
-        self._set_busy(False)
         seconds = time.monotonic() - self._started
         count = len(items)
-        self.progress_label.setText(f"{count} image{'s' if count != 1 else ''} in {format_seconds(seconds)}")
+        done = f"{count} image{'s' if count != 1 else ''} in {format_seconds(seconds)}"
+        if self._own(outcome.job.job_id):
+            if result.seeds:
+                self.parameters.seed.set_last_seed(result.seeds[0])
+            self._set_busy(False)
+            self.progress_label.setText(done)
+        else:
+            self._end_outside(done)
         if outcome.record_error is not None:
             self.show_error(outcome.record_error.title, outcome.record_error.detail)
         for entry in outcome.entries:
@@ -521,7 +558,10 @@ class MainWindow(QMainWindow):
 
     @Slot(int, object)
     def _on_failed(self, job_id: int, message: UserMessage) -> None:
-        if not self._current(job_id):
+        if not self._own(job_id):
+            if self._current(job_id):  # the API's client hears why; the window only notes it
+                self.result_view.end_preview()
+                self._end_outside(f"failed: {message.title}")
             return
         self._set_busy(False)
         self.result_view.end_preview()
@@ -530,7 +570,10 @@ class MainWindow(QMainWindow):
 
     @Slot(int)
     def _on_cancelled(self, job_id: int) -> None:
-        if not self._current(job_id):
+        if not self._own(job_id):
+            if self._current(job_id):
+                self.result_view.end_preview()
+                self._end_outside("interrupted")
             return
         self._set_busy(False)
         self.result_view.end_preview()
@@ -669,6 +712,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_session()
+        self.controller.cancel()  # so an API job queued behind the window's own one is not kept waiting
+        self.api.stop()  # before the worker ends: the API's running job stops at its next step
         self.controller.shutdown()
         super().closeEvent(event)
 

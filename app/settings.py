@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_sd.device import PRECISIONS as CPU_PRECISIONS  # of the CPU's products
+from server.exposure import DEFAULT_PORT  # light: no server stack
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 PRECISIONS = ("float16", "bfloat16", "float32")
@@ -41,6 +42,8 @@ class AppSettings:
     prompt_prefix: str = ""
     prompt_suffix: str = ""
     user_presets: list[Preset] = field(default_factory=list)
+    serve_api: bool = False  # serve the A1111 API on 127.0.0.1 with the app's model and queue
+    api_port: int = DEFAULT_PORT  # A1111's
 
     def validated(self) -> "AppSettings":
         """A copy with every out-of-range value replaced by its default."""
@@ -56,6 +59,8 @@ class AppSettings:
             fixed.output_format = default.output_format
         if fixed.preview_every < 0:
             fixed.preview_every = default.preview_every
+        if not 1 <= fixed.api_port <= 65535:
+            fixed.api_port = default.api_port
         return fixed
 
 

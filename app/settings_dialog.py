@@ -1,6 +1,7 @@
 """The settings dialog: library folder (moving it keeps the history and the models), default model,
 precision of imported models, low-memory mode, compute device (GPU or CPU, as MLX offers), the CPU's
-precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency and output format.
+precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency, output format, and
+serving the A1111 API on localhost (with its port).
 
 The dialog edits a copy of the typed `AppSettings` it is given and, on OK, writes them with
 `save_settings` and emits `settings_saved`; fields it does not show (presets, prompt prefix and suffix)
@@ -57,6 +58,7 @@ CPU_PRECISION_LABELS = {
 }
 FORMAT_LABELS = {"png": "PNG (lossless, parameters in the file)", "jpeg": "JPEG", "webp": "WebP"}
 MAX_PREVIEW_EVERY = 100
+SERVE_API_TEXT = "Serve the A1111 API on localhost"
 
 LibraryMover = Callable[[Path, Path], None]
 
@@ -154,6 +156,14 @@ class SettingsDialog(QDialog):
             self.format_combo.addItem(FORMAT_LABELS[name], name)
         _select_data(self.format_combo, settings.output_format)
 
+        self.serve_api_check = QCheckBox(SERVE_API_TEXT)
+        self.serve_api_check.setChecked(settings.serve_api)
+        self.api_port_spin = QSpinBox()
+        self.api_port_spin.setRange(1, 65535)
+        self.api_port_spin.setValue(settings.api_port)
+        self.api_port_spin.setEnabled(settings.serve_api)
+        self.serve_api_check.toggled.connect(self.api_port_spin.setEnabled)
+
         form = QFormLayout()
         form.addRow("Library folder", library_row)
         form.addRow("", _note("Your images, their history and your models. Moving it keeps all of them."))
@@ -164,6 +174,12 @@ class SettingsDialog(QDialog):
         form.addRow("CPU precision", self.cpu_precision_combo)
         form.addRow("Live preview", self.preview_spin)
         form.addRow("Save images as", self.format_combo)
+        form.addRow("A1111 API", self.serve_api_check)
+        form.addRow("API port", self.api_port_spin)
+        form.addRow("", _note(
+            "For SillyTavern, Open WebUI and scripts on this computer: http://127.0.0.1:<port>. "
+            "They share the app's model and queue, and their images go into the history."
+        ))
         self.message = QLabel(wordWrap=True)
         self.message.hide()
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -191,6 +207,8 @@ class SettingsDialog(QDialog):
             cpu_precision=cpu_precision,
             preview_every=self.preview_spin.value(),
             output_format=self.format_combo.currentData(),
+            serve_api=self.serve_api_check.isChecked(),
+            api_port=self.api_port_spin.value(),
         ).validated()
 
     def choose_library(self) -> None:

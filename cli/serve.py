@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mlx_sd.device import PRECISIONS
-from server.exposure import check_exposure, parse_auth
-
-DEFAULT_PORT = 7860  # A1111's, so clients find it without configuration
+from server.exposure import DEFAULT_PORT, check_exposure, parse_auth
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

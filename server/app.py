@@ -35,7 +35,7 @@ from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SAMPLERS
 from mlx_sd.schedules import SCHEDULES
 
-from .exposure import LOCAL_HOSTS
+from .exposure import DEFAULT_PORT, LOCAL_HOSTS
 from .images import decode_image, encode_png
 from .history import HistoryRecorder
 from .jobs import DEFAULT_MAX_QUEUED, GenerationQueue, JobOutcome, PipelineExecutor, QueueFullError
@@ -51,7 +51,7 @@ RETRY_AFTER_SECONDS = 10
 class ServerConfig:
     library: Path
     host: str = "127.0.0.1"
-    port: int = 7860
+    port: int = DEFAULT_PORT
     api_auth: tuple[str, str] | None = None  # HTTP Basic user and password
     cors_allow_origins: tuple[str, ...] = ()
     max_queued: int = DEFAULT_MAX_QUEUED

@@ -4,6 +4,7 @@ or an explicit opt-out. Light to import, so the CLI checks its flags before load
 from __future__ import annotations
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_PORT = 7860  # A1111's, so clients find the API without configuration
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
