@@ -1,0 +1,182 @@
+"""Merging LoRAs into a loaded pipeline's weights, and undoing them exactly.
+
+The merge works on the models' parameter trees, not on module classes, so it holds for plain mlx.nn
+layers and for the CPU's substitutes alike: each changed weight becomes
+
+    stored = (base.astype(float32) + sum of user_weight * delta).astype(base.dtype)
+
+computed in float32 whatever the storage dtype, and written back in the base's dtype. The bases of the
+touched weights (only those) are kept, so undoing restores them bit for bit; switching LoRAs recomputes
+from the bases. A weight of 0 touches nothing, so it is bit-identical to no LoRA.
+
+Hook: after a weight changes, every module owning a changed parameter that has a `weights_changed()`
+method is called, so substitutes that cache something derived from their weights (a transformed
+Winograd filter, a packed GEMM operand) drop it.
+
+Everything is resolved, checked and evaluated before the first write: a LoRA that fails leaves the
+models exactly as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .deltas import dora, weight_delta
+from .errors import LoraError
+from .lora_file import FAMILY_LABELS, LoraFile
+from .names import LayerIndex
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+Key = tuple[str, str]  # (component, parameter path)
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """A LoRA with its user weights: A1111's `<lora:NAME:TE_W:UNET_W>` (`<lora:NAME:W>`: both W)."""
+
+    lora: LoraFile
+    text_encoder_weight: float = 1.0
+    unet_weight: float = 1.0
+
+    def weight_for(self, component: str) -> float:
+        return self.text_encoder_weight if component in TEXT_ENCODERS else self.unet_weight
+
+
+@dataclass
+class MergeReport:
+    """What a merge did: layers changed, and per LoRA the keys that matched no layer (as A1111 warns)."""
+
+    changed: int = 0
+    unmatched: dict[str, tuple[int, str]] = field(default_factory=dict)  # LoRA name -> (count, an example)
+
+    def warnings(self) -> list[str]:
+        return [f"{name}: {count} keys match no layer of this model (e.g. {example})"
+                for name, (count, example) in self.unmatched.items()]  # fmt: skip
+
+
+def _to_our_layout(delta: mx.array, shape: tuple[int, ...], module: str) -> mx.array:
+    """A torch-layout delta -> our layout for a parameter of `shape` (conv `[out, kH, kW, in]`)."""
+    torch_shape = (shape[0], shape[-1], *shape[1:-1]) if len(shape) == 4 else shape
+    if delta.shape != torch_shape:
+        if delta.size != _size(torch_shape):
+            raise LoraError(f"{module} changes a layer of shape {list(torch_shape)} by one of shape {list(delta.shape)}")
+        delta = delta.reshape(torch_shape)  # a 1x1 conv delta on a linear layer, or the other way round
+    return delta.transpose(0, 2, 3, 1) if len(shape) == 4 else delta
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for n in shape:
+        size *= n
+    return size
+
+
+def _to_torch_layout(weight: mx.array) -> mx.array:
+    return weight.transpose(0, 3, 1, 2) if weight.ndim == 4 else weight
+
+
+def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *route, leaf = path.split(".")
+    owner = model
+    for step in route:
+        owner = owner[int(step)] if isinstance(owner, list) else owner[step]
+    return owner, leaf
+
+
+class LoraMerger:
+    """The LoRAs merged into one pipeline's models (by component name: unet, text_encoder, text_encoder_2)."""
+
+    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int):
+        self.models = dict(models)
+        self.family = family
+        self.index = LayerIndex(self.models, layers_per_block)
+        self._bases: dict[Key, mx.array] = {}  # the original of every weight we have changed
+
+    def _current(self, key: Key) -> mx.array:
+        owner, leaf = _owner(self.models[key[0]], key[1])
+        return owner[leaf]
+
+    def _base(self, key: Key) -> mx.array:
+        return self._bases[key] if key in self._bases else self._current(key)
+
+    def _check_family(self, lora: LoraFile) -> None:
+        families = lora.families()
+        if families and self.family not in families:
+            made_for = " or ".join(FAMILY_LABELS[f] for f in sorted(families))
+            raise LoraError(f"{lora.name} is a LoRA for {made_for}; the loaded model is {FAMILY_LABELS[self.family]}")
+
+    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport) -> dict[Key, mx.array]:
+        """Sum of user_weight * delta per parameter, in float32 and our layout; raises before any write."""
+        sums: dict[Key, mx.array] = {}
+        for use in uses:
+            self._check_family(use.lora)
+            unmatched = list(use.lora.unknown_keys)
+            matched = 0
+            for module, parts in use.lora.modules.items():
+                resolved = self.index.resolve(module)
+                if resolved is None:
+                    unmatched.append(module)
+                    continue
+                matched += 1
+                component, path = resolved
+                weight = use.weight_for(component)
+                if weight == 0:
+                    continue
+                for leaf, delta in self._module_deltas(module, component, path, parts):
+                    key = (component, f"{path}.{leaf}")
+                    sums[key] = sums[key] + weight * delta if key in sums else weight * delta
+            if matched == 0:
+                raise LoraError(f"{use.lora.name} matches no layer of this model (e.g. {unmatched[0]})")
+            if unmatched:
+                report.unmatched[use.lora.name] = (len(unmatched), unmatched[0])
+        return sums
+
+    def _module_deltas(self, module: str, component: str, path: str, parts: Mapping[str, mx.array]):
+        base = self._base((component, f"{path}.weight"))
+        delta = weight_delta(module, parts)
+        if delta is not None:
+            delta = _to_our_layout(delta, base.shape, module)
+            if "dora_scale" in parts:
+                torch_base = _to_torch_layout(base.astype(mx.float32))
+                delta = _to_our_layout(dora(_to_torch_layout(delta), torch_base, parts["dora_scale"]), base.shape, module)
+            yield "weight", delta
+        if "diff_b" in parts:
+            owner, _ = _owner(self.models[component], f"{path}.weight")
+            if "bias" not in owner or owner["bias"].shape != parts["diff_b"].shape:
+                raise LoraError(f"{module} changes a bias this layer does not have, or of another shape")
+            yield "bias", parts["diff_b"].astype(mx.float32)
+
+    def apply(self, uses: Sequence[LoraUse]) -> MergeReport:
+        """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA."""
+        report = MergeReport()
+        sums = self._deltas(uses, report)
+        merged = {key: (self._base(key).astype(mx.float32) + delta).astype(self._base(key).dtype)
+                  for key, delta in sums.items()}  # fmt: skip
+        mx.eval(list(merged.values()))  # every failure happens here, before the first write
+        writes = {key: self._bases[key] for key in self._bases if key not in merged}
+        for key in merged:
+            self._bases.setdefault(key, self._current(key))
+        writes.update(merged)
+        self._write(writes)
+        for key in [key for key in self._bases if key not in merged]:
+            del self._bases[key]
+        report.changed = len(merged)
+        return report
+
+    def remove_all(self) -> None:
+        self.apply([])
+
+    def _write(self, writes: Mapping[Key, mx.array]) -> None:
+        owners: dict[int, nn.Module] = {}
+        for (component, path), array in writes.items():
+            owner, leaf = _owner(self.models[component], path)
+            owner[leaf] = array
+            owners[id(owner)] = owner
+        for owner in owners.values():
+            changed = getattr(owner, "weights_changed", None)
+            if callable(changed):
+                changed()
