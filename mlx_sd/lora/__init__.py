@@ -10,5 +10,6 @@ Every failure is a LoraError with a one-line message.
 from .errors import LoraError
 from .lora_file import LoraFile, read_lora
 from .merge import LoraMerger, LoraUse, MergeReport
+from .prompt_tags import LoraTag, parse_lora_tags
 
-__all__ = ["LoraError", "LoraFile", "LoraMerger", "LoraUse", "MergeReport", "read_lora"]
+__all__ = ["LoraError", "LoraFile", "LoraMerger", "LoraTag", "LoraUse", "MergeReport", "parse_lora_tags", "read_lora"]
