@@ -187,3 +187,31 @@ def test_bad_files_are_one_line_each(tmp_path):
             read_lora(path)
         assert "\n" not in str(error.value)
     assert "lora_unet_a" in read_lora(pickle, allow_pickle=True).modules
+
+
+@pytest.mark.parametrize("wd_on_out", [False, True])
+def test_dora_equals_lycoris_weight_decompose(tmp_path, wd_on_out):
+    """At weight 1 LyCORIS' weight_decompose; at other weights A1111's blend W + w * (DoRA(W + dW) - W),
+    which leaves weight 0 a no-op (LyCORIS' own merge keeps dW whole at 0)."""
+    from lycoris.functional.general import weight_decompose
+
+    torch.manual_seed(4)
+    model, _ = _model()
+    state, expected = {}, {}
+    for name, shape in (("to_q", (8, 12)), ("conv1", (8, 6, 3, 3))):
+        base = _torch_weight(model.blocks[0][name].weight)
+        down, up = _randn(2, *shape[1:]), _randn(shape[0], 2, *([1] * (len(shape) - 2)))
+        delta = (up.reshape(shape[0], 2) @ down.reshape(2, -1)).reshape(shape)
+        scale_shape = (shape[0], *[1] * (len(shape) - 1)) if wd_on_out else (1, shape[1], *[1] * (len(shape) - 2))
+        dora_scale = torch.rand(*scale_shape) + 0.5
+        prefix = f"lora_unet_blocks_0_{name}"
+        state.update({f"{prefix}.lora_down.weight": down, f"{prefix}.lora_up.weight": up, f"{prefix}.dora_scale": dora_scale})
+        expected[name] = (base, weight_decompose(base + delta, dora_scale, 1, wd_on_out))
+    path = tmp_path / "dora.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    for weight in (1.0, 0.5):
+        model, merger = _model()
+        merger.apply([LoraUse(read_lora(path), weight, weight)])
+        for name, (base, decomposed) in expected.items():
+            want = _ours(base + weight * (decomposed - base))
+            assert np.abs(np.array(model.blocks[0][name].weight) - want).max() <= 1e-5
