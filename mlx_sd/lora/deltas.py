@@ -1,7 +1,7 @@
 """The weight change of one layer, from its LoRA parts (the A1111 / LyCORIS / PEFT merge math).
 
-Deltas are computed in float32 in torch's layout (linear `[out, in]`, conv `[out, in, kH, kW]`), the
-layout the files store; mlx_sd.lora.merge turns them into ours.
+Files store torch's layout (linear `[out, in]`, conv `[out, in, kH, kW]`); deltas come back in float32 in
+ours (conv `[out, kH, kW, in]`). A plain LoRA transposes its small down factor rather than the product.
 
 - LoRA / LoCon: up @ down (conv: k x k down, 1 x 1 up), Tucker `mid` chained between; scale alpha / rank,
   rank = down's first axis, no alpha: 1.
@@ -51,12 +51,16 @@ def _kron(a: mx.array, b: mx.array) -> mx.array:
     return outer.reshape(a.shape[0] * b.shape[0], a.shape[1] * b.shape[1], *spatial)
 
 
+def _channels_last(delta: mx.array) -> mx.array:
+    return delta.transpose(0, 2, 3, 1) if delta.ndim == 4 else delta
+
+
 def _lora(parts: Parts) -> mx.array:
     up, down = _f32(parts, "up"), _f32(parts, "down")
     if "mid" in parts:
-        delta = _tucker(_f32(parts, "mid"), up.reshape(up.shape[0], -1).T, down)
+        delta = _channels_last(_tucker(_f32(parts, "mid"), up.reshape(up.shape[0], -1).T, down))
     else:
-        delta = _product(up, down)
+        delta = _product(up, _channels_last(down))
     return delta * _scale(parts, down.shape[0])
 
 
@@ -67,7 +71,7 @@ def _loha(parts: Parts) -> mx.array:
     else:
         w1 = _product(_f32(parts, "hada_w1_a"), _f32(parts, "hada_w1_b"))
         w2 = _product(_f32(parts, "hada_w2_a"), _f32(parts, "hada_w2_b"))
-    return w1 * w2 * _scale(parts, parts["hada_w1_b"].shape[0])
+    return _channels_last(w1 * w2) * _scale(parts, parts["hada_w1_b"].shape[0])
 
 
 def _lokr(parts: Parts) -> mx.array:
@@ -84,7 +88,7 @@ def _lokr(parts: Parts) -> mx.array:
             w2 = _tucker(_f32(parts, "lokr_t2"), _f32(parts, "lokr_w2_a"), _f32(parts, "lokr_w2_b"))
         else:
             w2 = _product(_f32(parts, "lokr_w2_a"), _f32(parts, "lokr_w2_b"))
-    return _kron(w1, w2) * _scale(parts, rank)
+    return _channels_last(_kron(w1, w2)) * _scale(parts, rank)
 
 
 # A kind's marker part -> (the parts it needs, its delta).
@@ -93,12 +97,12 @@ _KINDS = {
     "hada_w1_a": (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), _loha),
     "lokr_w1": ((), _lokr),
     "lokr_w1_a": (("lokr_w1_b",), _lokr),
-    "diff": (("diff",), lambda parts: _f32(parts, "diff")),
+    "diff": (("diff",), lambda parts: _channels_last(_f32(parts, "diff"))),
 }
 
 
 def weight_delta(module: str, parts: Parts) -> mx.array | None:
-    """The unscaled-by-the-user weight change of `module` (torch layout, float32), None for a bias-only
+    """The unscaled-by-the-user weight change of `module` (our layout, float32), None for a bias-only
     `diff_b`; a LoraError names the module when its parts are incomplete or of no kind we know."""
     for marker, (needed, delta) in _KINDS.items():
         if marker in parts:
@@ -114,11 +118,11 @@ def weight_delta(module: str, parts: Parts) -> mx.array | None:
 
 
 def dora(delta: mx.array, weight: mx.array, dora_scale: mx.array) -> mx.array:
-    """DoRA: the change that takes `weight` (torch layout, float32) to (weight + delta) with its
-    per-channel norms replaced by dora_scale."""
+    """DoRA: the change that takes `weight` (our layout, float32) to (weight + delta) with its per-channel
+    norms replaced by dora_scale (stored in torch's layout: `[out, 1, ...]` or `[1, in, ...]`)."""
     merged = weight + delta
-    scale = dora_scale.astype(mx.float32)
-    per_output = scale.shape[0] == merged.shape[0] and (scale.ndim < 2 or scale.shape[1] == 1) and merged.shape[0] != 1
-    axes = tuple(a for a in range(merged.ndim) if a != (0 if per_output else 1))
+    per_output = dora_scale.shape[0] == merged.shape[0] and dora_scale.size == merged.shape[0]
+    kept = 0 if per_output else merged.ndim - 1  # the input channels are the last axis in our layout
+    axes = tuple(a for a in range(merged.ndim) if a != kept)
     norm = mx.sqrt(mx.sum(merged * merged, axis=axes, keepdims=True))
-    return merged * (scale.reshape(norm.shape) / norm) - weight
+    return merged * (dora_scale.astype(mx.float32).reshape(norm.shape) / norm) - weight

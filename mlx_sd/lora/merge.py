@@ -19,6 +19,7 @@ models exactly as they were.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,25 +59,15 @@ class MergeReport:
                 for name, (count, example) in self.unmatched.items()]  # fmt: skip
 
 
-def _to_our_layout(delta: mx.array, shape: tuple[int, ...], module: str) -> mx.array:
-    """A torch-layout delta -> our layout for a parameter of `shape` (conv `[out, kH, kW, in]`)."""
-    torch_shape = (shape[0], shape[-1], *shape[1:-1]) if len(shape) == 4 else shape
-    if delta.shape != torch_shape:
-        if delta.size != _size(torch_shape):
-            raise LoraError(f"{module} changes a layer of shape {list(torch_shape)} by one of shape {list(delta.shape)}")
-        delta = delta.reshape(torch_shape)  # a 1x1 conv delta on a linear layer, or the other way round
-    return delta.transpose(0, 2, 3, 1) if len(shape) == 4 else delta
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for n in shape:
-        size *= n
-    return size
-
-
-def _to_torch_layout(weight: mx.array) -> mx.array:
-    return weight.transpose(0, 3, 1, 2) if weight.ndim == 4 else weight
+def _fit(delta: mx.array, shape: tuple[int, ...], module: str) -> mx.array:
+    """A delta for a parameter of `shape`: a 1x1 conv's delta fits a linear layer and the other way round."""
+    if delta.shape == shape:
+        return delta
+    if delta.size != math.prod(shape):
+        torch_shape = (shape[0], shape[-1], *shape[1:-1]) if len(shape) == 4 else shape
+        found = (delta.shape[0], delta.shape[-1], *delta.shape[1:-1]) if delta.ndim == 4 else delta.shape
+        raise LoraError(f"{module} changes a layer of shape {list(torch_shape)} by one of shape {list(found)}")
+    return delta.reshape(shape)
 
 
 def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -139,10 +130,9 @@ class LoraMerger:
         base = self._base((component, f"{path}.weight"))
         delta = weight_delta(module, parts)
         if delta is not None:
-            delta = _to_our_layout(delta, base.shape, module)
+            delta = _fit(delta, base.shape, module)
             if "dora_scale" in parts:
-                torch_base = _to_torch_layout(base.astype(mx.float32))
-                delta = _to_our_layout(dora(_to_torch_layout(delta), torch_base, parts["dora_scale"]), base.shape, module)
+                delta = dora(delta, base.astype(mx.float32), parts["dora_scale"])
             yield "weight", delta
         if "diff_b" in parts:
             owner, _ = _owner(self.models[component], f"{path}.weight")
@@ -156,7 +146,8 @@ class LoraMerger:
         sums = self._deltas(uses, report)
         merged = {key: (self._base(key).astype(mx.float32) + delta).astype(self._base(key).dtype)
                   for key, delta in sums.items()}  # fmt: skip
-        mx.eval(list(merged.values()))  # every failure happens here, before the first write
+        for array in merged.values():  # every failure happens here, before the first write; one at a time
+            mx.eval(array)  # so that only one float32 delta is alive at once
         writes = {key: self._bases[key] for key in self._bases if key not in merged}
         for key in merged:
             self._bases.setdefault(key, self._current(key))
