@@ -29,9 +29,10 @@ def _f32(parts: Parts, name: str) -> mx.array:
     return parts[name].astype(mx.float32)
 
 
-def _scale(parts: Parts, rank: int | None) -> float:
+def _scale(parts: Parts, rank: int | None, multiplier: float) -> float:
+    """alpha / rank (no alpha: 1) times the user's weight: one scalar, applied once."""
     alpha = float(parts["alpha"].reshape(-1)[0].item()) if "alpha" in parts else 0.0
-    return alpha / rank if rank and alpha else 1.0
+    return (alpha / rank if rank and alpha else 1.0) * multiplier
 
 
 def _product(up: mx.array, down: mx.array) -> mx.array:
@@ -55,26 +56,25 @@ def _channels_last(delta: mx.array) -> mx.array:
     return delta.transpose(0, 2, 3, 1) if delta.ndim == 4 else delta
 
 
-def _lora(parts: Parts) -> mx.array:
-    up, down = _f32(parts, "up"), _f32(parts, "down")
+def _lora(parts: Parts, multiplier: float) -> mx.array:
+    # the scale goes into the small up factor: a full-size pass saved
+    up, down = _f32(parts, "up") * _scale(parts, parts["down"].shape[0], multiplier), _f32(parts, "down")
     if "mid" in parts:
-        delta = _channels_last(_tucker(_f32(parts, "mid"), up.reshape(up.shape[0], -1).T, down))
-    else:
-        delta = _product(up, _channels_last(down))
-    return delta * _scale(parts, down.shape[0])
+        return _channels_last(_tucker(_f32(parts, "mid"), up.reshape(up.shape[0], -1).T, down))
+    return _product(up, _channels_last(down))
 
 
-def _loha(parts: Parts) -> mx.array:
+def _loha(parts: Parts, multiplier: float) -> mx.array:
     if "hada_t1" in parts:
         w1 = _tucker(_f32(parts, "hada_t1"), _f32(parts, "hada_w1_a"), _f32(parts, "hada_w1_b"))
         w2 = _tucker(_f32(parts, "hada_t2"), _f32(parts, "hada_w2_a"), _f32(parts, "hada_w2_b"))
     else:
         w1 = _product(_f32(parts, "hada_w1_a"), _f32(parts, "hada_w1_b"))
         w2 = _product(_f32(parts, "hada_w2_a"), _f32(parts, "hada_w2_b"))
-    return _channels_last(w1 * w2) * _scale(parts, parts["hada_w1_b"].shape[0])
+    return _channels_last(w1 * w2) * _scale(parts, parts["hada_w1_b"].shape[0], multiplier)
 
 
-def _lokr(parts: Parts) -> mx.array:
+def _lokr(parts: Parts, multiplier: float) -> mx.array:
     rank = None
     if "lokr_w1" in parts:
         w1 = _f32(parts, "lokr_w1")
@@ -88,7 +88,7 @@ def _lokr(parts: Parts) -> mx.array:
             w2 = _tucker(_f32(parts, "lokr_t2"), _f32(parts, "lokr_w2_a"), _f32(parts, "lokr_w2_b"))
         else:
             w2 = _product(_f32(parts, "lokr_w2_a"), _f32(parts, "lokr_w2_b"))
-    return _channels_last(_kron(w1, w2)) * _scale(parts, rank)
+    return _channels_last(_kron(w1, w2)) * _scale(parts, rank, multiplier)
 
 
 # A kind's marker part -> (the parts it needs, its delta).
@@ -97,12 +97,12 @@ _KINDS = {
     "hada_w1_a": (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), _loha),
     "lokr_w1": ((), _lokr),
     "lokr_w1_a": (("lokr_w1_b",), _lokr),
-    "diff": (("diff",), lambda parts: _channels_last(_f32(parts, "diff"))),
+    "diff": (("diff",), lambda parts, multiplier: _channels_last(_f32(parts, "diff")) * multiplier),
 }
 
 
-def weight_delta(module: str, parts: Parts) -> mx.array | None:
-    """The unscaled-by-the-user weight change of `module` (our layout, float32), None for a bias-only
+def weight_delta(module: str, parts: Parts, multiplier: float = 1.0) -> mx.array | None:
+    """The weight change of `module` at the user's weight `multiplier` (our layout, float32), None for a bias-only
     `diff_b`; a LoraError names the module when its parts are incomplete or of no kind we know."""
     for marker, (needed, delta) in _KINDS.items():
         if marker in parts:
@@ -111,7 +111,7 @@ def weight_delta(module: str, parts: Parts) -> mx.array | None:
                 missing.append("lokr_w2")
             if missing:
                 raise LoraError(f"{module} has {marker} but no {', '.join(missing)}")
-            return delta(parts)
+            return delta(parts, multiplier)
     if "diff_b" in parts:
         return None
     raise LoraError(f"{module} has parts {', '.join(sorted(parts))}, which no LoRA kind we know uses")

@@ -117,28 +117,31 @@ class LoraMerger:
                 weight = use.weight_for(component)
                 if weight == 0:
                     continue
-                for leaf, delta in self._module_deltas(module, component, path, parts):
+                for leaf, delta in self._module_deltas(module, component, path, parts, weight):
                     key = (component, f"{path}.{leaf}")
-                    sums[key] = sums[key] + weight * delta if key in sums else weight * delta
+                    sums[key] = sums[key] + delta if key in sums else delta
             if matched == 0:
                 raise LoraError(f"{use.lora.name} matches no layer of this model (e.g. {unmatched[0]})")
             if unmatched:
                 report.unmatched[use.lora.name] = (len(unmatched), unmatched[0])
         return sums
 
-    def _module_deltas(self, module: str, component: str, path: str, parts: Mapping[str, mx.array]):
+    def _module_deltas(self, module: str, component: str, path: str, parts: Mapping[str, mx.array], weight: float):
+        """(parameter leaf, weight * its delta) of one layer, in float32 and our layout."""
         base = self._base((component, f"{path}.weight"))
-        delta = weight_delta(module, parts)
+        dora_scale = parts.get("dora_scale")
+        # DoRA renormalises the whole merged weight: the user's weight scales its result (A1111)
+        delta = weight_delta(module, parts, 1.0 if dora_scale is not None else weight)
         if delta is not None:
             delta = _fit(delta, base.shape, module)
-            if "dora_scale" in parts:
-                delta = dora(delta, base.astype(mx.float32), parts["dora_scale"])
+            if dora_scale is not None:
+                delta = weight * dora(delta, base.astype(mx.float32), dora_scale)
             yield "weight", delta
         if "diff_b" in parts:
             owner, _ = _owner(self.models[component], f"{path}.weight")
             if "bias" not in owner or owner["bias"].shape != parts["diff_b"].shape:
                 raise LoraError(f"{module} changes a bias this layer does not have, or of another shape")
-            yield "bias", parts["diff_b"].astype(mx.float32)
+            yield "bias", weight * parts["diff_b"].astype(mx.float32)
 
     def apply(self, uses: Sequence[LoraUse]) -> MergeReport:
         """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA."""
