@@ -215,3 +215,20 @@ def test_dora_equals_lycoris_weight_decompose(tmp_path, wd_on_out):
         for name, (base, decomposed) in expected.items():
             want = _ours(base + weight * (decomposed - base))
             assert np.abs(np.array(model.blocks[0][name].weight) - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "keys, families",
+    [
+        ({"lora_unet_x_attn2_to_k.lora_down.weight": (4, 768)}, {"sd1"}),
+        ({"unet.x.attn2.to_k.lora_A.weight": (4, 1024)}, {"sd2"}),
+        ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048)}, {"sdxl"}),
+        ({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}, {"sdxl"}),
+        ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 768)}, {"sd1", "sd2"}),
+        ({"lora_unet_x_conv1.lora_down.weight": (4, 320)}, set()),
+    ],
+)
+def test_family_from_keys_and_shapes(tmp_path, keys, families):
+    path = tmp_path / "f.safetensors"
+    safetensors.torch.save_file({key: torch.zeros(shape) for key, shape in keys.items()}, str(path))
+    assert read_lora(path).families() == families

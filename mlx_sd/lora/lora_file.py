@@ -13,8 +13,8 @@ from .files import TensorFile, read_tensors, refuse_checkpoint
 from .names import BUNDLED_EMBEDDING_PREFIX, split_key
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}
-# Cross-attention context width -> family (docs/facts.md §1.2 / §1.4: CLIP-L 768, OpenCLIP-H 1024, both SDXL 2048).
-_CONTEXT_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+# Cross-attention context width -> family (docs/facts.md §1.2's table).
+_CONTEXT_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}
 _SDXL_MARKERS = ("lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_add_embedding", "lora_unet_label_emb",
                  "unet.add_embedding")  # fmt: skip
 
