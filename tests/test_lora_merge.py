@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 import safetensors.torch

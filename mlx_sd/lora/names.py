@@ -2,7 +2,7 @@
 
 A LoRA key is `<module name>.<part>`: the part says what the tensor is (`lora_down.weight`, `hada_w1_a`,
 `alpha`, ...), the module name which layer it changes, in one of the spellings users download
-(see docs/facts.md and the naming facts in the module docstring of mlx_sd.lora):
+(docs/facts.md §2.5 for the LDM names):
 
 - kohya / A1111: `lora_unet_<path with _ for .>`, `lora_te_`, SDXL `lora_te1_` / `lora_te2_`; UNet paths
   in diffusers spelling or in the original LDM / SGM spelling (`input_blocks_4_1_...`), which the
