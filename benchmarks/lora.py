@@ -1,0 +1,93 @@
+"""How long LoRAs take to merge at full size: `python -m benchmarks.lora --family sd15|sdxl [--rank 32]`.
+
+Builds the family's UNet and text encoders with random float16 weights (no checkpoint needed), writes a
+random kohya LoRA of the given rank on every attention linear and every convolution (LoCon) and on the
+text encoders' linears, then times: read + apply, switch to a second LoRA of the same shape, and remove.
+Reports peak RSS. Prints a table and, as its last line, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+from safetensors.numpy import save_file
+
+from mlx_sd.config import preset
+from mlx_sd.lora import LoraMerger, LoraUse, read_lora
+from mlx_sd.pipeline import build_models
+
+PRESET = {"sd15": "sd15", "sdxl": "sdxl"}
+KOHYA = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def _targets(models: dict, family: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(component, module path, torch-layout weight shape) of every layer the LoRA changes."""
+    targets = []
+    for component, model in models.items():
+        for name, array in tree_flatten(model.parameters()):
+            if not name.endswith(".weight") or array.ndim not in (2, 4) or "embedding" in name:
+                continue
+            if component == "unet" and array.ndim == 2 and "attn" not in name and "proj" not in name:
+                continue
+            shape = (array.shape[0], array.shape[3], array.shape[1], array.shape[2]) if array.ndim == 4 else array.shape
+            targets.append((component, name.removesuffix(".weight"), tuple(shape)))
+    return targets
+
+
+def write_lora(path: Path, targets, rank: int, seed: int, family: str) -> None:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for component, module, shape in targets:
+        prefix = "lora_te_" if component == "text_encoder" and family == "sd15" else KOHYA[component]
+        key = prefix + module.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = (rng.standard_normal((rank, *shape[1:]), dtype=np.float32) * 0.01).astype(np.float16)
+        up_shape = (shape[0], rank, 1, 1) if len(shape) == 4 else (shape[0], rank)
+        tensors[f"{key}.lora_up.weight"] = (rng.standard_normal(up_shape, dtype=np.float32) * 0.01).astype(np.float16)
+        tensors[f"{key}.alpha"] = np.array(rank / 2, dtype=np.float16)
+    save_file(tensors, str(path))
+
+
+def _timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(PRESET), default="sd15")
+    parser.add_argument("--rank", type=int, default=32)
+    args = parser.parse_args()
+    config = preset(PRESET[args.family])
+    models = {name: model for name, model in build_models(config).items() if name != "vae"}
+    for model in models.values():
+        model.set_dtype(mx.float16)
+        mx.eval(model.parameters())
+    targets = _targets(models, args.family)
+    figures: dict[str, float | int | str] = {"family": args.family, "rank": args.rank, "layers": len(targets)}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"lora{i}.safetensors" for i in range(2)]
+        for seed, path in enumerate(paths):
+            write_lora(path, targets, args.rank, seed, args.family)
+        figures["file_mb"] = round(paths[0].stat().st_size / 2**20, 1)
+        merger = LoraMerger(models, config.family, config.unet.layers_per_block)
+        figures["apply_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[0]))]))
+        figures["switch_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[1]))]))
+        figures["remove_s"] = _timed(merger.remove_all)
+    figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    for key, value in figures.items():
+        print(f"{key:>12}  {value:.2f}" if isinstance(value, float) else f"{key:>12}  {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Textual-inversion embeddings as users download them, read into per-text-encoder token vectors.
+
+- A1111 `.pt` (a pickle, read only when allowed, with the weights-only unpickler):
+  `{"string_to_param": {"*": (n, width)}, ...}`; older files hold `{"<token>": tensor}` directly, and
+  diffusers' `learned_embeds.bin` one `(width,)` vector.
+- `.safetensors`: `emb_params` (n, width); SDXL embeddings a pair `clip_l` (n, 768) and `clip_g` (n, 1280),
+  for the first and second text encoder.
+- LoRAs may bundle embeddings (`bundle_emb.<name>.<any of the above>`, mlx_sd.lora.LoraFile.embeddings).
+
+Each of the n vectors stands for one token of the prompt (A1111 counts them in its 75-token chunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from .lora.errors import LoraError
+from .lora.files import read_tensors, refuse_checkpoint
+
+# SDXL pairs: file key -> the text encoder it is for.
+_PAIR = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+_SINGLE_KEYS = ("emb_params", "string_to_param.*")
+
+
+@dataclass(frozen=True)
+class Embedding:
+    name: str  # the word that stands for it in a prompt: the file name without its extension
+    vectors: dict[str, mx.array]  # text encoder component -> (n, width) float32; one entry unless a pair
+
+    @property
+    def count(self) -> int:
+        """Tokens it takes in the prompt."""
+        return next(iter(self.vectors.values())).shape[0]
+
+
+def embedding_from_tensors(name: str, tensors: Mapping[str, mx.array]) -> Embedding:
+    """An embedding from a file's (or a LoRA's bundle's) tensors; LoraError when none is recognisable."""
+    if all(key in tensors for key in _PAIR):
+        vectors = {component: tensors[key] for key, component in _PAIR.items()}
+    else:
+        key = next((key for key in _SINGLE_KEYS if key in tensors), None)
+        params = [k for k in tensors if k.startswith("string_to_param.")]
+        if key is None and len(params) == 1:
+            key = params[0]
+        if key is None and len(tensors) == 1:
+            key = next(iter(tensors))  # old A1111 `{"<token>": tensor}`, diffusers' learned_embeds.bin
+        if key is None:
+            shown = ", ".join(sorted(tensors)[:4]) or "nothing"
+            raise LoraError(
+                f"{name} is not a textual-inversion embedding (expected string_to_param, emb_params or clip_l and "
+                f"clip_g; found {shown})"
+            )
+        vectors = {"text_encoder": tensors[key]}
+    vectors = {c: (v.reshape(1, -1) if v.ndim == 1 else v).astype(mx.float32) for c, v in vectors.items()}
+    if any(v.ndim != 2 for v in vectors.values()) or len({v.shape[0] for v in vectors.values()}) != 1:
+        shapes = ", ".join(str(list(v.shape)) for v in vectors.values())
+        raise LoraError(f"{name}: embedding vectors must be (count, width) and the pair's counts equal; found {shapes}")
+    return Embedding(name, vectors)
+
+
+def read_embedding(path: str | Path, allow_pickle: bool = False) -> Embedding:
+    file = read_tensors(path, allow_pickle)
+    refuse_checkpoint(file, "textual-inversion embedding")
+    return embedding_from_tensors(file.path.stem, file.tensors)
+
+
+def token_vectors(embedding: Embedding, widths: Mapping[str, int]) -> dict[str, mx.array]:
+    """The embedding's vectors for each of the model's text encoders (`widths`: component -> hidden size);
+    a LoraError when the embedding was made for text encoders of other widths."""
+    have = {c: v.shape[1] for c, v in embedding.vectors.items()}
+    want = dict(widths)
+    if have != want:
+        def describe(sizes: Mapping[str, int]) -> str:
+            return " and ".join(str(size) for size in sizes.values())
+
+        raise LoraError(
+            f"{embedding.name} is an embedding of width {describe(have)}; the loaded model's text "
+            f"encoder{'s' if len(want) > 1 else ''} {'have' if len(want) > 1 else 'has'} width {describe(want)}"
+        )
+    return dict(embedding.vectors)

@@ -1,0 +1,176 @@
+"""Merging LoRAs into a loaded pipeline's weights, and undoing them exactly.
+
+The merge works on the models' parameter trees, not on module classes, so it holds for plain mlx.nn
+layers and for the CPU's substitutes alike: each changed weight becomes
+
+    stored = (base.astype(float32) + sum of user_weight * delta).astype(base.dtype)
+
+computed in float32 whatever the storage dtype, and written back in the base's dtype. The bases of the
+touched weights (only those) are kept, so undoing restores them bit for bit; switching LoRAs recomputes
+from the bases. A weight of 0 touches nothing, so it is bit-identical to no LoRA.
+
+Hook: after a weight changes, every module owning a changed parameter that has a `weights_changed()`
+method is called, so substitutes that cache something derived from their weights (a transformed
+Winograd filter, a packed GEMM operand) drop it.
+
+Everything is resolved, checked and evaluated before the first write: a LoRA that fails leaves the
+models exactly as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .deltas import dora, weight_delta
+from .errors import LoraError
+from .lora_file import FAMILY_LABELS, LoraFile
+from .names import LayerIndex
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+Key = tuple[str, str]  # (component, parameter path)
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """A LoRA with its user weights: A1111's `<lora:NAME:TE_W:UNET_W>` (`<lora:NAME:W>`: both W)."""
+
+    lora: LoraFile
+    text_encoder_weight: float = 1.0
+    unet_weight: float = 1.0
+
+    def weight_for(self, component: str) -> float:
+        return self.text_encoder_weight if component in TEXT_ENCODERS else self.unet_weight
+
+
+@dataclass
+class MergeReport:
+    """What a merge did: layers changed, and per LoRA the keys that matched no layer (as A1111 warns)."""
+
+    changed: int = 0
+    unmatched: dict[str, tuple[int, str]] = field(default_factory=dict)  # LoRA name -> (count, an example)
+
+    def warnings(self) -> list[str]:
+        return [f"{name}: {count} keys match no layer of this model (e.g. {example})"
+                for name, (count, example) in self.unmatched.items()]  # fmt: skip
+
+
+def _fit(delta: mx.array, shape: tuple[int, ...], module: str) -> mx.array:
+    """A delta for a parameter of `shape`: a 1x1 conv's delta fits a linear layer and the other way round."""
+    if delta.shape == shape:
+        return delta
+    if delta.size != math.prod(shape):
+        torch_shape = (shape[0], shape[-1], *shape[1:-1]) if len(shape) == 4 else shape
+        found = (delta.shape[0], delta.shape[-1], *delta.shape[1:-1]) if delta.ndim == 4 else delta.shape
+        raise LoraError(f"{module} changes a layer of shape {list(torch_shape)} by one of shape {list(found)}")
+    return delta.reshape(shape)
+
+
+def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *route, leaf = path.split(".")
+    owner = model
+    for step in route:
+        owner = owner[int(step)] if isinstance(owner, list) else owner[step]
+    return owner, leaf
+
+
+class LoraMerger:
+    """The LoRAs merged into one pipeline's models (by component name: unet, text_encoder, text_encoder_2)."""
+
+    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int):
+        self.models = dict(models)
+        self.family = family
+        self.index = LayerIndex(self.models, layers_per_block)
+        self._bases: dict[Key, mx.array] = {}  # the original of every weight we have changed
+
+    def _current(self, key: Key) -> mx.array:
+        owner, leaf = _owner(self.models[key[0]], key[1])
+        return owner[leaf]
+
+    def _base(self, key: Key) -> mx.array:
+        return self._bases[key] if key in self._bases else self._current(key)
+
+    def _check_family(self, lora: LoraFile) -> None:
+        families = lora.families()
+        if families and self.family not in families:
+            made_for = " or ".join(FAMILY_LABELS[f] for f in sorted(families))
+            raise LoraError(f"{lora.name} is a LoRA for {made_for}; the loaded model is {FAMILY_LABELS[self.family]}")
+
+    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport) -> dict[Key, mx.array]:
+        """Sum of user_weight * delta per parameter, in float32 and our layout; raises before any write."""
+        sums: dict[Key, mx.array] = {}
+        for use in uses:
+            self._check_family(use.lora)
+            unmatched = list(use.lora.unknown_keys)
+            matched = 0
+            for module, parts in use.lora.modules.items():
+                resolved = self.index.resolve(module)
+                if resolved is None:
+                    unmatched.append(module)
+                    continue
+                matched += 1
+                component, path = resolved
+                weight = use.weight_for(component)
+                if weight == 0:
+                    continue
+                for leaf, delta in self._module_deltas(module, component, path, parts, weight):
+                    key = (component, f"{path}.{leaf}")
+                    sums[key] = sums[key] + delta if key in sums else delta
+            if matched == 0:
+                raise LoraError(f"{use.lora.name} matches no layer of this model (e.g. {unmatched[0]})")
+            if unmatched:
+                report.unmatched[use.lora.name] = (len(unmatched), unmatched[0])
+        return sums
+
+    def _module_deltas(self, module: str, component: str, path: str, parts: Mapping[str, mx.array], weight: float):
+        """(parameter leaf, weight * its delta) of one layer, in float32 and our layout."""
+        base = self._base((component, f"{path}.weight"))
+        dora_scale = parts.get("dora_scale")
+        # DoRA renormalises the whole merged weight: the user's weight scales its result (A1111)
+        delta = weight_delta(module, parts, 1.0 if dora_scale is not None else weight)
+        if delta is not None:
+            delta = _fit(delta, base.shape, module)
+            if dora_scale is not None:
+                delta = weight * dora(delta, base.astype(mx.float32), dora_scale)
+            yield "weight", delta
+        if "diff_b" in parts:
+            owner, _ = _owner(self.models[component], f"{path}.weight")
+            if "bias" not in owner or owner["bias"].shape != parts["diff_b"].shape:
+                raise LoraError(f"{module} changes a bias this layer does not have, or of another shape")
+            yield "bias", weight * parts["diff_b"].astype(mx.float32)
+
+    def apply(self, uses: Sequence[LoraUse]) -> MergeReport:
+        """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA."""
+        report = MergeReport()
+        sums = self._deltas(uses, report)
+        merged = {key: (self._base(key).astype(mx.float32) + delta).astype(self._base(key).dtype)
+                  for key, delta in sums.items()}  # fmt: skip
+        for array in merged.values():  # every failure happens here, before the first write; one at a time
+            mx.eval(array)  # so that only one float32 delta is alive at once
+        writes = {key: self._bases[key] for key in self._bases if key not in merged}
+        for key in merged:
+            self._bases.setdefault(key, self._current(key))
+        writes.update(merged)
+        self._write(writes)
+        for key in [key for key in self._bases if key not in merged]:
+            del self._bases[key]
+        report.changed = len(merged)
+        return report
+
+    def remove_all(self) -> None:
+        self.apply([])
+
+    def _write(self, writes: Mapping[Key, mx.array]) -> None:
+        owners: dict[int, nn.Module] = {}
+        for (component, path), array in writes.items():
+            owner, leaf = _owner(self.models[component], path)
+            owner[leaf] = array
+            owners[id(owner)] = owner
+        for owner in owners.values():
+            changed = getattr(owner, "weights_changed", None)
+            if callable(changed):
+                changed()
