@@ -31,6 +31,7 @@ from PIL import Image
 from .brownian import BrownianNoise, philox_randn
 from .composable import ComposableConditioning, denoiser_for, prompt_parts
 from .config import ModelConfig
+from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
@@ -136,7 +137,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
         init = _prepared("init_image", prepare_init_image, request.init_image, request.width, request.height)
         if request.mask is not None:
             mask = _prepared("mask", prepare_mask, request.mask, request.width, request.height, request.mask_blur)
-    canonical = dataclasses.replace(request, sampler=sampler.name, schedule=schedule.name)
+    canonical = dataclasses.replace(with_dash_lines_moved(request), sampler=sampler.name, schedule=schedule.name)
     return Plan(canonical, sampler, sigmas, init, mask)
 
 

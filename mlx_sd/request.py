@@ -57,6 +57,7 @@ class GenerationRequest:
     negative_aesthetic_score: float = 2.5
     vae_tiling: bool | None = None  # None: tile only when the image is larger than the VAE's tile
     low_memory: bool = False  # release the text encoders before the UNet runs
+    dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
 
     @property
     def total_images(self) -> int:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from test_cli_generate import generate, model  # noqa: F401
 from test_generate_models import (  # noqa: F401
     model_folders,
     pipes,
@@ -108,3 +109,10 @@ def test_generations_compose_the_parts(pipes, family):
     assert np.abs(plain - weighted).max() <= 2  # one part of weight 1 is ordinary guidance
     assert not np.array_equal(image(f"{red} AND a cat"), plain)
     assert image(f"{red} AND a cat", sampler="DDIM CFG++").shape == plain.shape
+
+
+def test_the_cli_does_not_call_the_negative_prompt_useless_with_and(capsys, model, tmp_path):
+    code, paths, err = generate(
+        capsys, model, tmp_path / "out", "a cube AND a ball", "--negative", "blurry", "--cfg", "1", "--steps", "1"
+    )
+    assert code == 0 and len(paths) == 1 and "warning" not in err
