@@ -413,6 +413,7 @@ class MainWindow(QMainWindow):
             negative_prompt=self.prompt_panel.negative_prompt(),
             init_image=self.parameters.init_image.image(),
             low_memory=self.settings.low_memory,
+            dash_lines_negative=self.settings.dash_lines_negative,
             **values,
         )
 
