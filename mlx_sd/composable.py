@@ -6,6 +6,9 @@ go through the UNet in one batched call, and the guided prediction is, as A1111 
     D = D_neg + sum_i (w_i * cfg_scale) * (D_i - D_neg)
 (so one part of weight 1 is ordinary classifier-free guidance). A1111 runs the negative branch
 whatever the scale, so a composable prompt always encodes the negative prompt.
+
+The "embedding" blend instead conditions on the weighted sum of the parts' encodings (weights that
+sum to 1 interpolate them) under ordinary guidance: one positive row per image.
 """
 
 from __future__ import annotations
@@ -115,3 +118,22 @@ def denoiser_for(
     if isinstance(conditioning, ComposableConditioning):
         return ComposableDenoiser(make(conditioning.rows), conditioning.weights, conditioning.cfg_scale)
     return make(conditioning)
+
+
+def embedding_blend(guided: Conditioning, weights: tuple[float, ...], batch: int) -> Conditioning:
+    """Ordinary conditioning on the weighted sum of the parts' encodings (and of SDXL's pooled
+    vectors and size ids, which are the same for every part), from a conditioning laid out as
+    `ComposableConditioning.from_guided` expects."""
+
+    def blended(rows: mx.array) -> mx.array:
+        return sum((rows[i * batch : (i + 1) * batch] * w for i, w in enumerate(weights[1:], 1)), rows[:batch] * weights[0])
+
+    negative = guided.negative_context
+    return Conditioning(
+        context=blended(guided.context),
+        negative_context=None if negative is None else negative[:batch],
+        cfg_scale=guided.cfg_scale,
+        extra={key: blended(value) for key, value in guided.extra.items()},
+        negative_extra={key: value[:batch] for key, value in guided.negative_extra.items()},
+        c_concat=guided.c_concat,
+    )

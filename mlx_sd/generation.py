@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .brownian import BrownianNoise, philox_randn
-from .composable import ComposableConditioning, denoiser_for, prompt_parts
+from .composable import ComposableConditioning, denoiser_for, embedding_blend, prompt_parts
 from .config import ModelConfig
 from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
@@ -185,6 +185,8 @@ def _conditioning(
         negative_extra=negative_extra,
         c_concat=c_concat,
     )
+    if parts.composable and request.and_blend == "embedding":
+        return embedding_blend(conditioning, parts.weights, batch)
     if parts.composable:
         return ComposableConditioning.from_guided(conditioning, parts.weights, batch)
     return conditioning

@@ -116,3 +116,22 @@ def test_the_cli_does_not_call_the_negative_prompt_useless_with_and(capsys, mode
         capsys, model, tmp_path / "out", "a cube AND a ball", "--negative", "blurry", "--cfg", "1", "--steps", "1"
     )
     assert code == 0 and len(paths) == 1 and "warning" not in err
+
+
+def test_the_embedding_blend_conditions_on_the_weighted_sum_of_the_encodings(pipes):
+    pipe = pipes["sdxl"]
+    base = request(negative_prompt="blurry", and_blend="embedding", batch_size=2)
+    blended = _conditioning(pipe, dataclasses.replace(base, prompt="a red circle :0.25 AND a blue square :0.75"), None)
+    assert isinstance(blended, Conditioning) and blended.context.shape[0] == 2
+    red, blue = (_conditioning(pipe, dataclasses.replace(base, prompt=p), None) for p in ("a red circle", "a blue square"))
+    assert np.allclose(np.array(blended.context), np.array(red.context * 0.25 + blue.context * 0.75), atol=1e-6)
+    for key in red.extra:
+        assert np.allclose(np.array(blended.extra[key]), np.array(red.extra[key] * 0.25 + blue.extra[key] * 0.75), atol=1e-4)
+    assert np.array_equal(np.array(blended.negative_context), np.array(red.negative_context))
+    image = pipe.generate(dataclasses.replace(base, prompt="a red circle :0.5 AND a blue square :0.5")).images[0]
+    assert image.size == (64, 64)
+
+
+def test_an_unknown_blend_is_refused():
+    with pytest.raises(ValueError, match="and_blend"):
+        request(and_blend="average").validate()
