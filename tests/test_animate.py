@@ -4,6 +4,7 @@ slerp, and whole runs on the demo model that give the same frames for the same s
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,36 @@ def test_the_same_seed_and_settings_give_the_same_frames(capsys, tmp_path, args)
 def test_bad_arguments_fail_in_one_line_before_any_frame(capsys, tmp_path, args, message):
     code, paths, err = animate(capsys, tmp_path / "out", *args)
     assert code == 1 and paths == [] and message in err and len(err.strip().splitlines()) == 1
+
+
+class FakeFfmpeg:
+    """Records what cli.animate.save_mp4 sends to imageio_ffmpeg.write_frames."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.sent, self.fail_after = [], [], fail_after
+
+    def write_frames(self, path, size, **options):
+        self.calls.append((path, size, options))
+        Path(path).write_bytes(b"partial")
+        while True:
+            frame = yield
+            if frame is not None:
+                if self.fail_after is not None and len(self.sent) == self.fail_after:
+                    raise OSError("ffmpeg stopped")
+                self.sent.append(frame)
+
+
+def test_mp4_frames_go_to_imageio_ffmpeg_and_a_failed_save_leaves_nothing(monkeypatch, tmp_path):
+    from cli.animate import save_mp4
+
+    frames = [Image.new("RGB", (64, 48), (i * 80, 0, 0)) for i in range(3)]
+    fake = FakeFfmpeg()
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", fake)
+    save_mp4(frames, tmp_path / "a.mp4", 8.0)
+    assert fake.calls == [(str(tmp_path / "a.mp4"), (64, 48), {"fps": 8.0, "macro_block_size": 8})]
+    assert fake.sent == [f.tobytes() for f in frames]
+    broken = FakeFfmpeg(fail_after=1)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", broken)
+    with pytest.raises(OSError):
+        save_mp4(frames, tmp_path / "b.mp4", 8.0)
+    assert not (tmp_path / "b.mp4").exists()
