@@ -83,8 +83,6 @@ def frame_requests(
         prompt = f"{animation.from_prompt} :{_weight(1.0 - t)} AND {animation.to_prompt} :{_weight(t)}"
         changes: dict[str, object] = {"prompt": prompt, "and_blend": animation.blend, "batch_size": 1, "batch_count": 1}
         extra: dict[str, object] = {}
-        if animation.blend != "weights":
-            extra["Prompt blend"] = animation.blend
         if low is not None:
             changes["latents"] = slerp(t, low, high)[None]
             extra.update({"Variation seed": animation.seed_to, "Variation seed strength": _weight(t)})

@@ -20,6 +20,9 @@ from typing import Callable
 import mlx.core as mx
 
 from .denoiser import Conditioning, Denoiser
+from .request import GenerationRequest
+
+BLEND_INFOTEXT_KEY = "Prompt blend"  # ours: A1111 has no embedding blend
 
 AND_WORD = re.compile(r"\bAND\b")
 WEIGHT_NUMBER = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")  # the number A1111 accepts after the colon
@@ -118,6 +121,13 @@ def denoiser_for(
     if isinstance(conditioning, ComposableConditioning):
         return ComposableDenoiser(make(conditioning.rows), conditioning.weights, conditioning.cfg_scale)
     return make(conditioning)
+
+
+def blend_parameters(request: GenerationRequest) -> dict[str, str]:
+    """The infotext parameter that says a composable prompt was an embedding blend."""
+    if request.and_blend == "embedding" and prompt_parts(request.prompt).composable:
+        return {BLEND_INFOTEXT_KEY: request.and_blend}
+    return {}
 
 
 def embedding_blend(guided: Conditioning, weights: tuple[float, ...], batch: int) -> Conditioning:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .brownian import BrownianNoise, philox_randn
-from .composable import ComposableConditioning, denoiser_for, embedding_blend, prompt_parts
+from .composable import ComposableConditioning, blend_parameters, denoiser_for, embedding_blend, prompt_parts
 from .config import ModelConfig
 from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
@@ -203,7 +203,8 @@ def generate(
     request = p.request
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
-    infotexts = [format_infotext(request, seed, model, INFOTEXT_EXTRA) for seed in seeds]
+    extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
+    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
 

@@ -30,7 +30,7 @@ def test_frames_move_the_weights_from_the_first_prompt_to_the_second():
     assert all(r.latents is None and r.seed == 7 and r.batch_size == 1 and extra == {} for r, extra in frames)
     embedded = list(frame_requests(base, Animation("a", "b", 2, seed_to=9, blend="embedding"), (8, 8, 4)))
     assert [r.and_blend for r, _ in embedded] == ["embedding", "embedding"]
-    assert embedded[1][1] == {"Prompt blend": "embedding", "Variation seed": 9, "Variation seed strength": "1"}
+    assert embedded[1][1] == {"Variation seed": 9, "Variation seed strength": "1"}
     assert embedded[0][0].latents.shape == (1, 4, 8, 8)
 
 

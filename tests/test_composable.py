@@ -128,8 +128,9 @@ def test_the_embedding_blend_conditions_on_the_weighted_sum_of_the_encodings(pip
     for key in red.extra:
         assert np.allclose(np.array(blended.extra[key]), np.array(red.extra[key] * 0.25 + blue.extra[key] * 0.75), atol=1e-4)
     assert np.array_equal(np.array(blended.negative_context), np.array(red.negative_context))
-    image = pipe.generate(dataclasses.replace(base, prompt="a red circle :0.5 AND a blue square :0.5")).images[0]
-    assert image.size == (64, 64)
+    result = pipe.generate(dataclasses.replace(base, prompt="a red circle :0.5 AND a blue square :0.5"))
+    assert result.images[0].size == (64, 64) and ", Prompt blend: embedding," in result.infotexts[0]
+    assert "Prompt blend" not in pipe.generate(dataclasses.replace(base, prompt="a red circle")).infotexts[0]
 
 
 def test_an_unknown_blend_is_refused():
