@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mlx_sd.composable import composed_prompt
 from mlx_sd.request import GenerationRequest
 
 BLEND_LABELS = {"weights": "Composable weights", "embedding": "Embedding interpolation"}
@@ -90,7 +91,7 @@ class BlendPanel(QWidget):
         return [(text, opacity / total) for text, opacity in chosen]
 
     def blend_prompt(self) -> str:
-        return " AND ".join(f"{text} :{weight:.4g}" for text, weight in self.parts())
+        return composed_prompt(self.parts())
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         """The request with the blend as its prompt when the blend is on and has a prompt."""

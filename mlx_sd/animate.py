@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .composable import prompt_parts
+from .composable import composed_prompt, prompt_parts
 from .infotext import quote
 from .noise import ImageNoise
 from .request import AND_BLENDS, GenerationRequest, RequestError
@@ -43,10 +43,6 @@ class Animation:
 def frame_position(index: int, frames: int) -> float:
     """t of frame `index`: 0 for the first frame, 1 for the last."""
     return index / (frames - 1) if frames > 1 else 0.0
-
-
-def _weight(value: float) -> str:
-    return f"{value:.6g}"
 
 
 def slerp(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -80,12 +76,12 @@ def frame_requests(
         low, high = _noise(base.seed, latent_shape), _noise(animation.seed_to, latent_shape)
     for index in range(animation.frames):
         t = frame_position(index, animation.frames)
-        prompt = f"{animation.from_prompt} :{_weight(1.0 - t)} AND {animation.to_prompt} :{_weight(t)}"
+        prompt = composed_prompt([(animation.from_prompt, 1.0 - t), (animation.to_prompt, t)])
         changes: dict[str, object] = {"prompt": prompt, "and_blend": animation.blend, "batch_size": 1, "batch_count": 1}
         extra: dict[str, object] = {}
         if low is not None:
             changes["latents"] = slerp(t, low, high)[None]
-            extra.update({"Variation seed": animation.seed_to, "Variation seed strength": _weight(t)})
+            extra.update({"Variation seed": animation.seed_to, "Variation seed strength": f"{t:.6g}"})
         yield dataclasses.replace(base, **changes), extra
 
 

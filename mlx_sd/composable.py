@@ -54,6 +54,11 @@ def prompt_parts(prompt: str) -> PromptParts:
     return PromptParts(tuple(t for t, _ in parts), tuple(1.0 if w is None else w for t, w in parts), True)
 
 
+def composed_prompt(parts: list[tuple[str, float]]) -> str:
+    """`text :weight AND ...` for (text, weight) pairs, weights to 6 significant digits."""
+    return " AND ".join(f"{text} :{weight:.6g}" for text, weight in parts)
+
+
 @dataclass(frozen=True)
 class ComposableConditioning:
     """`rows` conditions one UNet call of (1 + parts) x batch rows: the negative prompt's batch
