@@ -12,6 +12,7 @@ from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
+from .blend_panel import install_blend_panel
 from .history_browser import install_history_browser
 from .kernel_warmup import KernelWarmup, kernels_needed
 from .library_folder import default_library_folder
@@ -45,6 +46,7 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     )
     history = install_history_browser(window)
     models = install_model_manager(window)
+    install_blend_panel(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],

@@ -10,6 +10,7 @@ Where the rest of the app plugs in (the history browser, model manager and setti
   apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
+- `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -130,6 +131,7 @@ class MainWindow(QMainWindow):
         self._waiting: GenerationJob | None = None  # a run asked for while the kernels are prepared
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
+        self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -408,13 +410,17 @@ class MainWindow(QMainWindow):
     def build_request(self) -> GenerationRequest:
         """The request the current widgets describe (not yet validated)."""
         values = self.parameters.values()
-        return GenerationRequest(
+        request = GenerationRequest(
             prompt=self.prompt_panel.full_prompt(),
             negative_prompt=self.prompt_panel.negative_prompt(),
             init_image=self.parameters.init_image.image(),
             low_memory=self.settings.low_memory,
+            dash_lines_negative=self.settings.dash_lines_negative,
             **values,
         )
+        for transform in self.request_transforms:
+            request = transform(request)
+        return request
 
     def prepare_cpu_kernels(self, warmup: KernelWarmup) -> None:
         """Prepare the CPU kernels in the background (a first start compiles them); a Generate

@@ -35,6 +35,7 @@ class AppSettings:
     default_model: str = ""  # a model folder name in the library's models/, or "demo"
     precision: str = "float16"  # storage dtype for conversions; the CPU computes in float32 anyway
     low_memory: bool = False  # release the text encoders before the UNet runs
+    dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
     compute_device: str = "gpu"  # used when MLX offers a GPU
     cpu_precision: str = "float32"  # of the CPU's products: "bfloat16" is faster where the CPU has AVX512_BF16
     preview_every: int = 1  # live preview every N steps (0 = off)

@@ -120,6 +120,8 @@ class SettingsDialog(QDialog):
 
         self.low_memory_check = QCheckBox("Release the text encoders before the image model runs (slower, less memory)")
         self.low_memory_check.setChecked(settings.low_memory)
+        self.dash_lines_check = QCheckBox("Prompt lines starting with \"-\" go to the negative prompt")
+        self.dash_lines_check.setChecked(settings.dash_lines_negative)
 
         self.device_combo = QComboBox()
         for name in DEVICES:
@@ -170,6 +172,7 @@ class SettingsDialog(QDialog):
         form.addRow("Default model", self.model_combo)
         form.addRow("Precision of imported models", self.precision_combo)
         form.addRow("Low-memory mode", self.low_memory_check)
+        form.addRow("Prompt", self.dash_lines_check)
         form.addRow("Compute on", self.device_combo)
         form.addRow("CPU precision", self.cpu_precision_combo)
         form.addRow("Live preview", self.preview_spin)
@@ -203,6 +206,7 @@ class SettingsDialog(QDialog):
             default_model=self.model_combo.currentData(),
             precision=self.precision_combo.currentData(),
             low_memory=self.low_memory_check.isChecked(),
+            dash_lines_negative=self.dash_lines_check.isChecked(),
             compute_device=device,
             cpu_precision=cpu_precision,
             preview_every=self.preview_spin.value(),

@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.request import GenerationRequest, Progress
@@ -45,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a model folder made by `mlx-sd convert`, or 'demo' for the bundled demo model",
     )
     parser.add_argument("--negative", default=DEFAULTS.negative_prompt, metavar="TEXT", help="the negative prompt")
+    parser.add_argument(
+        "--dash-lines-negative", action="store_true",
+        help="prompt lines starting with '-' go to the negative prompt (the video plugin's convention)",
+    )
     parser.add_argument(
         "--width", type=int, metavar="PIXELS",
         help="multiple of 8 from 64 to 2048 (default: the init image's size, else the model's native size)",
@@ -119,7 +124,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--strength has no effect without --init-image")
     if args.mask_blur is not None and args.mask is None:
         warnings.append("--mask-blur has no effect without --mask")
-    if args.negative and args.cfg <= 1:
+    if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
     return warnings
 
@@ -131,6 +136,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
     return GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,
+        dash_lines_negative=args.dash_lines_negative,
         width=width if args.width is None else args.width,
         height=height if args.height is None else args.height,
         steps=args.steps,

@@ -29,7 +29,9 @@ import numpy as np
 from PIL import Image
 
 from .brownian import BrownianNoise, philox_randn
+from .composable import ComposableConditioning, blend_parameters, denoiser_for, embedding_blend, prompt_parts
 from .config import ModelConfig
+from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
@@ -135,7 +137,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
         init = _prepared("init_image", prepare_init_image, request.init_image, request.width, request.height)
         if request.mask is not None:
             mask = _prepared("mask", prepare_mask, request.mask, request.width, request.height, request.mask_blur)
-    canonical = dataclasses.replace(request, sampler=sampler.name, schedule=schedule.name)
+    canonical = dataclasses.replace(with_dash_lines_moved(request), sampler=sampler.name, schedule=schedule.name)
     return Plan(canonical, sampler, sigmas, init, mask)
 
 
@@ -151,26 +153,31 @@ def _check_cancel(cancel: CancelFn | None, where: str) -> None:
         raise Cancelled(f"cancelled {where}")
 
 
-def _conditioning(pipe: "Pipeline", request: GenerationRequest, c_concat: mx.array | None) -> Conditioning:
+def _conditioning(
+    pipe: "Pipeline", request: GenerationRequest, c_concat: mx.array | None
+) -> Conditioning | ComposableConditioning:
     """The UNet conditioning for one batch of `batch_size` images."""
     batch = request.batch_size
     encoder = pipe.prompt_encoder()
-    prompts = [request.prompt] * batch
-    if request.cfg_scale > 1:
-        positive, negative = encoder.encode_for_guidance(prompts, [request.negative_prompt] * batch, request.clip_skip)
+    parts = prompt_parts(request.prompt)  # `AND`: each part's batch in turn
+    prompts = [text for text in parts.texts for _ in range(batch)]
+    if request.cfg_scale > 1 or parts.composable:
+        negatives = [request.negative_prompt] * len(prompts)
+        positive, negative = encoder.encode_for_guidance(prompts, negatives, request.clip_skip)
     else:  # no negative branch at all: the denoiser makes one UNet call of `batch` rows
         positive, negative = encoder.encode(prompts, request.clip_skip), None
     extra: dict[str, mx.array] = {}
     negative_extra: dict[str, mx.array] = {}
     if needs_time_ids(pipe.config):
         size = (request.height, request.width)
-        extra = {"text_embeds": positive.pooled, "time_ids": time_ids(pipe.config, *size, request.aesthetic_score, batch)}
+        rows = len(prompts)
+        extra = {"text_embeds": positive.pooled, "time_ids": time_ids(pipe.config, *size, request.aesthetic_score, rows)}
         if negative is not None:
             negative_extra = {
                 "text_embeds": negative.pooled,
-                "time_ids": time_ids(pipe.config, *size, request.negative_aesthetic_score, batch),
+                "time_ids": time_ids(pipe.config, *size, request.negative_aesthetic_score, rows),
             }
-    return Conditioning(
+    conditioning = Conditioning(
         context=positive.context,
         negative_context=None if negative is None else negative.context,
         cfg_scale=request.cfg_scale,
@@ -178,6 +185,11 @@ def _conditioning(pipe: "Pipeline", request: GenerationRequest, c_concat: mx.arr
         negative_extra=negative_extra,
         c_concat=c_concat,
     )
+    if parts.composable and request.and_blend == "embedding":
+        return embedding_blend(conditioning, parts.weights, batch)
+    if parts.composable:
+        return ComposableConditioning.from_guided(conditioning, parts.weights, batch)
+    return conditioning
 
 
 def generate(
@@ -191,7 +203,8 @@ def generate(
     request = p.request
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
-    infotexts = [format_infotext(request, seed, model, INFOTEXT_EXTRA) for seed in seeds]
+    extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
+    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
 
@@ -251,7 +264,7 @@ class _BatchSampler:
         self,
         pipe: "Pipeline",
         p: Plan,
-        conditionings: list[tuple[int, Conditioning]],
+        conditionings: list[tuple[int, Conditioning | ComposableConditioning]],
         init_moments: mx.array | None,
         on_progress: ProgressFn | None,
         cancel: CancelFn | None,
@@ -259,10 +272,12 @@ class _BatchSampler:
         self.pipe, self.plan, self.init_moments = pipe, p, init_moments
         self.on_progress, self.cancel = on_progress, cancel
         config = pipe.config
-        self.denoisers = [(end, Denoiser(
-            pipe.unet, NoiseSchedule.from_config(config.noise_schedule), conditioning,
-            config.prediction_type, p.sampler.timesteps, pipe.dtype,
-        )) for end, conditioning in conditionings]
+        noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
+
+        def make(conditioning: Conditioning) -> Denoiser:
+            return Denoiser(pipe.unet, noise_schedule, conditioning, config.prediction_type, p.sampler.timesteps, pipe.dtype)
+
+        self.denoisers = [(end, denoiser_for(conditioning, make)) for end, conditioning in conditionings]
         request = p.request
         factor = config.vae.downscale
         self.latent_shape = (request.height // factor, request.width // factor, config.vae.latent_channels)

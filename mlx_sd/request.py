@@ -20,6 +20,8 @@ MAX_SEED = 2**32 - 1  # random seeds are drawn up to this, as A1111 draws them (
 # MAX_SEED; every recorded seed is accepted back, up to what the noise generator's 64-bit key holds.
 LARGEST_SEED = 2**64 - 1
 EXCERPT = 24  # characters of a text shown before the character it is refused for
+# How a prompt's AND parts combine: composable diffusion (A1111), or one weighted sum of their encodings
+AND_BLENDS = ("weights", "embedding")
 
 
 class RequestError(ValueError):
@@ -57,6 +59,8 @@ class GenerationRequest:
     negative_aesthetic_score: float = 2.5
     vae_tiling: bool | None = None  # None: tile only when the image is larger than the VAE's tile
     low_memory: bool = False  # release the text encoders before the UNet runs
+    dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
+    and_blend: str = "weights"  # one of AND_BLENDS
 
     @property
     def total_images(self) -> int:
@@ -97,6 +101,8 @@ class GenerationRequest:
                 )
         if not isinstance(self.mask_blur, int) or not 0 <= self.mask_blur <= 64:
             raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
+        if self.and_blend not in AND_BLENDS:
+            raise RequestError("and_blend", self.and_blend, "one of " + ", ".join(AND_BLENDS))
         if self.latents is not None:
             if not isinstance(self.latents, np.ndarray):
                 raise RequestError("latents", f"a {type(self.latents).__name__}", "a numpy array (or None)")

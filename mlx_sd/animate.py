@@ -1,0 +1,92 @@
+"""Animating a blend from one prompt to another: frame i of n has t = i / (n - 1), and conditions on
+`from :1-t AND to :t`, as composable-diffusion weights or (`and_blend="embedding"`) as an
+interpolation of the two encodings. With a second seed the initial noise moves along A1111's
+variation-seed slerp from the first seed's noise to the second's. Each frame is an ordinary request,
+so its infotext remakes it; the same animation and base request give the same frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .composable import composed_prompt, prompt_parts
+from .infotext import quote
+from .noise import ImageNoise
+from .request import AND_BLENDS, GenerationRequest, RequestError
+
+MAX_FRAMES = 1000
+NEARLY_PARALLEL = 0.9995  # A1111's slerp falls back to a straight line above this mean cosine
+
+
+@dataclass(frozen=True)
+class Animation:
+    from_prompt: str
+    to_prompt: str
+    frames: int = 24
+    seed_to: int | None = None  # None: every frame starts from the base request's seed's noise
+    blend: str = "weights"  # one of AND_BLENDS
+
+    def validate(self) -> None:
+        if not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_FRAMES:
+            raise RequestError("frames", self.frames, f"a whole number from 1 to {MAX_FRAMES}")
+        if self.blend not in AND_BLENDS:
+            raise RequestError("blend", self.blend, "one of " + ", ".join(AND_BLENDS))
+        for name, prompt in (("from", self.from_prompt), ("to", self.to_prompt)):
+            if prompt_parts(prompt).composable:
+                raise RequestError(name, prompt, "a prompt without AND or a trailing :weight (the frames add them)")
+
+
+def frame_position(index: int, frames: int) -> float:
+    """t of frame `index`: 0 for the first frame, 1 for the last."""
+    return index / (frames - 1) if frames > 1 else 0.0
+
+
+def slerp(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """A1111's variation-seed interpolation of two (channels, height, width) noises: great-circle
+    steps of the vectors along the height axis, a straight line where they are nearly parallel."""
+    low_unit = low / np.linalg.norm(low, axis=1, keepdims=True)
+    high_unit = high / np.linalg.norm(high, axis=1, keepdims=True)
+    cosine = (low_unit * high_unit).sum(axis=1)
+    if cosine.mean() > NEARLY_PARALLEL:
+        return low * (1.0 - t) + high * t
+    omega = np.arccos(np.clip(cosine, -1.0, 1.0))
+    sine = np.sin(omega)
+    low_factor = (np.sin((1.0 - t) * omega) / sine)[:, None, :]
+    high_factor = (np.sin(t * omega) / sine)[:, None, :]
+    return (low * low_factor + high * high_factor).astype(np.float32)
+
+
+def _noise(seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
+    """The seed's initial noise in (channels, height, width) layout."""
+    return np.array(ImageNoise([seed], latent_shape).initial())[0].transpose(2, 0, 1)
+
+
+def frame_requests(
+    base: GenerationRequest, animation: Animation, latent_shape: tuple[int, int, int]
+) -> Iterator[tuple[GenerationRequest, dict[str, object]]]:
+    """(request, extra infotext parameters) for every frame. `base` holds the other settings and a
+    resolved seed; `latent_shape` is the model's (height, width, channels) for base's size."""
+    animation.validate()
+    low = high = None
+    if animation.seed_to is not None:
+        low, high = _noise(base.seed, latent_shape), _noise(animation.seed_to, latent_shape)
+    for index in range(animation.frames):
+        t = frame_position(index, animation.frames)
+        prompt = composed_prompt([(animation.from_prompt, 1.0 - t), (animation.to_prompt, t)])
+        changes: dict[str, object] = {"prompt": prompt, "and_blend": animation.blend, "batch_size": 1, "batch_count": 1}
+        extra: dict[str, object] = {}
+        if low is not None:
+            changes["latents"] = slerp(t, low, high)[None]
+            extra.update({"Variation seed": animation.seed_to, "Variation seed strength": f"{t:.6g}"})
+        yield dataclasses.replace(base, **changes), extra
+
+
+def with_parameters(infotext: str, extra: dict[str, object]) -> str:
+    """The infotext with `extra` appended to its parameter line (its last line)."""
+    if not extra:
+        return infotext
+    return infotext + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in extra.items())
