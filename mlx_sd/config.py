@@ -358,8 +358,8 @@ class SourceInfo:
         if not isinstance(self.name, str) or len(self.name) > 4096:
             raise ConfigError(f"name: expected a text of at most 4096 characters, found {_show(self.name)}")
         sha = self.sha256
-        if not isinstance(sha, str) or (sha and (len(sha) != 64 or sha.strip("0123456789abcdef"))):
-            raise ConfigError(f"sha256: expected 64 lower-case hex digits or nothing, found {_show(sha)}")
+        if not isinstance(sha, str) or (sha and (len(sha) != 64 or sha.lower().strip("0123456789abcdef"))):
+            raise ConfigError(f"sha256: expected 64 hex digits or nothing, found {_show(sha)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SourceInfo":

@@ -62,7 +62,7 @@ def edited(path: str, value: object) -> dict:
         (edited("unet.projection_class_embeddings_input_dim", 100), "unet.projection_class_embeddings_input_dim: 100"),
         (edited("family", "sd1"), "a sd1 model has text_encoder, found text_encoder and text_encoder_2"),
         (edited("dtype", "float8"), "dtype: 'float8' is not one of float32, float16, bfloat16"),
-        (edited("source.sha256", 12), "source.sha256: expected 64 lower-case hex digits"),
+        (edited("source.sha256", 12), "source.sha256: expected 64 hex digits"),
         (edited("format_version", "1"), "format_version '1'"),
         ({k: v for k, v in good().items() if k != "unet"}, "unet: missing"),
     ],
