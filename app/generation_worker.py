@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from mlx_sd.cpu_memory import release_free_memory
+from mlx_sd.cpu.memory import release_free_memory
 from mlx_sd.device import PrecisionError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mlx_sd.cpu_kernels import cpu_has_bf16
+from mlx_sd.cpu.kernels import cpu_has_bf16
 from mlx_sd.device import gpu_available
 
 from .history_store import DB_NAME, HistoryError, move_library

@@ -33,8 +33,10 @@ NEGATIVE = "blurry, low quality"
 
 def measure(family: str, size: int, steps: int, bits: int, cache: Path, image_path: Path) -> dict[str, Any]:
     """One configuration (bits 32 = unquantized), in this process."""
-    import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+    import mlx_sd  # first: binds OpenBLAS before mlx.core
     import mlx.core as mx
+
+    mlx_sd.setup()
 
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.quantize import quantize

@@ -39,7 +39,7 @@ RATIOS = (("ours", "torch"), ("ours", "torch-bf16"), ("ours-bf16", "torch-bf16")
 
 
 def default_sides() -> list[str]:
-    from mlx_sd import cpu_kernels
+    from mlx_sd.cpu import kernels as cpu_kernels
 
     return [side for side in SIDES if side != "ours-bf16" or cpu_kernels.bf16_products()]
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         rounds.append(results)
 
     summary = summarize(rounds, sides)
-    coretype = os.environ.get("OPENBLAS_CORETYPE") or "chosen by OpenBLAS"  # ours' matmul kernels (mlx_sd.blas)
+    coretype = os.environ.get("OPENBLAS_CORETYPE") or "chosen by OpenBLAS"  # ours' matmul kernels (mlx_sd.cpu.blas)
     print(f"{args.family} at {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds x {args.runs} runs, "
           f"OpenBLAS kernels: {coretype}")
     print_table(summary, sides, rounds)

@@ -112,8 +112,10 @@ def read_into_page_cache(folder: Path) -> None:
 
 class Ours(Backend):
     def __init__(self, size: int, precision: str):
-        import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+        import mlx_sd  # first: binds OpenBLAS before mlx.core
         import mlx.core as mx
+
+        mlx_sd.setup()
         from mlx_sd.device import products_in
 
         self.mx = mx

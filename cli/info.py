@@ -11,10 +11,9 @@ import platform
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+import mlx_sd
 import mlx.core as mx
-
-from mlx_sd import blas, cpu_kernels
+from mlx_sd.cpu import blas, kernels as cpu_kernels
 from mlx_sd.config import PRESETS, ModelConfig, preset
 from mlx_sd.device import current_device, dtype_name, gpu_available, policy
 from mlx_sd.infotext import model_hash

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 
 from .errors import ConversionError

@@ -41,8 +41,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from . import cpu_kernels
-from .cpu_memory import keep_freed_memory
+from .cpu import kernels as cpu_kernels
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PRECISIONS = ("float32", "bfloat16")  # of the CPU's products (products_in)
@@ -189,16 +188,7 @@ def gpu_available() -> bool:
         return False
 
 
-def configure_cpu_allocator() -> str | None:
-    """Keep freed CPU buffers for reuse (mlx_sd.cpu_memory) when mlx runs on its CPU allocator;
-    returns where they are kept.
-
-    Nothing changes where a GPU exists: the CPU then shares the GPU allocator, whose default cache
-    is already as large as its memory limit.
-    """
-    if gpu_available():
-        return None
-    return keep_freed_memory()
-
-
-configure_cpu_allocator()
+def available_precisions() -> tuple[str, ...]:
+    """The precisions of the CPU's products (PRECISIONS) this machine offers, judged from the CPU's
+    flags alone so that asking compiles nothing: bfloat16 needs AVX512_BF16."""
+    return PRECISIONS if cpu_kernels.cpu_has_bf16() else PRECISIONS[:1]

@@ -12,7 +12,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import cpu_kernels
+from .cpu import kernels as cpu_kernels
 from .device import CPU_STREAMS, policy, worker_streams
 
 LOG2E = 1.4426950408889634

@@ -23,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from . import cpu_kernels
+from .cpu import kernels as cpu_kernels
 from .device import gpu_available, policy
 
 # safetensors dtype codes -> (mlx dtype name, bytes per element)

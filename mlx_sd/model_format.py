@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
 from . import mapped_weights
-from .cpu_memory import prefault_heap
+from .cpu.memory import prefault_heap
 from .device import current_device, worker_streams
 
 MODEL_JSON = "model.json"

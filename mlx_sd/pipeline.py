@@ -22,7 +22,7 @@ from mlx.utils import tree_flatten
 
 from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
-from .cpu_memory import release_free_memory
+from .cpu.memory import release_free_memory
 from .config import ModelConfig
 from .device import check_precision, dtype_from_name, policy, products_in
 from .generation import generate

@@ -15,7 +15,6 @@ import pytest
 from model_folders import CONFIGS, write_random_model
 from PIL import Image
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from app.generation_worker import Loader
 from app.main_window import MainWindow
 from app.settings import AppSettings

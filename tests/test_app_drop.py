@@ -3,7 +3,6 @@ parameters (ours or A1111's) offer to restore them, checkpoints go to the import
 
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 
 import pytest
 from PIL import Image

@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from app.main_window import MainWindow
 from app.result_view import qimage_to_pil
 from app.settings import AppSettings
 from app_support import QT_MARKS, noise_image, write_tiny_model
-from mlx_sd import cpu_kernels
+from mlx_sd.cpu import kernels as cpu_kernels
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext
 from mlx_sd.pipeline import Pipeline

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 

@@ -11,14 +11,14 @@ import ctypes
 import stat
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlx_sd.layers as layers
-from mlx_sd import blas, cpu_kernels, device
+from mlx_sd import device
+from mlx_sd.cpu import blas, kernels as cpu_kernels
 
 
 def rand(*shape: int, seed: int) -> mx.array:

@@ -21,8 +21,8 @@ from test_generate_models import (  # noqa: F401
     request,
 )
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-from mlx_sd import cpu_kernels, device
+from mlx_sd import device
+from mlx_sd.cpu import kernels as cpu_kernels
 from mlx_sd.config import SourceInfo
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.noise import ImageNoise

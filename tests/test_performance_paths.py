@@ -17,8 +17,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
+import mlx_sd
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -28,7 +28,8 @@ import torch
 from scipy.special import erf
 
 import mlx_sd.layers as layers
-from mlx_sd import cpu_memory, device
+from mlx_sd import device
+from mlx_sd.cpu import memory as cpu_memory
 from mlx_sd.config import UNetConfig, VAEConfig
 from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import load_weights
@@ -115,9 +116,9 @@ def _fresh_pages_for(shape: tuple[int, ...]) -> int:
 
 def test_cpu_allocator_reuses_freed_buffers_without_page_faults():
     if device.gpu_available():
-        assert device.configure_cpu_allocator() is None
+        assert mlx_sd.setup() == "gpu allocator"
         return
-    assert device.configure_cpu_allocator() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
+    assert mlx_sd.setup() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
     pages = (256 << 20) // 4096
     first = _fresh_pages_for((64, 1 << 20))  # 256 MiB, freed on return
     # glibc alone would map a fresh 256 MiB and fault each of its pages in again
@@ -130,6 +131,7 @@ THREAD_REUSE = """
 import resource, threading
 import mlx_sd
 import mlx.core as mx
+mlx_sd.setup()  # as the app does before its generation thread starts
 
 def fresh_pages(shape):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -159,7 +161,8 @@ PREFAULT = """
 import json, resource
 import mlx_sd
 import mlx.core as mx
-from mlx_sd import cpu_memory
+from mlx_sd.cpu import memory as cpu_memory
+mlx_sd.setup()
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -216,7 +219,7 @@ def test_without_glibc_mlx_caches_freed_buffers(monkeypatch):
         assert mx.set_cache_limit(0) == cpu_memory.FALLBACK_CACHE_BYTES
     finally:
         monkeypatch.undo()
-        device.configure_cpu_allocator()
+        cpu_memory.keep_freed_memory()
 
 
 # ---------------------------------------------------------------------------------------------

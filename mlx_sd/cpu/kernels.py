@@ -41,7 +41,7 @@ from . import blas
 
 DISABLE_ENV = "MLX_SD_NO_CPU_KERNELS"
 MODULE_NAME = "_mlx_sd_cpu_kernels"
-SOURCE_DIR = Path(__file__).with_name("csrc")
+SOURCE_DIR = Path(__file__).parent.parent / "csrc"
 BUILD_SECONDS_LIMIT = 600
 
 log = logging.getLogger(__name__)
