@@ -30,6 +30,7 @@ from PIL import Image
 
 from .config import ModelConfig
 from .denoiser import Conditioning, Denoiser
+from .estimate import check_fits, machine_memory
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
@@ -184,6 +185,7 @@ def generate(
     started = time.perf_counter()
     p = plan(pipe.config, request)
     request = p.request
+    check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
     infotexts = [format_infotext(request, seed, model, INFOTEXT_EXTRA) for seed in seeds]

@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from .cpu import kernels as cpu_kernels
-from .device import gpu_available, policy
+from .device import current_device, gpu_available
 
 # safetensors dtype codes -> (mlx dtype name, bytes per element)
 DTYPES = {
@@ -68,7 +68,7 @@ def read_header(path: Path) -> tuple[int, dict[str, dict]]:
 @functools.cache
 def _supported() -> bool:
     """Whether mapped arrays work with this mlx: a small file saved by mlx reads back equal."""
-    if gpu_available() or policy().device != "cpu" or not cpu_kernels.available():
+    if gpu_available() or current_device() != "cpu" or not cpu_kernels.available():
         return False  # a GPU backend's allocator owns CPU arrays too, with buffers of its own kind
     expected = {"a": mx.arange(7, dtype=mx.float16), "b": mx.array([[1.5, -2.0], [3.25, 4.0]])}
     with tempfile.TemporaryDirectory() as scratch:

@@ -5,7 +5,7 @@ group size by a QuantizedLinear (mlx's affine quantization: per group of 64 inpu
 scale and offset). Convolutions, norms and embeddings stay as they are. Quantize after loading the
 weights: the layers quantize the values they hold.
 
-How a quantized layer multiplies is per device (`device.policy().quantized`): the GPU runs mlx's
+How a quantized layer multiplies is per device: the GPU runs mlx's
 fused quantized matmul; mlx's CPU quantized matmul is a scalar dot-product loop (far below BLAS),
 so on the CPU each layer expands its weight to float32 just for its BLAS matmul: the weights stay
 small in memory and the speed stays near float32's.
@@ -17,8 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
-from .device import policy
-from .layers import product
+from .device import current_device
 
 BITS = (4, 8)
 GROUP_SIZE = 64
@@ -28,13 +27,14 @@ class QuantizedLinear(nn.QuantizedLinear):
     """nn.QuantizedLinear with the CPU's dequantize-then-GEMM formulation."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if x.dtype != mx.float32 or policy().quantized != "dequantize":
+        if x.dtype != mx.float32 or current_device() != "cpu":
             return super().__call__(x)
         weight = mx.dequantize(
             self["weight"], self["scales"], self.get("biases"), self.group_size, self.bits, mode=self.mode,
             dtype=mx.float32,
         )
-        return product(x, weight.T, self.get("bias"))
+        bias = self.get("bias")
+        return x @ weight.T if bias is None else mx.addmm(bias, x, weight.T)
 
 
 def quantize(model: nn.Module, bits: int = 8, group_size: int = GROUP_SIZE) -> int:

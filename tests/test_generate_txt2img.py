@@ -247,7 +247,7 @@ def test_bfloat16_products_make_nearly_the_float32_image(model_folders, pipes, f
     exact = pipes[family].generate(request()).images[0]
     assert flags and not any(flags)  # and the float32 pipeline beside it did not
     assert 0 < levels_apart(rounded, exact) <= 12, levels_apart(rounded, exact)
-    assert device.policy().products == "float32"  # the precision holds inside generate only
+    assert pipes[family].cpu.products == "float32"  # each pipeline has its own precision
 
 
 def test_an_unknown_or_impossible_precision_is_refused_before_loading(model_folders, monkeypatch) -> None:

@@ -38,6 +38,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import blas
+from .machine import cache_sizes
 
 DISABLE_ENV = "MLX_SD_NO_CPU_KERNELS"
 MODULE_NAME = "_mlx_sd_cpu_kernels"
@@ -74,7 +75,7 @@ def sources() -> list[Path]:
 
 def _build_key(nanobind_version: str) -> str:
     parts = [*(path.read_bytes() for path in sources()), mx.__version__, nanobind_version, sys.version,
-             platform.machine(), _cpu_identity()]
+             platform.machine(), _cpu_identity(), *_cache_defines()]
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part if isinstance(part, bytes) else part.encode())
@@ -94,7 +95,14 @@ def _compile_command(compiler: str, output: Path) -> list[str]:
         f"-I{nanobind_dir / 'ext' / 'robin_map' / 'include'}", f"-I{mlx_dir / 'include'}", f"-I{SOURCE_DIR}",
         str(nanobind_dir / "src" / "nb_combined.cpp"), *(str(path) for path in sources() if path.suffix == ".cpp"),
         f"-L{mlx_dir / 'lib'}", "-lmlx", f"-Wl,-rpath,{mlx_dir / 'lib'}", "-o", str(output),
+        *_cache_defines(),
     ]  # fmt: skip
+
+
+def _cache_defines() -> list[str]:
+    """The GEMM's blocking follows this machine's caches (csrc/gemm.cpp)."""
+    caches = cache_sizes()
+    return [f"-DMLX_SD_L2_BYTES={caches.l2}", f"-DMLX_SD_L3_BYTES={caches.l3}"]
 
 
 def _build(library: Path, compiler: str) -> None:
