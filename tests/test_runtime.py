@@ -48,3 +48,12 @@ def test_setup_is_idempotent():
     import mlx_sd
 
     assert mlx_sd.setup() == mlx_sd.setup()
+
+
+def test_the_public_api_is_importable_from_the_package():
+    from mlx_sd import GenerationRequest, Pipeline, available_precisions
+    from mlx_sd.pipeline import Pipeline as pipeline_module_class
+    from mlx_sd.request import GenerationRequest as request_module_class
+
+    assert (Pipeline, GenerationRequest) == (pipeline_module_class, request_module_class)
+    assert available_precisions()[0] == "float32"
