@@ -1,9 +1,8 @@
 """Evaluating a model block by block, with a cancel check between blocks, on every device.
 
 Left lazy, mlx builds a whole UNet step or VAE decode as one graph and evaluates it at once: nothing
-can stop it midway (one step of the demo model at 2048x2048 ran for minutes), and more activations
-are alive at once (SD's VAE decode at 512 on the CPU: MLX peak 2.49 GB evaluated per block, 1.41 GB
-per resnet). `evaluate_blocks` makes a model's resnets, transformer blocks and resamplers evaluate
+can stop it midway (one step of the demo model at 2048x2048 runs for minutes), and more activations
+are alive at once (docs/performance.md). `evaluate_blocks` makes a model's resnets, transformer blocks and resamplers evaluate
 their output as soon as it is computed, and large attentions do so per block of queries; after each
 evaluation the `Boundary` polls its cancel callback and raises samplers.Cancelled when it says so.
 The models themselves stay plain: the blocks are swapped for subclasses (mlx_sd.module_swap).

@@ -51,10 +51,9 @@ def weight_dtype(model: nn.Module, storage: mx.Dtype, compute: mx.Dtype, options
     """The dtype the CPU keeps `model`'s weights in, computing in `compute` (float32).
 
     The text encoders keep narrower stored weights and each op promotes them (they run once per
-    prompt: a resident float32 copy costs more memory, SD1.5 0.25 GB and SDXL 1.6 GB, than its casts
-    cost time). The UNet keeps them too where the compiled GEMM converts them as it packs them (a
-    float32 copy would only cost memory, SD1.5 1.7 GB and SDXL 5.1 GB, and load time). The caller
-    sets CLIPTextModel.compute_dtype.
+    prompt: a resident float32 copy costs more memory than its casts cost time). The UNet keeps them
+    too where the compiled GEMM converts them as it packs them (a float32 copy would only cost memory
+    and load time). The caller sets CLIPTextModel.compute_dtype.
     """
     narrower = storage.size < compute.size
     if narrower and (isinstance(model, CLIPTextModel) or (isinstance(model, UNet2DConditionModel) and options.kernels)):

@@ -1,14 +1,12 @@
 """mlx-sd's C++ kernels for mlx's CPU backend, compiled on first use and cached.
 
 mlx offers custom kernels for Metal and CUDA but not for its CPU backend, where attention costs
-several single-threaded passes over scores that fit no cache (issue 6: SD1.5's 64x64 self-
-attention took 0.43-0.57 s per layer and CFG half). `csrc/fused_attention.cpp` adds an mlx
-primitive that runs it as one cache-blocked kernel (0.12 s); `csrc/group_norm.cpp` does
-GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, and 4-5x the time);
-`csrc/gemm.cpp` is a float32 GEMM for the CPU's full vector width, where the system BLAS may be
-pinned to a narrower one (OpenBLAS with OPENBLAS_CORETYPE=Haswell: half the speed), with bfloat16
-products on CPUs with AVX512_BF16; `csrc/mapped_weights.cpp` makes arrays on a mapped weight file
-(mlx_sd.mapped_weights). They
+several single-threaded passes over scores that fit no cache. `csrc/fused_attention.cpp` adds an mlx
+primitive that runs it as one cache-blocked kernel; `csrc/group_norm.cpp` does GroupNorm+SiLU in two
+vectorised passes (mlx's fused form takes five); `csrc/gemm.cpp` is a float32 GEMM for the CPU's
+full vector width, where the system BLAS may be pinned to a narrower one, blocked for this CPU's
+caches, with bfloat16 products on CPUs with AVX512_BF16; `csrc/mapped_weights.cpp` makes arrays on a
+mapped weight file (mlx_sd.mapped_weights). Their speeds are in docs/performance.md. They
 are compiled against the installed mlx, as mlx's own `mx.compile` compiles its CPU kernels, with
 the system C++ compiler and the nanobind that mlx's Python bindings use, and cached per source,
 mlx, nanobind, Python and CPU. If anything is missing the engine keeps its pure-mlx formulations
