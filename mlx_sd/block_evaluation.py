@@ -23,8 +23,11 @@ from .unet import BasicTransformerBlock, Downsample2D, ResnetBlock2D
 from .vae import Downsample, MidAttention, ResnetBlock
 
 BLOCKS = (ResnetBlock2D, BasicTransformerBlock, Downsample2D, ResnetBlock, MidAttention, Downsample, Upsample2D)
-# Scores of one block of queries at most: 2048x2048 with the demo model's 512x512 latents holds 262144
-# keys, so a block is 32 queries of its two heads, well under a second.
+# Attention is split into blocks of queries only when its scores would exceed SPLIT_SCORE_BYTES (SD1.5
+# at 1024, the demo model at 2048): below that one call takes well under a second, and whole calls keep
+# the GPU's and the CPU kernel's work in one piece. A block then holds at most QUERY_BLOCK_SCORE_BYTES
+# of scores: at 2048x2048 the demo model's 512x512 latents make 262144 keys, so 32 queries of its two heads.
+SPLIT_SCORE_BYTES = 4 << 30
 QUERY_BLOCK_SCORE_BYTES = 64 << 20
 
 
@@ -53,7 +56,8 @@ def _evaluated(cls: type[nn.Module]) -> type[nn.Module]:
 def _query_blocks(cls: type[DotProductAttention]) -> type[DotProductAttention]:
     def __call__(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None) -> mx.array:
         queries, keys = q.shape[1], k.shape[1]
-        rows = max(1, QUERY_BLOCK_SCORE_BYTES // (4 * q.shape[0] * self.heads * keys))
+        per_query = 4 * q.shape[0] * self.heads * keys  # bytes of float32 scores
+        rows = queries if queries * per_query <= SPLIT_SCORE_BYTES else max(1, QUERY_BLOCK_SCORE_BYTES // per_query)
         outputs = []
         for start in range(0, queries, rows):
             part = None if mask is None else mask[..., start : start + rows, :]

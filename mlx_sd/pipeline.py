@@ -136,7 +136,8 @@ class Pipeline:
     ) -> GenerationResult:
         """Generate the request's images (see mlx_sd.generation).
 
-        Raises RequestError before any model runs when the request cannot run on this model, and
+        Raises RequestError before any model runs when the request cannot run on this model,
+        estimate.TooLargeError when its estimated memory exceeds the machine's (`estimate`), and
         samplers.Cancelled (with no result) when `cancel()` returns True: it is asked between steps
         and between the blocks of each step (mlx_sd.block_evaluation)."""
         check_precision(self.precision)
