@@ -13,7 +13,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from mlx_sd.config import CLIPTextConfig, ModelConfig
-from mlx_sd.reference import models
+from reference import models
 
 PIPELINES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 

@@ -180,9 +180,11 @@ class Torch(Backend):
     def __init__(self, size: int, dtype: str):
         import torch
 
+        from reference.pipeline import DTYPES
+
         self.torch = torch
         self.size = size
-        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        self.dtype = DTYPES[dtype]
         self.name = "torch" if dtype == "float32" else "torch-bf16"
 
     def load(self, cached) -> None:

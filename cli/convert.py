@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
-from mlx_sd.device import DTYPES
+from mlx_sd.dtypes import DTYPES
 
 if TYPE_CHECKING:
-    from convert import Progress
+    from convert import ConversionProgress
 
 _STAGES = {
     "fetch": "fetching from the Hugging Face Hub",
@@ -56,7 +57,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: ConversionProgress) -> None:
         label = _STAGES.get(progress.stage)
         if label is None:
             return
@@ -85,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant,
         hub_cache=args.cache_dir,
     )
-    report = convert_model(args.source, args.output, options, on_progress=ProgressPrinter())
+    # SIGTERM (kill, a service manager, a closed session) stops like Ctrl-C: the converter's cleanup runs
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = convert_model(args.source, args.output, options, on_progress=ProgressPrinter())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n".join(report.lines()))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -3,7 +3,9 @@ MLX model folder (`mlx_sd.model_format`). The engine knows only its own names; e
 another format lives here, one table per source format."""
 
 from .errors import ConversionCancelled, ConversionError
-from .options import ConversionReport, ConvertOptions, Progress
+from .options import ConversionProgress, ConversionReport, ConvertOptions
 from .orchestrator import convert_model
 
-__all__ = ["ConversionCancelled", "ConversionError", "ConversionReport", "ConvertOptions", "Progress", "convert_model"]
+__all__ = [
+    "ConversionCancelled", "ConversionError", "ConversionProgress", "ConversionReport", "ConvertOptions", "convert_model",
+]

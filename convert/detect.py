@@ -1,5 +1,5 @@
 """What a single-file checkpoint is: refuse files that are not whole models (LoRA, embeddings, a VAE
-alone), then find the family and where each component's weights live (sd_facts 2.2, 2.3)."""
+alone), then find the family and where each component's weights live (docs/facts.md §2.2, §2.3)."""
 
 from __future__ import annotations
 

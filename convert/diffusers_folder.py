@@ -1,4 +1,4 @@
-"""A plan for a diffusers pipeline folder (sd_facts 2.1): component configs map onto our config
+"""A plan for a diffusers pipeline folder (docs/facts.md §2.1): component configs map onto our config
 dataclasses, weights already carry our parameter names and only need the MLX layout."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .ldm_vae import diffusers_vae_key, is_attention_projection
 from .layout import Route, SqueezeToLinear
 from .options import ConvertOptions
 from .pickle_file import PickleCheckpoint, refuse_pickle
-from .plan import Plan, Read, TensorSource
+from .plan import ConversionPlan, Read, TensorSource
 from .safetensors_file import SafetensorsFile, ShardedSafetensors
 from .single_file import open_checkpoint, vae_routes
 from .text_encoders import clip_targets
@@ -38,11 +38,14 @@ PICKLE_NAMES = {"diffusion_pytorch_model": "diffusion_pytorch_model", "model": "
 
 def _json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError(f"{path} is missing; the diffusers folder is incomplete") from None
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{path} is not valid JSON ({exc}); the diffusers folder is damaged") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConversionError(f"{path} is not valid JSON ({exc.__class__.__name__}); the diffusers folder is damaged") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} is not a JSON object; the diffusers folder is damaged")
+    return data
 
 
 def _present(index: dict, folder: Path) -> list[str]:
@@ -133,7 +136,7 @@ def _text_config(raw: dict, usage: CLIPTextConfig, tokenizer: Path | None, has_p
     return config
 
 
-def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind: str) -> Plan:
+def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind: str) -> ConversionPlan:
     index = _json(folder / MODEL_INDEX)
     components = _present(index, folder)
     raw = {c: _json(folder / c / "config.json") for c in components}
@@ -190,7 +193,7 @@ def plan_diffusers_folder(folder: Path, options: ConvertOptions, name: str, kind
     )
     unet_files = reads["unet"].source
     hashed = getattr(unet_files, "files", [unet_files])
-    return Plan(
+    return ConversionPlan(
         config=config,
         reads=list(reads.values()),
         tokenizers=tokenizers,

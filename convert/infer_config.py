@@ -23,9 +23,10 @@ Shapes = dict[str, Shape]
 SD1_UNET_HEADS = 8
 HEAD_DIM = 64
 SDXL_TIME_EMBED_DIM = 256
-# Each family's VAE scaling factor and float16 upcast (sd_facts 1.5, 9.3), from the released models' configs.
+# Each family's VAE scaling factor and float16 upcast (docs/facts.md §1.5, §7.2), from the released
+# models' configs.
 VAE_USAGE = {"sd1": VAE_SD, "sd2": VAE_SD, "sdxl": VAE_SDXL, "sdxl-refiner": VAE_SDXL}
-# How each family reads its text encoders (sd_facts 1.4): hidden layer, final norm, pad id.
+# How each family reads its text encoders (docs/facts.md §1.4): hidden layer, final norm, pad id.
 TEXT_USAGE = {
     ("sd1", "text_encoder"): CLIP_L,
     ("sd2", "text_encoder"): OPENCLIP_H,
@@ -40,12 +41,21 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in shapes if (m := regex.match(key))})
 
 
-def _need(shapes: Shapes, key: str, component: str) -> Shape:
+def _need(shapes: Shapes, key: str, component: str, ranks: tuple[int, ...] = ()) -> Shape:
+    """The torch shape of a tensor a config is read from, of one of `ranks` (by default 4 for a
+    convolution's weight, 2 for a Linear's or an Embedding's)."""
     if key not in shapes:
         raise ConversionError(
             f"{component}: the checkpoint is missing tensor {key!r}; the file is incomplete or damaged"
         )
-    return shapes[key]
+    shape = shapes[key]
+    ranks = ranks or ((4,) if "conv" in key.rsplit(".", 2)[-2] else (2,))
+    if len(shape) not in ranks:
+        raise ConversionError(
+            f"{component}: tensor {key!r} has shape {shape}, where a rank-{' or '.join(map(str, ranks))} weight "
+            "belongs; the file is damaged or an architecture mlx-sd does not know"
+        )
+    return shape
 
 
 def _heads(width: int, what: str) -> int:
@@ -57,7 +67,7 @@ def _heads(width: int, what: str) -> int:
 
 
 def unet_config(shapes: Shapes, family: str) -> UNetConfig:
-    need = lambda key: _need(shapes, key, "unet")  # noqa: E731
+    need = lambda key, *ranks: _need(shapes, key, "unet", ranks)  # noqa: E731
     levels = len(_indices(shapes, r"down_blocks\.(\d+)\.resnets\.0\.conv1\.weight$"))
     layers = len(_indices(shapes, r"down_blocks\.0\.resnets\.(\d+)\.conv1\.weight$"))
     if levels == 0 or layers == 0:
@@ -82,7 +92,7 @@ def unet_config(shapes: Shapes, family: str) -> UNetConfig:
     if isinstance(per_level, list):
         per_level[-1] = mid_depth
     first_attention = attention.index(True)
-    proj_in = need(f"down_blocks.{first_attention}.attentions.0.proj_in.weight")
+    proj_in = need(f"down_blocks.{first_attention}.attentions.0.proj_in.weight", 2, 4)  # Linear or 1x1 conv
     context = need(f"down_blocks.{first_attention}.attentions.0.transformer_blocks.0.attn2.to_k.weight")[1]
     conv_in = need("conv_in.weight")
     if family == "sd1":
@@ -104,7 +114,7 @@ def unet_config(shapes: Shapes, family: str) -> UNetConfig:
     if "add_embedding.linear_1.weight" in shapes:
         config.addition_embed_type = "text_time"
         config.addition_time_embed_dim = SDXL_TIME_EMBED_DIM
-        config.projection_class_embeddings_input_dim = shapes["add_embedding.linear_1.weight"][1]
+        config.projection_class_embeddings_input_dim = need("add_embedding.linear_1.weight")[1]
     return config
 
 

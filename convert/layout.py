@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .errors import ConversionError
+
 Shape = tuple[int, ...]
 
 
@@ -19,6 +21,10 @@ class Rows:
 
     part: int
     parts: int = 3
+    expects = "a tensor of at least one axis, split evenly into q, k and v"
+
+    def accepts(self, shape: Shape) -> bool:
+        return len(shape) >= 1 and shape[0] % self.parts == 0
 
     def shape(self, shape: Shape) -> Shape:
         return (shape[0] // self.parts, *shape[1:])
@@ -32,6 +38,11 @@ class Rows:
 class Transpose:
     """OpenCLIP's text_projection is used as x @ P; a Linear stores P transposed."""
 
+    expects = "a matrix"
+
+    def accepts(self, shape: Shape) -> bool:
+        return len(shape) == 2
+
     def shape(self, shape: Shape) -> Shape:
         return tuple(reversed(shape))
 
@@ -42,6 +53,11 @@ class Transpose:
 @dataclass(frozen=True)
 class SqueezeToLinear:
     """LDM's VAE attention 1x1 convs `[C, C, 1, 1]` (or `[C, C, 1]`) -> Linear `[C, C]`."""
+
+    expects = "a 1x1 convolution's [C, C, 1, 1] weight"
+
+    def accepts(self, shape: Shape) -> bool:
+        return 2 <= len(shape) <= 4 and all(extent == 1 for extent in shape[2:])
 
     def shape(self, shape: Shape) -> Shape:
         return shape[:2]
@@ -63,6 +79,11 @@ class Route:
 
     def torch_shape(self, shape: Shape) -> Shape:
         """The destination shape in torch layout (what config inference reads)."""
+        if self.transform and not self.transform.accepts(shape):
+            raise ConversionError(
+                f"{self.component} weight {self.name!r} comes from a tensor of shape {shape}, where "
+                f"{self.transform.expects} belongs; the file is damaged"
+            )
         return self.transform.shape(shape) if self.transform else shape
 
     def apply(self, array: mx.array, dtype: mx.Dtype) -> mx.array:

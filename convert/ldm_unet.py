@@ -1,4 +1,5 @@
-"""The UNet key table: original LDM / SGM names (`model.diffusion_model.*`) -> diffusers names (sd_facts 2.4).
+"""The UNet key table: original LDM / SGM names (`model.diffusion_model.*`) -> diffusers names
+(docs/facts.md §2.5).
 
 Input blocks are numbered across levels: block N >= 1 is level (N-1) // (L+1), slot (N-1) % (L+1), where
 L = layers_per_block; slot L holds only the downsampler. Output blocks: level N // (L+1), slot N % (L+1),

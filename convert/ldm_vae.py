@@ -1,5 +1,5 @@
 """The VAE key table: original LDM names (`first_stage_model.*`) -> diffusers AutoencoderKL names
-(sd_facts 2.5), plus the repair of old diffusers attention names. Decoder levels are reversed: LDM
+(docs/facts.md §2.6), plus the repair of old diffusers attention names. Decoder levels are reversed: LDM
 numbers them by resolution, diffusers by execution order."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The converter's small public types: what to do (ConvertOptions), how far it got (Progress), what it
-found and wrote (ConversionReport)."""
+"""The converter's small public types: what to do (ConvertOptions), how far it got
+(ConversionProgress), what it found and wrote (ConversionReport)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_sd.config import FAMILIES, PREDICTION_TYPES
-from mlx_sd.device import DTYPES
+from mlx_sd.dtypes import DTYPES
 from mlx_sd.infotext import model_hash
 
 from .errors import ConversionError
@@ -43,7 +43,7 @@ class ConvertOptions:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ConversionProgress:
     stage: str  # "fetch", "read", "write", "validate", "done"
     done: int
     total: int

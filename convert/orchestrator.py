@@ -9,27 +9,33 @@ tensors. Whatever happens, no half-written output folder is left behind.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
-from mlx_sd.config import ModelConfig
+from mlx_sd.config import ConfigError, ModelConfig
 from mlx_sd.device import dtype_from_name
-from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError, check_weights, write_model
+from mlx_sd.model_format import (
+    MODEL_JSON, ModelFolderError, WeightsError, check_weights, remove_stale_folders, write_model,
+)
 from mlx_sd.pipeline import Pipeline, build_models
 
 from . import hub
 from .diffusers_folder import MODEL_INDEX, plan_diffusers_folder
 from .errors import ConversionCancelled, ConversionError
-from .options import ConversionReport, ConvertOptions, Progress
-from .plan import Plan, Weights
+from .local_paths import describe_missing, looks_like_path
+from .options import ConversionProgress, ConversionReport, ConvertOptions
+from .plan import ConversionPlan, Weights
 from .single_file import plan_single_file
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[ConversionProgress], None]
 CancelCheck = Callable[[], bool]
+SCRATCH_MARK = "mlx-sd-convert-"  # mlx-sd-convert-<pid>-<random> in the temporary folder
 
 
 def convert_model(
@@ -46,13 +52,19 @@ def convert_model(
     if output.exists():
         raise ConversionError(f"output {output} already exists; choose another folder or delete it")
     notify: ProgressCallback = on_progress or (lambda progress: None)
+    # what conversions killed mid-way (SIGKILL, power loss) left: their process is gone
+    remove_stale_folders(output.parent)
+    remove_stale_folders(Path(tempfile.gettempdir()), SCRATCH_MARK)
 
     def check_cancel() -> None:
         if cancel is not None and cancel():
             raise ConversionCancelled()
 
-    with tempfile.TemporaryDirectory(prefix="mlx-sd-convert-") as scratch:
-        plan = _plan(str(source), options, Path(scratch), notify, check_cancel)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_MARK}{os.getpid()}-") as scratch:
+        try:
+            plan = _plan(str(source), options, Path(scratch), notify, check_cancel)
+        except ConfigError as exc:  # shapes read from a damaged or hostile file
+            raise ConversionError(f"{source}: its tensors describe no model mlx-sd can build ({exc})") from None
         weights, sha256 = _read(plan, dtype_from_name(options.dtype), notify, check_cancel)
         if plan.after_read:
             plan.after_read(plan, weights)
@@ -60,17 +72,17 @@ def convert_model(
         _check(plan.config, weights)
         parameters = {name: sum(a.size for a in arrays.values()) for name, arrays in weights.items()}
         check_cancel()
-        notify(Progress("write", 0, 1, str(output)))
+        notify(ConversionProgress("write", 0, 1, str(output)))
         write_model(output, plan.config, weights, plan.tokenizers)
     del weights  # free the converted arrays before loading the result back
     try:
-        notify(Progress("validate", 0, 1, str(output)))
+        notify(ConversionProgress("validate", 0, 1, str(output)))
         _validate(output, options.dtype)
         check_cancel()
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
-    notify(Progress("done", 1, 1, str(output)))
+    notify(ConversionProgress("done", 1, 1, str(output)))
     return ConversionReport(
         output=output,
         source=plan.config.source.name,
@@ -95,37 +107,45 @@ def convert_model(
 
 def _plan(
     source: str, options: ConvertOptions, scratch: Path, notify: ProgressCallback, check_cancel: Callable[[], None]
-) -> Plan:
+) -> ConversionPlan:
     path = Path(source).expanduser()
-    if path.is_file():
-        return plan_single_file(path, options, scratch)
-    if path.is_dir():
-        if (path / MODEL_JSON).is_file():
-            raise ConversionError(f"{path} is already an mlx-sd model folder; there is nothing to convert")
-        if not (path / MODEL_INDEX).is_file():
-            raise ConversionError(
-                f"{path} is a folder without {MODEL_INDEX}; expected a diffusers pipeline folder or a checkpoint file"
-            )
-        return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
-    if hub.looks_like_repo_id(source):
-        notify(Progress("fetch", 0, 1, source))
-        folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
-        check_cancel()
-        notify(Progress("fetch", 1, 1, source))
-        name = source + (f"@{options.revision}" if options.revision else "")
-        return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
-    raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)")
+    try:
+        mode = path.stat().st_mode  # not opened: a FIFO would block
+    except OSError as exc:
+        if looks_like_path(source):
+            raise describe_missing(source, exc) from None
+        if not hub.looks_like_repo_id(source):
+            raise ConversionError(f"{source}: no such file or folder, and not a Hugging Face repo id (owner/name)") from None
+        return _plan_hub(source, options, notify, check_cancel)
+    if not stat.S_ISDIR(mode):
+        return plan_single_file(path, options, scratch)  # which refuses what is not a regular file
+    if (path / MODEL_JSON).is_file():
+        raise ConversionError(f"{path} is already an mlx-sd model folder; there is nothing to convert")
+    if not (path / MODEL_INDEX).is_file():
+        raise ConversionError(
+            f"{path} is a folder without {MODEL_INDEX}; expected a diffusers pipeline folder or a checkpoint file"
+        )
+    return plan_diffusers_folder(path, options, name=path.name, kind="diffusers folder")
+
+
+def _plan_hub(source: str, options: ConvertOptions, notify: ProgressCallback, check_cancel: Callable[[], None]) -> ConversionPlan:
+    notify(ConversionProgress("fetch", 0, 1, source))
+    folder = hub.fetch(source, options.revision, options.variant, options.hub_cache)
+    check_cancel()
+    notify(ConversionProgress("fetch", 1, 1, source))
+    name = source + (f"@{options.revision}" if options.revision else "")
+    return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
 
 
 def _read(
-    plan: Plan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
+    plan: ConversionPlan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
 ) -> tuple[Weights, str]:
     """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed source."""
     weights: Weights = {}
     hasher = hashlib.sha256()
     total = sum(len(read.routes) for read in plan.reads)
     done = 0
-    notify(Progress("read", 0, total, ""))
+    notify(ConversionProgress("read", 0, total, ""))
     for read in plan.reads:
         for key, array in read.source.arrays(read.routes.keys(), hasher if read.hashed else None):
             converted = []
@@ -136,12 +156,15 @@ def _read(
                         f"{read.source.path.name}: two tensors map to {route.component} {route.name!r} "
                         f"(the second is {key!r})"
                     )
-                component[route.name] = route.apply(array, dtype)
+                try:
+                    component[route.name] = route.apply(array, dtype)
+                except ValueError as exc:  # mlx's own words for a shape that cannot take the transform
+                    raise ConversionError(f"{read.source.path.name}: tensor {key!r} of shape {array.shape}: {exc}") from None
                 converted.append(component[route.name])
             mx.eval(converted)  # drop the source array now: memory stays near the output size
             done += 1
             check_cancel()
-            notify(Progress("read", done, total, key))
+            notify(ConversionProgress("read", done, total, key))
     return weights, hasher.hexdigest()
 
 

@@ -12,16 +12,18 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import mlx.core as mx
+from mlx_sd.dtypes import safetensors_code
 
 from .errors import ConversionError
 from .safetensors_file import TensorInfo, hash_file, to_mx
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_TORCH_DTYPES = {
-    "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float64": "F64",
-    "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
-    "torch.uint8": "U8", "torch.bool": "BOOL",
-}
+
+
+def _safetensors_dtype(dtype: "torch.dtype") -> str:
+    """A torch dtype in safetensors' spelling ("F16" for torch.float16), its plain name where safetensors has none."""
+    name = str(dtype).removeprefix("torch.")
+    return safetensors_code(name) or name
 
 
 def refuse_pickle(path: Path) -> ConversionError:
@@ -58,7 +60,7 @@ class PickleCheckpoint:
         self._tensors = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         self.metadata: dict[str, str] = {}
         self.tensors = {
-            name: TensorInfo(tuple(t.shape), _TORCH_DTYPES.get(str(t.dtype), str(t.dtype)))
+            name: TensorInfo(tuple(t.shape), _safetensors_dtype(t.dtype))
             for name, t in self._tensors.items()
         }
 

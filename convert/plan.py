@@ -1,7 +1,7 @@
 """A conversion plan: which tensors to read from which files, where each one goes, and the model config.
 
-Every source format (single file, diffusers folder) produces a Plan; the orchestrator executes it the
-same way for all of them.
+Every source format (single file, diffusers folder) produces a ConversionPlan; the orchestrator
+executes it the same way for all of them.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Read:
 
 
 @dataclass
-class Plan:
+class ConversionPlan:
     config: ModelConfig
     reads: list[Read]
     tokenizers: dict[str, Path]  # "tokenizer"/"tokenizer_2" -> folder to copy
@@ -61,4 +61,4 @@ class Plan:
     dropped: int = 0  # known junk keys left out (DDPM buffers, position_ids, unused layers, ...)
     ignored: list[str] = field(default_factory=list)  # keys no table knows
     # Runs once the weights are read (the SD2 v-prediction probe needs the UNet); may edit config/prediction_by.
-    after_read: Callable[["Plan", Weights], None] | None = None
+    after_read: Callable[["ConversionPlan", Weights], None] | None = None

@@ -1,4 +1,4 @@
-"""epsilon or v-prediction for a single-file checkpoint (sd_facts 2.3.6).
+"""epsilon or v-prediction for a single-file checkpoint (docs/facts.md §2.4).
 
 In order: the user's --prediction; a side-car `<name>.yaml` with `parameterization: "v"` (A1111 looks
 for it first); SDXL's `v_pred` marker key; for SD2 without either, A1111's probe: run the UNet on a

@@ -21,8 +21,9 @@ from .ldm_vae import diffusers_vae_key, is_attention_projection, vae_key
 from .layout import Route, SqueezeToLinear
 from .options import ConvertOptions
 from .pickle_file import PICKLE_SUFFIXES, PickleCheckpoint, refuse_pickle
-from .plan import Plan, Read, TensorSource, Weights
+from .plan import ConversionPlan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
+from .local_paths import require_regular_file
 from .safetensors_file import SafetensorsFile
 from .text_encoders import clip_targets, openclip_targets
 from .tokenizer_files import bundled
@@ -33,7 +34,7 @@ _OP_RE = re.compile(r"model\.diffusion_model\.input_blocks\.(\d+)\.0\.op\.weight
 _RESBLOCK_RE = re.compile(r"transformer\.resblocks\.(\d+)\.")
 _VAE_LEVEL_RE = re.compile(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$")
 _VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-_MARKERS = {  # other schedule markers (sd_facts 2.3.6) we report but do not apply
+_MARKERS = {  # other schedule markers (docs/facts.md §2.4) we report but do not apply
     "ztsnr": "a zero-terminal-SNR schedule (ztsnr)",
     "edm_vpred.sigma_max": "an EDM v-prediction schedule",
     "edm_mean": "Playground v2.5's EDM latent statistics",
@@ -41,6 +42,7 @@ _MARKERS = {  # other schedule markers (sd_facts 2.3.6) we report but do not app
 
 
 def open_checkpoint(path: Path, allow_pickle: bool) -> TensorSource:
+    require_regular_file(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise refuse_pickle(path)
@@ -48,7 +50,7 @@ def open_checkpoint(path: Path, allow_pickle: bool) -> TensorSource:
     return SafetensorsFile(path)
 
 
-def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan:
+def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> ConversionPlan:
     source = open_checkpoint(path, options.allow_pickle)
     shapes = {key: info.shape for key, info in source.tensors.items()}
     layout = detect_layout(path.name, shapes, options.family)
@@ -100,7 +102,7 @@ def plan_single_file(path: Path, options: ConvertOptions, staging: Path) -> Plan
         TOKENIZER_FOR[t.component]: bundled(OPENCLIP_PAD_TOKEN if t.openclip else EOS_TOKEN, staging)
         for t in layout.text_encoders
     }
-    plan = Plan(
+    plan = ConversionPlan(
         config=config,
         reads=reads,
         tokenizers=tokenizers,
@@ -145,7 +147,7 @@ def _route_text(
     source: TensorSource, layout: Layout, text: TextEncoderSource, routes: dict[str, list[Route]], ignored: list[str]
 ) -> None:
     keys = [k for k in source.tensors if k.startswith(text.prefix)]
-    # SD2 uses 23 of OpenCLIP ViT-H's 24 layers (diffusers drops the last, sd_facts 2.6)
+    # SD2 uses 23 of OpenCLIP ViT-H's 24 layers (diffusers drops the last, docs/facts.md §2.7)
     drop_layer = None
     if text.openclip and layout.family == "sd2":
         blocks = {int(m.group(1)) for k in keys if (m := _RESBLOCK_RE.match(k[len(text.prefix):]))}
@@ -202,7 +204,7 @@ def _require_components(name: str, layout: Layout, shapes: dict[str, dict], opti
         raise ConversionError(f"{name} has no VAE weights ({VAE_PREFIX}*); pass a VAE file with --vae FILE")
 
 
-def _settle_prediction(plan: Plan, path: Path, options: ConvertOptions, v_pred_marker: bool) -> None:
+def _settle_prediction(plan: ConversionPlan, path: Path, options: ConvertOptions, v_pred_marker: bool) -> None:
     config = plan.config
     yaml = sidecar_yaml(path)
     from_yaml = yaml_prediction(yaml) if yaml else None
@@ -222,7 +224,7 @@ def _settle_prediction(plan: Plan, path: Path, options: ConvertOptions, v_pred_m
         plan.prediction_by = f"{config.family} default" + (" (inpainting)" if config.family == "sd2" else "")
 
 
-def _probe(plan: Plan, weights: Weights) -> None:
+def _probe(plan: ConversionPlan, weights: Weights) -> None:
     prediction, mean = probe_prediction(plan.config.unet, weights["unet"])
     _finish(plan.config, prediction)
     plan.prediction_by = f"A1111's probe (mean {mean:+.3f}; v-prediction below {PROBE_THRESHOLD:+.1f})"
@@ -234,7 +236,7 @@ def _finish(config: ModelConfig, prediction: str) -> None:
     size = DEFAULT_SIZE[config.family]
     if config.family == "sd2" and prediction == "v_prediction":
         size = SD2_V_SIZE
-        config.unet.upcast_attention = True  # as diffusers sets for SD2.1-768 (sd_facts 1.2)
+        config.unet.upcast_attention = True  # as diffusers sets for SD2.1-768 (docs/facts.md §1.2)
     config.default_size = size
     config.unet.sample_size = size // config.vae.downscale
     config.vae.sample_size = size

@@ -1,4 +1,4 @@
-"""Text-encoder key tables (sd_facts 2.6): OpenAI CLIP in transformers naming (with A1111's repair of
+"""Text-encoder key tables (docs/facts.md §2.7): OpenAI CLIP in transformers naming (with A1111's repair of
 files that lost the `text_model.` level) and OpenCLIP naming -> transformers CLIPTextModel names.
 
 A table maps one source key to a list of (target name, transform) pairs: usually one pair, three for
@@ -49,7 +49,7 @@ def clip_targets(key: str) -> Targets | None:
 def openclip_targets(key: str, drop_layer: int | None, keep_projection: bool) -> Targets | None:
     """An OpenCLIP text key (prefix removed) -> targets.
 
-    `drop_layer`: the resblock SD2 does not use (diffusers keeps 23 of its 24 layers, sd_facts 1.4);
+    `drop_layer`: the resblock SD2 does not use (diffusers keeps 23 of its 24 layers, docs/facts.md §1.4);
     `keep_projection`: SDXL's bigG keeps `text_projection` (stored [in, out], transposed here).
     """
     if key in _OPENCLIP_FIXED:

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mlx_sd.tokenizer import BUNDLED_FOLDER, EOS_TOKEN
+from mlx_sd.tokenizer import BUNDLED_FOLDER, EOS_TOKEN, read_json
 
 from .errors import ConversionError
 
@@ -32,13 +32,16 @@ def pad_token_id(folder: Path) -> int | None:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder / name
         if pad is None and path.is_file():
-            pad = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
+            found = read_json(path)
+            pad = found.get("pad_token") if isinstance(found, dict) else None
     if isinstance(pad, dict):
         pad = pad.get("content")
     vocab_path = folder / "vocab.json"
     if not isinstance(pad, str) or not vocab_path.is_file():
         return None
-    return json.loads(vocab_path.read_text(encoding="utf-8")).get(pad)
+    vocab = read_json(vocab_path)
+    found = vocab.get(pad) if isinstance(vocab, dict) else None
+    return found if isinstance(found, int) and not isinstance(found, bool) else None
 
 
 def check_folder(folder: Path, component: str) -> Path:

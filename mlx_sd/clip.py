@@ -1,4 +1,4 @@
-"""CLIP / OpenCLIP text encoders with transformers' CLIPTextModel parameter names (sd_facts 1.4).
+"""CLIP / OpenCLIP text encoders with transformers' CLIPTextModel parameter names (docs/facts.md §1.4).
 
 A causal pre-LayerNorm transformer over 77 token ids: token + learned position embeddings, N blocks
 (LN -> self-attention -> residual, LN -> MLP -> residual), a final LayerNorm. SDXL's bigG adds

@@ -1,6 +1,6 @@
 """Prompt text -> the UNet's cross-attention context (and SDXL's pooled vector), as A1111 does it.
 
-For each text encoder (sd_facts 5.3):
+For each text encoder (docs/facts.md §5.2):
 1. the prompt is parsed into weighted fragments and BREAKs (`prompt_parser`); each fragment is
    tokenised without BOS/EOS;
 2. tokens fill 75-token chunks; when a chunk is full and a comma lies within the last 20 tokens, the
@@ -42,8 +42,9 @@ class PromptChunk:
 
 
 @dataclass(frozen=True)
-class Conditioning:
-    """What the UNet receives for a batch: context (B, 77*k, C) and, for SDXL, pooled (B, P)."""
+class EncodedPrompt:
+    """A batch of prompts as the text encoders give them: the cross-attention context (B, 77*k, C) and,
+    for SDXL, the pooled vector (B, P). The denoiser's `Conditioning` is built from these."""
 
     context: mx.array
     pooled: mx.array | None = None
@@ -138,9 +139,9 @@ class PromptEncoder:
         self.encoders = list(zip(tokenizers, text_encoders))
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.comma_backtrack = comma_backtrack
-        self._cache: OrderedDict[tuple[str, int], Conditioning] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], EncodedPrompt] = OrderedDict()
 
-    def _encode_texts(self, texts: list[str], clip_skip: int) -> list[Conditioning]:
+    def _encode_texts(self, texts: list[str], clip_skip: int) -> list[EncodedPrompt]:
         """Encode distinct texts: every chunk of every text in one call per encoder."""
         contexts: list[list[mx.array]] = [[] for _ in texts]
         pooled: list[mx.array | None] = [None] * len(texts)
@@ -165,13 +166,13 @@ class PromptEncoder:
                     pooled[i] = output.pooled[start : start + 1]  # the first chunk's, as A1111
                 start += count
         results = [
-            Conditioning(mx.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0], vector)
+            EncodedPrompt(mx.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0], vector)
             for parts, vector in zip(contexts, pooled)
         ]
         mx.eval([(r.context, r.pooled) if r.pooled is not None else r.context for r in results])
         return results
 
-    def _lookup(self, texts: Sequence[str], clip_skip: int) -> list[Conditioning]:
+    def _lookup(self, texts: Sequence[str], clip_skip: int) -> list[EncodedPrompt]:
         missing = list(dict.fromkeys(t for t in texts if (t, clip_skip) not in self._cache))
         if missing:
             for text, result in zip(missing, self._encode_texts(missing, clip_skip)):
@@ -184,7 +185,7 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return found
 
-    def encode(self, prompts: Sequence[str], clip_skip: int = 1) -> Conditioning:
+    def encode(self, prompts: Sequence[str], clip_skip: int = 1) -> EncodedPrompt:
         """A batch of prompts; prompts of fewer chunks are lengthened by repeating their last token
         vector (A1111's rule inside a batch)."""
         if isinstance(prompts, str) or not prompts:
@@ -193,11 +194,11 @@ class PromptEncoder:
         length = max(p.context.shape[1] for p in parts)
         context = mx.concatenate([_pad_sequence(p.context, length) for p in parts], axis=0)
         pooled = None if parts[0].pooled is None else mx.concatenate([p.pooled for p in parts], axis=0)
-        return Conditioning(context, pooled)
+        return EncodedPrompt(context, pooled)
 
     def encode_for_guidance(
         self, prompts: Sequence[str], negative_prompts: Sequence[str], clip_skip: int = 1
-    ) -> tuple[Conditioning, Conditioning]:
+    ) -> tuple[EncodedPrompt, EncodedPrompt]:
         """(positive, negative) for classifier-free guidance, padded to the same number of tokens.
 
         The shorter side gets encodings of the empty prompt appended (A1111's pad_cond_uncond), so
@@ -212,7 +213,7 @@ class PromptEncoder:
         empty = self.encode([""], clip_skip)
         if self.force_zeros_for_empty_prompt and all(text == "" for text in negative_prompts):
             batch = len(negative_prompts)
-            negative = Conditioning(
+            negative = EncodedPrompt(
                 mx.zeros((batch, *empty.context.shape[1:]), dtype=empty.context.dtype),
                 None if empty.pooled is None else mx.zeros((batch, *empty.pooled.shape[1:]), empty.pooled.dtype),
             )
@@ -222,10 +223,10 @@ class PromptEncoder:
         return _pad_with_empty(positive, empty, length), _pad_with_empty(negative, empty, length)
 
 
-def _pad_with_empty(cond: Conditioning, empty: Conditioning, length: int) -> Conditioning:
+def _pad_with_empty(cond: EncodedPrompt, empty: EncodedPrompt, length: int) -> EncodedPrompt:
     """Append whole empty-prompt chunks until the context has `length` tokens."""
     repeats = (length - cond.context.shape[1]) // empty.context.shape[1]
     if repeats == 0:
         return cond
     filler = mx.tile(empty.context, (cond.context.shape[0], repeats, 1))
-    return Conditioning(mx.concatenate([cond.context, filler], axis=1), cond.pooled)
+    return EncodedPrompt(mx.concatenate([cond.context, filler], axis=1), cond.pooled)

@@ -1,7 +1,7 @@
 """The model denoiser D(x, sigma) -> x0 that samplers call: the UNet wrapped for epsilon- or
-v-prediction in the k-diffusion frame (sd_facts 4.1), with classifier-free guidance (4.6).
+v-prediction in the k-diffusion frame (docs/facts.md §4.1), with classifier-free guidance (§4.5).
 
-UNet input = x * c_in with c_in = 1/sqrt(sigma^2 + 1) and timestep t(sigma) (sd_facts 4.2).
+UNet input = x * c_in with c_in = 1/sqrt(sigma^2 + 1) and timestep t(sigma) (docs/facts.md §4.2).
   epsilon: D = x - sigma * eps
   v:       D = c_skip * x + c_out * v,  c_skip = 1/(sigma^2 + 1), c_out = -sigma/sqrt(sigma^2 + 1)
 With CFG the negative and positive rows go through the UNet in one call of batch 2B (negative

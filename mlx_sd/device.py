@@ -13,8 +13,8 @@ import mlx.core as mx
 
 from .cpu import kernels as cpu_kernels
 from .cpu.machine import thread_count
+from .dtypes import DTYPES
 
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 PRECISIONS = ("float32", "bfloat16")  # of the CPU's products (mlx_sd.cpu.options.CpuOptions.products)
 
 

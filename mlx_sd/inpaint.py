@@ -1,6 +1,6 @@
 """Inpainting in latent space, for both kinds of model, and the final pixel composite.
 
-- 9-channel inpainting models (sd_facts 2.3 item 4) see, after the 4 noisy-latent channels, the mask
+- 9-channel inpainting models (docs/facts.md §2.3 rule 4) see, after the 4 noisy-latent channels, the mask
   at latent resolution (1 = repaint) and the scaled VAE latent of the init image with the repainted
   pixels set to grey (0 in [-1, 1]). Without a mask the whole image is repainted, so the conditioning
   is an all-ones mask and an all-grey image, as A1111 does for txt2img and plain img2img. The

@@ -9,14 +9,19 @@ cache rather than copied. The mapping is private and copy-on-write: no array can
 Only with mlx's CPU-only build (a GPU backend's allocator owns every array) and the compiled CPU kernels, which
 make these arrays (csrc/mapped_weights.cpp); it checks, once, that the arrays it makes read back
 what mlx itself saved. Elsewhere `load` returns None and the caller reads the file with mx.load.
+
+A mapped page that its file no longer has is a SIGBUS, and a file rewritten in place changes the
+arrays under the model. So only files that cannot change under us are mapped: read-only ones (the
+converter writes the library's model files so; any other folder is the user's to edit) on a local,
+fixed disk (a network share or a removable stick can lose or change a file without this process
+knowing). The pipeline checks the files again before each generation (model_format.LoadedFiles).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import struct
+import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -25,45 +30,18 @@ import numpy as np
 
 from .cpu import kernels as cpu_kernels
 from .device import current_device, gpu_available
+from .dtypes import SAFETENSORS_DTYPES
+from .safetensors_header import SafetensorsHeader, read_header
 
-# safetensors dtype codes -> (mlx dtype name, bytes per element)
-DTYPES = {
-    "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "U32": ("uint32", 4), "I32": ("int32", 4), "U8": ("uint8", 1),
-}  # fmt: skip
-HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
-
-
-def read_header(path: Path) -> tuple[int, dict[str, dict]]:
-    """(where the tensor data starts, {name: {"dtype", "shape", "data_offsets"}}) of a safetensors
-    file, every tensor checked to lie inside the file; ValueError names what is wrong."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise ValueError("the file is shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > min(HEADER_LIMIT, size - 8):
-            raise ValueError(f"its header claims {length} bytes, more than the file holds")
-        try:
-            header = json.loads(file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"its header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError("its header is not a JSON object")
-    start = 8 + length
-    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
-    for name, entry in tensors.items():
-        try:
-            _, itemsize = DTYPES[entry["dtype"]]
-            first, last = entry["data_offsets"]
-            shape = [int(extent) for extent in entry["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"tensor {name!r}: an unreadable or unsupported entry {entry!r}") from None
-        if last - first != math.prod(shape) * itemsize or first < 0 or start + last > size:
-            raise ValueError(f"tensor {name!r} does not fit in the file (truncated or damaged)")
-    return start, tensors
-
+# What csrc/module.cpp's mapped_array makes; a file with other dtypes is read instead.
+MAPPED_DTYPES = frozenset({"F32", "F16", "BF16", "U32", "I32", "U8"})
+# Kernel file-system types whose files can change or vanish behind a mapping: network and
+# cluster file systems, FUSE, the host's shares in a VM, and the removable disks' formats.
+UNSAFE_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "9p", "virtiofs", "ceph", "glusterfs", "afs", "lustre",
+    "gfs2", "ocfs2", "davfs", "fuse", "fuseblk", "vfat", "msdos", "exfat", "ntfs", "ntfs3", "hfsplus", "udf",
+    "iso9660",
+})  # fmt: skip
 
 @functools.cache
 def _supported() -> bool:
@@ -75,26 +53,52 @@ def _supported() -> bool:
         path = Path(scratch) / "check.safetensors"
         mx.save_safetensors(str(path), expected)
         try:
-            got = _map(path)
+            got = _map(path, read_header(path))
         except (RuntimeError, ValueError, OSError):
             return False
         return all(np.array_equal(np.array(got[k]), np.array(v)) and got[k].dtype == v.dtype for k, v in expected.items())
 
 
-def _map(path: Path) -> dict[str, mx.array]:
-    start, tensors = read_header(path)
+def filesystem_type(path: Path) -> str | None:
+    """The kernel's name for the file system holding `path` (Linux's /proc/self/mountinfo), or None."""
+    try:
+        device = path.stat().st_dev
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in lines:
+        # id parent major:minor root mount-point options [optional fields...] - type source super-options
+        fields, _, tail = line.partition(" - ")
+        if fields.split(" ")[2:3] == [wanted] and tail:
+            return tail.split(" ")[0]
+    return None
+
+
+def mapping_is_safe(path: Path) -> bool:
+    """Whether the file at `path` cannot change behind a mapping: read-only, on a local fixed disk."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if not stat.S_ISREG(mode) or mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    kind = filesystem_type(path)
+    return kind is not None and kind.split(".")[0] not in UNSAFE_FILESYSTEMS  # fuse.sshfs is FUSE
+
+
+def _map(path: Path, header: SafetensorsHeader) -> dict[str, mx.array]:
     module = cpu_kernels.status().module
     mapping = module.map_file(str(path))
     return {
-        name: module.mapped_array(mapping, start + entry["data_offsets"][0], entry["shape"], DTYPES[entry["dtype"]][0])
-        for name, entry in tensors.items()
+        name: module.mapped_array(mapping, header.data_start + entry.begin, list(entry.shape), SAFETENSORS_DTYPES[entry.dtype][0])
+        for name, entry in header.tensors.items()
     }
 
 
-def load(path: Path) -> dict[str, mx.array] | None:
-    """The file's tensors as arrays on its mapped pages, or None where mapping is not available
-    (then read it with mx.load). Raises ValueError or OSError for a file that is not a whole
-    safetensors file."""
-    if not _supported():
+def load(path: Path, header: SafetensorsHeader) -> dict[str, mx.array] | None:
+    """The tensors of the file at `path` (whose validated header is `header`) as arrays on its
+    mapped pages, or None where mapping is not available or not safe (then read it with mx.load)."""
+    if not _supported() or not mapping_is_safe(path) or not {e.dtype for e in header.tensors.values()} <= MAPPED_DTYPES:
         return None
-    return _map(path)
+    return _map(path, header)

@@ -1,6 +1,6 @@
 """Seeded noise, generated on the CPU so one seed gives one image on every machine and backend.
 
-The generator reproduces A1111's platform-independent "NV" RNG (sd_facts 4.8): a NumPy version
+The generator reproduces A1111's platform-independent "NV" RNG (docs/facts.md §4.7): a NumPy version
 of what torch draws on CUDA, Philox4x32-10 counter-based bits turned into normals by Box-Muller.
 Draw number k of a generator (k = 0, 1, ...) uses the counter (k, 0, i, 0) for element i and the
 64-bit seed as the key; the normal is sqrt(-2 ln u) * sin(2 pi v) from the counter's first two
@@ -71,9 +71,15 @@ class PhiloxGenerator:
         return box_muller(words[0], words[1]).reshape(tuple(shape))
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` (0-based) of a run: seed + index, never wrapped (A1111's rule), so a
+    recorded seed past 2**32 - 1 remakes its image as the first of a run."""
+    return seed + index
+
+
 def image_seeds(seed: int, count: int, start: int = 0) -> list[int]:
-    """The seeds of images start .. start+count-1 of a run: seed + k (A1111)."""
-    return [seed + start + k for k in range(count)]
+    """The seeds of images start .. start+count-1 of a run."""
+    return [image_seed(seed, start + k) for k in range(count)]
 
 
 class ImageNoise:

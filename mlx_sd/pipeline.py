@@ -32,7 +32,7 @@ from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
 from .estimate import Estimate, estimate
 from .generation import generate
-from .model_format import TOKENIZER_FOR, ModelFolderError, load_weights, read_config, weights_file
+from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
 from .tokenizer import CLIPTokenizer, TokenizerError
@@ -72,6 +72,7 @@ class Pipeline:
     dtype: mx.Dtype  # the compute dtype of every model
     folder: Path
     precision: str = "float32"  # of the CPU's products: "float32" or "bfloat16" (CpuOptions.products)
+    files: LoadedFiles | None = None  # the weight files as loaded: checked before each generation
     cpu: CpuOptions | None = None  # the CPU formulations swapped into the models; None on the GPU
     boundary: Boundary = field(default_factory=Boundary)  # between the UNet's and VAE's blocks
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
@@ -101,6 +102,7 @@ class Pipeline:
         boundary = Boundary()
 
         models = build_models(config)
+        files = LoadedFiles.of_model(folder, config)  # before reading: a change while loading shows too
         for name, model in models.items():
             models[name] = _load(model, folder, name, dtype, dtype_from_name(config.dtype), cpu, boundary)
 
@@ -124,6 +126,7 @@ class Pipeline:
             dtype=dtype,
             folder=folder,
             precision=precision,
+            files=files,
             cpu=cpu,
             boundary=boundary,
         )
@@ -140,6 +143,8 @@ class Pipeline:
         estimate.TooLargeError when its estimated memory exceeds the machine's (`estimate`), and
         samplers.Cancelled (with no result) when `cancel()` returns True: it is asked between steps
         and between the blocks of each step (mlx_sd.block_evaluation)."""
+        if self.files is not None:
+            self.files.check()  # model_format.ModelChangedError: a mapped file cut short would be a SIGBUS
         check_precision(self.precision)
         if self.cpu is not None:
             self.cpu.products = self.precision

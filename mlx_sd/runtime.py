@@ -7,6 +7,7 @@ thread that allocated before it its own arena, which the settings do not reach.
 
 from __future__ import annotations
 
+from .cpu import kernels
 from .cpu.memory import keep_freed_memory
 from .device import gpu_available
 
@@ -24,3 +25,9 @@ def setup() -> str:
     if _configured is None:
         _configured = "gpu allocator" if gpu_available() else keep_freed_memory()
     return _configured
+
+
+def prepare_cpu_kernels() -> kernels.KernelStatus:
+    """Build (once per machine and mlx version) or load the CPU kernels now, e.g. while an app starts,
+    rather than at the first CPU pipeline load; returns whether they are used and why not."""
+    return kernels.status()

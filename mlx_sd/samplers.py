@@ -1,4 +1,4 @@
-"""Samplers in the k-diffusion formulation (sd_facts 4.5) and the A1111 name registry.
+"""Samplers in the k-diffusion formulation (docs/facts.md §4.4) and the A1111 name registry.
 
 Every sampler has one signature: it takes a denoiser `D(x, sigma) -> x0` (mlx_sd.denoiser wraps the
 UNet and CFG into one), the starting latent `x` in the k-diffusion frame (x = x0 + sigma * noise,

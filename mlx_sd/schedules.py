@@ -2,7 +2,7 @@
 
 A sigma schedule is a float64 numpy array of n+1 descending noise levels: a sampler's n steps go
 sigmas[i] -> sigmas[i+1]. Every schedule ends at 0 except DDIM's, which ends at sigma(t=0) as
-LDM's and diffusers' DDIM do (sd_facts 4.3-4.5). Computations are float64 for exactness; samplers
+LDM's and diffusers' DDIM do (docs/facts.md §4.3, §4.4). Computations are float64 for exactness; samplers
 apply the resulting scalars to float32 latents.
 """
 
@@ -185,7 +185,7 @@ def lcm_original_timesteps(schedule: NoiseSchedule, original_steps: int = LCM_OR
 
 
 def img2img_sigmas(sigmas: np.ndarray, strength: float) -> np.ndarray:
-    """The tail of a full schedule that img2img runs, as A1111 picks it (sd_facts 4.7):
+    """The tail of a full schedule that img2img runs, as A1111 picks it (docs/facts.md §4.6):
     t_enc = int(min(strength, 0.999) * steps) and start at index steps - t_enc - 1, so t_enc + 1
     steps run (20 steps at 0.75 -> 16 steps from sigmas[4]). Strength 0 runs no step: the
     result holds only the final sigma and a sampler returns its input."""

@@ -1,4 +1,5 @@
-"""SDXL micro-conditioning: the size/crop (and, for the refiner, aesthetic score) "time ids" (sd_facts 8).
+"""SDXL micro-conditioning: the size/crop (and, for the refiner, aesthetic score) "time ids"
+(docs/facts.md §1.3).
 
 Base:    [orig_h, orig_w, crop_top, crop_left, target_h, target_w]
 Refiner: [orig_h, orig_w, crop_top, crop_left, aesthetic_score]

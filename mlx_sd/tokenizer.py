@@ -1,4 +1,4 @@
-"""CLIP's byte-level BPE tokenizer, shared by every SD text encoder (sd_facts 3).
+"""CLIP's byte-level BPE tokenizer, shared by every SD text encoder (docs/facts.md §3).
 
 Text is cleaned the way OpenAI CLIP and open_clip clean it (ftfy, HTML unescape twice, whitespace
 collapse, lower-case), split by CLIP's pre-tokenisation regex, mapped byte-by-byte to printable
@@ -26,7 +26,7 @@ from .resources import resource
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (sd_facts 3.3); OpenAI CLIP pads with EOS
+OPENCLIP_PAD_TOKEN = "!"  # id 0: SD2 / SDXL bigG pad with zeros (docs/facts.md §3.2); OpenAI CLIP pads with EOS
 COMMA_TOKEN = ",</w>"
 END_OF_WORD = "</w>"
 CONTEXT_LENGTH = 77  # BOS + 75 tokens + EOS
@@ -38,7 +38,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class TokenizerError(ValueError):
-    """A tokenizer folder is missing files or does not hold a CLIP vocabulary."""
+    """A tokenizer folder is missing files or does not hold a CLIP vocabulary; the message names the file."""
 
 
 def clean_text(text: str) -> str:
@@ -71,11 +71,14 @@ class CLIPTokenizer:
             if token not in vocab:
                 raise TokenizerError(f"{source}: vocabulary has no {token!r} token; expected a CLIP BPE vocabulary")
         if not 0 <= pad_token_id < len(vocab):
-            raise TokenizerError(f"pad_token_id must be in [0, {len(vocab)}), got {pad_token_id}")
-        model = BPE(
-            vocab, merges, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD, unk_token=EOS_TOKEN,
-            fuse_unk=False,
-        )
+            raise TokenizerError(f"{source}: pad_token_id must be in [0, {len(vocab)}), got {pad_token_id}")
+        try:
+            model = BPE(
+                vocab, merges, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD, unk_token=EOS_TOKEN,
+                fuse_unk=False,
+            )
+        except Exception as exc:  # the tokenizers library raises plain Exception for a vocabulary it cannot use
+            raise TokenizerError(f"{source}: the vocabulary and merges do not form a BPE tokenizer ({exc})") from None
         self._backend = Tokenizer(model)
         # No normalizer: clean_text does CLIP's cleaning before the backend sees the text.
         self._backend.pre_tokenizer = _pre_tokenizer()
@@ -92,7 +95,7 @@ class CLIPTokenizer:
         """Read `tokenizer.json`, or else `vocab.json` + `merges.txt` (a diffusers tokenizer folder).
 
         Only the vocabulary and merges are taken from the files, so every folder tokenizes alike.
-        `pad_token_id` is the family's padding (sd_facts 3.3): 49407 (EOS) for OpenAI CLIP-L,
+        `pad_token_id` is the family's padding (docs/facts.md §3.2): 49407 (EOS) for OpenAI CLIP-L,
         0 for OpenCLIP ViT-H / bigG.
         """
         folder = Path(folder)
@@ -100,14 +103,16 @@ class CLIPTokenizer:
         vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
         if tokenizer_json.is_file():
             vocab, merges = _read_tokenizer_json(tokenizer_json)
+            source = tokenizer_json
         elif vocab_json.is_file() and merges_txt.is_file():
             vocab, merges = _read_vocab_and_merges(vocab_json, merges_txt)
+            source = vocab_json
         else:
             raise TokenizerError(
                 f"{folder} is not a tokenizer folder: expected tokenizer.json or vocab.json + merges.txt, "
                 f"found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'no such folder'}"
             )
-        return cls(vocab, merges, pad_token_id, source=str(folder))
+        return cls(vocab, merges, pad_token_id, source=str(source))
 
     @classmethod
     def bundled(cls, pad_token_id: int) -> "CLIPTokenizer":
@@ -125,29 +130,59 @@ class CLIPTokenizer:
 
 
 def _read_vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vocab: dict[str, int] = json.loads(vocab_path.read_text(encoding="utf-8"))
-    lines = [line for line in merges_path.read_text(encoding="utf-8").split("\n") if line]
+    vocab = _checked_vocab(read_json(vocab_path), vocab_path)
+    lines = [line for line in _read_text(merges_path).split("\n") if line]
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
     # The merge file may list more merges than the vocabulary holds results for (OpenAI's full list);
     # CLIP uses one merge per id after the 2 x 256 byte tokens, before the 2 special tokens.
-    return vocab, [_merge_pair(line, merges_path) for line in lines[: len(vocab) - 512 - 2]]
+    return vocab, [_merge_pair(line, merges_path) for line in lines[: max(len(vocab) - 512 - 2, 0)]]
 
 
 def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
-        raise TokenizerError(
-            f"{path}: expected a BPE model with end-of-word suffix {END_OF_WORD!r}, found a "
-            f"{model.get('type')} model with suffix {model.get('end_of_word_suffix')!r}"
-        )
+    data = read_json(path)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
+        found = f"a {model.get('type')!s:.40} model with suffix {model.get('end_of_word_suffix')!r:.40}" if isinstance(model, dict) else "no model"
+        raise TokenizerError(f"{path}: expected a BPE model with end-of-word suffix {END_OF_WORD!r}, found {found}")
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{path}: expected a list of merges in model.merges, found {merges!r:.60}")
     # tokenizers writes merges as "a b" strings (before 0.20) or as [a, b] pairs.
-    merges = [_merge_pair(m, path) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return model["vocab"], merges
+    return _checked_vocab(model.get("vocab"), path), [_merge_pair(m, path) for m in merges]
 
 
-def _merge_pair(line: str, source: Path) -> tuple[str, str]:
-    pair = line.split(" ")
-    if len(pair) != 2:
-        raise TokenizerError(f"{source}: expected merges of the form 'a b', found {line!r}")
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: not UTF-8 text; the file is damaged") from None
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def read_json(path: Path) -> object:
+    """A tokenizer folder's JSON file; TokenizerError names it when it is damaged."""
+    try:
+        return json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise TokenizerError(f"{path}: not valid JSON ({exc.__class__.__name__}); the file is damaged") from None
+
+
+def _checked_vocab(vocab: object, path: Path) -> dict[str, int]:
+    """A vocabulary maps each token to its own id in 0..size-1."""
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError(f"{path}: expected a vocabulary object of token: id, found {vocab!r:.60}")
+    ids = set()
+    for token, index in vocab.items():
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(vocab) or index in ids:
+            raise TokenizerError(f"{path}: token {token!r:.40} has id {index!r:.40}; ids must be 0..{len(vocab) - 1}, each once")
+        ids.add(index)
+    return vocab
+
+
+def _merge_pair(merge: object, source: Path) -> tuple[str, str]:
+    pair = merge.split(" ") if isinstance(merge, str) else merge
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+        raise TokenizerError(f"{source}: expected merges of the form 'a b', found {merge!r:.60}")
     return pair[0], pair[1]

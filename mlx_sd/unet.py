@@ -1,4 +1,4 @@
-"""The denoising UNet of SD1, SD2, SDXL and the SDXL refiner (sd_facts 1.1-1.3).
+"""The denoising UNet of SD1, SD2, SDXL and the SDXL refiner (docs/facts.md §1.1, §1.2, §1.3).
 
 Activations are NHWC. Parameter names are diffusers' UNet2DConditionModel state-dict keys, so the
 module tree mirrors diffusers' (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...).

@@ -1,4 +1,4 @@
-"""AutoencoderKL: the VAE shared by SD1, SD2 and SDXL (sd_facts 1.5).
+"""AutoencoderKL: the VAE shared by SD1, SD2 and SDXL (docs/facts.md §1.5).
 
 Channels-last (NHWC) activations, MLX-layout weights, diffusers' parameter names
 (`encoder.down_blocks.0.resnets.0.conv1`, `decoder.mid_block.attentions.0.to_q`, ...).

@@ -1,6 +1,6 @@
 """Images <-> scaled latents through the VAE, with the pipeline's memory and precision rules.
 
-- Scaling: latents the sampler sees are the VAE's latents times `scaling_factor` (sd_facts 1.5).
+- Scaling: latents the sampler sees are the VAE's latents times `scaling_factor` (docs/facts.md §1.5).
 - Slicing: a batch is decoded one image at a time, each evaluated before the next starts.
 - Tiling (`vae_tiling`): `tiling=None` tiles only images larger than the VAE's tile
   (`sample_size` pixels); True or False force it on or off.

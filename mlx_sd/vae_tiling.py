@@ -1,4 +1,4 @@
-"""Tiled VAE decode and encode for images larger than the VAE's tile (sd_facts 9.2).
+"""Tiled VAE decode and encode for images larger than the VAE's tile (docs/facts.md §7.1).
 
 The input is cut into overlapping square tiles (stride = tile * (1 - overlap)); each tile goes through
 the VAE on its own, so memory is bounded by the tile size. In the output, every tile is cross-faded

@@ -2,7 +2,7 @@
 
 The merge list `bpe_simple_vocab_16e6.txt.gz` ships inside the `open-clip-torch` wheel. This script
 fetches the wheel with `pip download` (or takes `--wheel PATH`), checks the gz against its known
-sha256, and writes the transformers/diffusers tokenizer-folder files (sd_facts 3.2):
+sha256, and writes the transformers/diffusers tokenizer-folder files (docs/facts.md §3.1):
 
     vocab.json             {token: id} for the 49408 ids: 256 byte-chars, the same with `</w>`,
                            one token per used merge, then <|startoftext|> and <|endoftext|>

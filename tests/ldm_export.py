@@ -1,5 +1,5 @@
 """Write diffusers / transformers weights back into original single-file layouts (LDM for SD1/SD2, SGM for
-SDXL and the refiner): the reverse of the converter's mapping (sd_facts 2.2, 2.4-2.6).
+SDXL and the refiner): the reverse of the converter's mapping (docs/facts.md §2.2, §2.5, §2.6, §2.7).
 
 Test-only code. It lets the tests make realistic single-file checkpoints from tiny random pipelines and then
 check them with diffusers' own single-file loader, independently of our converter.
@@ -25,7 +25,7 @@ REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 
 # ---------------------------------------------------------------------------------------------
-# UNet (sd_facts 2.4)
+# UNet (docs/facts.md §2.5)
 
 _RESNET_NAMES = {
     "norm1": "in_layers.0",
@@ -110,7 +110,7 @@ def ema_key(ldm_unet_key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# VAE (sd_facts 2.5)
+# VAE (docs/facts.md §2.6)
 
 _VAE_ATTENTION_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
@@ -150,7 +150,7 @@ def vae_to_ldm(state: Tensors, config: dict) -> Tensors:
 
 
 # ---------------------------------------------------------------------------------------------
-# Text encoders (sd_facts 2.6)
+# Text encoders (docs/facts.md §2.7)
 
 
 def clip_to_ldm(state: Tensors, prefix: str, max_positions: int) -> Tensors:
@@ -221,7 +221,7 @@ def openclip_to_ldm(state: Tensors, prefix: str) -> Tensors:
 
 
 def ddpm_buffers(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensors:
-    """The LatentDiffusion schedule buffers stored at the top level of LDM checkpoints (sd_facts 1.7)."""
+    """The LatentDiffusion schedule buffers stored at the top level of LDM checkpoints (docs/facts.md §1.7)."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])

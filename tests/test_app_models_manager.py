@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 from app.model_library import ModelLibrary
 from app.model_import import ModelImporter, progress_label
 from app.model_manager import ModelListModel, ModelManagerDialog, format_size
-from convert import ConvertOptions, Progress, convert_model
+from convert import ConversionProgress, ConvertOptions, convert_model
 from test_app_models_library import write_model_folder
 
 pytestmark = [
@@ -81,8 +81,8 @@ def test_model_list_model(qtmodeltester, library):
 def test_sizes_and_labels():
     assert [format_size(n) for n in (0, 999, 1000, 23_456_789, 6_900_000_000)] == [
         "0 bytes", "999 bytes", "1.0 KB", "23.5 MB", "6.9 GB"]
-    assert progress_label(Progress("read", 3, 980), "x") == "Converting weights: 3 of 980"
-    assert progress_label(Progress("fetch", 0, 1), "a/b") == "Downloading a/b from Hugging Face\u2026"
+    assert progress_label(ConversionProgress("read", 3, 980), "x") == "Converting weights: 3 of 980"
+    assert progress_label(ConversionProgress("fetch", 0, 1), "a/b") == "Downloading a/b from Hugging Face\u2026"
 
 
 def test_import_a_file_with_progress_then_selectable(qtbot, monkeypatch, tiny_models, library):

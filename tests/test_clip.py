@@ -17,7 +17,7 @@ from device_paths import PATHS, on_path
 from mlx_sd.clip import CLIPTextModel, TextEmbedding
 from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig
 from mlx_sd.model_format import check_weights
-from mlx_sd.reference import models as reference_models
+from reference import models as reference_models
 from mlx_sd.tokenizer import CLIPTokenizer
 
 TOL = 1e-4
@@ -135,7 +135,7 @@ def test_encode_selects_the_family_layer(pair, clip_skip):
     ids = token_ids(config.pad_token_id)
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids), output_hidden_states=True)
-        # sd_facts 1.4: SD1/SD2 take a layer then the final LayerNorm; SDXL takes hidden_states[-2] raw.
+        # docs/facts.md §1.4: SD1/SD2 take a layer then the final LayerNorm; SDXL takes hidden_states[-2] raw.
         # clip_skip k moves the choice k-1 layers earlier (SD: diffusers clip_skip=k-1 uses [-k]).
         if name in ("sd1", "sd2"):
             expected = hf_final_norm(hf)(ref.hidden_states[-clip_skip])

@@ -13,7 +13,7 @@ from mlx_sd.clip import CLIPTextModel
 from mlx_sd.conditioning import PromptEncoder, apply_emphasis, prompt_chunks
 from mlx_sd.config import CLIPTextConfig
 from mlx_sd.model_format import check_weights
-from mlx_sd.reference import models as reference_models
+from reference import models as reference_models
 from mlx_sd.tokenizer import BUNDLED_FOLDER, CLIPTokenizer
 
 EOS, BOS = 49407, 49406

@@ -11,9 +11,9 @@ from diffusers import DDPMScheduler
 from mlx_sd.config import CLIPTextConfig, UNetConfig, VAEConfig
 from mlx_sd.tokenizer import BUNDLED_FOLDER
 from training.demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TEXT_ENCODER, UNET, VAE
-from mlx_sd.reference.models import text_encoder as build_text_encoder
-from mlx_sd.reference.models import unet as build_unet
-from mlx_sd.reference.models import vae as build_vae
+from reference.models import text_encoder as build_text_encoder
+from reference.models import unet as build_unet
+from reference.models import vae as build_vae
 from training.torch_models import alphas_cumprod, load_tokenizer
 
 

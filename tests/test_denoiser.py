@@ -1,4 +1,4 @@
-"""The model denoiser: epsilon and v-prediction wrappers against the sd_facts 4.1 formulas, the
+"""The model denoiser: epsilon and v-prediction wrappers against the formulas of docs/facts.md §4.1, the
 timestep modes, classifier-free guidance batching (one call of 2B, or of B at CFG <= 1), SDXL extra
 inputs, inpainting c_concat and the compute dtype."""
 
@@ -70,7 +70,7 @@ def test_epsilon_denoiser(ns):
 
 
 def test_v_prediction_denoiser_matches_the_ddpm_form(ns):
-    """At an integer timestep, D = sqrt(a) x_t - sqrt(1 - a) v in the DDPM frame (sd_facts 4.1)."""
+    """At an integer timestep, D = sqrt(a) x_t - sqrt(1 - a) v in the DDPM frame (docs/facts.md §4.1)."""
     unet = RecordingUNet()
     conditioning = Conditioning(context=rand(B, L, D, seed=1), cfg_scale=1.0)
     denoiser = Denoiser(unet, ns, conditioning, prediction_type="v_prediction")

@@ -57,7 +57,7 @@ def vae_pair(config: VAEConfig) -> tuple[AutoencoderKL, object]:
 
 
 def test_tiled_decode_and_encode_are_diffusers_tiling() -> None:
-    """Same tiles, cross-fades and crops as diffusers' tiled_decode / _tiled_encode (sd_facts 9.2)."""
+    """Same tiles, cross-fades and crops as diffusers' tiled_decode / _tiled_encode (docs/facts.md §7.1)."""
     import torch
 
     config = VAEConfig(block_out_channels=(32, 32, 64, 64), sample_size=64)

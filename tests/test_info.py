@@ -17,7 +17,7 @@ from mlx_sd.config import SourceInfo
 
 REPO = Path(__file__).resolve().parent.parent
 
-# sd_facts 1.6 (computed from the published configs)
+# docs/facts.md §1.6 (computed from the published configs)
 UNET_SD1, UNET_SD1_INPAINT, UNET_SD2 = 859_520_964, 859_535_364, 865_910_724
 UNET_SDXL, UNET_REFINER = 2_567_463_684, 2_259_526_660
 VAE, CLIP_L, OPENCLIP_H_23, BIGG = 83_653_863, 123_060_480, 340_387_840, 694_659_840

@@ -1,8 +1,8 @@
 """End to end: Pipeline.generate against the diffusers pipeline on the tiny random models of every family.
 
 Each tiny diffusers folder (tests/tiny_models.py) is converted with our converter at float32 and loaded
-with Pipeline.load at float32; the same folder runs through diffusers (mlx_sd.reference) on the CPU.
-Both get the same initial noise and the scheduler that mlx_sd.reference.schedulers names for our
+with Pipeline.load at float32; the same folder runs through diffusers (reference) on the CPU.
+Both get the same initial noise and the scheduler that reference.schedulers names for our
 sampler + schedule, and the final images must agree within 1/255 (float32 pixels in [0, 1], compared
 before our 8-bit rounding). Run with -s to print the table of max abs pixel errors.
 
@@ -21,7 +21,7 @@ What makes the two runs comparable:
   DPM++ 2M SDE, LCM) are compared too. DPM++ SDE cannot be: diffusers' DPMSolverSDEScheduler draws
   Brownian-tree noise through torchsde at points of its own choosing; tests/test_samplers.py checks
   its formulas instead.
-- img2img strength: we follow A1111 (sd_facts 4.7): strength s runs int(min(s, 0.999) * steps) + 1 steps
+- img2img strength: we follow A1111 (docs/facts.md §4.6): strength s runs int(min(s, 0.999) * steps) + 1 steps
   of the full schedule; diffusers runs int(s * steps). Our strength s therefore equals diffusers'
   `diffusers_strength(s, steps)`, one step more than diffusers at the same s (tested both ways).
 """
@@ -50,8 +50,8 @@ from convert import ConvertOptions, convert_model
 from mlx_sd.config import ModelConfig, NoiseScheduleConfig
 from mlx_sd.noise import ImageNoise
 from mlx_sd.pipeline import Pipeline
-from mlx_sd.reference import ReferencePipeline
-from mlx_sd.reference.schedulers import SchedulerMatch, diffusers_scheduler, scheduler_noise
+from reference import ReferencePipeline
+from reference.schedulers import SchedulerMatch, diffusers_scheduler, scheduler_noise
 from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SamplerInfo, sampler_by_name, sigmas_for
 from mlx_sd.schedules import SCHEDULES, NoiseSchedule

@@ -36,7 +36,6 @@ from mlx_sd.cpu.machine import thread_count
 from mlx_sd.cpu.modules import CpuAttention, CpuConv2d, CpuUpsample2D, StreamSplitUNet, chunked_attention, split_batch_over_streams
 from mlx_sd.cpu.options import CpuOptions
 from mlx_sd.model_format import load_weights
-from mlx_sd.quantize import QuantizedLinear, quantize
 from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
 
@@ -542,27 +541,3 @@ def test_blocks_evaluate_one_by_one_and_give_the_same_result(monkeypatch):
         *[(1, 16, 16, 32)] * resnets, (1, 32, 32, 32), *[(1, 32, 32, 32)] * resnets,
     ]  # then each resnet and upsampler
     assert np.abs(np.array(blocks) - np.array(whole)).max() < 1e-4
-
-
-# ---------------------------------------------------------------------------------------------
-# Quantized Linear layers
-
-
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_linear_dequantizes_on_the_cpu(bits):
-    model = nn.Sequential(nn.Linear(128, 192), nn.Linear(192, 64, bias=False), nn.Linear(100, 8))
-    x = rand(3, 7, 128, seed=16)
-    reference = np.array(model.layers[1](model.layers[0](x)))
-    assert quantize(model, bits) == 2  # 100 inputs is not a multiple of the 64-wide groups
-    assert [type(layer) for layer in model.layers] == [QuantizedLinear, QuantizedLinear, nn.Linear]
-    dequantized = np.array(model.layers[1](model.layers[0](x)))
-    kernel = np.array(nn.QuantizedLinear.__call__(model.layers[1], nn.QuantizedLinear.__call__(model.layers[0], x)))
-    assert np.abs(dequantized - kernel).max() < TOLERANCE
-    # affine quantization per group of 64: error about a 255th (8-bit) or 15th (4-bit) of each group's range
-    relative = np.abs(dequantized - reference).max() / np.abs(reference).max()
-    assert relative < (0.02 if bits == 8 else 0.3)
-
-
-def test_quantize_rejects_other_widths():
-    with pytest.raises(ValueError, match=r"bits must be one of \(4, 8\); received 3"):
-        quantize(nn.Linear(64, 64), 3)

@@ -1,6 +1,8 @@
 """Pipeline.load on tiny model folders written with model_format.write_model, and its strict errors."""
 
+import errno
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -211,21 +213,74 @@ def test_missing_weight_file_and_tokenizer(folders: dict, tmp_path: Path) -> Non
 def test_write_model_leaves_nothing_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = CONFIGS["sd1"]
     components = random_weights(config)
-    real_save = mx.save_safetensors
+    real_save = model_format.write_safetensors
     saved = []
 
-    def save_then_interrupt(path, arrays, metadata=None):
+    def save_then_interrupt(path, arrays, metadata):
         if saved:  # the second component: the first file is already on disk
             raise KeyboardInterrupt
-        real_save(path, arrays, metadata=metadata)
+        real_save(path, arrays, metadata)
         saved.append(path)
 
-    monkeypatch.setattr(model_format.mx, "save_safetensors", save_then_interrupt)
+    monkeypatch.setattr(model_format, "write_safetensors", save_then_interrupt)
     out = tmp_path / "out" / "model"
     with pytest.raises(KeyboardInterrupt):
         write_model(out, config, components, {"tokenizer": BUNDLED_FOLDER})
     assert saved and not Path(saved[0]).exists()
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # the parent folder this run created is gone too
+
+
+def test_write_model_on_a_full_disk_is_one_error_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    config = CONFIGS["sd1"]
+    components = random_weights(config)
+    real_write = model_format.Path.open
+
+    def full_disk_after_a_while(path, mode="r", *args, **kwargs):
+        handle = real_write(path, mode, *args, **kwargs)
+        if "x" in mode and path.name == "vae.safetensors":
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return handle
+
+    monkeypatch.setattr(model_format.Path, "open", full_disk_after_a_while)
+    with pytest.raises(OSError, match=r"not enough space to write .*model \(No space left on device\); nothing was kept"):
+        write_model(tmp_path / "a" / "b" / "model", config, components, {"tokenizer": BUNDLED_FOLDER})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_model_on_a_real_full_file_system(tmp_path: Path) -> None:
+    """A 1 MB tmpfs (needs root, as the CI container runs): the write fails for real, with ENOSPC."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        config = CONFIGS["sd1"]
+        with pytest.raises(OSError, match="not enough space to write") as raised:
+            write_model(disk / "models" / "model", config, random_weights(config), {"tokenizer": BUNDLED_FOLDER})
+        assert raised.value.errno == errno.ENOSPC
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_models_follow_the_umask_and_their_files_are_read_only(tmp_path: Path, umask: int) -> None:
+    config = CONFIGS["sd1"]
+    components = random_weights(config)
+    old = os.umask(umask)
+    try:
+        folder = write_model(tmp_path / "model", config, components, {"tokenizer": BUNDLED_FOLDER})
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (folder / "tokenizer").stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in [p for p in folder.rglob("*") if p.is_file()]:
+        assert path.stat().st_mode & 0o777 == 0o444 & ~umask, path
+    loaded = mx.load(str(folder / "unet.safetensors"))  # mlx reads what we wrote, values intact
+    assert all(mx.array_equal(loaded[k], v).item() for k, v in components["unet"].items())
 
 
 def test_write_model_failure_in_tokenizer_copy_leaves_nothing(tmp_path: Path) -> None:

@@ -29,6 +29,6 @@ def test_every_user_facing_command_is_documented():
     for name in SUBCOMMANDS:
         assert f"mlx-sd {name}" in README, f"`mlx-sd {name}` is not in the README"
     for command in ("mlx-sd-app", "mlx-sd-app --install-desktop-entry", "python -m benchmarks.run",
-                    "python -m benchmarks.history", "python -m benchmarks.quantized",
+                    "python -m benchmarks.history",
                     "python -m training.train_demo", "python -m training.evaluate_demo"):
         assert command in README, f"`{command}` is not in the README"

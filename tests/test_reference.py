@@ -1,11 +1,12 @@
-"""mlx_sd.reference: diffusers on torch behind a numpy interface. Every tiny kind loaded from its diffusers
-folder and from its single file must give identical outputs; torch stays out of the rest of mlx_sd."""
+"""reference: diffusers on torch behind a numpy interface. Every tiny kind loaded from its diffusers
+folder and from its single file must give identical outputs; torch and the reference stay out of mlx_sd."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny_models as tm  # noqa: E402
-from mlx_sd.reference import ReferencePipeline, pipeline_class_for_checkpoint  # noqa: E402
+from reference import ReferencePipeline, pipeline_class_for_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,20 +39,22 @@ def from_folder(tiny_models):
 
 
 def test_torch_qt_and_the_converter_stay_out_of_the_engine():
-    """Importing every mlx_sd module but the reference package loads neither torch nor Qt nor `convert`."""
+    """Importing every mlx_sd module loads neither torch, nor Qt, nor `convert`, nor the reference package."""
     script = textwrap.dedent(
         """
         import importlib, pkgutil, sys
         import mlx_sd
-        # iter_modules, not walk_packages: walking would import mlx_sd.reference to look inside it
-        names = [m.name for m in pkgutil.iter_modules(mlx_sd.__path__, "mlx_sd.") if m.name != "mlx_sd.reference"]
+        names = [m.name for m in pkgutil.walk_packages(mlx_sd.__path__, "mlx_sd.")]
         for name in names:
             importlib.import_module(name)
-        heavy = sorted({"torch", "diffusers", "transformers", "PySide6", "convert"} & set(sys.modules))
+        heavy = sorted({"torch", "diffusers", "transformers", "PySide6", "convert", "reference"} & set(sys.modules))
         print(len(names), heavy)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # from the checkout root, so that it imports this checkout's mlx_sd whatever an editable install points at
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     count, heavy = result.stdout.split(" ", 1)
     assert int(count) >= 5, result.stdout  # the walk found the package's modules

@@ -1,6 +1,6 @@
-"""Samplers: hand-computed steps from the sd_facts 4.5 formulas on an analytic denoiser, convergence
+"""Samplers: hand-computed steps from the formulas of docs/facts.md §4.4 on an analytic denoiser, convergence
 to the exact probability-flow solution, progress and cancellation, the name registry, and
-scheduler-level parity with diffusers (mlx_sd.reference.schedulers) on a fake deterministic model."""
+scheduler-level parity with diffusers (reference.schedulers) on a fake deterministic model."""
 
 import math
 
@@ -64,7 +64,7 @@ def assert_close(ours, expected, tol=2e-5):
 
 
 # ---------------------------------------------------------------------------------------------
-# hand-computed steps (float64, sd_facts 4.5)
+# hand-computed steps (float64, docs/facts.md §4.4)
 
 
 def test_euler_steps():
@@ -172,7 +172,8 @@ def test_dpmpp_sde_steps():
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_against_the_ddpm_frame_update(eta):
-    """sd_facts' DDPM-frame DDIM (x0 from eps, sigma_eta, x_prev) on a schedule ending at sigma(t=0)."""
+    """The DDPM-frame DDIM of docs/facts.md §4.4 (x0 from eps, sigma_eta, x_prev) on a schedule ending
+    at sigma(t=0)."""
     sigmas = np.array([8.0, 2.5, 0.9, 0.2, 0.03])
     noise = RecordedNoise(4)
     draws = iter(noise.draws)
@@ -396,7 +397,7 @@ def run_diffusers(match, z_nchw, draws, eta):
     import torch
     from diffusers import DDIMScheduler
 
-    from mlx_sd.reference.schedulers import scheduler_noise
+    from reference.schedulers import scheduler_noise
 
     scheduler = match.make()
     scheduler.set_timesteps(match.steps)
@@ -418,7 +419,7 @@ def run_diffusers(match, z_nchw, draws, eta):
 
 @pytest.mark.parametrize("sampler,schedule,steps,prediction", PARITY_CASES)
 def test_parity_with_diffusers_schedulers(sampler, schedule, steps, prediction):
-    from mlx_sd.reference.schedulers import diffusers_scheduler
+    from reference.schedulers import diffusers_scheduler
 
     match = diffusers_scheduler(sampler, schedule, steps, prediction_type=prediction)
     info = K.sampler_by_name(sampler)
@@ -469,7 +470,7 @@ def native_schedule(match):
 @pytest.mark.parametrize("steps", [4, 10])
 def test_reference_mapping_says_truly_where_diffusers_matches(steps):
     """`exact` must hold exactly when the native diffusers scheduler gives our sigmas and timesteps."""
-    from mlx_sd.reference.schedulers import diffusers_scheduler
+    from reference.schedulers import diffusers_scheduler
 
     checked = 0
     for info in K.SAMPLERS:

@@ -1,5 +1,5 @@
-"""Noise schedule, sigma <-> t and sigma schedules against the values in sd_facts 1.7, 4.2-4.5, 4.7
-and Appendix A."""
+"""Noise schedule, sigma <-> t and sigma schedules against the values in docs/facts.md
+§1.7, §4.2, §4.3, §4.4 and §4.6."""
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ def ns() -> S.NoiseSchedule:
 
 
 def close4(actual, expected):
-    """sd_facts lists 4 decimals."""
+    """docs/facts.md lists 4 decimals."""
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, atol=6e-5, rtol=0)
 
 

@@ -16,7 +16,8 @@ import tiny_models as tm  # noqa: E402
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 # diffusers' own name for each kind's single file (its CHECKPOINT_KEY_NAMES detection). It tells SD2 from
-# SD1 by the 1024-wide context alone, so it calls the tiny SD2 "v1"; the OpenCLIP keys say SD2 (sd_facts 2.3).
+# SD1 by the 1024-wide context alone, so it calls the tiny SD2 "v1"; the OpenCLIP keys say SD2
+# (docs/facts.md §2.3).
 DIFFUSERS_MODEL_TYPE = {
     "sd1": "v1", "sd1-inpaint": "inpainting", "sd2-v": "v1", "sdxl": "xl_base", "sdxl-refiner": "xl_refiner",
 }
@@ -80,7 +81,7 @@ def test_single_file_layout_is_the_original_one(kind, tiny_models):
     state = safetensors.torch.load_file(str(tiny_models.single_file(kind)))
     assert infer_diffusers_model_type(state) == DIFFUSERS_MODEL_TYPE[kind]
     family = tm.spec(kind).family
-    # UNet block numbering (sd_facts 2.4); diffusers' loader accepts either upsampler slot, so check it here
+    # UNet block numbering (docs/facts.md §2.5); diffusers' loader accepts either upsampler slot, so check it here
     up_types = tm.spec(kind).unet["up_block_types"]
     assert "model.diffusion_model.input_blocks.3.0.op.weight" in state
     for level, up_type in enumerate(up_types[:-1]):
@@ -92,7 +93,7 @@ def test_single_file_layout_is_the_original_one(kind, tiny_models):
     assert state["first_stage_model.decoder.up.0.block.0.conv1.weight"].shape[0] == 32  # level 0 = full size
     if family in ("sd1", "sd2"):
         assert "alphas_cumprod" in state and state["alphas_cumprod"].shape == (1000,)
-        assert abs(float(state["alphas_cumprod"][-1]) - 0.0046601) < 1e-6  # sd_facts 1.7
+        assert abs(float(state["alphas_cumprod"][-1]) - 0.0046601) < 1e-6  # docs/facts.md §1.7
     if family == "sd1":
         assert state["cond_stage_model.transformer.text_model.embeddings.position_ids"].shape == (1, 77)
         assert state["model.diffusion_model.input_blocks.1.1.proj_in.weight"].ndim == 4  # conv projection

@@ -1,4 +1,4 @@
-"""The CLIP tokenizer against sd_facts 3.4, transformers' CLIPTokenizerFast, and an independent
+"""The CLIP tokenizer against docs/facts.md §3.3, transformers' CLIPTokenizerFast, and an independent
 pure-Python CLIP BPE (OpenAI's published algorithm, with ftfy) written here as the reference."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from mlx_sd.tokenizer import BUNDLED_FOLDER, CLIPTokenizer, TokenizerError, clea
 
 EOS, BOS = 49407, 49406
 
-SD_FACTS_VECTORS = {
+# Token ids of docs/facts.md §3.3.
+KNOWN_IDS = {
     "a photo of a cat": [49406, 320, 1125, 539, 320, 2368, 49407],
     "A photo of an astronaut riding a horse on mars": [
         49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407,
@@ -150,9 +151,9 @@ def test_bundled_vocabulary_layout():
     assert vocab["in"] == 512 and vocab["jekyll</w>"] == 49405
 
 
-@pytest.mark.parametrize("text", list(SD_FACTS_VECTORS))
-def test_sd_facts_vectors(ours, text):
-    assert ours(text)[: len(SD_FACTS_VECTORS[text])] == SD_FACTS_VECTORS[text]
+@pytest.mark.parametrize("text", list(KNOWN_IDS))
+def test_known_token_ids(ours, text):
+    assert ours(text)[: len(KNOWN_IDS[text])] == KNOWN_IDS[text]
 
 
 def test_special_ids(ours):
@@ -197,13 +198,13 @@ def test_unicode_sweep_matches_reference(ours, reference):
 def test_padding_with_eos(ours):
     ids = ours("a photo of a cat")
     assert len(ids) == 77
-    assert ids[:7] == SD_FACTS_VECTORS["a photo of a cat"] and set(ids[7:]) == {EOS}
+    assert ids[:7] == KNOWN_IDS["a photo of a cat"] and set(ids[7:]) == {EOS}
 
 
 def test_padding_with_zero(hf_fast):
     ours0 = CLIPTokenizer.bundled(pad_token_id=0)
     ids = ours0("a photo of a cat")
-    assert ids[:7] == SD_FACTS_VECTORS["a photo of a cat"] and ids[7:] == [0] * 70
+    assert ids[:7] == KNOWN_IDS["a photo of a cat"] and ids[7:] == [0] * 70
     # transformers' own pad-"!" tokenizer would also split every typed "!" out as a special token,
     # so compare with its EOS-padded ids, zeroed after the closing EOS.
     for text in PLAIN_PROMPTS:
@@ -255,4 +256,42 @@ def test_from_folder_errors(tmp_path):
     shutil.copy(BUNDLED_FOLDER / "vocab.json", tmp_path / "vocab.json")
     (tmp_path / "merges.txt").write_text("#version: 0.2\ni n t\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match="expected merges of the form"):
+        CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "file, damage, message",
+    [
+        ("vocab.json", b"\xff\xfe not text", "vocab.json: not UTF-8 text"),
+        ("vocab.json", b'{"a": 0,', "vocab.json: not valid JSON"),
+        ("vocab.json", b"[" * 100_000, "vocab.json: not valid JSON"),  # nesting deeper than the recursion limit
+        ("vocab.json", b'["a", "b"]', "vocab.json: expected a vocabulary object"),
+        ("vocab.json", b'{"a": "0"}', r"vocab.json: token 'a' has id '0'"),
+        ("vocab.json", b'{"a": 0, "b": 0}', r"vocab.json: token 'b' has id 0; ids must be 0..1, each once"),
+        ("vocab.json", b'{"a": -1}', r"vocab.json: token 'a' has id -1"),
+        ("vocab.json", b'{"<|startoftext|>": 0, "<|endoftext|>": 1, ",</w>": 2}', "vocab.json: pad_token_id must be"),
+        ("merges.txt", b"#version: 0.2\nzz\xff yy\n", "merges.txt: not UTF-8 text"),
+        ("merges.txt", b"#version: 0.2\nq\xc3\xa9 \xe2\x82\xac\n", "vocab.json: the vocabulary and merges do not form"),
+    ],
+)
+def test_damaged_vocabulary_files_are_named_in_the_error(tmp_path, file, damage, message):
+    shutil.copy(BUNDLED_FOLDER / "vocab.json", tmp_path / "vocab.json")
+    shutil.copy(BUNDLED_FOLDER / "merges.txt", tmp_path / "merges.txt")
+    (tmp_path / file).write_bytes(damage)
+    with pytest.raises(TokenizerError, match=message):
+        CLIPTokenizer.from_folder(tmp_path, pad_token_id=5)
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ([], "tokenizer.json: expected a BPE model .* found no model"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": {}, "merges": "a b"}}, "expected a list of merges"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": [], "merges": []}}, "expected a vocabulary object"),
+        ({"model": {"type": "BPE", "end_of_word_suffix": "</w>", "vocab": {"a": 0}, "merges": [[1, 2]]}}, "merges of the form"),
+    ],
+)
+def test_damaged_tokenizer_json_is_named_in_the_error(tmp_path, document, message):
+    (tmp_path / "tokenizer.json").write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=message):
         CLIPTokenizer.from_folder(tmp_path, pad_token_id=0)

@@ -191,14 +191,14 @@ def test_half_precision(family, dtype):
     assert relative < (1e-2 if dtype == mx.float16 else 5e-2)
 
 
-def test_timestep_embedding_matches_diffusers_and_sd_facts():
+def test_timestep_embedding_matches_diffusers_and_the_facts():
     steps = mx.array([0.0, 1.5, 481.37, 999.0, 1024.0])
     ours = np.array(timestep_embedding(steps, 320))
     expected = get_timestep_embedding(
         torch.tensor(np.array(steps)), 320, flip_sin_to_cos=True, downscale_freq_shift=0
     )
     assert np.abs(ours - expected.numpy()).max() < 1e-4
-    # sd_facts Appendix A: sinusoid(1024, 256)
+    # docs/facts.md §1.3: sinusoid(1024, 256)
     emb = np.array(timestep_embedding(mx.array([1024.0]), 256))[0]
     np.testing.assert_allclose(emb[:3], [0.9874, -0.5376, 0.6834], atol=1e-4)
     np.testing.assert_allclose(emb[128:131], [-0.1585, -0.8432, 0.7300], atol=1e-4)

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_sd.config import VAE_SD, VAEConfig
-from mlx_sd.reference import models as reference_models
+from reference import models as reference_models
 from mlx_sd.vae import AutoencoderKL
 
 TINY = VAEConfig(block_out_channels=(32, 32, 64, 64))

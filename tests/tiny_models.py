@@ -42,7 +42,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 import ldm_export as ldm
-from mlx_sd.reference.models import bundled_tokenizer, hf_clip_state, save_hub_layout
+from reference.models import bundled_tokenizer, hf_clip_state, save_hub_layout
 
 KINDS = ("sd1", "sd1-inpaint", "sd2-v", "sdxl", "sdxl-refiner")
 
@@ -99,7 +99,7 @@ class KindSpec:
 
 
 _DDPM = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-# As the real repos ship them (sd_facts 2.1): SD1.5 PNDM, SD2.1-768 DDIM with v-prediction, SDXL Euler.
+# As the real repos ship them (docs/facts.md §2.1): SD1.5 PNDM, SD2.1-768 DDIM with v-prediction, SDXL Euler.
 _PNDM_SD1 = {**_DDPM, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}
 _DDIM_SD2_V = {
     **_DDPM, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "v_prediction",
@@ -111,8 +111,8 @@ _EULER_SDXL = {
 
 _CLIP_L = TextEncoderSpec(width=128, layers=3, act="quick_gelu")
 _OPENCLIP_H = TextEncoderSpec(width=128, layers=3, act="gelu")
-# SDXL's two encoders must differ in width: loaders tell them apart by it (sd_facts 2.3 item 8). Ten layers,
-# because single-file detection looks for `...embedders.N.model.transformer.resblocks.9.*` (sd_facts 2.3).
+# SDXL's two encoders must differ in width: loaders tell them apart by it (docs/facts.md §2.3 rule 7). Ten layers,
+# because single-file detection looks for `...embedders.N.model.transformer.resblocks.9.*` (docs/facts.md §2.3).
 _OPENCLIP_BIGG = TextEncoderSpec(width=192, layers=10, act="gelu", projection=True)
 
 _SD1_UNET = {

@@ -1,5 +1,5 @@
 """The demo model's torch side: tokenizer, noise schedule, and the diffusers pipeline it is saved as.
-(The modules are built, and the pipeline saved, by mlx_sd.reference.models.)"""
+(The modules are built, and the pipeline saved, by reference.models.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def load_tokenizer(folder: Path) -> CLIPTokenizer:
 
 
 def alphas_cumprod(schedule: NoiseScheduleConfig) -> torch.Tensor:
-    """ᾱ_t of the DDPM training schedule (sd_facts 1.7), float64 then float32 like diffusers."""
+    """ᾱ_t of the DDPM training schedule (docs/facts.md §1.7), float64 then float32 like diffusers."""
     if schedule.beta_schedule != "scaled_linear":
         raise ValueError(f"expected beta_schedule 'scaled_linear', got {schedule.beta_schedule!r}")
     betas = torch.linspace(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .classify import classify
-from mlx_sd.reference.models import save_hub_layout
+from reference.models import save_hub_layout
 from mlx_sd.tokenizer import BUNDLED_FOLDER
 
 from .demo_config import IMAGE_SIZE, NOISE_SCHEDULE, TrainingRecipe

@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from mlx_sd.config import CLIPTextConfig, NoiseScheduleConfig, UNetConfig
-from mlx_sd.reference import models
+from reference import models
 
 from .demo_config import DiffusionTraining
 from .shapes import ShapeLabel, caption_for

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from mlx_sd.config import VAEConfig
-from mlx_sd.reference import models
+from reference import models
 
 from .demo_config import VAETraining
 

@@ -83,7 +83,7 @@ def _loaded_path(fragment: str) -> str | None:
 def use_one_thread() -> bool:
     """Run OpenBLAS on its calling thread only; False where OpenBLAS is not bound.
 
-    Once mlx-sd's compiled GEMM (mlx_sd.cpu_kernels) does the heavy products, OpenBLAS serves only
+    Once mlx-sd's compiled GEMM (mlx_sd.cpu.kernels) does the heavy products, OpenBLAS serves only
     small ones (masked attention, strided convolutions), and after each call its idle worker
     threads spin in sched_yield for a while, taking a core from the kernels' threads
     (docs/performance.md).

@@ -174,7 +174,7 @@ def load(compiler: str | None = None, directory: Path | None = None) -> KernelSt
 @functools.cache
 def status() -> KernelStatus:
     """The kernels of this process, built or loaded on first call. With them OpenBLAS keeps one
-    thread (mlx_sd.blas.use_one_thread): its idle workers would spin against the kernels' threads."""
+    thread (mlx_sd.cpu.blas.use_one_thread): its idle workers would spin against the kernels' threads."""
     loaded = load()
     if loaded.module is not None:
         blas.use_one_thread()

@@ -20,7 +20,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from mlx_sd.dtypes import DTYPES as STORAGE_DTYPES
+
+DTYPES = {name: getattr(torch, name) for name in STORAGE_DTYPES}  # our storage dtypes as torch dtypes
 MODEL_INDEX = "model_index.json"
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 
@@ -50,7 +52,8 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def pipeline_class_for_checkpoint(shapes: dict[str, tuple[int, ...]]) -> str:
-    """The diffusers pipeline class name for an original LDM / SGM checkpoint, from its keys (sd_facts 2.3)."""
+    """The diffusers pipeline class name for an original LDM / SGM checkpoint, from its keys
+    (docs/facts.md §2.3)."""
     if UNET_IN_KEY not in shapes:
         sample = ", ".join(sorted(shapes)[:3]) or "no keys"
         raise ValueError(

@@ -56,9 +56,9 @@ from diffusers.schedulers import (
     scheduling_lcm,
 )
 
-from ..config import NoiseScheduleConfig
-from ..samplers import sampler_by_name, sigmas_for
-from ..schedules import NoiseSchedule, schedule_by_name, trailing_timesteps
+from mlx_sd.config import NoiseScheduleConfig
+from mlx_sd.samplers import sampler_by_name, sigmas_for
+from mlx_sd.schedules import NoiseSchedule, schedule_by_name, trailing_timesteps
 
 _A1111_NOISE = "A1111 starts from unit noise * sigma_max; diffusers' DDPM-frame start is sqrt(1 + sigma_max^2) * noise"
 
