@@ -15,7 +15,7 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from diffusers.models.embeddings import get_timestep_embedding
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_sd.config import PRESETS, UNetConfig, preset
+from mlx_sd.config import ConfigError, PRESETS, UNetConfig, preset
 from device_paths import PATHS, on_path
 from mlx_sd.model_format import check_weights
 from mlx_sd.unet import UNet2DConditionModel, timestep_embedding
@@ -279,6 +279,6 @@ def test_sd1_rejects_text_time_inputs_and_broadcasts_a_scalar_timestep():
 
 
 def test_unknown_block_type_is_rejected():
-    config = UNetConfig.from_dict(dict(SD1, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["SimpleDown"]))
-    with pytest.raises(ValueError, match="unsupported UNet block types"):
-        UNet2DConditionModel(config)
+    # refused as the config is built (mlx_sd.config validates every field), before any model
+    with pytest.raises(ConfigError, match="SimpleDown"):
+        UNetConfig.from_dict(dict(SD1, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["SimpleDown"]))
