@@ -75,6 +75,8 @@ class Pipeline:
     files: LoadedFiles | None = None  # the weight files as loaded: checked before each generation
     cpu: CpuOptions | None = None  # the CPU formulations swapped into the models; None on the GPU
     boundary: Boundary = field(default_factory=Boundary)  # between the UNet's and VAE's blocks
+    # weight bytes by component and the UNet's weights per level, measured at load for `estimate`
+    sizes: tuple[dict[str, int], list[int]] = field(default_factory=lambda: ({}, []), repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
@@ -129,6 +131,7 @@ class Pipeline:
             files=files,
             cpu=cpu,
             boundary=boundary,
+            sizes=({name: _bytes(model) for name, model in models.items()}, _parameters_per_level(models["unet"])),
         )
 
     def generate(
@@ -157,13 +160,12 @@ class Pipeline:
     def estimate(self, request: GenerationRequest) -> Estimate:
         """Peak memory and a rough time for `request` on this pipeline (mlx_sd.estimate), before it runs;
         Pipeline.generate refuses a request whose peak exceeds the machine's memory."""
-        models = [self.unet, self.vae]
-        if not request.low_memory:  # low-memory mode drops the text encoders before the UNet runs
-            models += [model for model in (self.text_encoder, self.text_encoder_2) if model is not None]
-        weights = sum(array.nbytes for model in models for _, array in tree_flatten(model.parameters()))
+        component_bytes, per_level = self.sizes
+        # low-memory mode drops the text encoders before the UNet runs
+        weights = sum(size for name, size in component_bytes.items() if name in ("unet", "vae") or not request.low_memory)
         device = "cpu" if self.cpu is not None else "gpu"
         threads = self.cpu.threads if self.cpu is not None else 1
-        return estimate(self.config, request, weights, _parameters_per_level(self.unet), device, threads)
+        return estimate(self.config, request, weights, per_level, device, threads)
 
     def release_cached_memory(self) -> None:
         """Hand memory freed since the last run back to the OS (it is faulted in again when next
@@ -223,6 +225,10 @@ def _load(
     load_weights(model, weights_file(folder, name), name, weights)
     mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O
     return _prepared(model, cpu, boundary)
+
+
+def _bytes(model: nn.Module) -> int:
+    return sum(array.nbytes for _, array in tree_flatten(model.parameters()))
 
 
 def _parameters_per_level(unet: UNet2DConditionModel) -> list[int]:
