@@ -26,7 +26,6 @@ from typing import Callable, Protocol
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
-from mlx_sd.cpu_memory import release_free_memory
 from mlx_sd.device import PrecisionError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
@@ -47,6 +46,8 @@ class PipelineLike(Protocol):
         on_progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult: ...
+
+    def release_cached_memory(self) -> None: ...
 
 
 Loader = Callable[[Path, str], PipelineLike]
@@ -199,7 +200,8 @@ class GenerationWorker(QObject):
             self.failed.emit(job.job_id, describe_error(exc))
             return
         finally:
-            release_free_memory()  # between runs the app holds its model, not the last run's activations
+            if self._pipeline is not None:  # between runs the app holds its model, not the last run's activations
+                self._pipeline.release_cached_memory()
         self.status.emit("Saving…")
         entries, record_error = self._record(job, result)
         self.finished.emit(JobResult(job, result, entries, record_error))

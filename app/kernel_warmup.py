@@ -9,7 +9,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from mlx_sd import cpu_kernels, device
+from mlx_sd import device
+from mlx_sd.runtime import prepare_cpu_kernels as engine_prepare_cpu_kernels
 
 
 def kernels_needed(compute_device: str) -> bool:
@@ -20,7 +21,7 @@ def kernels_needed(compute_device: str) -> bool:
 def prepare_cpu_kernels() -> str:
     """Build (first time) or load the engine's CPU kernels; what came of it, in a few words. The app's
     only call into the kernels: if they move, this follows."""
-    status = cpu_kernels.status()
+    status = engine_prepare_cpu_kernels()
     return "ready" if status.module is not None else f"not used ({status.reason})"
 
 

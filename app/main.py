@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before anything loads mlx.core)
+import mlx_sd  # first: binds OpenBLAS before anything loads mlx.core (mlx_sd.cpu.blas)
+
 
 from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QApplication
@@ -67,6 +68,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     args, qt_args = parse_args(argv[1:])
+    mlx_sd.setup()  # before the generation thread allocates
     if args.install_desktop_entry:
         return desktop_entry.main()
     problem = xcb_problem(qt_args)

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mlx_sd.cpu_kernels import cpu_has_bf16
+from mlx_sd import available_precisions
 from mlx_sd.device import gpu_available
 
 from .history_store import DB_NAME, HistoryError, move_library
@@ -92,7 +92,7 @@ class SettingsDialog(QDialog):
         self._default_library = default_library
         self._move = move
         self._gpu = gpu_available() if gpu is None else gpu
-        self._bf16 = cpu_has_bf16() if bf16 is None else bf16
+        self._bf16 = "bfloat16" in available_precisions() if bf16 is None else bf16
         self.saved: AppSettings | None = None
 
         self.library_edit = QLineEdit(settings.library_folder)

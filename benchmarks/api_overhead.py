@@ -22,7 +22,7 @@ from typing import Callable
 
 import requests
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core loads)
+import mlx_sd  # first: binds OpenBLAS before mlx.core loads
 from mlx_sd.model_paths import DEMO_FOLDER
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="pixels a side (default 64, the demo model's size)")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
+    mlx_sd.setup()
 
     body = {"prompt": "a red circle on a blue background", "seed": 1, "width": args.size, "height": args.size,
             "steps": args.steps, "sampler_name": "DPM++ 2M", "scheduler": "Automatic"}

@@ -39,7 +39,7 @@ RATIOS = (("ours", "torch"), ("ours", "torch-bf16"), ("ours-bf16", "torch-bf16")
 
 
 def default_sides() -> list[str]:
-    from mlx_sd import cpu_kernels
+    from mlx_sd.cpu import kernels as cpu_kernels
 
     return [side for side in SIDES if side != "ours-bf16" or cpu_kernels.bf16_products()]
 
@@ -104,7 +104,18 @@ def print_table(summary: dict[str, Any], sides: list[str], rounds: list[dict[str
                 continue
             print(f"{phase + ' ' + label:<22}" + "".join(f"{c:>18}" for c in cells))
     loads = [r[s]["phases"][p]["load_average"] for r in rounds for s in sides for p in r[s]["phases"]]
-    print(f"load average during the measurements: {min(loads):.1f} to {max(loads):.1f} (2 cores)")
+    print(f"load average during the measurements: {min(loads):.1f} to {max(loads):.1f} ({os.cpu_count()} cores)")
+
+
+def cpu_model() -> str:
+    """The CPU's model name: every figure is reported with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,13 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         rounds.append(results)
 
     summary = summarize(rounds, sides)
-    coretype = os.environ.get("OPENBLAS_CORETYPE") or "chosen by OpenBLAS"  # ours' matmul kernels (mlx_sd.blas)
+    coretype = os.environ.get("OPENBLAS_CORETYPE") or "chosen by OpenBLAS"  # ours' matmul kernels (mlx_sd.cpu.blas)
     print(f"{args.family} at {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds x {args.runs} runs, "
-          f"OpenBLAS kernels: {coretype}")
+          f"OpenBLAS kernels: {coretype}, CPU: {cpu_model()}")
     print_table(summary, sides, rounds)
     print(json.dumps({
         "family": args.family, "size": args.size, "steps": args.steps, "rounds": args.rounds, "runs": args.runs,
-        "sides": sides, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "openblas_coretype": coretype},
+        "sides": sides, "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+                    "openblas_coretype": coretype},
         **summary, "raw": rounds,
     }))
 

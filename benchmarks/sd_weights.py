@@ -8,7 +8,7 @@ and our converted model folder made from it by `convert_model`:
     <cache>/<family>/mlx/         model.json, unet.safetensors, ...
 
 Both sides of the benchmark therefore load the same weights from disk. `locate` imports nothing of
-mlx_sd: importing it configures the process's memory allocator (mlx_sd.cpu_memory), and the torch
+mlx_sd: importing it binds OpenBLAS for mlx (mlx_sd.cpu.blas), and the torch
 sides must run as diffusers' users run them.
 """
 

@@ -112,20 +112,22 @@ def read_into_page_cache(folder: Path) -> None:
 
 class Ours(Backend):
     def __init__(self, size: int, precision: str):
-        import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+        import mlx_sd  # first: binds OpenBLAS before mlx.core
         import mlx.core as mx
-        from mlx_sd.device import products_in
+
+        mlx_sd.setup()
 
         self.mx = mx
         self.size = size
         self.precision = precision
         self.name = "ours" if precision == "float32" else "ours-bf16"
-        self.products = lambda: products_in(precision)  # what Pipeline.generate applies
 
     def load(self, cached) -> None:
         from mlx_sd.pipeline import Pipeline
 
         self.pipe = Pipeline.load(cached.mlx, precision=self.precision)
+        if self.pipe.cpu is not None:
+            self.pipe.cpu.products = self.precision  # what Pipeline.generate applies
         mx, config = self.mx, self.pipe.config
         rng = np.random.default_rng(0)
         latent = self.size // config.vae.downscale
@@ -145,17 +147,14 @@ class Ours(Backend):
         self.latents = mx.array(rng.standard_normal((1, latent, latent, 4), dtype=np.float32))
 
     def encode_text(self) -> None:
-        with self.products():
-            outputs = [encoder.encode(self.ids) for encoder in self.encoders]
-            self.mx.eval([(o.hidden, o.pooled) if o.pooled is not None else o.hidden for o in outputs])
+        outputs = [encoder.encode(self.ids) for encoder in self.encoders]
+        self.mx.eval([(o.hidden, o.pooled) if o.pooled is not None else o.hidden for o in outputs])
 
     def unet_step(self) -> None:
-        with self.products():
-            self.mx.eval(self.pipe.unet(self.sample, self.timestep, self.context, **self.extras))
+        self.mx.eval(self.pipe.unet(self.sample, self.timestep, self.context, **self.extras))
 
     def vae_decode(self) -> None:
-        with self.products():
-            self.mx.eval(self.pipe.vae.decode(self.latents))
+        self.mx.eval(self.pipe.vae.decode(self.latents))
 
     def generate(self, steps: int) -> None:
         from mlx_sd.request import GenerationRequest

@@ -11,14 +11,14 @@ import platform
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+import mlx_sd
 import mlx.core as mx
-
-from mlx_sd import blas, cpu_kernels
+from mlx_sd.cpu import blas, kernels as cpu_kernels
 from mlx_sd.config import PRESETS, ModelConfig, preset
-from mlx_sd.device import current_device, dtype_name, gpu_available, policy
+from mlx_sd.cpu.machine import THREADS_ENV, cache_sizes, thread_count
+from mlx_sd.cpu.options import CpuOptions, product
+from mlx_sd.device import compute_dtype, current_device, dtype_name, gpu_available
 from mlx_sd.infotext import model_hash
-from mlx_sd.layers import product
 from mlx_sd.model_format import read_config, weights_file
 from mlx_sd.pipeline import build_models, parameter_count
 
@@ -52,10 +52,12 @@ def matmul_gflops(size: int = 1024, runs: int = 3) -> float:
     CPU the compiled GEMM where it is built, which leaves OpenBLAS one thread)."""
     a = mx.random.normal((size, size), key=mx.random.key(0))
     b = mx.random.normal((size, size), key=mx.random.key(1))
-    mx.eval(a, b, product(a, b))  # warm-up
+    options = CpuOptions.for_this_machine() if current_device() == "cpu" else None
+    multiply = (lambda: a @ b) if options is None else (lambda: product(options, a, b))
+    mx.eval(a, b, multiply())  # warm-up
     start = time.perf_counter()
     for _ in range(runs):
-        mx.eval(product(a, b))
+        mx.eval(multiply())
     seconds = (time.perf_counter() - start) / runs
     return 2 * size**3 / seconds / 1e9
 
@@ -70,12 +72,15 @@ def bf16_line(device: str) -> str:
 
 def system_lines() -> list[str]:
     device = current_device()
-    half = policy(mx.float16, device)
+    attention = "fused" if device != "cpu" else "kernel" if cpu_kernels.available() else "chunked"
+    caches = cache_sizes()
     return [
         f"mlx-sd {mlx_sd.__version__}, mlx {mx.__version__}",
         f"device: {device} (default {mx.default_device()}; GPU available: {'yes' if gpu_available() else 'no'})",
-        f"compute dtype: {dtype_name(half.compute_dtype)} for float16 weights, "
-        f"{dtype_name(policy(mx.float32, device).compute_dtype)} for float32; attention: {half.attention}",
+        f"compute dtype: {dtype_name(compute_dtype(mx.float16, device))} for float16 weights, "
+        f"{dtype_name(compute_dtype(mx.float32, device))} for float32; attention: {attention}",
+        f"CPU threads: {thread_count()} (the cores this process may run on, or {THREADS_ENV}); caches: "
+        f"L1 {caches.l1 >> 10} KB, L2 {caches.l2 >> 10} KB, last level {caches.l3 >> 20} MB",
         f"BLAS: {blas.STATUS.openblas_path or 'the BLAS mlx was built with'} ({blas.STATUS.reason})",
         f"CPU kernels: {cpu_kernels.status().reason if device == 'cpu' else 'not used on the GPU'}",
         f"bfloat16 products (--precision bfloat16): {bf16_line(device)}",

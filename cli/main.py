@@ -8,7 +8,8 @@ import importlib
 import os
 import sys
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before anything imports mlx.core)
+import mlx_sd  # first: binds OpenBLAS before any subcommand loads mlx.core (mlx_sd.cpu.blas)
+
 
 # Modules of this package that define a subcommand, in the order `mlx-sd --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = ("convert", "info", "generate", "animate", "samplers", "serve")
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    mlx_sd.setup()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

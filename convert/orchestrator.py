@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.config import ConfigError, ModelConfig
 from mlx_sd.device import dtype_from_name

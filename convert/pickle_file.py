@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.dtypes import safetensors_code
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.dtypes import SAFETENSORS_DTYPES
 from mlx_sd.safetensors_header import HeaderError, TensorInfo, read_header

@@ -28,11 +28,17 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import CLIPTextConfig
-from .layers import Linear, attention, causal_mask, gelu, quick_gelu
+from .layers import DotProductAttention, causal_mask
+
+
+def quick_gelu(x: mx.array) -> mx.array:
+    """OpenAI CLIP's GELU approximation."""
+    return x * mx.sigmoid(1.702 * x)
+
 
 ACTIVATIONS = {
-    "quick_gelu": quick_gelu,  # OpenAI CLIP: x * sigmoid(1.702 x)
-    "gelu": gelu,  # OpenCLIP (erf form)
+    "quick_gelu": quick_gelu,  # OpenAI CLIP
+    "gelu": nn.gelu,  # OpenCLIP (erf form)
 }
 
 
@@ -54,22 +60,21 @@ class CLIPAttention(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
         width = config.hidden_size
-        self.heads = config.num_attention_heads
-        self.q_proj = Linear(width, width)
-        self.k_proj = Linear(width, width)
-        self.v_proj = Linear(width, width)
-        self.out_proj = Linear(width, width)
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.attention = DotProductAttention(config.num_attention_heads)
+        self.out_proj = nn.Linear(width, width)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, mask=mask)
-        return self.out_proj(out)
+        return self.out_proj(self.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), mask))
 
 
 class CLIPMLP(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation = ACTIVATIONS[config.hidden_act]
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -122,13 +127,12 @@ class CLIPTextTransformer(nn.Module):
 
 class CLIPTextModel(nn.Module):
     """One text tower; `config.projection_dim` adds `text_projection` (transformers'
-    CLIPTextModelWithProjection). Parameters are built lazily: nothing is evaluated until loaded.
+    CLIPTextModelWithProjection). Parameters are built lazily: nothing is computed until loaded.
 
     `compute_dtype` (None: the weights' own; the pipeline sets it when it loads the weights) is the
     dtype the tower computes in: the embeddings are cast to it before they are summed and each later
-    op promotes its weights (the CPU's compiled GEMM converts them as it packs them), so float16
-    weights run in float32 with no float32 copy kept (the CPU's choice,
-    device.DevicePolicy.text_encoders_in_storage_dtype).
+    op promotes its weights, so float16 weights can run in float32 with no float32 copy kept (the
+    pipeline's choice where float16 products are slow).
     """
 
     def __init__(self, config: CLIPTextConfig):
@@ -143,7 +147,7 @@ class CLIPTextModel(nn.Module):
         self.config = config
         self.text_model = CLIPTextTransformer(config)
         if config.projection_dim is not None:
-            self.text_projection = Linear(config.hidden_size, config.projection_dim, bias=False)
+            self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
     def __call__(self, input_ids: mx.array) -> CLIPOutput:
         """Every hidden state, the final-normed last state, and the pooled (and projected) output."""

@@ -33,6 +33,7 @@ from .composable import ComposableConditioning, blend_parameters, denoiser_for, 
 from .config import ModelConfig
 from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
+from .estimate import check_fits, machine_memory
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
@@ -201,6 +202,7 @@ def generate(
     started = time.perf_counter()
     p = plan(pipe.config, request)
     request = p.request
+    check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
     extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}

@@ -28,8 +28,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from . import cpu_kernels
-from .device import gpu_available, policy
+from .cpu import kernels as cpu_kernels
+from .device import current_device, gpu_available
 from .dtypes import SAFETENSORS_DTYPES
 from .safetensors_header import SafetensorsHeader, read_header
 
@@ -46,7 +46,7 @@ UNSAFE_FILESYSTEMS = frozenset({
 @functools.cache
 def _supported() -> bool:
     """Whether mapped arrays work with this mlx: a small file saved by mlx reads back equal."""
-    if gpu_available() or policy().device != "cpu" or not cpu_kernels.available():
+    if gpu_available() or current_device() != "cpu" or not cpu_kernels.available():
         return False  # a GPU backend's allocator owns CPU arrays too, with buffers of its own kind
     expected = {"a": mx.arange(7, dtype=mx.float16), "b": mx.array([[1.5, -2.0], [3.25, 4.0]])}
     with tempfile.TemporaryDirectory() as scratch:

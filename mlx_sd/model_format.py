@@ -34,7 +34,7 @@ from .config import ModelConfig
 from . import mapped_weights
 from .dtypes import safetensors_code
 from .safetensors_header import HeaderError, read_header
-from .cpu_memory import prefault_heap
+from .cpu.memory import prefault_heap
 from .device import current_device, worker_streams
 
 MODEL_JSON = "model.json"

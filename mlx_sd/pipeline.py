@@ -1,11 +1,13 @@
 """A converted model loaded for generation: its config, models and tokenizers.
 
 `Pipeline.load(folder)` reads `model.json`, builds the family's components lazily (no weights are
-evaluated until loaded), loads each weight file strictly and casts it to the compute dtype that
-`device.policy` picks for the storage dtype (float32 on the CPU, the storage dtype on the GPU).
-`Pipeline.generate(request)` runs a generation (mlx_sd.generation) with the CPU's products in the
-pipeline's `precision` (mlx_sd.device.products_in); the text encoders can be released to save
-memory and are reloaded from the folder when next needed.
+evaluated until loaded), loads each weight file strictly in the dtype the device computes in
+(float32 on the CPU, the storage dtype on the GPU; mlx_sd.device.compute_dtype), then prepares the
+models once: on the CPU its formulations are swapped in (mlx_sd.cpu.accelerate), and on every
+device the UNet and VAE evaluate block by block so that a cancel takes effect inside a step
+(mlx_sd.block_evaluation). `Pipeline.generate(request)` runs a generation (mlx_sd.generation) with
+the CPU's products in the pipeline's `precision`; the text encoders can be released to save memory
+and are reloaded from the folder when next needed.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .block_evaluation import Boundary, evaluate_blocks
 from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
-from .cpu_memory import release_free_memory
 from .config import ModelConfig
-from .device import check_precision, dtype_from_name, policy, products_in
+from .cpu.accelerate import accelerate, weight_dtype
+from .cpu.memory import release_free_memory
+from .cpu.options import CpuOptions
+from .device import check_precision, compute_dtype, current_device, dtype_from_name
+from .estimate import Estimate, estimate
 from .generation import generate
 from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
 from .tokenizer import CLIPTokenizer, TokenizerError
+from .module_swap import M
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 from .vae_codec import VAECodec
@@ -64,8 +71,12 @@ class Pipeline:
     tokenizer_2: CLIPTokenizer | None
     dtype: mx.Dtype  # the compute dtype of every model
     folder: Path
-    precision: str = "float32"  # of the CPU's products: "float32" or "bfloat16" (mlx_sd.device.products_in)
+    precision: str = "float32"  # of the CPU's products: "float32" or "bfloat16" (CpuOptions.products)
     files: LoadedFiles | None = None  # the weight files as loaded: checked before each generation
+    cpu: CpuOptions | None = None  # the CPU formulations swapped into the models; None on the GPU
+    boundary: Boundary = field(default_factory=Boundary)  # between the UNet's and VAE's blocks
+    # weight bytes by component and the UNet's weights per level, measured at load for `estimate`
+    sizes: tuple[dict[str, int], list[int]] = field(default_factory=lambda: ({}, []), repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
@@ -75,8 +86,8 @@ class Pipeline:
         cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None, precision: str = "float32"
     ) -> "Pipeline":
         """Load a converted model folder; `dtype` overrides the device policy's compute dtype;
-        `precision` "bfloat16" makes the CPU's products bfloat16 (faster, not exact; see
-        mlx_sd.device.products_in).
+        `precision` "bfloat16" makes the CPU's products bfloat16 (faster, not exact: factors rounded
+        to bfloat16, summed in float32, as torch's bfloat16 autocast).
 
         Raises ValueError for a precision this machine cannot run (before reading anything),
         ModelFolderError for an unusable folder and model_format.WeightsError for weights that do
@@ -86,14 +97,16 @@ class Pipeline:
         folder = Path(folder)
         config = read_config(folder)
         if dtype is None:
-            dtype = policy(dtype_from_name(config.dtype)).compute_dtype
+            dtype = compute_dtype(dtype_from_name(config.dtype))
         elif isinstance(dtype, str):
             dtype = dtype_from_name(dtype)
+        cpu = CpuOptions.for_this_machine() if current_device() == "cpu" else None
+        boundary = Boundary()
 
         models = build_models(config)
         files = LoadedFiles.of_model(folder, config)  # before reading: a change while loading shows too
         for name, model in models.items():
-            _load(model, folder, name, dtype, dtype_from_name(config.dtype))
+            models[name] = _load(model, folder, name, dtype, dtype_from_name(config.dtype), cpu, boundary)
 
         tokenizers: dict[str, CLIPTokenizer | None] = {"tokenizer": None, "tokenizer_2": None}
         for name, text_config in config.text_encoders.items():
@@ -116,6 +129,9 @@ class Pipeline:
             folder=folder,
             precision=precision,
             files=files,
+            cpu=cpu,
+            boundary=boundary,
+            sizes=({name: _bytes(model) for name, model in models.items()}, _parameters_per_level(models["unet"])),
         )
 
     def generate(
@@ -126,18 +142,41 @@ class Pipeline:
     ) -> GenerationResult:
         """Generate the request's images (see mlx_sd.generation).
 
-        Raises RequestError before any model runs when the request cannot run on this model, and
-        samplers.Cancelled (with no result) when `cancel()` returns True."""
+        Raises RequestError before any model runs when the request cannot run on this model,
+        estimate.TooLargeError when its estimated memory exceeds the machine's (`estimate`), and
+        samplers.Cancelled (with no result) when `cancel()` returns True: it is asked between steps
+        and between the blocks of each step (mlx_sd.block_evaluation)."""
         if self.files is not None:
             self.files.check()  # model_format.ModelChangedError: a mapped file cut short would be a SIGBUS
-        with products_in(self.precision):
+        check_precision(self.precision)
+        if self.cpu is not None:
+            self.cpu.products = self.precision
+        self.boundary.cancel = cancel
+        try:
             return generate(self, request, on_progress, cancel)
+        finally:
+            self.boundary.cancel = None
+
+    def estimate(self, request: GenerationRequest) -> Estimate:
+        """Peak memory and a rough time for `request` on this pipeline (mlx_sd.estimate), before it runs;
+        Pipeline.generate refuses a request whose peak exceeds the machine's memory."""
+        component_bytes, per_level = self.sizes
+        # low-memory mode drops the text encoders before the UNet runs
+        weights = sum(size for name, size in component_bytes.items() if name in ("unet", "vae") or not request.low_memory)
+        device = "cpu" if self.cpu is not None else "gpu"
+        threads = self.cpu.threads if self.cpu is not None else 1
+        return estimate(self.config, request, weights, per_level, device, threads)
+
+    def release_cached_memory(self) -> None:
+        """Hand memory freed since the last run back to the OS (it is faulted in again when next
+        used): for an app between runs, which should hold its model, not its last activations."""
+        release_free_memory()
 
     @property
     def codec(self) -> VAECodec:
         """The VAE with scaling, tiling and the float32 fallback (mlx_sd.vae_codec)."""
         if self._codec is None or self._codec.vae is not self.vae:
-            self._codec = VAECodec(self.vae)
+            self._codec = VAECodec(self.vae, prepare=lambda vae: _prepared(vae, self.cpu, self.boundary))
         return self._codec
 
     @property
@@ -155,8 +194,8 @@ class Pipeline:
             for name, text_config in self.config.text_encoders.items():
                 if getattr(self, name) is None:
                     model = CLIPTextModel(text_config)
-                    _load(model, self.folder, name, self.dtype, dtype_from_name(self.config.dtype))
-                    setattr(self, name, model)
+                    storage = dtype_from_name(self.config.dtype)
+                    setattr(self, name, _load(model, self.folder, name, self.dtype, storage, self.cpu, self.boundary))
                 pairs.append((getattr(self, TOKENIZER_FOR[name]), getattr(self, name)))
             self._prompt_encoder = PromptEncoder(
                 [tokenizer for tokenizer, _ in pairs],
@@ -173,13 +212,44 @@ class Pipeline:
         release_free_memory()
 
 
-def _load(model: nn.Module, folder: Path, name: str, dtype: mx.Dtype, storage_dtype: mx.Dtype) -> None:
-    """Load `name`'s weights into `model` to compute in `dtype`; a text encoder or the UNet keeps a
-    narrower `storage_dtype` where the device policy says so (the UNet computes in its input's dtype)."""
-    chosen, narrower = policy(storage_dtype), storage_dtype.size < dtype.size
-    if isinstance(model, CLIPTextModel) and chosen.text_encoders_in_storage_dtype and narrower:
-        model.compute_dtype, dtype = dtype, storage_dtype
-    elif isinstance(model, UNet2DConditionModel) and chosen.unet_in_storage_dtype and narrower:
-        dtype = storage_dtype
-    load_weights(model, weights_file(folder, name), name, dtype)
+def _load(
+    model: nn.Module, folder: Path, name: str, dtype: mx.Dtype, storage_dtype: mx.Dtype, cpu: CpuOptions | None,
+    boundary: Boundary,
+) -> nn.Module:
+    """Load `name`'s weights into `model` to compute in `dtype` and prepare it (_prepared); on the CPU
+    a text encoder or the UNet may keep a narrower `storage_dtype` (weight_dtype; the UNet computes
+    in its input's dtype, a text encoder in its compute_dtype)."""
+    weights = dtype if cpu is None else weight_dtype(model, storage_dtype, dtype, cpu)
+    if isinstance(model, CLIPTextModel) and weights != dtype:
+        model.compute_dtype = dtype
+    load_weights(model, weights_file(folder, name), name, weights)
     mx.eval(model.parameters())  # read now: generation should not pay for (or fail on) I/O
+    return _prepared(model, cpu, boundary)
+
+
+def _bytes(model: nn.Module) -> int:
+    return sum(array.nbytes for _, array in tree_flatten(model.parameters()))
+
+
+def _parameters_per_level(unet: UNet2DConditionModel) -> list[int]:
+    """The UNet's conv and linear weights by the level of the latents they act on."""
+    levels = unet.config.levels
+    counts = [0] * levels
+    for path, array in tree_flatten(unet.parameters()):
+        if array.ndim < 2:
+            continue
+        block, _, rest = path.partition(".")
+        index = int(rest.split(".")[0]) if block in ("down_blocks", "up_blocks") else 0
+        level = {"down_blocks": index, "up_blocks": levels - 1 - index, "mid_block": levels - 1}.get(block, 0)
+        counts[level] += array.size
+    return counts
+
+
+def _prepared(model: M, cpu: CpuOptions | None, boundary: Boundary) -> M:
+    """`model` with the CPU's formulations swapped in (on the CPU), and the UNet and VAE evaluated
+    block by block (every device)."""
+    if cpu is not None:
+        model = accelerate(model, cpu)
+    if isinstance(model, (UNet2DConditionModel, AutoencoderKL)):
+        model = evaluate_blocks(model, boundary)
+    return model

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import UNetConfig
-from .layers import Conv2d, GroupNorm, Linear, attention, geglu, in_batch_halves, silu, upsample_conv
+from .layers import DotProductAttention, GroupNorm, GroupNormSiLU, Upsample2D
 
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2D's GroupNorm; resnets use config.norm_eps
 DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -35,28 +35,28 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.linear_1 = Linear(in_dim, out_dim)
-        self.linear_2 = Linear(out_dim, out_dim)
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(silu(self.linear_1(x)))
+        return self.linear_2(nn.silu(self.linear_1(x)))
 
 
 class ResnetBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels, eps)
-        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb_proj = Linear(temb_channels, out_channels)
-        self.norm2 = GroupNorm(groups, out_channels, eps)
-        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.norm1 = GroupNormSiLU(groups, in_channels, eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.norm2 = GroupNormSiLU(groups, out_channels, eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         if in_channels != out_channels:
-            self.conv_shortcut = Conv2d(in_channels, out_channels, kernel_size=1)
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        h = self.conv1(self.norm1(x, silu=True))
-        h = h + self.time_emb_proj(silu(temb))[:, None, None, :]
-        h = self.conv2(self.norm2(h, silu=True))
+        h = self.conv1(self.norm1(x))
+        h = h + self.time_emb_proj(nn.silu(temb))[:, None, None, :]
+        h = self.conv2(self.norm2(h))
         shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
         return shortcut + h
 
@@ -66,34 +66,33 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, context_dim: int, heads: int, upcast: bool):
         super().__init__()
-        self.heads = heads
-        self.upcast = upcast
-        self.to_q = Linear(dim, dim, bias=False)
-        self.to_k = Linear(context_dim, dim, bias=False)
-        self.to_v = Linear(context_dim, dim, bias=False)
-        self.to_out = [Linear(dim, dim)]
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.attention = DotProductAttention(heads, upcast)
+        self.to_out = [nn.Linear(dim, dim)]
 
     def __call__(self, x: mx.array, context: mx.array | None = None) -> mx.array:
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        return self.to_out[0](attention(q, k, v, self.heads, upcast=self.upcast))
+        return self.to_out[0](self.attention(q, k, v))
 
 
 class GEGLU(nn.Module):
     def __init__(self, dim: int, inner: int):
         super().__init__()
-        self.proj = Linear(dim, inner * 2)
+        self.proj = nn.Linear(dim, inner * 2)
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.proj(x), 2, axis=-1)
-        return geglu(value, gate)  # exact (erf) GELU
+        return value * nn.gelu(gate)  # exact (erf) GELU
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         # net.1 is diffusers' dropout; the identity keeps the output Linear at `net.2`.
-        self.net = [GEGLU(dim, 4 * dim), nn.Identity(), Linear(4 * dim, dim)]
+        self.net = [GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)]
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.net[2](self.net[0](x))
@@ -126,11 +125,11 @@ class Transformer2DModel(nn.Module):
         self.norm = GroupNorm(config.norm_num_groups, channels, TRANSFORMER_NORM_EPS)
         # SD1 projects with 1x1 convs, SD2/SDXL with Linears; on NHWC both act on the last axis.
         if config.use_linear_projection:
-            self.proj_in = Linear(channels, channels)
-            self.proj_out = Linear(channels, channels)
+            self.proj_in = nn.Linear(channels, channels)
+            self.proj_out = nn.Linear(channels, channels)
         else:
-            self.proj_in = Conv2d(channels, channels, kernel_size=1)
-            self.proj_out = Conv2d(channels, channels, kernel_size=1)
+            self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+            self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
         self.transformer_blocks = [
             BasicTransformerBlock(channels, context_dim, heads, config.upcast_attention) for _ in range(depth)
         ]
@@ -146,21 +145,10 @@ class Transformer2DModel(nn.Module):
 class Downsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.conv(x)
-
-
-class Upsample2D(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = Conv2d(channels, channels, kernel_size=3, padding=1)
-
-    def __call__(self, x: mx.array, size: tuple[int, int]) -> mx.array:
-        # Nearest x2, cropped to the skip connection's size: for an odd side n (downsampled to
-        # ceil(n/2)) this equals torch's nearest interpolation to size n, as diffusers does.
-        return upsample_conv(self.conv, x, size)
 
 
 def _transformers(config: UNetConfig, channels: int, heads: int, depth: int, context_dim: int, count: int):
@@ -257,6 +245,8 @@ class UpBlock(nn.Module):
             if self.attentions:
                 x = self.attentions[i](x, context)
         if self.upsamplers:
+            # cropped to the skip connection's size: for an odd side n (downsampled to ceil(n/2))
+            # this equals torch's nearest interpolation to size n, as diffusers does
             x = self.upsamplers[0](x, upsample_size)
         return x
 
@@ -267,7 +257,7 @@ class UNet2DConditionModel(nn.Module):
         _check_config(config)
         self.config = config
         channels = config.block_out_channels
-        self.conv_in = Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = nn.Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
         self.time_embedding = TimestepEmbedding(channels[0], config.time_embed_dim)
         if config.addition_embed_type == "text_time":
             self.add_embedding = TimestepEmbedding(
@@ -282,8 +272,8 @@ class UNet2DConditionModel(nn.Module):
         for index in range(config.levels):
             prev_channels = channels[config.levels - index] if index > 0 else channels[-1]
             self.up_blocks.append(UpBlock(config, index, prev_channels))
-        self.conv_norm_out = GroupNorm(config.norm_num_groups, channels[0], config.norm_eps)
-        self.conv_out = Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
+        self.conv_norm_out = GroupNormSiLU(config.norm_num_groups, channels[0], config.norm_eps)
+        self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
 
     def __call__(
         self,
@@ -295,11 +285,7 @@ class UNet2DConditionModel(nn.Module):
     ) -> mx.array:
         """(B, h, w, in_channels) NHWC latents -> (B, h, w, out_channels) model output."""
         timestep = self._check_inputs(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
-        return in_batch_halves(self._forward, sample, timestep, encoder_hidden_states, text_embeds, time_ids)
-
-    def _forward(self, sample: mx.array, timestep: mx.array, context: mx.array, *text_time: mx.array | None) -> mx.array:
-        """The model on checked inputs; `text_time` is SDXL's (text_embeds, time_ids) or (None, None)."""
-        text_embeds, time_ids = text_time
+        context = encoder_hidden_states
         config = self.config
         dtype = sample.dtype
 
@@ -338,7 +324,7 @@ class UNet2DConditionModel(nn.Module):
             x = block(x, temb, context, block_skips, upsample_size)
 
         # output
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x))
 
     def _check_inputs(
         self,

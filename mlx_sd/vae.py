@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .layers import Conv2d, GroupNorm, Linear, attention, between_blocks, upsample_conv
+from .layers import DotProductAttention, GroupNorm, GroupNormSiLU, Upsample2D
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -21,16 +21,16 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels, EPS)
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm(groups, out_channels, EPS)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm1 = GroupNormSiLU(groups, in_channels, EPS)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = GroupNormSiLU(groups, out_channels, EPS)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.conv_shortcut = Conv2d(in_channels, out_channels, 1)
+            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(self.norm1(x, silu=True))
-        h = self.conv2(self.norm2(h, silu=True))
+        h = self.conv1(self.norm1(x))
+        h = self.conv2(self.norm2(h))
         shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
         return shortcut + h
 
@@ -41,16 +41,17 @@ class MidAttention(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.group_norm = GroupNorm(groups, channels, EPS)
-        self.to_q = Linear(channels, channels)
-        self.to_k = Linear(channels, channels)
-        self.to_v = Linear(channels, channels)
-        self.to_out = [Linear(channels, channels)]
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        # diffusers computes this softmax in float32 (upcast_softmax) whatever the weights' dtype
+        self.attention = DotProductAttention(heads=1, upcast=True)
+        self.to_out = [nn.Linear(channels, channels)]
 
     def __call__(self, x: mx.array) -> mx.array:
         batch, height, width, channels = x.shape
         h = self.group_norm(x).reshape(batch, height * width, channels)
-        # diffusers computes this softmax in float32 (upcast_softmax) whatever the weights' dtype
-        h = attention(self.to_q(h), self.to_k(h), self.to_v(h), heads=1, upcast=True)
+        h = self.attention(self.to_q(h), self.to_k(h), self.to_v(h))
         return x + self.to_out[0](h).reshape(batch, height, width, channels)
 
 
@@ -71,20 +72,11 @@ class MidBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def __call__(self, x: mx.array) -> mx.array:
         # asymmetric: one row of zeros at the bottom, one column at the right
         return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return upsample_conv(self.conv, x)
 
 
 class EncoderBlock(nn.Module):
@@ -109,19 +101,19 @@ class DecoderBlock(nn.Module):
             ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(layers)
         ]
         if upsample:
-            self.upsamplers = [Upsample(out_channels)]
+            self.upsamplers = [Upsample2D(out_channels)]
 
     def __call__(self, x: mx.array) -> mx.array:
         for resnet in self.resnets:
-            x = between_blocks(resnet(x))
-        return between_blocks(self.upsamplers[0](x)) if "upsamplers" in self else x
+            x = resnet(x)
+        return self.upsamplers[0](x) if "upsamplers" in self else x
 
 
 class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = config.block_out_channels, config.norm_num_groups
-        self.conv_in = Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
         self.down_blocks = [
             EncoderBlock(
                 widths[max(i - 1, 0)], width, config.layers_per_block, groups, downsample=i < len(widths) - 1
@@ -129,22 +121,22 @@ class Encoder(nn.Module):
             for i, width in enumerate(widths)
         ]
         self.mid_block = MidBlock(widths[-1], groups, config.mid_block_add_attention)
-        self.conv_norm_out = GroupNorm(groups, widths[-1], EPS)
-        self.conv_out = Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+        self.conv_norm_out = GroupNormSiLU(groups, widths[-1], EPS)
+        self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x))
 
 
 class Decoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         widths, groups = tuple(reversed(config.block_out_channels)), config.norm_num_groups
-        self.conv_in = Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], groups, config.mid_block_add_attention)
         # one resnet more per level than the encoder
         self.up_blocks = [
@@ -153,14 +145,14 @@ class Decoder(nn.Module):
             )
             for i, width in enumerate(widths)
         ]
-        self.conv_norm_out = GroupNorm(groups, widths[-1], EPS)
-        self.conv_out = Conv2d(widths[-1], config.out_channels, 3, padding=1)
+        self.conv_norm_out = GroupNormSiLU(groups, widths[-1], EPS)
+        self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = between_blocks(self.mid_block(self.conv_in(x)))
+        x = self.mid_block(self.conv_in(x))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x))
 
 
 class AutoencoderKL(nn.Module):
@@ -173,9 +165,9 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(config)
         moments = 2 * config.latent_channels
         if config.use_quant_conv:
-            self.quant_conv = Conv2d(moments, moments, 1)
+            self.quant_conv = nn.Conv2d(moments, moments, 1)
         if config.use_post_quant_conv:
-            self.post_quant_conv = Conv2d(config.latent_channels, config.latent_channels, 1)
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
 
     @property
     def dtype(self) -> mx.Dtype:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import mlx.core as mx
 from mlx.utils import tree_map
 
@@ -25,8 +27,10 @@ def _finite(x: mx.array) -> bool:
 
 
 class VAECodec:
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, vae: AutoencoderKL, prepare: Callable[[AutoencoderKL], AutoencoderKL] = lambda vae: vae):
+        """`prepare` readies the float32 copy as `vae` was readied (the pipeline's module swaps)."""
         self.vae = vae
+        self._prepare = prepare
         self._float32: AutoencoderKL | None = None
         self.float32_runs = 0  # how often the float32 VAE was used (fallbacks and force_upcast)
 
@@ -51,7 +55,7 @@ class VAECodec:
             vae = AutoencoderKL(self.vae.config)
             vae.update(tree_map(lambda p: p.astype(mx.float32), self.vae.parameters()))
             mx.eval(vae.parameters())
-            self._float32 = vae
+            self._float32 = self._prepare(vae)
         return self._float32
 
     def _run(self, decode: bool, x: mx.array, tiling: bool | None) -> mx.array:

@@ -57,7 +57,7 @@ class ServerConfig:
     max_queued: int = DEFAULT_MAX_QUEUED
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     record_history: bool = True
-    precision: str = "float32"  # of the CPU's products (mlx_sd.device.products_in)
+    precision: str = "float32"  # of the CPU's products (Pipeline.precision)
 
 
 def start_queue(config: ServerConfig, model: ServedModel) -> GenerationQueue:

@@ -1,13 +1,14 @@
-"""Test-wide setup: Qt runs offscreen, and mlx_sd is imported before anything loads mlx.core
-(so the OpenBLAS binding in mlx_sd.blas applies to the whole test session)."""
+"""Test-wide setup: Qt runs offscreen, and mlx_sd is imported and set up before anything loads mlx.core
+(so the OpenBLAS binding of mlx_sd.cpu.blas and the runtime settings apply to the whole session)."""
 
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import mlx_sd  # noqa: E402,F401
+import mlx_sd  # noqa: E402
 
+mlx_sd.setup()
 
 import pytest  # noqa: E402
 

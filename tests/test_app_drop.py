@@ -7,7 +7,6 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 
 import pytest
 from PIL import Image

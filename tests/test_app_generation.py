@@ -8,21 +8,20 @@ import threading
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 
 import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QPoint, QThread, QTimer
 
-from app import generation_worker, history_store
+from app import history_store
 from app.generation_worker import load_pipeline
 from app.history_store import HistoryStore
 from app.main_window import MainWindow
 from app.result_view import qimage_to_pil
 from app.settings import AppSettings
 from app_support import QT_MARKS, noise_image, write_tiny_model
-from mlx_sd import cpu_kernels
+from mlx_sd.cpu import kernels as cpu_kernels
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext
 from mlx_sd.pipeline import Pipeline
@@ -182,8 +181,8 @@ def test_cancel_stops_within_one_step_and_records_nothing(qtbot, window: MainWin
 
 def test_a_run_gives_its_free_memory_back_from_the_generation_thread(qtbot, window: MainWindow, monkeypatch) -> None:
     on_main_thread = []
-    monkeypatch.setattr(generation_worker, "release_free_memory",
-                        lambda: on_main_thread.append(threading.current_thread() is threading.main_thread()))
+    monkeypatch.setattr(Pipeline, "release_cached_memory",
+                        lambda self: on_main_thread.append(threading.current_thread() is threading.main_thread()))
     run(qtbot, window, steps=2, seed=3)
     assert on_main_thread == [False]
 

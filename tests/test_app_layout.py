@@ -324,11 +324,12 @@ def test_a_batch_grid_gives_each_image_the_most_room(qtbot) -> None:
 
 def test_the_kernel_outcome_in_words(monkeypatch) -> None:
     from app import kernel_warmup
-    from mlx_sd.cpu_kernels import KernelStatus
+    from mlx_sd.cpu.kernels import KernelStatus
 
-    monkeypatch.setattr(kernel_warmup.cpu_kernels, "status", lambda: KernelStatus(None, "no C++ compiler (g++) found"))
+    status = lambda: KernelStatus(None, "no C++ compiler (g++) found")  # noqa: E731
+    monkeypatch.setattr(kernel_warmup, "engine_prepare_cpu_kernels", status)
     assert kernel_warmup.prepare_cpu_kernels() == "not used (no C++ compiler (g++) found)"
-    monkeypatch.setattr(kernel_warmup.cpu_kernels, "status", lambda: KernelStatus(kernel_warmup, "compiled"))
+    monkeypatch.setattr(kernel_warmup, "engine_prepare_cpu_kernels", lambda: KernelStatus(kernel_warmup, "compiled"))
     assert kernel_warmup.prepare_cpu_kernels() == "ready"
 
 

@@ -7,7 +7,6 @@ the real pipeline on a tiny model."""
 import errno
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 
 import numpy as np
 import pytest

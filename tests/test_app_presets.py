@@ -4,7 +4,6 @@ import errno
 import json
 import sqlite3
 
-import mlx_sd  # noqa: F401
 
 import pytest
 from PIL import Image

@@ -1,5 +1,5 @@
 """The benchmark's torch sides run as diffusers' users run them: importing mlx_sd configures the
-process's memory allocator (mlx_sd.cpu_memory), which alone changes torch's figures (its SD1.5 VAE
+process's memory allocator (mlx_sd.cpu.memory), which alone changes torch's figures (its SD1.5 VAE
 decode at 512 ran 10.7 -> 7.4 s with it), so a torch side must never import mlx_sd."""
 
 import subprocess

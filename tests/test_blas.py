@@ -1,4 +1,4 @@
-"""The OpenBLAS binding of mlx_sd.blas: bound by default, skipped with MLX_SD_NO_OPENBLAS=1, same results."""
+"""The OpenBLAS binding of mlx_sd.cpu.blas: bound by default, skipped with MLX_SD_NO_OPENBLAS=1, same results."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_sd.blas import _CANDIDATES, CORETYPE_ENV, DISABLE_ENV
+from mlx_sd.cpu.blas import _CANDIDATES, CORETYPE_ENV, DISABLE_ENV
 
 # Runs in a fresh interpreter so that the binding happens (or not) before mlx.core loads.
 SCRIPT = r"""
@@ -35,9 +35,9 @@ conv.update({"weight": mx.random.normal(conv.weight.shape, key=mx.random.key(2))
 image = mx.random.normal((2, 24, 24, 16), key=mx.random.key(4))
 np.savez(sys.argv[1], matmul=np.array(product), conv=np.array(conv(image)))
 print(json.dumps({
-    "openblas_path": mlx_sd.blas.STATUS.openblas_path,
-    "reason": mlx_sd.blas.STATUS.reason,
-    "core": mlx_sd.blas.STATUS.core,
+    "openblas_path": mlx_sd.cpu.blas.STATUS.openblas_path,
+    "reason": mlx_sd.cpu.blas.STATUS.reason,
+    "core": mlx_sd.cpu.blas.STATUS.core,
     "gflops": 2 * 1024**3 / seconds / 1e9,
 }))
 """

@@ -20,7 +20,6 @@ import pytest
 from model_folders import CONFIGS, write_random_model
 from PIL import Image
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from cli.generate import ProgressBar
 from cli.main import main
 from mlx_sd import model_paths
@@ -166,7 +165,8 @@ def test_generate_writes_numbered_pngs_whose_metadata_round_trips(capsys, model:
 
 
 def test_precision_bfloat16_reaches_the_pipeline_or_is_refused_in_one_line(capsys, model: Path, tmp_path: Path, monkeypatch):
-    from mlx_sd import cpu_kernels, device
+    from mlx_sd import device
+    from mlx_sd.cpu import kernels as cpu_kernels
     from mlx_sd.pipeline import Pipeline
 
     loaded = []

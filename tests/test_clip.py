@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_sd import layers
+from device_paths import PATHS, on_path
 from mlx_sd.clip import CLIPTextModel, TextEmbedding
 from mlx_sd.config import CLIP_L, CLIP_L_SDXL, OPENCLIP_BIGG, OPENCLIP_H, CLIPTextConfig
-from mlx_sd.device import DevicePolicy
 from mlx_sd.model_format import check_weights
 from reference import models as reference_models
 from mlx_sd.tokenizer import CLIPTokenizer
@@ -98,17 +96,10 @@ def pair(request):
     return request.param, config, hf, ours_from(hf, config)
 
 
-@pytest.fixture
-def force_attention(monkeypatch):
-    def force(impl: str) -> None:
-        monkeypatch.setattr(layers, "policy", lambda *a, **k: DevicePolicy("cpu", mx.float32, attention=impl))
-    return force
-
-
-@pytest.mark.parametrize("impl", ["matmul", "fused"])
-def test_forward_matches_transformers(pair, force_attention, impl):
+@pytest.mark.parametrize("impl", PATHS)
+def test_forward_matches_transformers(pair, impl):
     name, config, hf, ours = pair
-    force_attention(impl)
+    ours = on_path(ours, impl)
     ids = token_ids(config.pad_token_id)
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids), output_hidden_states=True)
@@ -129,15 +120,13 @@ def test_forward_matches_transformers(pair, force_attention, impl):
     assert 0.5 < float(ref.last_hidden_state.abs().mean()) < 5
 
 
-def test_attention_implementations_agree(pair, force_attention):
+def test_cpu_paths_agree_with_the_plain_model(pair):
     name, config, hf, ours = pair
     ids = mx.array(token_ids(config.pad_token_id), dtype=mx.int32)
-    outputs = {}
-    for impl in ("matmul", "fused"):
-        force_attention(impl)
-        outputs[impl] = ours(ids).hidden_states
-    for a, b in zip(outputs["matmul"], outputs["fused"]):
-        assert float(mx.abs(a - b).max()) < 1e-5
+    outputs = {path: on_path(ours, path)(ids).hidden_states for path in PATHS}
+    for path in PATHS[1:]:
+        for a, b in zip(outputs["plain"], outputs[path]):
+            assert float(mx.abs(a - b).max()) < 1e-5, path
 
 
 @pytest.mark.parametrize("clip_skip", [1, 2, 3])
@@ -183,7 +172,7 @@ def test_input_checks():
         model(mx.zeros((1, 78), dtype=mx.int32))
     with pytest.raises(ValueError, match="integer token ids, got dtype mlx.core.float32"):
         model(mx.zeros((1, 77)))
-    with pytest.raises(ValueError, match="hidden_act must be one of quick_gelu, gelu, got 'relu'"):
+    with pytest.raises(ValueError, match="hidden_act: 'relu' is not one of quick_gelu, gelu"):  # mlx_sd.config validates it
         CLIPTextModel(dataclasses.replace(FAMILIES["sd1"], hidden_act="relu"))
 
 

@@ -1,7 +1,6 @@
 import dataclasses
 import functools
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 import pytest

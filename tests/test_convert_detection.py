@@ -2,7 +2,6 @@
 without `text_model.`, EMA copies), v-prediction from the probe / a side-car yaml / SDXL's marker key,
 and the flags that override detection."""
 
-import mlx_sd  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import mlx_sd  # noqa: F401
 import pytest
 import torch
 from safetensors.torch import load_file, save_file

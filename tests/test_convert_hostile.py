@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

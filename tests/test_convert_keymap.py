@@ -2,7 +2,6 @@
 parameter with the right shape and every engine parameter is filled (checked from the plan, before any
 tensor is read); plus the pieces of the tables that the tiny files cannot exercise alone."""
 
-import mlx_sd  # noqa: F401
 import pytest
 from mlx.utils import tree_flatten
 from mlx_sd.pipeline import build_models

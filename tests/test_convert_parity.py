@@ -4,7 +4,6 @@ Prints the table of max abs errors (run with -s to see it)."""
 
 import functools
 
-import mlx_sd  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest

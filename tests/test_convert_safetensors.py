@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 
-import mlx_sd  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx_sd  # noqa: F401
 import mlx.core as mx
 import pytest
 from mlx_sd.pipeline import Pipeline

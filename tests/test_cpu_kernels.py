@@ -1,4 +1,4 @@
-"""mlx-sd's compiled CPU kernels (mlx_sd.cpu_kernels: attention, GroupNorm, GEMM and convolution
+"""mlx-sd's compiled CPU kernels (mlx_sd.cpu.kernels: attention, GroupNorm, GEMM and convolution
 taps): built here, exact, and never a failure.
 
 The test environment installs a C++ compiler and nanobind (.ci/run, pyproject), so the kernel must
@@ -11,14 +11,17 @@ import ctypes
 import stat
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_sd.layers as layers
-from mlx_sd import blas, cpu_kernels, device
+from mlx_sd import device, layers
+from mlx_sd.cpu import blas, convolution, kernels as cpu_kernels
+from mlx_sd.cpu.accelerate import accelerate
+from mlx_sd.cpu.options import CpuOptions, product
+
+KERNELS = CpuOptions(kernels=True, threads=2)
 
 
 def rand(*shape: int, seed: int) -> mx.array:
@@ -35,9 +38,7 @@ def reference(q: mx.array, k: mx.array, v: mx.array, scale: float) -> np.ndarray
 def test_the_kernel_builds_in_the_test_environment():
     status = cpu_kernels.status()
     assert status.module is not None, status.reason
-    cpu, gpu = device.policy(mx.float16, "cpu"), device.policy(mx.float16, "gpu")
-    assert (cpu.attention, cpu.group_norm, cpu.matmul) == ("kernel", "kernel", "kernel")
-    assert (gpu.attention, gpu.group_norm, gpu.matmul) == ("fused", "native", "native")  # the GPU never uses them
+    assert CpuOptions.for_this_machine().kernels
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -76,11 +77,12 @@ def test_kernel_runs_on_both_worker_streams_at_once():
     """CFG's halves run the kernel concurrently, one on each worker stream."""
     q, k, v = (rand(2, 200, 320, seed=s) for s in (7, 8, 9))
     outputs = []
+    attention = accelerate(layers.DotProductAttention(8), KERNELS)
     for stream, row in zip(device.worker_streams("cpu"), range(2)):
         with mx.stream(stream):
-            outputs.append(layers.attention(q[row : row + 1], k[row : row + 1], v[row : row + 1], 8, impl="kernel"))
+            outputs.append(attention(q[row : row + 1], k[row : row + 1], v[row : row + 1]))
     mx.eval(*outputs)
-    whole = np.array(layers.attention(q, k, v, 8, impl="matmul"))
+    whole = np.array(layers.DotProductAttention(8)(q, k, v))
     assert np.abs(np.concatenate([np.array(o) for o in outputs]) - whole).max() < 1e-5
 
 
@@ -89,10 +91,11 @@ def test_attention_uses_one_thread_on_a_worker_stream_and_every_core_otherwise(m
     real = cpu_kernels.fused_attention
     monkeypatch.setattr(cpu_kernels, "fused_attention", lambda *args: calls.append(args[-1]) or real(*args))
     q = rand(1, 20, 32, seed=10)
-    layers.attention(q, q, q, 2, impl="kernel")
-    with mx.stream(device.worker_streams("cpu")[1]):
-        layers.attention(q, q, q, 2, impl="kernel")
-    assert calls == [device.CPU_STREAMS, 1]
+    attention = accelerate(layers.DotProductAttention(2), KERNELS)
+    attention(q, q, q)
+    with mx.stream(device.worker_streams("cpu")[-1]):
+        attention(q, q, q)
+    assert calls == [KERNELS.threads, 1]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -214,18 +217,18 @@ def test_bf16_conv_taps_are_the_float64_convolution_of_bfloat16_rounded_factors(
     assert (np.abs(np.array(got) - expected) / scale).max() < 1e-6
 
 
-def test_bf16_products_follow_the_precision_context(monkeypatch):
+def test_bf16_products_follow_the_options(monkeypatch):
     flags = []
     real = cpu_kernels.gemm
-    monkeypatch.setattr(cpu_kernels, "bf16_products", lambda: True)
     monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: flags.append(args[4]) or real(*args[:4], False))
     x, weight = rand(3, 5, 8, seed=56), rand(8, 6, seed=57)
-    layers.product(x, weight)
-    with device.products_in("bfloat16"):
-        assert device.policy().products == "bfloat16"
-        layers.product(x, weight)
-        assert not layers._winograd_wins(1 << 20, 1280, 1280)  # the bfloat16 taps beat Winograd
-    layers.product(x, weight)
+    options = CpuOptions(kernels=True, threads=2)
+    product(options, x, weight)
+    options.products = "bfloat16"  # what Pipeline.generate sets from the pipeline's precision
+    product(options, x, weight)
+    assert not convolution.winograd_wins(options, 1 << 20, 1280, 1280)  # the bfloat16 taps beat Winograd
+    options.products = "float32"
+    product(options, x, weight)
     assert flags == [False, True, False]
     with pytest.raises(ValueError, match="precision 'float16'"):
         device.check_precision("float16")
@@ -236,9 +239,6 @@ def test_bf16_products_are_refused_where_the_cpu_has_none(monkeypatch):
     with pytest.raises(ValueError, match="AVX512_BF16"):
         device.check_precision("bfloat16", "cpu")
     device.check_precision("bfloat16", "gpu")  # the GPU computes in the storage dtype anyway
-    with pytest.raises(ValueError, match="AVX512_BF16"):
-        with device.products_in("bfloat16"):
-            pass
 
 
 def test_products_use_one_thread_on_a_worker_stream_and_every_core_otherwise(monkeypatch):
@@ -247,10 +247,10 @@ def test_products_use_one_thread_on_a_worker_stream_and_every_core_otherwise(mon
     monkeypatch.setattr(cpu_kernels, "gemm", lambda *args: calls.append(args[3]) or real(*args))
     x, weight = rand(3, 5, 8, seed=48), rand(8, 6, seed=49)
     expected = np.array(x) @ np.array(weight)
-    assert np.abs(np.array(layers.product(x, weight)) - expected).max() < 1e-5
+    assert np.abs(np.array(product(KERNELS, x, weight)) - expected).max() < 1e-5
     with mx.stream(device.worker_streams("cpu")[0]):
-        assert layers.product(x, weight).shape == (3, 5, 6)
-    assert calls == [device.CPU_STREAMS, 1]
+        assert product(KERNELS, x, weight).shape == (3, 5, 6)
+    assert calls == [KERNELS.threads, 1]
 
 
 def test_openblas_keeps_one_thread_beside_the_kernels():
@@ -292,8 +292,8 @@ def test_masked_attention_falls_back_to_the_chunked_formulation(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "fused_attention", lambda *args: pytest.fail("the kernel takes no mask"))
     q, k, v = (rand(2, 77, 96, seed=s) for s in (11, 12, 13))
     mask = layers.causal_mask(77)
-    got = layers.attention(q, k, v, 6, mask=mask, impl="kernel")
-    assert np.abs(np.array(got) - np.array(layers.attention(q, k, v, 6, mask=mask, impl="matmul"))).max() < 1e-5
+    got = accelerate(layers.DotProductAttention(6), KERNELS)(q, k, v, mask)
+    assert np.abs(np.array(got) - np.array(layers.DotProductAttention(6)(q, k, v, mask))).max() < 1e-5
 
 
 def _counting_compiler(tmp_path: Path, exit_code: int | None = None) -> tuple[str, Path]:
@@ -321,7 +321,7 @@ def test_a_failed_build_is_reported_and_leaves_the_mlx_formulation(tmp_path, mon
     assert status.module is None and "failed" in status.reason and "no such header" in status.reason
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written is left to load
     monkeypatch.setattr(cpu_kernels, "status", lambda: status)
-    assert device.policy(mx.float16, "cpu").attention == "chunked"
+    assert not CpuOptions.for_this_machine().kernels  # the CPU path keeps mlx's ops
     with pytest.raises(RuntimeError, match="unavailable"):
         cpu_kernels.fused_attention(rand(1, 2, 2, seed=1), rand(1, 2, 2, seed=1), rand(1, 2, 2, seed=1), 1.0, 1)
 

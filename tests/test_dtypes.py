@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before anything loads mlx.core)
 import mlx.core as mx
 from mlx_sd.dtypes import DTYPES, SAFETENSORS_DTYPES, safetensors_code
 

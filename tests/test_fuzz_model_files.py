@@ -10,7 +10,6 @@ import json
 import math
 import time
 
-import mlx_sd  # noqa: F401
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

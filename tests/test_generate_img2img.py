@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np

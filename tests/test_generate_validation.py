@@ -3,7 +3,6 @@ the value received and what is allowed."""
 
 from __future__ import annotations
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import numpy as np
 import pytest

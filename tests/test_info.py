@@ -6,14 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import pytest
 from model_folders import CONFIGS, write_random_model
 
 from cli.main import main
-from mlx_sd import cpu_kernels
+from mlx_sd.cpu import kernels as cpu_kernels
 from mlx_sd.config import SourceInfo
 
 REPO = Path(__file__).resolve().parent.parent

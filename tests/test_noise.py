@@ -4,7 +4,6 @@ torch's published CUDA values for seed 0, per-image seeding (seed + k), draw ord
 import numpy as np
 import pytest
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx loads)
 import mlx.core as mx
 from mlx_sd.noise import ImageNoise, PhiloxGenerator, box_muller, image_seeds, latents_from_request, philox4x32
 

@@ -1,15 +1,15 @@
-"""Every per-device formulation gives the same results as the plain one, at float32 tolerance.
+"""Every CPU formulation (mlx_sd.cpu, swapped into plain models at load) gives the same results as
+the plain module it replaces, at float32 tolerance.
 
-The CPU policy uses formulations chosen for speed (a compiled attention kernel, or chunked attention with a polynomial exp2,
-polynomial SiLU/GELU, fused GroupNorm, convolutions as matmuls); the GPU policy keeps mlx's fused
-kernels. Each pair is checked against the other and against a float64 or torch reference, forcing
-the formulations through `mlx_sd.layers.policy` so both paths run here whatever the device.
-Nothing here is timed (speed is measured by `python -m benchmarks.run`).
+The CPU's modules use formulations chosen for speed (a compiled attention kernel, or chunked
+attention with a polynomial exp2, polynomial SiLU/GELU, fused GroupNorm, convolutions as matmuls),
+with mlx-sd's compiled kernels (KERNELS) and without them (MLX_OPS); the plain modules are what the
+GPU runs. Each pair is checked against the other and against a float64 or torch reference. Nothing
+here is timed (speed is measured by `python -m benchmarks.run`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import subprocess
@@ -17,8 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
-
+import mlx_sd
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -27,29 +26,27 @@ import pytest
 import torch
 from scipy.special import erf
 
-import mlx_sd.layers as layers
-from mlx_sd import cpu_memory, device
+from mlx_sd import device, layers
+from mlx_sd.block_evaluation import Boundary, evaluate_blocks
 from mlx_sd.config import UNetConfig, VAEConfig
-from mlx_sd.device import DevicePolicy
+from mlx_sd.cpu import convolution, elementwise
+from mlx_sd.cpu import memory as cpu_memory
+from mlx_sd.cpu.accelerate import accelerate
+from mlx_sd.cpu.machine import thread_count
+from mlx_sd.cpu.modules import CpuAttention, CpuConv2d, CpuUpsample2D, StreamSplitUNet, chunked_attention, split_batch_over_streams
+from mlx_sd.cpu.options import CpuOptions
 from mlx_sd.model_format import load_weights
 from mlx_sd.unet import UNet2DConditionModel
 from mlx_sd.vae import AutoencoderKL
 
-CPU = device.policy(mx.float16, "cpu")
-# The CPU's formulations where the compiled kernels cannot be built.
-CPU_WITHOUT_KERNELS = dataclasses.replace(
-    CPU, attention="chunked", group_norm="native", matmul="native", batch_streams=2, unet_in_storage_dtype=False
-)
-# The GPU's formulations, run on whatever device this is.
-NATIVE = dataclasses.replace(device.policy(mx.float16, "gpu"), device="cpu", compute_dtype=mx.float32)
+KERNELS = CpuOptions(kernels=True, threads=2)  # with mlx-sd's compiled kernels
+MLX_OPS = CpuOptions(kernels=False, threads=2)  # where they cannot be built
 TOLERANCE = 1e-5  # between formulations on unit-scale inputs
 
 
-@pytest.fixture
-def use_policy(monkeypatch):
-    def use(choice: DevicePolicy) -> None:
-        monkeypatch.setattr(layers, "policy", lambda *a, **k: choice)
-    return use
+def on_cpu(module: nn.Module, options: CpuOptions | None) -> nn.Module:
+    """`module` with the CPU's formulations (None: the plain module)."""
+    return module if options is None else accelerate(module, options)
 
 
 def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
@@ -57,25 +54,26 @@ def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> mx.array:
 
 
 # ---------------------------------------------------------------------------------------------
-# The policy
+# The swap
 
 
-def test_cpu_and_gpu_policies_choose_their_formulations(monkeypatch):
-    assert (CPU.attention, CPU.elementwise, CPU.group_norm, CPU.matmul, CPU.conv, CPU.compute_dtype, CPU.batch_streams) == (
-        "kernel", "polynomial", "kernel", "kernel", "matmul", mx.float32, 1,
-    )
-    gpu = device.policy(mx.float16, "gpu")
-    assert (gpu.attention, gpu.elementwise, gpu.group_norm, gpu.matmul, gpu.conv, gpu.quantized, gpu.compute_dtype,
-            gpu.batch_streams) == ("fused", "native", "native", "native", "native", "kernel", mx.float16, 1)
-    assert CPU.quantized == "dequantize"
-    # without the compiled kernels the CPU keeps mlx's ops and splits a batch over its cores
-    monkeypatch.setattr(device.cpu_kernels, "available", lambda: False)
-    assert device.policy(mx.float16, "cpu") == CPU_WITHOUT_KERNELS
+def test_accelerate_swaps_modules_for_cpu_equivalents_with_the_same_parameters():
+    unet = UNet2DConditionModel(TINY_UNET)
+    fast = accelerate(unet, KERNELS)
+    assert type(fast.conv_in) is CpuConv2d and type(unet.conv_in) is nn.Conv2d  # the plain model is left as it was
+    assert type(fast.up_blocks[0].upsamplers[0]) is CpuUpsample2D
+    assert type(fast.down_blocks[0].attentions[0].transformer_blocks[0].attn1.attention) is CpuAttention
+    assert fast.conv_in.weight is unet.conv_in.weight  # the same arrays, no copy
+    assert [k for k, _ in tree_flatten(fast.parameters())] == [k for k, _ in tree_flatten(unet.parameters())]
+    assert accelerate(fast, KERNELS).conv_in is fast.conv_in  # swapped once
+    # without the kernels Linear layers stay mlx's and the UNet splits a batch over the worker streams
+    slow = accelerate(unet, MLX_OPS)
+    assert type(slow) is StreamSplitUNet and type(slow.time_embedding.linear_1) is nn.Linear
 
 
 def test_weight_casts_at_load_spread_over_one_stream_per_core_and_give_the_same_weights(tmp_path):
     streams = device.worker_streams("cpu")
-    assert len(streams) == device.CPU_STREAMS == 2 and streams[0] != streams[1]
+    assert len(streams) == thread_count() and len(set(streams)) == len(streams)
     assert all(stream.device == mx.cpu for stream in streams) and device.worker_streams("cpu") == streams
     # mlx streams belong to their thread: a load on another thread (the app's worker) gets its own
     with ThreadPoolExecutor(1) as pool:
@@ -114,9 +112,9 @@ def _fresh_pages_for(shape: tuple[int, ...]) -> int:
 
 def test_cpu_allocator_reuses_freed_buffers_without_page_faults():
     if device.gpu_available():
-        assert device.configure_cpu_allocator() is None
+        assert mlx_sd.setup() == "gpu allocator"
         return
-    assert device.configure_cpu_allocator() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
+    assert mlx_sd.setup() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
     pages = (256 << 20) // 4096
     first = _fresh_pages_for((64, 1 << 20))  # 256 MiB, freed on return
     # glibc alone would map a fresh 256 MiB and fault each of its pages in again
@@ -129,6 +127,7 @@ THREAD_REUSE = """
 import resource, threading
 import mlx_sd
 import mlx.core as mx
+mlx_sd.setup()  # as the app does before its generation thread starts
 
 def fresh_pages(shape):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -158,7 +157,8 @@ PREFAULT = """
 import json, resource
 import mlx_sd
 import mlx.core as mx
-from mlx_sd import cpu_memory
+from mlx_sd.cpu import memory as cpu_memory
+mlx_sd.setup()
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -215,7 +215,7 @@ def test_without_glibc_mlx_caches_freed_buffers(monkeypatch):
         assert mx.set_cache_limit(0) == cpu_memory.FALLBACK_CACHE_BYTES
     finally:
         monkeypatch.undo()
-        device.configure_cpu_allocator()
+        cpu_memory.keep_freed_memory()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,30 +224,28 @@ def test_without_glibc_mlx_caches_freed_buffers(monkeypatch):
 
 def test_exp2_polynomial_is_accurate_over_the_float32_range():
     t = np.linspace(-126, 126, 400_001, dtype=np.float32)
-    got = np.array(mx.compile(layers._exp2_in_range)(mx.array(t))).astype(np.float64)
+    got = np.array(mx.compile(elementwise._exp2_in_range)(mx.array(t))).astype(np.float64)
     relative = np.abs(got / 2.0 ** t.astype(np.float64) - 1)
     assert relative.max() < 5e-7  # mx.exp itself is at 1.8e-6
 
 
 ACTIVATIONS = {
-    "silu": (layers.silu, lambda x: x / (1 + np.exp(-x))),
-    "gelu": (layers.gelu, lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))),
-    "quick_gelu": (layers.quick_gelu, lambda x: x / (1 + np.exp(-1.702 * x))),
+    "silu": (elementwise.silu, nn.silu, lambda x: x / (1 + np.exp(-x))),
+    "gelu": (elementwise.gelu, nn.gelu, lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))),
+    "quick_gelu": (elementwise.quick_gelu, lambda x: x * mx.sigmoid(1.702 * x), lambda x: x / (1 + np.exp(-1.702 * x))),
 }
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
-def test_polynomial_activations_match_float64_and_native(name, use_policy):
-    fn, reference = ACTIVATIONS[name]
+def test_polynomial_activations_match_float64_and_mlx(name):
+    fn, plain, reference = ACTIVATIONS[name]
     x = np.concatenate([
         np.linspace(-12, 12, 200_001), np.linspace(-200, 200, 20_001), [0.0, -1e-30, 1e4, -1e4, 3.4e38, -3.4e38],
     ]).astype(np.float32)
     with np.errstate(over="ignore"):
         expected = reference(x.astype(np.float64))
-    use_policy(CPU)
     ours = np.array(fn(mx.array(x))).astype(np.float64)
-    use_policy(NATIVE)
-    native = np.array(fn(mx.array(x))).astype(np.float64)
+    native = np.array(plain(mx.array(x))).astype(np.float64)
     scale = np.maximum(np.abs(expected), 1.0)
     assert np.isfinite(ours).all()
     assert (np.abs(ours - expected) / scale).max() < 1e-6
@@ -255,20 +253,18 @@ def test_polynomial_activations_match_float64_and_native(name, use_policy):
     assert (np.abs(ours - native) / scale)[finite].max() < 1e-6
 
 
-def test_geglu_fused_matches_native(use_policy):
+def test_geglu_fused_matches_mlx():
     value, gate = rand(2, 64, 320, seed=1), rand(2, 64, 320, seed=2, scale=3.0)
-    use_policy(CPU)
-    fused = layers.geglu(value, gate)
-    use_policy(NATIVE)
-    assert np.abs(np.array(fused - layers.geglu(value, gate))).max() < TOLERANCE
+    assert np.abs(np.array(elementwise.geglu(value, gate) - value * nn.gelu(gate))).max() < TOLERANCE
 
 
-def test_half_precision_keeps_mlx_activations(use_policy):
-    use_policy(CPU)
-    x = rand(1000, scale=4.0).astype(mx.float16)
-    got = layers.silu(x)
+def test_half_precision_keeps_the_plain_modules():
+    norm = layers.GroupNormSiLU(4, 16)
+    norm.weight, norm.bias = norm.weight.astype(mx.float16), norm.bias.astype(mx.float16)
+    x = rand(2, 4, 4, 16, scale=4.0).astype(mx.float16)
+    got = on_cpu(norm, KERNELS)(x)
     assert got.dtype == mx.float16
-    assert np.array_equal(np.array(got), np.array(nn.silu(x)))
+    assert np.array_equal(np.array(got), np.array(norm(x)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,30 +296,33 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_attention_formulations_agree(case, use_policy):
+def test_attention_formulations_agree(case):
     batch, queries, keys, channels, heads, chunk = CASES[case]
     q = rand(batch, queries, channels, seed=1, scale=2.0)
     k, v = rand(batch, keys, channels, seed=2, scale=2.0), rand(batch, keys, channels, seed=3)
     expected = attention_reference(q, k, v, heads)
-    use_policy(dataclasses.replace(CPU, attention_chunk_bytes=chunk))
-    impls = ("fused", "matmul", "chunked", "kernel")
-    outputs = {impl: np.array(layers.attention(q, k, v, heads, impl=impl)) for impl in impls}
+    plain = layers.DotProductAttention(heads)
+    outputs = {
+        "plain": plain(q, k, v),
+        "kernel": on_cpu(plain, KERNELS)(q, k, v),
+        "chunked": on_cpu(plain, CpuOptions(kernels=False, threads=2, attention_chunk_bytes=chunk))(q, k, v),
+    }
     for impl, out in outputs.items():
-        assert np.abs(out - expected).max() < TOLERANCE, impl
-    assert np.abs(outputs["chunked"] - outputs["fused"]).max() < TOLERANCE
-    assert np.abs(outputs["kernel"] - outputs["fused"]).max() < TOLERANCE
+        assert np.abs(np.array(out) - expected).max() < TOLERANCE, impl
+        assert np.abs(np.array(out - outputs["plain"])).max() < TOLERANCE, impl
 
 
-def test_chunked_attention_with_causal_mask_and_half_inputs(use_policy):
-    use_policy(dataclasses.replace(CPU, attention_chunk_bytes=4 * 77 * 20))
+def test_chunked_attention_with_causal_mask_and_half_inputs():
     q, k, v = (rand(2, 77, 96, seed=s) for s in (4, 5, 6))
     mask = layers.causal_mask(77)
     expected = attention_reference(q, k, v, 6, mask)
-    chunked = layers.attention(q, k, v, 6, mask=mask, impl="chunked")
-    assert np.abs(np.array(chunked) - expected).max() < TOLERANCE
-    half = layers.attention(*(a.astype(mx.float16) for a in (q, k, v)), 6, mask=mask.astype(mx.float16), impl="chunked")
+    attention = on_cpu(layers.DotProductAttention(6), CpuOptions(kernels=False, threads=2, attention_chunk_bytes=4 * 77 * 20))
+    assert np.abs(np.array(attention(q, k, v, mask)) - expected).max() < TOLERANCE
+    half = attention(*(a.astype(mx.float16) for a in (q, k, v)), mask.astype(mx.float16))
     assert half.dtype == mx.float16
     assert np.abs(np.array(half.astype(mx.float32)) - expected).max() < 1e-2
+    # a mask is what the compiled kernel does not take: the kernels' module falls back to chunks
+    assert np.abs(np.array(on_cpu(layers.DotProductAttention(6), KERNELS)(q, k, v, mask)) - expected).max() < TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,8 +331,8 @@ def test_chunked_attention_with_causal_mask_and_half_inputs(use_policy):
 
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("shape, groups", [((2, 9, 7, 64), 32), ((1, 16, 16, 96), 32), ((2, 4, 4, 8), 4)])
-def test_group_norm_formulations_match_torch(shape, groups, silu, use_policy):
-    norm = layers.GroupNorm(groups, shape[-1], eps=1e-6)
+def test_group_norm_formulations_match_torch(shape, groups, silu):
+    norm = (layers.GroupNormSiLU if silu else layers.GroupNorm)(groups, shape[-1], eps=1e-6)
     norm.weight, norm.bias = rand(shape[-1], seed=7) + 1, rand(shape[-1], seed=8)
     x = rand(*shape, seed=9, scale=3.0) + 2.0  # an offset mean tests the centring
     reference = torch.nn.functional.group_norm(
@@ -341,11 +340,10 @@ def test_group_norm_formulations_match_torch(shape, groups, silu, use_policy):
         torch.from_numpy(np.array(norm.weight)), torch.from_numpy(np.array(norm.bias)), 1e-6,
     )
     reference = (torch.nn.functional.silu(reference) if silu else reference).permute(0, 2, 3, 1).numpy()
-    for choice in (CPU, dataclasses.replace(CPU, group_norm="native"), NATIVE):  # kernel, mlx fused, mlx
-        use_policy(choice)
-        got = norm(x, silu=silu)
+    for options in (KERNELS, MLX_OPS, None):  # kernel, mlx fused, plain
+        got = on_cpu(norm, options)(x)
         assert got.shape == x.shape and got.dtype == mx.float32
-        assert np.abs(np.array(got) - reference).max() < 2e-5, (choice.group_norm, choice.elementwise)
+        assert np.abs(np.array(got) - reference).max() < 2e-5, options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,125 +362,125 @@ def torch_conv(x: mx.array, conv: nn.Conv2d) -> np.ndarray:
 WINOGRAD_EVERYWHERE = {
     "WINOGRAD_MIN_CHANNELS": 1, "WINOGRAD_MIN_PIXELS": 1, "WINOGRAD_KERNEL_MIN_CHANNELS": 1, "WINOGRAD_KERNEL_MIN_PIXELS": 1,
 }
+IN_BANDS = {**WINOGRAD_EVERYWHERE, "winograd_band_bytes": lambda: 1}
 CONVS = {
-    # (in, out, kernel, stride, padding, bias, input (B, H, W), layers constants): which path each
-    # takes on the CPU; Winograd's thresholds are lowered to reach it at test sizes
+    # (in, out, kernel, stride, padding, bias, input (B, H, W), convolution constants): which path
+    # each takes on the CPU; Winograd's thresholds are lowered to reach it at test sizes
     "1x1 matmul": (24, 40, 1, 1, 0, True, (2, 9, 7), {}),
     "1x1 matmul, no bias": (24, 40, 1, 1, 0, False, (1, 5, 5), {}),
     "3x3 winograd": (16, 24, 3, 1, 1, True, (2, 6, 10), WINOGRAD_EVERYWHERE),
     "3x3 winograd, no bias": (8, 12, 3, 1, 1, False, (1, 4, 2), WINOGRAD_EVERYWHERE),
-    "3x3 winograd in bands": (16, 8, 3, 1, 1, True, (2, 10, 8), {**WINOGRAD_EVERYWHERE, "WINOGRAD_BAND_BYTES": 1}),
+    "3x3 winograd in bands": (16, 8, 3, 1, 1, True, (2, 10, 8), IN_BANDS),
     "3x3 winograd, odd height: shifted": (16, 8, 3, 1, 1, True, (1, 5, 64), WINOGRAD_EVERYWHERE),
-    "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, layers.SHIFTED_CONV_MIN_WIDTH), {}),
-    "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, layers.SHIFTED_CONV_MIN_WIDTH + 3), {}),
+    "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, convolution.SHIFTED_CONV_MIN_WIDTH), {}),
+    "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, convolution.SHIFTED_CONV_MIN_WIDTH + 3), {}),
     "3x3 narrow, the compiled GEMM's shifted taps": (16, 24, 3, 1, 1, True, (2, 6, 10), {}),
-    "3x3 narrower: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, layers.SHIFTED_KERNEL_MIN_WIDTH - 1), {}),
+    "3x3 narrower: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, convolution.SHIFTED_KERNEL_MIN_WIDTH - 1), {}),
     "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70), WINOGRAD_EVERYWHERE),
     "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70), WINOGRAD_EVERYWHERE),
 }
 
 
 @pytest.mark.parametrize("case", list(CONVS))
-def test_conv_formulations_match_torch(case, use_policy, monkeypatch):
+def test_conv_formulations_match_torch(case, monkeypatch):
     cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
     for name, value in constants.items():
-        monkeypatch.setattr(layers, name, value)
-    conv = layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+        monkeypatch.setattr(convolution, name, value)
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
     if bias:
         conv.bias = rand(cout, seed=10)
     x = rand(batch, height, width, cin, seed=11)
     reference = torch_conv(x, conv)
     outputs = {}
-    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
-        use_policy(choice)
-        outputs[choice.matmul + choice.conv] = np.array(conv(x))
-        assert outputs[choice.matmul + choice.conv].shape == reference.shape
-        assert np.abs(outputs[choice.matmul + choice.conv] - reference).max() < 2e-5, choice
-    assert np.abs(outputs["kernelmatmul"] - outputs["nativenative"]).max() < TOLERANCE
-    assert np.abs(outputs["nativematmul"] - outputs["nativenative"]).max() < TOLERANCE
+    for name, options in {"kernels": KERNELS, "mlx ops": MLX_OPS, "plain": None}.items():
+        outputs[name] = np.array(on_cpu(conv, options)(x))
+        assert outputs[name].shape == reference.shape
+        assert np.abs(outputs[name] - reference).max() < 2e-5, name
+    assert np.abs(outputs["kernels"] - outputs["plain"]).max() < TOLERANCE
+    assert np.abs(outputs["mlx ops"] - outputs["plain"]).max() < TOLERANCE
 
 
-@pytest.mark.parametrize("choice", [CPU, CPU_WITHOUT_KERNELS], ids=["compiled GEMM", "mlx matmul"])
-def test_each_conv_case_takes_its_path(choice, monkeypatch, use_policy):
-    use_policy(choice)
+@pytest.mark.parametrize("options", [KERNELS, MLX_OPS], ids=["compiled GEMM", "mlx matmul"])
+def test_each_conv_case_takes_its_path(options, monkeypatch):
     taken = []
-    for name in ("_conv1x1", "_conv3x3_winograd", "_conv3x3_shifted"):
-        original = getattr(layers, name)
-        monkeypatch.setattr(layers, name, lambda *a, name=name, original=original: taken.append(name) or original(*a))
+    for name in ("conv1x1", "conv3x3_winograd", "conv3x3_shifted"):
+        original = getattr(convolution, name)
+        monkeypatch.setattr(convolution, name, lambda *a, name=name, original=original: taken.append(name) or original(*a))
     expected = {
-        "1x1 matmul": "_conv1x1", "3x3 winograd in bands": "_conv3x3_winograd",
-        "3x3 winograd, odd height: shifted": "_conv3x3_shifted", "3x3 shifted matmuls": "_conv3x3_shifted",
-        "3x3 narrow, the compiled GEMM's shifted taps": "_conv3x3_shifted" if choice.matmul == "kernel" else None,
+        "1x1 matmul": "conv1x1", "3x3 winograd in bands": "conv3x3_winograd",
+        "3x3 winograd, odd height: shifted": "conv3x3_shifted", "3x3 shifted matmuls": "conv3x3_shifted",
+        "3x3 narrow, the compiled GEMM's shifted taps": "conv3x3_shifted" if options.kernels else None,
         "3x3 narrower: mx.conv2d": None, "3x3 stride 2: mx.conv2d": None,
     }
     for case, path in expected.items():
         cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
         with monkeypatch.context() as patch:
             for name, value in constants.items():
-                patch.setattr(layers, name, value)
+                patch.setattr(convolution, name, value)
             taken.clear()
-            layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)(rand(batch, height, width, cin))
+            conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+            on_cpu(conv, options)(rand(batch, height, width, cin))
         assert taken == ([path] if path else []), case
 
 
 UPSAMPLES = {
-    # (channels in, out, bias, input (B, H, W), output size or None)
-    "even": (16, 24, True, (2, 5, 7), None),
-    "no bias": (8, 8, False, (1, 4, 4), None),
-    "cropped to an odd size (the UNet's skip of an odd side)": (8, 12, True, (1, 5, 6), (9, 11)),
+    # (channels, bias, input (B, H, W), output size or None)
+    "even": (16, True, (2, 5, 7), None),
+    "no bias": (8, False, (1, 4, 4), None),
+    "cropped to an odd size (the UNet's skip of an odd side)": (8, True, (1, 5, 6), (9, 11)),
 }
 
 
 @pytest.mark.parametrize("case", list(UPSAMPLES))
-def test_upsample_conv_matches_torch_interpolate_then_conv(case, use_policy):
-    cin, cout, bias, (batch, height, width), size = UPSAMPLES[case]
-    conv = layers.Conv2d(cin, cout, 3, padding=1, bias=bias)
+def test_upsample_conv_matches_torch_interpolate_then_conv(case):
+    channels, bias, (batch, height, width), size = UPSAMPLES[case]
+    upsample = layers.Upsample2D(channels)
+    upsample.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
     if bias:
-        conv.bias = rand(cout, seed=20)
-    x = rand(batch, height, width, cin, seed=21)
+        upsample.conv.bias = rand(channels, seed=20)
+    x = rand(batch, height, width, channels, seed=21)
     target = size or (2 * height, 2 * width)
     up = torch.nn.functional.interpolate(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2), size=target, mode="nearest")
-    reference = torch_conv(mx.array(up.permute(0, 2, 3, 1).numpy()), conv)
-    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
-        use_policy(choice)
-        got = np.array(layers.upsample_conv(conv, x, size))
+    reference = torch_conv(mx.array(up.permute(0, 2, 3, 1).numpy()), upsample.conv)
+    for options in (KERNELS, MLX_OPS, None):
+        got = np.array(on_cpu(upsample, options)(x, size))
         assert got.shape == reference.shape
-        assert np.abs(got - reference).max() < 2e-5, choice
+        assert np.abs(got - reference).max() < 2e-5, options
 
 
-def test_upsample_conv_on_the_cpu_skips_the_upsampled_image(use_policy, monkeypatch):
+def test_upsample_conv_on_the_cpu_skips_the_upsampled_image(monkeypatch):
     """Uncropped, the CPU computes the four output phases from x itself: no 4x upsampled input."""
     taken = []
-    monkeypatch.setattr(layers.Conv2d, "__call__", lambda self, x: taken.append(x.shape) or mx.zeros((1,)))
-    conv = layers.Conv2d(8, 8, 3, padding=1)
-    use_policy(CPU)
-    assert layers.upsample_conv(conv, rand(1, 4, 6, 8)).shape == (1, 8, 12, 8) and taken == []
-    layers.upsample_conv(conv, rand(1, 4, 6, 8), (7, 12))  # cropped: the upsampled image, then conv
-    use_policy(NATIVE)
-    layers.upsample_conv(conv, rand(1, 4, 6, 8))
+    for cls in (nn.Conv2d, CpuConv2d):
+        monkeypatch.setattr(cls, "__call__", lambda self, x: taken.append(x.shape) or mx.zeros((1,)))
+    upsample = layers.Upsample2D(8)
+    fast = on_cpu(upsample, KERNELS)
+    assert fast(rand(1, 4, 6, 8)).shape == (1, 8, 12, 8) and taken == []
+    fast(rand(1, 4, 6, 8), (7, 12))  # cropped: the upsampled image, then conv
+    upsample(rand(1, 4, 6, 8))
     assert taken == [(1, 7, 12, 8), (1, 8, 12, 8)]
 
 
-def test_shifted_conv_runs_without_the_patch_buffer(use_policy):
+def test_shifted_conv_runs_without_the_patch_buffer():
     """The point of the shifted formulation: no 9x patch buffer, so far less peak memory."""
-    conv = layers.Conv2d(64, 64, 3, padding=1)
+    conv = nn.Conv2d(64, 64, 3, padding=1)
     x = rand(1, 128, 128, 64, seed=12)
     mx.eval(conv.parameters(), x)
     peaks = {}
-    for choice in (CPU, CPU_WITHOUT_KERNELS, NATIVE):
-        use_policy(choice)
+    for name, options in {"kernels": KERNELS, "mlx ops": MLX_OPS, "plain": None}.items():
+        swapped = on_cpu(conv, options)
         mx.reset_peak_memory()
         base = mx.get_active_memory()
-        mx.eval(conv(x))
-        peaks[choice.matmul + choice.conv] = mx.get_peak_memory() - base
+        mx.eval(swapped(x))
+        peaks[name] = mx.get_peak_memory() - base
     patches = 128 * 128 * 9 * 64 * 4
-    assert peaks["nativenative"] > patches
-    assert peaks["nativematmul"] < patches / 2
-    assert peaks["kernelmatmul"] <= 128 * 128 * 64 * 4 * 1.1  # the output alone: not even a padded copy
+    assert peaks["plain"] > patches
+    assert peaks["mlx ops"] < patches / 2
+    assert peaks["kernels"] <= 128 * 128 * 64 * 4 * 1.1  # the output alone: not even a padded copy
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole models: every CPU formulation at once against the GPU's
+# Whole models: every CPU formulation at once against the plain model
 
 
 TINY_UNET = UNetConfig(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -491,23 +489,25 @@ TINY_UNET = UNetConfig(block_out_channels=(32, 64), down_block_types=("CrossAttn
 
 
 @pytest.mark.parametrize("constants", [{}, WINOGRAD_EVERYWHERE], ids=["default sizes", "winograd everywhere"])
-def test_unet_and_vae_agree_across_policies(constants, use_policy, monkeypatch):
+def test_unet_and_vae_agree_across_paths(constants, monkeypatch):
     for name, value in constants.items():
-        monkeypatch.setattr(layers, name, value)
+        monkeypatch.setattr(convolution, name, value)
     unet, vae = UNet2DConditionModel(TINY_UNET), AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
-    sample = rand(2, 8, layers.SHIFTED_CONV_MIN_WIDTH, 4, seed=13)  # wide enough for the shifted 3x3 path
+    sample = rand(2, 8, convolution.SHIFTED_CONV_MIN_WIDTH, 4, seed=13)  # wide enough for the shifted 3x3 path
     context, latents = rand(2, 77, 32, seed=14), rand(1, 4, 10, 4, seed=15)
     outputs = []
-    for choice in (NATIVE, CPU, CPU_WITHOUT_KERNELS):
-        use_policy(choice)
-        outputs.append((np.array(unet(sample, mx.array([10.0, 900.0]), context)), np.array(vae.decode(latents))))
-    (unet_native, vae_native), *cpu_outputs = outputs
+    for options in (None, KERNELS, MLX_OPS):
+        outputs.append((
+            np.array(on_cpu(unet, options)(sample, mx.array([10.0, 900.0]), context)),
+            np.array(on_cpu(vae, options).decode(latents)),
+        ))
+    (unet_plain, vae_plain), *cpu_outputs = outputs
     for unet_cpu, vae_cpu in cpu_outputs:
-        assert np.abs(unet_cpu - unet_native).max() < 1e-4
-        assert np.abs(vae_cpu - vae_native).max() < 1e-4
+        assert np.abs(unet_cpu - unet_plain).max() < 1e-4
+        assert np.abs(vae_cpu - vae_plain).max() < 1e-4
 
 
-def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use_policy):
+def test_a_batch_is_split_over_the_worker_streams_and_gives_the_same_result():
     seen = []
 
     def fn(x, y, nothing):
@@ -515,33 +515,29 @@ def test_a_batch_runs_in_halves_on_the_cpu_streams_and_gives_the_same_result(use
         return x * 2 + y
 
     x, y = rand(5, 3, seed=30), rand(5, 3, seed=31)
-    use_policy(CPU_WITHOUT_KERNELS)
-    halves = layers.in_batch_halves(fn, x, y, None)
-    assert seen == [(2, 2, None), (3, 3, None)]  # rounded halves of 5 rows, one per worker stream
-    assert np.array_equal(np.array(halves), np.array(x * 2 + y))
+    streams = (mx.new_stream(mx.cpu), mx.new_stream(mx.cpu))
+    parts = split_batch_over_streams(fn, streams, x, y, None)
+    assert seen == [(2, 2, None), (3, 3, None)]  # rounded halves of 5 rows, one per stream
+    assert np.array_equal(np.array(parts), np.array(x * 2 + y))
     seen.clear()
-    layers.in_batch_halves(fn, x[:1], y[:1], None)  # one row: nothing to split
-    use_policy(NATIVE)
-    layers.in_batch_halves(fn, x, y, None)
-    use_policy(CPU)  # the compiled kernels use every core themselves
-    layers.in_batch_halves(fn, x, y, None)
-    assert seen == [(1, 1, None), (5, 5, None), (5, 5, None)]
+    split_batch_over_streams(fn, streams, x[:1], y[:1], None)  # one row: nothing to split
+    split_batch_over_streams(fn, streams[:1], x, y, None)  # one stream
+    assert seen == [(1, 1, None), (5, 5, None)]
 
 
-def test_the_cpu_decodes_resnet_by_resnet(use_policy, monkeypatch):
+def test_blocks_evaluate_one_by_one_and_give_the_same_result(monkeypatch):
     vae = AutoencoderKL(VAEConfig(block_out_channels=(32, 32, 64, 64)))
     latents = rand(1, 4, 4, 4, seed=32)
     evaluated = []
     real_eval = mx.eval
     monkeypatch.setattr(mx, "eval", lambda *arrays: evaluated.append(arrays[0].shape) or real_eval(*arrays))
-    use_policy(NATIVE)
     whole = vae.decode(latents)
     assert evaluated == []
-    use_policy(CPU)
-    blocks = vae.decode(latents)
+    blocks = evaluate_blocks(on_cpu(vae, KERNELS), Boundary()).decode(latents)
     resnets = 3  # per decoder block: layers_per_block + 1
     assert evaluated == [
-        (1, 4, 4, 64), *[(1, 4, 4, 64)] * resnets, (1, 8, 8, 64), *[(1, 8, 8, 64)] * resnets, (1, 16, 16, 64),
+        (1, 4, 4, 64), (1, 16, 64), (1, 4, 4, 64), (1, 4, 4, 64),  # the mid block: resnet, attention, resnet
+        *[(1, 4, 4, 64)] * resnets, (1, 8, 8, 64), *[(1, 8, 8, 64)] * resnets, (1, 16, 16, 64),
         *[(1, 16, 16, 32)] * resnets, (1, 32, 32, 32), *[(1, 32, 32, 32)] * resnets,
-    ]  # the mid block, then each resnet and upsampler
+    ]  # then each resnet and upsampler
     assert np.abs(np.array(blocks) - np.array(whole)).max() < 1e-4

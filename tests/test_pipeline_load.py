@@ -7,7 +7,6 @@ import shutil
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np
@@ -16,7 +15,9 @@ from mlx.utils import tree_flatten, tree_map
 
 from mlx_sd import model_format
 from mlx_sd.clip import CLIPTextModel
-from mlx_sd.device import policy
+from mlx_sd.cpu.accelerate import accelerate
+from mlx_sd.cpu.modules import CpuConv2d
+from mlx_sd.device import compute_dtype, current_device
 from mlx_sd.model_format import ModelFolderError, WeightsError, write_model
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.tokenizer import BUNDLED_FOLDER
@@ -39,7 +40,7 @@ def assert_same_parameters(pipe: Pipeline, written: dict[str, dict[str, mx.array
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))
-def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
+def test_load_round_trip_on_this_device(folders: dict, family: str) -> None:
     folder, written = folders[family]
     start = time.perf_counter()
     pipe = Pipeline.load(folder)
@@ -47,14 +48,17 @@ def test_load_round_trip_with_device_policy(folders: dict, family: str) -> None:
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
     print(f"\n{family}: loaded {size:.1f} MB of float16 weights in {seconds:.2f} s")
 
-    expected = policy(mx.float16).compute_dtype
+    on_cpu = current_device() == "cpu"
+    expected = compute_dtype(mx.float16)
     assert pipe.dtype == expected
-    if policy(mx.float16).device == "cpu":
+    if on_cpu:
         assert expected == mx.float32  # float16 files compute in float32 on the CPU
+        assert pipe.cpu is not None and type(pipe.unet.conv_in) is CpuConv2d  # the CPU's formulations, swapped in
     assert pipe.config == CONFIGS[family]
     assert pipe.folder == folder
-    # on the CPU the text encoders and the UNet keep their float16 weights and compute in float32
-    text_kept, unet_kept = policy(mx.float16).text_encoders_in_storage_dtype, policy(mx.float16).unet_in_storage_dtype
+    # on the CPU the text encoders (and the UNet with the compiled GEMM) keep their float16 weights
+    # and compute in float32
+    text_kept, unet_kept = on_cpu, on_cpu and pipe.cpu.kernels
     for name, weights in written.items():
         is_text = name.startswith("text_encoder")
         kept = text_kept if is_text else unet_kept and name == "unet"
@@ -82,6 +86,7 @@ def test_text_encoders_in_storage_dtype_compute_as_float32_copies(folders: dict,
             continue
         copy = CLIPTextModel(encoder.config)
         copy.update(tree_map(lambda p: p.astype(mx.float32), encoder.parameters()))
+        copy = copy if pipe.cpu is None else accelerate(copy, pipe.cpu)  # the same formulations
         for clip_skip in (1, 2):
             kept, cast = encoder.encode(ids, clip_skip), copy.encode(ids, clip_skip)
             assert kept.hidden.dtype == mx.float32
@@ -97,6 +102,7 @@ def test_a_unet_in_storage_dtype_computes_as_its_float32_copy(folders: dict, fam
     config = unet.config
     copy = UNet2DConditionModel(config)
     copy.update(tree_map(lambda p: p.astype(mx.float32), unet.parameters()))
+    copy = copy if pipe.cpu is None else accelerate(copy, pipe.cpu)  # the same formulations
     rng = np.random.default_rng(3)
     sample = mx.array(rng.standard_normal((2, 16, 16, config.in_channels), dtype=np.float32))
     context = mx.array(rng.standard_normal((2, 77, config.context_dim), dtype=np.float32))

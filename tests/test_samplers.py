@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx loads)
 import mlx.core as mx
 from mlx_sd import samplers as K
 from mlx_sd import schedules as S

@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx loads)
 from mlx_sd import schedules as S
 from mlx_sd.config import NoiseScheduleConfig
 

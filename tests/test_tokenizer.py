@@ -15,7 +15,6 @@ import pytest
 import regex
 import transformers
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before anything loads mlx.core)
 from mlx_sd.tokenizer import BUNDLED_FOLDER, CLIPTokenizer, TokenizerError, clean_text
 
 EOS, BOS = 49407, 49406

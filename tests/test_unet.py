@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np
@@ -16,9 +15,8 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from diffusers.models.embeddings import get_timestep_embedding
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-import mlx_sd.layers
-from mlx_sd.config import PRESETS, UNetConfig, preset
-from mlx_sd.device import DevicePolicy
+from mlx_sd.config import ConfigError, PRESETS, UNetConfig, preset
+from device_paths import PATHS, on_path
 from mlx_sd.model_format import check_weights
 from mlx_sd.unet import UNet2DConditionModel, timestep_embedding
 
@@ -164,23 +162,14 @@ def test_parity_with_diffusers(family, size):
     assert error < TOLERANCE
 
 
-def test_attention_formulations_agree(family, monkeypatch):
+@pytest.mark.parametrize("path", PATHS[1:])
+def test_cpu_paths_agree_with_the_plain_model(family, path):
     name, _, ours = family
     inputs = make_inputs(ours.config, (8, 8))
-    outputs, asked = {}, []
-
-    def forced(impl: str):
-        def policy(*args, **kwargs) -> DevicePolicy:
-            asked.append(impl)
-            return DevicePolicy("cpu", mx.float32, attention=impl)
-        return policy
-
-    for impl in ("fused", "matmul"):
-        monkeypatch.setattr(mlx_sd.layers, "policy", forced(impl))
-        outputs[impl] = np.array(run_ours(ours, inputs))
-    assert set(asked) == {"fused", "matmul"}  # the UNet's attention follows the device policy
-    difference = np.abs(outputs["fused"] - outputs["matmul"]).max()
-    print(f"\n{name}: fused vs matmul max abs difference {difference:.2e}")
+    plain = np.array(run_ours(ours, inputs))
+    swapped = np.array(run_ours(on_path(ours, path), inputs))
+    difference = np.abs(plain - swapped).max()
+    print(f"\n{name}: plain vs {path} max abs difference {difference:.2e}")
     assert difference < 1e-5
 
 
@@ -290,6 +279,6 @@ def test_sd1_rejects_text_time_inputs_and_broadcasts_a_scalar_timestep():
 
 
 def test_unknown_block_type_is_rejected():
-    config = UNetConfig.from_dict(dict(SD1, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["SimpleDown"]))
-    with pytest.raises(ValueError, match="unsupported UNet block types"):
-        UNet2DConditionModel(config)
+    # refused as the config is built (mlx_sd.config validates every field), before any model
+    with pytest.raises(ConfigError, match="SimpleDown"):
+        UNetConfig.from_dict(dict(SD1, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["SimpleDown"]))

@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 
 import mlx.core as mx
 import numpy as np

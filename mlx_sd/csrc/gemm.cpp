@@ -41,9 +41,23 @@ constexpr int kRows = 6;   // 12 accumulators fit AVX2's 16 registers
 #endif
 constexpr int kColVectors = 2;
 constexpr int kCols = kColVectors * kLanes;
-constexpr int kDepth = 384;         // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB (L1)
-constexpr int kBlockCols = 384;     // most of an N block: its packed B panels (<= 576 KB) stay in L2
-constexpr int kBlockRows = 4096;    // most of an M block: B is packed once per block, C's block (<= 6 MB an image) stays in L3
+// Block sizes from the caches of the CPU the kernels are built on (mlx_sd.cpu.kernels passes the
+// sizes sysfs reports; the defaults are a current x86 core's). Each block takes a bit over half of
+// its cache, the rest being left to the data streaming past it.
+#ifndef MLX_SD_L2_BYTES
+#define MLX_SD_L2_BYTES (512 * 1024)
+#endif
+#ifndef MLX_SD_L3_BYTES
+#define MLX_SD_L3_BYTES (16 * 1024 * 1024)
+#endif
+constexpr int clamp_down(long value, int low, int high, int multiple) {
+  return static_cast<int>(std::max<long>(low, std::min<long>(high, value)) / multiple * multiple);
+}
+constexpr int kDepth = 384;  // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB, in any L1 of 32 KB
+// most of an N block: its packed B panels (kDepth x kBlockCols floats) in 9/16 of L2
+constexpr int kBlockCols = clamp_down(MLX_SD_L2_BYTES * 9L / 16 / (kDepth * 4), 2 * kCols, 1024, kCols);
+// most of an M block: B is packed once per block, and C's block stays in 3/16 of the last-level cache
+constexpr int kBlockRows = clamp_down(MLX_SD_L3_BYTES * 3L / 16 / (kBlockCols * 4), 16 * kRows, 16384, kRows);
 constexpr int kSplitColumnsBelowRows = 512;  // per thread
 
 struct Tap {

@@ -1,14 +1,12 @@
 """mlx-sd's C++ kernels for mlx's CPU backend, compiled on first use and cached.
 
 mlx offers custom kernels for Metal and CUDA but not for its CPU backend, where attention costs
-several single-threaded passes over scores that fit no cache (issue 6: SD1.5's 64x64 self-
-attention took 0.43-0.57 s per layer and CFG half). `csrc/fused_attention.cpp` adds an mlx
-primitive that runs it as one cache-blocked kernel (0.12 s); `csrc/group_norm.cpp` does
-GroupNorm+SiLU in two vectorised passes (mlx's fused form takes five, and 4-5x the time);
-`csrc/gemm.cpp` is a float32 GEMM for the CPU's full vector width, where the system BLAS may be
-pinned to a narrower one (OpenBLAS with OPENBLAS_CORETYPE=Haswell: half the speed), with bfloat16
-products on CPUs with AVX512_BF16; `csrc/mapped_weights.cpp` makes arrays on a mapped weight file
-(mlx_sd.mapped_weights). They
+several single-threaded passes over scores that fit no cache. `csrc/fused_attention.cpp` adds an mlx
+primitive that runs it as one cache-blocked kernel; `csrc/group_norm.cpp` does GroupNorm+SiLU in two
+vectorised passes (mlx's fused form takes five); `csrc/gemm.cpp` is a float32 GEMM for the CPU's
+full vector width, where the system BLAS may be pinned to a narrower one, blocked for this CPU's
+caches, with bfloat16 products on CPUs with AVX512_BF16; `csrc/mapped_weights.cpp` makes arrays on a
+mapped weight file (mlx_sd.mapped_weights). Their speeds are in docs/performance.md. They
 are compiled against the installed mlx, as mlx's own `mx.compile` compiles its CPU kernels, with
 the system C++ compiler and the nanobind that mlx's Python bindings use, and cached per source,
 mlx, nanobind, Python and CPU. If anything is missing the engine keeps its pure-mlx formulations
@@ -38,10 +36,11 @@ import mlx.core as mx
 import numpy as np
 
 from . import blas
+from .machine import cache_sizes
 
 DISABLE_ENV = "MLX_SD_NO_CPU_KERNELS"
 MODULE_NAME = "_mlx_sd_cpu_kernels"
-SOURCE_DIR = Path(__file__).with_name("csrc")
+SOURCE_DIR = Path(__file__).parent.parent / "csrc"
 BUILD_SECONDS_LIMIT = 600
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def sources() -> list[Path]:
 
 def _build_key(nanobind_version: str) -> str:
     parts = [*(path.read_bytes() for path in sources()), mx.__version__, nanobind_version, sys.version,
-             platform.machine(), _cpu_identity()]
+             platform.machine(), _cpu_identity(), *_cache_defines()]
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part if isinstance(part, bytes) else part.encode())
@@ -94,7 +93,14 @@ def _compile_command(compiler: str, output: Path) -> list[str]:
         f"-I{nanobind_dir / 'ext' / 'robin_map' / 'include'}", f"-I{mlx_dir / 'include'}", f"-I{SOURCE_DIR}",
         str(nanobind_dir / "src" / "nb_combined.cpp"), *(str(path) for path in sources() if path.suffix == ".cpp"),
         f"-L{mlx_dir / 'lib'}", "-lmlx", f"-Wl,-rpath,{mlx_dir / 'lib'}", "-o", str(output),
+        *_cache_defines(),
     ]  # fmt: skip
+
+
+def _cache_defines() -> list[str]:
+    """The GEMM's blocking follows this machine's caches (csrc/gemm.cpp)."""
+    caches = cache_sizes()
+    return [f"-DMLX_SD_L2_BYTES={caches.l2}", f"-DMLX_SD_L3_BYTES={caches.l3}"]
 
 
 def _build(library: Path, compiler: str) -> None:
@@ -168,7 +174,7 @@ def load(compiler: str | None = None, directory: Path | None = None) -> KernelSt
 @functools.cache
 def status() -> KernelStatus:
     """The kernels of this process, built or loaded on first call. With them OpenBLAS keeps one
-    thread (mlx_sd.blas.use_one_thread): its idle workers would spin against the kernels' threads."""
+    thread (mlx_sd.cpu.blas.use_one_thread): its idle workers would spin against the kernels' threads."""
     loaded = load()
     if loaded.module is not None:
         blas.use_one_thread()

@@ -2,27 +2,22 @@
 
 mlx's CPU allocator takes every buffer from malloc and keeps a freed one for reuse only while its
 cache is under the limit, and reuses it only for a request within 8 KB of its size; glibc serves
-every request above 32 MB with a fresh mmap and unmaps it on free. So a 512x512 SD VAE decode
-mapped 9.5 GB of fresh pages, about 2.6 million page faults at 1.8 us each on the test machine:
-4-5 s of a 16 s decode, whatever mlx's cache limit below 2 GB. Told never to mmap and never to
-trim, glibc keeps freed buffers in its heap, where neighbours coalesce and any later size fits:
-after the first decode no page faults, 16-19 s -> 12 s, and a lower peak RSS than a 512 MB mlx
-cache (2.07 against 2.11 GB). mlx's own cache then only holds memory twice, so it is off. Every
-thread shares that one heap: a thread's own arena is at most 64 MB and maps anything larger fresh,
-and the app generates on its own thread. Threads that allocated before this runs keep their arenas,
-so `import mlx_sd` configures it first thing.
+every request above 32 MB with a fresh mmap and unmaps it on free, so every large activation costs
+a page fault per 4 KB page, every time. Told never to mmap and never to trim, glibc keeps freed
+buffers in its heap, where neighbours coalesce and any later size fits; mlx's own cache would then
+only hold memory twice, so it is off. Every thread shares that one heap (a thread's own arena maps
+anything above 64 MB fresh, and the app generates on its own thread); threads that allocated before
+the settings keep their arenas, so entry points apply them first (mlx_sd.runtime.setup).
 
 The heap stays at its high-water mark until `release_free_memory()` (malloc_trim) hands its free
 pages back to the OS: the pipeline calls it after a load and when it drops its text encoders, the
-app when a run ends (an idle app holds its weights, not its last activations). Not after every
-generation in the engine: the next one would fault its pages in again.
+app between runs (Pipeline.release_cached_memory). Not after every generation in the engine: the
+next one would fault its pages in again.
 
 Reading weights (where they cannot be mapped: mlx_sd.mapped_weights) or casting them faults in
-every page they land in: 580k 4 KB pages for SD1.5's files, most of a load's time here (1.3-3.6 s
-of system time). `prefault_heap` first grows the heap by what the read and casts will take, in transparent huge pages faulted in by every core at once, and frees it again: the read then
-lands in pages already there, and the load takes 18k faults (SD1.5 load 0.81-0.95 -> 0.41-0.46 s
-just after another process freed memory, 1.6-2.8 -> 1.1-1.7 s a few seconds later). Once this VM's
-host has taken freed memory back (free page reporting), its own faults dominate either way (2-6 s).
+every page they land in. `prefault_heap` first grows the heap by what the read and casts will take,
+in transparent huge pages faulted in by every core at once, and frees it again: the read then lands
+in pages already there. The measurements are in docs/performance.md.
 """
 
 from __future__ import annotations

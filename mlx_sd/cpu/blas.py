@@ -1,9 +1,10 @@
 """Bind the system OpenBLAS before `mlx.core` loads, on Linux.
 
-The Linux mlx CPU wheel links a reference BLAS that runs a float32 matmul at about 7 GFLOPS on a
-2-core machine; loading Debian's OpenBLAS (`libopenblas0-pthread`) with RTLD_GLOBAL first makes mlx
-resolve `cblas_sgemm` to it instead (about 210 GFLOPS). This must run before anything imports
-`mlx.core`, so `mlx_sd/__init__.py` imports this module first. Set MLX_SD_NO_OPENBLAS=1 to skip it.
+The Linux mlx CPU wheel links a reference BLAS about 30x slower than OpenBLAS; loading Debian's
+OpenBLAS (`libopenblas0-pthread`) with RTLD_GLOBAL first makes mlx resolve `cblas_sgemm` to it
+instead. The dynamic linker binds those symbols when `mlx.core` loads, so this must run before
+anything imports it: `mlx_sd/__init__.py` imports this module first, the package's one import side
+effect. Set MLX_SD_NO_OPENBLAS=1 to skip it.
 
 OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names them: on an
 AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls about 1.8x as fast as its AVX2
@@ -82,10 +83,10 @@ def _loaded_path(fragment: str) -> str | None:
 def use_one_thread() -> bool:
     """Run OpenBLAS on its calling thread only; False where OpenBLAS is not bound.
 
-    Once mlx-sd's compiled GEMM (mlx_sd.cpu_kernels) does the heavy products, OpenBLAS serves only
+    Once mlx-sd's compiled GEMM (mlx_sd.cpu.kernels) does the heavy products, OpenBLAS serves only
     small ones (masked attention, strided convolutions), and after each call its idle worker
-    threads spin in sched_yield for a while, taking a core from the kernels' threads (SD1.5 text
-    encoding 0.18-0.20 -> 0.12-0.13 s; UNet step and VAE decode unchanged).
+    threads spin in sched_yield for a while, taking a core from the kernels' threads
+    (docs/performance.md).
     """
     if STATUS.openblas_path is None:
         return False
