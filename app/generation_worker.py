@@ -265,7 +265,8 @@ class GenerationWorker(QObject):
             self.failed.emit(job.job_id, describe_error(exc))
             raise
         finally:
-            release_free_memory()
+            if self._pipeline is not None:
+                self._pipeline.release_cached_memory()
 
     def record_outside(self, job: GenerationJob, result: GenerationResult) -> UserMessage | None:
         """Record `result` in the window's history store and report it as finished; returns why it

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
+import mlx_sd
 from mlx_sd.config import preset
 from mlx_sd.lora import LoraMerger, LoraUse, read_lora
 from mlx_sd.pipeline import build_models
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(PRESET), default="sd15")
     parser.add_argument("--rank", type=int, default=32)
     args = parser.parse_args()
+    mlx_sd.setup()
     config = preset(PRESET[args.family])
     models = {name: model for name, model in build_models(config).items() if name != "vae"}
     for model in models.values():

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from cli.main import main
 from mlx_sd.animate import Animation, frame_position, frame_requests, slerp, with_parameters
 from mlx_sd.image_metadata import read_infotext

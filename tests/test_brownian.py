@@ -4,7 +4,6 @@ BrownianTree, and the SDE samplers driven by k-diffusion's BrownianTreeNoiseSamp
 import numpy as np
 import pytest
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx loads)
 import mlx.core as mx
 from mlx_sd import samplers as K
 from mlx_sd import schedules as S

@@ -15,7 +15,6 @@ from test_generate_models import (  # noqa: F401
     request,
 )
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.composable import ComposableConditioning, ComposableDenoiser, PromptParts, denoiser_for, prompt_parts
 from mlx_sd.denoiser import Conditioning, Denoiser

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from test_cli_generate import generate, model  # noqa: F401
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 from mlx_sd.dash_negative import move_dash_lines, with_dash_lines_moved
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import request_from_infotext

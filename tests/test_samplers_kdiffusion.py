@@ -12,7 +12,6 @@ import sys
 import types
 from pathlib import Path
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx loads)
 import mlx.core as mx
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ from test_generate_models import (  # noqa: F401
     request,
 )
 
-import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
 import mlx.core as mx
 from mlx_sd.stepwise_conditioning import StepwiseDenoiser, conditioning_schedule, stepwise
 
