@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlx_sd  # first: it binds OpenBLAS before mlx.core loads (mlx_sd.cpu.blas)
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
-import mlx_sd
 from mlx_sd.config import preset
 from mlx_sd.lora import LoraMerger, LoraUse, read_lora
 from mlx_sd.pipeline import build_models
