@@ -7,6 +7,8 @@ from __future__ import annotations
 import mlx.nn as nn
 
 from .compact import CompactConfig, SRVGGNetCompact
+from .library import MODEL_SUFFIXES, UPSCALERS_DIR, library_upscalers, resolve_upscaler
+from .resize import CLASSIC_FILTERS, MAX_UPSCALED_SIDE, upscale_image, upscaled_size
 from .rrdbnet import RRDBNet, RRDBNetConfig
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
 
@@ -19,6 +21,7 @@ def build_upscaler(config: UpscalerConfig) -> nn.Module:
 
 
 __all__ = [
-    "CompactConfig", "DEFAULT_OVERLAP", "DEFAULT_TILE", "RRDBNet", "RRDBNetConfig", "SRVGGNetCompact",
-    "UpscalerConfig", "build_upscaler", "upscale_array",
+    "CLASSIC_FILTERS", "CompactConfig", "DEFAULT_OVERLAP", "DEFAULT_TILE", "MAX_UPSCALED_SIDE", "MODEL_SUFFIXES",
+    "RRDBNet", "RRDBNetConfig", "SRVGGNetCompact", "UPSCALERS_DIR", "UpscalerConfig", "build_upscaler",
+    "library_upscalers", "resolve_upscaler", "upscale_array", "upscale_image", "upscaled_size",
 ]
