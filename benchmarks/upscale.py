@@ -45,3 +45,100 @@ def import_spandrel() -> types.ModuleType:
     import spandrel
 
     return spandrel
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _run_side(side: str, weights: Path, image_path: Path, tile: int) -> dict:
+    """One side in this process: load, then one timed upscale. Returns its figures."""
+    image = np.load(image_path)
+    if side == "ours":
+        import mlx_sd  # noqa: F401  (binds OpenBLAS before mlx.core)
+        import mlx.core as mx
+
+        from convert.upscaler_file import read_upscaler
+        from mlx_sd.upscalers import upscale_array
+
+        model, found = read_upscaler(weights)
+        loaded_mb = _peak_rss_mb()
+        started = time.perf_counter()
+        out = upscale_array(model, found.config.scale, image, tile=tile)
+        seconds = time.perf_counter() - started
+        extra = {"mlx_peak_mb": mx.get_peak_memory() / 2**20}
+    else:
+        import torch
+
+        descriptor = import_spandrel().ModelLoader().load_from_file(weights)
+        model = descriptor.model.eval()
+        loaded_mb = _peak_rss_mb()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model(torch.from_numpy(image).permute(2, 0, 1)[None]).permute(0, 2, 3, 1)[0].numpy()
+        seconds = time.perf_counter() - started
+        extra = {"threads": torch.get_num_threads()}
+    np.save(image_path.with_name(f"{side}.npy"), out)
+    return {"side": side, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "loaded_rss_mb": loaded_mb, **extra}
+
+
+def _write_inputs(folder: Path, size: int, blocks: int) -> tuple[Path, Path]:
+    """Random RealESRGAN_x4plus-shaped weights (as a .safetensors, so our side never loads torch) and
+    a random picture."""
+    import torch
+    from safetensors.torch import save_file
+
+    ESRGAN = import_spandrel().architectures.ESRGAN.ESRGAN
+    torch.manual_seed(0)
+    model = ESRGAN(num_blocks=blocks, scale=4)
+    with torch.no_grad():
+        for param in model.parameters():  # about the scale of trained weights: image-like outputs
+            bound = 1 / param[0].numel() ** 0.5 if param.ndim == 4 else 0.05
+            param.uniform_(-bound, bound)
+    weights = folder / "x4.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    image_path = folder / "image.npy"
+    np.save(image_path, np.random.default_rng(0).random((size, size, 3), dtype=np.float32))
+    return weights, image_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.upscale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="input side in pixels (default 512)")
+    parser.add_argument("--tile", type=int, default=256, help="our tile size; 0: the whole picture (default 256)")
+    parser.add_argument("--blocks", type=int, default=23, help="RRDB blocks (default 23, RealESRGAN_x4plus)")
+    parser.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)  # a child process's job
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        figures = _run_side(args.side, args.folder / "x4.safetensors", args.folder / "image.npy", args.tile)
+        print(json.dumps(figures))
+        return 0
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(temp)
+        _write_inputs(folder, args.size, args.blocks)
+        results = {}
+        for side in ("ours", "torch"):
+            child = subprocess.run(
+                [sys.executable, "-m", "benchmarks.upscale", "--side", side, "--folder", str(folder),
+                 "--tile", str(args.tile)],
+                capture_output=True, text=True, check=True,
+            )
+            results[side] = json.loads(child.stdout.strip().splitlines()[-1])
+            print(json.dumps(results[side]), flush=True)
+        difference = float(np.abs(np.load(folder / "ours.npy") - np.load(folder / "torch.npy")).max())
+    ours, torch_side = results["ours"], results["torch"]
+    print(f"{args.size}x{args.size} -> {4 * args.size}x{4 * args.size}, {args.blocks} blocks, our tile {args.tile}")
+    print(f"time:     ours {ours['seconds']:.1f} s, spandrel/torch {torch_side['seconds']:.1f} s, "
+          f"speed ratio (torch/ours) {torch_side['seconds'] / ours['seconds']:.2f}x")
+    print(f"peak RSS: ours {ours['peak_rss_mb']:.0f} MB, spandrel/torch {torch_side['peak_rss_mb']:.0f} MB, "
+          f"ratio (ours/torch) {ours['peak_rss_mb'] / torch_side['peak_rss_mb']:.2f}")
+    print(f"max abs difference of the outputs: {difference:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
