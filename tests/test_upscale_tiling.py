@@ -53,3 +53,10 @@ def test_a_tile_larger_than_the_image_runs_it_whole():
     model = build_upscaler(CompactConfig(features=4, convs=1, scale=2))
     image = _image(8, 6)
     np.testing.assert_array_equal(upscale_array(model, 2, image, tile=64), upscale_array(model, 2, image, tile=0))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (1, 5)])
+def test_pictures_smaller_than_the_unshuffle_cell_upscale(size):
+    config = RRDBNetConfig(features=4, blocks=0, unshuffle=4)
+    out = upscale_array(build_upscaler(config), config.scale, _image(*size), tile=0)
+    assert out.shape == (*size, 3) and np.isfinite(out).all()

@@ -33,6 +33,8 @@ def reflect_pad_to_multiple(x: mx.array, multiple: int) -> mx.array:
     height and width are multiples of `multiple`."""
     pad_h = -x.shape[1] % multiple
     pad_w = -x.shape[2] % multiple
+    if pad_h >= x.shape[1] or pad_w >= x.shape[2]:  # too small to mirror (a picture under 4 pixels wide)
+        return mx.pad(x, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)], mode="edge")
     if pad_h:
         x = mx.concatenate([x, x[:, -pad_h - 1 : -1][:, ::-1]], axis=1)
     if pad_w:
