@@ -128,3 +128,10 @@ def test_the_app_folders_are_qts(qapp):
         qapp.setApplicationName(name)
         qapp.setOrganizationName(organisation)
     assert list(app_folders()) == expected
+
+
+@pytest.mark.parametrize("scale", ["0", "-2", "inf", "nan"])
+def test_a_scale_that_is_not_a_positive_number_is_one_line(tmp_path, picture, capsys, scale):
+    assert "upscale factor must be a number above 0" in _refused(
+        capsys, tmp_path, str(picture), "--upscaler", "lanczos", "--scale", scale
+    )
