@@ -1,7 +1,7 @@
 """4x upscale of a 512x512 image: our RRDBNet (mlx_sd.upscalers) against spandrel's on torch, in one
 run, with time and peak memory of each side and their ratios.
 
-    python -m benchmarks.upscale [--size 512] [--tile 256] [--blocks 23]
+    python -m benchmarks.upscale [--size 512] [--tile 192] [--blocks 23]
 
 Both sides get the same random RealESRGAN_x4plus-shaped weights (written once as a .pth and read
 back through convert/upscaler_file.py and spandrel's loader) and the same image. Each side runs in
@@ -20,6 +20,10 @@ import types
 from pathlib import Path
 
 import numpy as np
+
+# `mlx-sd upscale`'s default tile (mlx_sd.upscalers.DEFAULT_TILE), written out because the torch side
+# must not import mlx_sd: its OpenBLAS binding slows torch down (see README, Benchmarks).
+CLI_TILE = 192
 
 
 def import_spandrel() -> types.ModuleType:
@@ -108,7 +112,9 @@ def _write_inputs(folder: Path, size: int, blocks: int) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.upscale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="input side in pixels (default 512)")
-    parser.add_argument("--tile", type=int, default=256, help="our tile size; 0: the whole picture (default 256)")
+    parser.add_argument(
+        "--tile", type=int, default=CLI_TILE, help=f"our tile size; 0: the whole picture (default {CLI_TILE})"
+    )
     parser.add_argument("--blocks", type=int, default=23, help="RRDB blocks (default 23, RealESRGAN_x4plus)")
     parser.add_argument("--side", choices=("ours", "torch"), help=argparse.SUPPRESS)  # a child process's job
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
