@@ -5,21 +5,28 @@ drops anywhere on it.
 - an image carrying generation parameters (ours or A1111's) offers to restore them;
 - a `.safetensors` checkpoint or a diffusers folder goes to the model import;
 - anything else gets a message saying what can be dropped.
+
+Reading a file (decoding the image, parsing its metadata) runs on a worker thread, never on the UI
+thread: DropFilter takes what it needs from the drop on the UI thread (paths, or the image data) and
+emits `dropped` with the DropItem when the worker is done, so a slow or hostile file never freezes
+the window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from PIL import Image
-from PySide6.QtCore import QEvent, QMimeData, QObject, Signal
+from PySide6.QtCore import QEvent, QMimeData, QObject, QRunnable, QThreadPool, Signal, Slot
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 
 from convert.diffusers_folder import MODEL_INDEX
 from convert.pickle_file import PICKLE_SUFFIXES
 from mlx_sd.image_metadata import UNDECODABLE, open_image
+from mlx_sd.infotext import Infotext, parse_infotext
 
 from .result_view import qimage_to_pil
 
@@ -45,6 +52,7 @@ class DropItem:
     path: Path | None = None
     image: Image.Image | None = None
     infotext: str | None = None
+    parameters: Infotext | None = None  # the infotext parsed, on the worker thread like the file read
     message: str = ""  # why it is unsupported, or a note (e.g. extra files ignored)
 
     @property
@@ -79,28 +87,47 @@ def classify_file(path: Path) -> DropItem:
             return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} could not be read as an image: {exc}")
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} is not an image or a checkpoint. {WHAT_TO_DROP}")
     if infotext and infotext.strip():
-        return DropItem(DropKind.PARAMETERS, path, image, infotext)
+        return DropItem(DropKind.PARAMETERS, path, image, infotext, parse_infotext(infotext))
     return DropItem(DropKind.IMAGE, path, image)
 
 
-def classify_mime(mime: QMimeData) -> DropItem:
+@dataclass(frozen=True)
+class DropSource:
+    """What was dropped or pasted, taken from the QMimeData on the UI thread (which owns it)."""
+
+    paths: tuple[Path, ...] = ()  # local files
+    url_count: int = 0  # all URLs, local or not
+    first_url: str = ""
+    image: Image.Image | None = None  # image data without a file
+
+
+def source_of(mime: QMimeData) -> DropSource:
     """Files win over image data (a browser drag carries both; the file has the metadata)."""
     if mime.hasUrls():
         urls = mime.urls()
-        local = [url for url in urls if url.isLocalFile()]
-        if not local:
-            return DropItem(
-                DropKind.UNSUPPORTED,
-                message=f"{urls[0].toString()} is not a file on this computer; save it first, then drop the file.",
-            )
-        item = classify_file(Path(local[0].toLocalFile()))
-        if len(urls) > 1 and item.kind is not DropKind.UNSUPPORTED:
-            return DropItem(item.kind, item.path, item.image, item.infotext, f"Used {item.name}; drop one file at a time.")
-        return item
+        local = tuple(Path(url.toLocalFile()) for url in urls if url.isLocalFile())
+        return DropSource(local, len(urls), urls[0].toString() if urls else "")
     if mime.hasImage():
         image = mime.imageData()
         if isinstance(image, QImage) and not image.isNull():
-            return DropItem(DropKind.IMAGE, image=qimage_to_pil(image))
+            return DropSource(image=qimage_to_pil(image))
+    return DropSource()
+
+
+def classify_source(source: DropSource) -> DropItem:
+    """What a drop is; reads files, so it runs on a worker thread in the app."""
+    if source.url_count:
+        if not source.paths:
+            return DropItem(
+                DropKind.UNSUPPORTED,
+                message=f"{source.first_url} is not a file on this computer; save it first, then drop the file.",
+            )
+        item = classify_file(source.paths[0])
+        if source.url_count > 1 and item.kind is not DropKind.UNSUPPORTED:
+            return dataclasses.replace(item, message=f"Used {item.name}; drop one file at a time.")
+        return item
+    if source.image is not None:
+        return DropItem(DropKind.IMAGE, image=source.image)
     return DropItem(DropKind.UNSUPPORTED, message=f"Nothing usable was dropped. {WHAT_TO_DROP}")
 
 
@@ -109,11 +136,45 @@ def accepts(mime: QMimeData) -> bool:
     return mime.hasUrls() or mime.hasImage()
 
 
+class _Classified(QObject):
+    """Carries one worker's result back: emitted on the worker thread, received on the UI thread."""
+
+    done = Signal(object)  # DropItem
+
+
+class _ClassifyJob(QRunnable):
+    def __init__(self, source: DropSource, signals: _Classified):
+        super().__init__()
+        self.source = source
+        self.signals = signals
+
+    def run(self) -> None:
+        self.signals.done.emit(classify_source(self.source))
+
+
 class DropFilter(QObject):
     """Install on the window and on child widgets that would otherwise take the drop themselves
-    (text boxes take file drops as text)."""
+    (text boxes take file drops as text). `classify(mime)` reads a paste the same way."""
 
-    dropped = Signal(object)  # DropItem
+    dropped = Signal(object)  # DropItem, on the UI thread once the worker has read the drop
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)  # one drop at a time: results arrive in the order dropped
+        self._pending: set[_Classified] = set()  # alive until their result is delivered
+
+    def classify(self, mime: QMimeData) -> None:
+        """Read what `mime` holds on a worker thread; `dropped` is emitted with the result."""
+        signals = _Classified()
+        signals.done.connect(self._deliver)  # queued: this object lives on the UI thread
+        self._pending.add(signals)
+        self._pool.start(_ClassifyJob(source_of(mime), signals))
+
+    @Slot(object)
+    def _deliver(self, item: DropItem) -> None:
+        self._pending.discard(self.sender())  # type: ignore[arg-type]
+        self.dropped.emit(item)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         kind = event.type()
@@ -123,6 +184,6 @@ class DropFilter(QObject):
                 return True
         elif kind == QEvent.Type.Drop and isinstance(event, QDropEvent) and accepts(event.mimeData()):
             event.acceptProposedAction()
-            self.dropped.emit(classify_mime(event.mimeData()))
+            self.classify(event.mimeData())
             return True
         return False

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
@@ -26,11 +26,9 @@ from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
+from .history_record import request_params
 from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
-
-# Fields of a request that are images or arrays: the history keeps the rest as JSON.
-NOT_RECORDED = ("init_image", "mask", "latents")
 
 
 class PipelineLike(Protocol):
@@ -132,13 +130,6 @@ def describe_error(exc: BaseException) -> UserMessage:
     return UserMessage("Generation failed", f"{type(exc).__name__}: {exc}")
 
 
-def request_params(request: GenerationRequest) -> dict[str, Any]:
-    """The request as JSON-ready values for the history (images and arrays left out)."""
-    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in NOT_RECORDED}
-    params["img2img"] = request.init_image is not None
-    return params
-
-
 class ProgressClock:
     """Time left, from the average time per step so far over the whole run."""
 
@@ -189,7 +180,7 @@ class GenerationWorker(QObject):
             pipeline = self._pipeline_for(job)
             pipeline.precision = job.precision
             request = job.request  # the engine fits an init image to the request's size
-            self.status.emit("Generating…")
+            self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
             clock = ProgressClock()
             result = pipeline.generate(
                 request, on_progress=lambda p: self._on_progress(job, p, clock), cancel=self._abort.is_set
@@ -214,7 +205,7 @@ class GenerationWorker(QObject):
         key = (str(folder.resolve()), job.device, config.stat().st_mtime if config.exists() else 0.0)
         if self._pipeline is None or key != self._pipeline_key:
             self._pipeline = self._pipeline_key = None  # free the old model before loading the next
-            self.status.emit(f"Loading {job.model_name}…")
+            self.status.emit(f"Loading the model {job.model_name}…")
             self._pipeline = self._loader(folder, job.device)
             self._pipeline_key = key
         return self._pipeline

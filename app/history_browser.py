@@ -1,6 +1,8 @@
 """The history browser: a lazily fetched thumbnail grid with full-text search, filters by model, date
-and favourites, a details pane with every recorded parameter, and the actions on one image (reuse all
-parameters, reuse the seed, use as img2img source, open, reveal, export, favourite, delete).
+and favourites, a details pane with the parameters that apply to the image under human labels, and the
+actions on one image (reuse all parameters, reuse the seed, copy the parameters as A1111 text, use as
+img2img source, open, reveal, export, favourite, delete). It is the window's History tab; the window
+also shows the selected image large in its Image tab.
 
 The browser reads its own HistoryStore on the UI thread (the generation worker writes through another
 connection); call `reload()` after new images are recorded. What the window should do with a reused
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 from PySide6.QtCore import QItemSelection, QModelIndex, QObject, QPoint, QSize, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QImageReader, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -45,7 +47,7 @@ from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
 from mlx_sd.infotext import request_from_infotext
 from mlx_sd.request import GenerationRequest
 
-from .generation_worker import NOT_RECORDED
+from .history_record import NOT_RECORDED
 from .history_model import HistoryListModel
 from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
 from .result_view import SAVE_FILTERS
@@ -55,9 +57,23 @@ if TYPE_CHECKING:
 
 ALL_MODELS = "All models"
 SEARCH_DELAY_MS = 200  # search as the user types, once they pause
-PREVIEW_SIDE = 220
 GRID_ICON = QSize(112, 112)
-DOCK_HEIGHT = 0.4  # of the window, when first docked
+PREVIEW_SIDE = 180
+# recorded request fields -> what the details pane calls them (A1111's words where it has them)
+LABELS = {
+    "sampler": "Sampler",
+    "schedule": "Schedule",
+    "steps": "Steps",
+    "cfg_scale": "CFG scale",
+    "strength": "Denoising strength",
+    "clip_skip": "Clip skip",
+    "batch_size": "Batch size",
+    "batch_count": "Batch count",
+    "aesthetic_score": "Aesthetic score",
+    "negative_aesthetic_score": "Negative aesthetic score",
+    "vae_tiling": "VAE tiling",
+    "low_memory": "Low memory",
+}
 EXPORT_FILTERS = ";;".join(SAVE_FILTERS.values())
 
 
@@ -118,8 +134,20 @@ def export_entry(entry: HistoryEntry, target: Path) -> Path:
         return save_image(image, target, entry.generation.infotext or None)
 
 
-def details_html(entry: HistoryEntry) -> str:
-    """Every recorded parameter as an HTML table (the prompt first, then the rest by name)."""
+def applies(name: str, value: object, params: dict[str, Any]) -> bool:
+    """Whether a recorded parameter says something about this image: a strength only for image to
+    image, the refiner's aesthetic scores, clip skip, batches and switches only when not the default."""
+    if name == "strength":
+        return params.get("img2img") is True
+    if name in ("prompt", "negative_prompt", "seed", "width", "height", "img2img", "mask_blur"):
+        return False
+    if name in ("sampler", "schedule", "steps", "cfg_scale") or name not in LABELS:
+        return True
+    return value != getattr(GenerationRequest(), name)
+
+
+def detail_rows(entry: HistoryEntry) -> list[tuple[str, str]]:
+    """The image's details as (label, text): the prompt first, then the parameters that apply."""
     g = entry.generation
     rows: list[tuple[str, str]] = [
         ("Prompt", g.prompt),
@@ -127,12 +155,25 @@ def details_html(entry: HistoryEntry) -> str:
         ("Model", g.model),
         ("Seed", str(g.seed)),
         ("Size", f"{g.width} \u00d7 {g.height}"),
+    ]
+    if g.params.get("img2img") is True:
+        rows.append(("Mode", "image to image"))
+    ordered = [name for name in LABELS if name in g.params] + sorted(n for n in g.params if n not in LABELS)
+    rows += [
+        (LABELS.get(name, name.replace("_", " ").capitalize()), _format_value(g.params[name]))
+        for name in ordered if applies(name, g.params[name], g.params)
+    ]
+    rows += [
         ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created))),
         ("Favourite", "yes" if entry.favourite else "no"),
         ("File", str(entry.image_path)),
     ]
-    shown = {"prompt", "negative_prompt", "seed", "width", "height"}
-    rows += [(name, _format_value(value)) for name, value in sorted(g.params.items()) if name not in shown]
+    return rows
+
+
+def details_html(entry: HistoryEntry) -> str:
+    """The details as an HTML table."""
+    rows = detail_rows(entry)
     body = "".join(
         f"<tr><td style='padding-right:12px;color:palette(mid)'><b>{html.escape(k)}</b></td>"
         f"<td>{html.escape(v).replace(chr(10), '<br>')}</td></tr>"
@@ -167,13 +208,18 @@ class HistoryBrowser(QWidget):
     reuse_seed = Signal(int)
     use_as_source = Signal(str)  # the image file's path
     entry_deleted = Signal(int)  # history entry id
+    entry_selected = Signal(object)  # HistoryEntry | None: the window shows it large
+    notice = Signal(str)  # a one-line outcome (exported, copied, a failure) for the window's status bar
 
     def __init__(self, store: HistoryStore | None, parent: QWidget | None = None, now: Callable[[], float] = time.time):
         super().__init__(parent)
         self._now = now
         self.model = HistoryListModel(store, parent=self)
+        self.model.failed.connect(self._show_message)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply_filters)
+        self.last_message = ""
+        self._resetting = False
         self._build()
         self._refresh_models()
         self._after_reset()
@@ -192,6 +238,9 @@ class HistoryBrowser(QWidget):
         self.favourites_only = QCheckBox("Favourites only")
         self.favourites_only.toggled.connect(lambda _: self.apply_filters())
         self.count_label = QLabel()
+        self.search_box.setAccessibleName("Search prompts")
+        self.model_filter.setAccessibleName("Model filter")
+        self.date_filter.setAccessibleName("Date filter")
         filters = QHBoxLayout()
         filters.addWidget(self.search_box, 3)
         filters.addWidget(self.model_filter, 1)
@@ -211,6 +260,7 @@ class HistoryBrowser(QWidget):
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.grid.customContextMenuRequested.connect(self._context_menu)
+        self.grid.setAccessibleName("History images")
         self.grid.setModel(self.model)
         self.grid.selectionModel().selectionChanged.connect(self._selection_changed)
         self.grid.doubleClicked.connect(lambda _: self.reuse_all())
@@ -219,11 +269,13 @@ class HistoryBrowser(QWidget):
         self.preview = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
         self.preview.setFixedSize(QSize(PREVIEW_SIDE, PREVIEW_SIDE))
         self.details = QTextBrowser(openLinks=False)
+        self.details.setAccessibleName("Image details")
         self.actions_by_name: dict[str, QAction] = {}
         buttons = QGridLayout()
         specs = (
             ("reuse", "Reuse Parameters", self.reuse_all, None),
             ("seed", "Reuse Seed", self.reuse_seed_of_selection, None),
+            ("copy", "Copy Parameters", self.copy_parameters, None),
             ("source", "Use as img2img Source", self.use_selection_as_source, None),
             ("favourite", "Favourite", self.toggle_favourite, None),
             ("open", "Open", self.open_selection, None),
@@ -244,7 +296,7 @@ class HistoryBrowser(QWidget):
             button.setDefaultAction(action)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
             button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            buttons.addWidget(button, i // 4, i % 4)
+            buttons.addWidget(button, i // 3, i % 3)
 
         side = QWidget()
         side_layout = QVBoxLayout(side)
@@ -259,19 +311,19 @@ class HistoryBrowser(QWidget):
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(self.grid, 1)
         left_layout.addWidget(self.empty_label)
-        splitter = QSplitter()
-        splitter.addWidget(left)
-        splitter.addWidget(side)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        self.message = QLabel(wordWrap=True)
-        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.message.hide()
+        # the gallery, and the selected image's details beside it
+        self.splitter = QSplitter()
+        self.splitter.setObjectName("historySplitter")  # its position is kept with the window's
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(filters)
-        layout.addWidget(splitter, 1)
-        layout.addWidget(self.message)
+        layout.addWidget(self.splitter, 1)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -328,6 +380,13 @@ class HistoryBrowser(QWidget):
         entry = self.selected_entry()
         if entry is not None:
             self.use_as_source.emit(str(entry.image_path))
+
+    def copy_parameters(self) -> None:
+        """The selected image's parameters as A1111's text, as the web UI's PNG Info shows them."""
+        entry = self.selected_entry()
+        if entry is not None:
+            QGuiApplication.clipboard().setText(entry.generation.infotext)
+            self._show_message("Copied the parameters")
 
     def open_selection(self) -> None:
         entry = self.selected_entry()
@@ -396,18 +455,19 @@ class HistoryBrowser(QWidget):
         current = self.model_filter.currentText()
         self.model_filter.clear()
         self.model_filter.addItem(ALL_MODELS)
-        store = self.model.store
-        self.model_filter.addItems(store.models() if store is not None else [])
+        self.model_filter.addItems(self.model.models())
         found = self.model_filter.findText(current)
         self.model_filter.setCurrentIndex(max(0, found))
 
     def _after_reset(self) -> None:
+        self._resetting = True
         self._update_count()
         if self.model.canFetchMore():
             self.model.fetchMore()
         if self.model.rowCount():
             self.select_row(0)
         self._show_selection()
+        self._resetting = False
 
     def _update_count(self) -> None:
         total = self.model.total
@@ -427,13 +487,19 @@ class HistoryBrowser(QWidget):
         entry = self.selected_entry()
         for action in self.actions_by_name.values():
             action.setEnabled(entry is not None)
+        if not self._resetting:  # a reload's automatic selection must not replace the window's results
+            self.entry_selected.emit(entry)
         if entry is None:
             self.details.clear()
             self.preview.clear()
             return
         self.details.setHtml(details_html(entry))
         self.actions_by_name["favourite"].setText("Unfavourite" if entry.favourite else "Favourite")
-        self.preview.setPixmap(_load_preview(entry.image_path))
+        preview = _load_preview(entry.image_path)
+        if preview.isNull():
+            self.preview.setText("The image file is missing\nor cannot be read.")
+        else:
+            self.preview.setPixmap(preview)
 
     def _context_menu(self, position: QPoint) -> None:
         index: QModelIndex = self.grid.indexAt(position)
@@ -441,7 +507,7 @@ class HistoryBrowser(QWidget):
             return
         self.select_row(index.row())
         menu = QMenu(self)
-        for name in ("reuse", "seed", "source", "favourite", None, "open", "reveal", "export", None, "delete"):
+        for name in ("reuse", "seed", "copy", "source", "favourite", None, "open", "reveal", "export", None, "delete"):
             if name is None:
                 menu.addSeparator()
             else:
@@ -449,8 +515,8 @@ class HistoryBrowser(QWidget):
         menu.popup(self.grid.viewport().mapToGlobal(position))
 
     def _show_message(self, text: str) -> None:
-        self.message.setText(text)
-        self.message.show()
+        self.last_message = text
+        self.notice.emit(text)
 
 
 def _load_preview(path: Path) -> QPixmap:
@@ -467,7 +533,7 @@ def _load_preview(path: Path) -> QPixmap:
 
 
 class HistoryPanel(QObject):
-    """The browser docked in the main window (View > History), on its own connection to the
+    """The browser as the main window's History tab (View > History), on its own connection to the
     library's history: refreshed when images are recorded, closed and reopened when the library moves,
     its actions handed to the window."""
 
@@ -476,9 +542,8 @@ class HistoryPanel(QObject):
         self._window = window
         self._store: HistoryStore | None = None
         self.browser = HistoryBrowser(None)
-        self.dock = window.add_panel("History", self.browser, Qt.DockWidgetArea.BottomDockWidgetArea)
-        window.resizeDocks([self.dock], [int(window.height() * DOCK_HEIGHT)], Qt.Orientation.Vertical)
-        self.dock.toggleViewAction().setShortcut(QKeySequence("Ctrl+Shift+H"))
+        self.show_action = window.add_panel("History", self.browser)
+        self.show_action.setShortcut(QKeySequence("Ctrl+Shift+H"))
         # a batch records several images at once: reload once, after the last
         self._reload_timer = QTimer(self, singleShot=True, interval=0)
         self._reload_timer.timeout.connect(self.browser.reload)
@@ -486,6 +551,8 @@ class HistoryPanel(QObject):
         self.browser.reuse_parameters.connect(window.reuse_request)
         self.browser.reuse_seed.connect(window.reuse_seed)
         self.browser.use_as_source.connect(window.use_image_file_as_source)
+        self.browser.entry_selected.connect(window.show_history_entry)
+        self.browser.notice.connect(lambda text: window.statusBar().showMessage(text, 5000))
         self.set_library(window.library)
 
     @property
@@ -506,6 +573,8 @@ class HistoryPanel(QObject):
         except HistoryError as exc:
             self._window.show_error("The history cannot be opened", f"{exc}. Choose another library folder in Settings.")
             return
+        if self._store.notice:
+            self._window.show_error("The history was damaged", self._store.notice)
         self.browser.set_store(self._store)
 
 

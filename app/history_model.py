@@ -2,7 +2,9 @@
 
 Rows are fetched lazily a page at a time (Qt for Python's fetchmore example): opening a history of
 10,000 images reads one count and one page. Thumbnails are decoded only when a view asks for them,
-and the decoded icons of the most recently shown rows are cached.
+and the decoded icons of the most recently shown rows are cached; a missing or undecodable thumbnail
+shows a placeholder. A read that fails (HistoryError) keeps the rows as they were and is reported
+through the `failed` signal, never raised into Qt.
 """
 
 from __future__ import annotations
@@ -11,13 +13,22 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QByteArray, QModelIndex, QObject, QPersistentModelIndex, Qt
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QByteArray,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 
-from .history_store import HistoryEntry, HistoryQuery, HistoryStore
+from .history_store import HistoryEntry, HistoryError, HistoryQuery, HistoryStore
 
 PAGE_SIZE = 120
 ICON_CACHE_SIZE = 600
+PLACEHOLDER_SIDE = 128
 STAR = "\u2605"
 
 Index = QModelIndex | QPersistentModelIndex
@@ -58,9 +69,24 @@ def tooltip(entry: HistoryEntry) -> str:
     return f"{g.prompt}\n\n{g.model} \u00b7 seed {g.seed} \u00b7 {g.width}x{g.height} \u00b7 {when}"
 
 
+def placeholder_icon() -> QIcon:
+    """What a row shows when its thumbnail is missing or cannot be decoded: a grey tile with a cross."""
+    pixmap = QPixmap(PLACEHOLDER_SIDE, PLACEHOLDER_SIDE)
+    pixmap.fill(QColor(128, 128, 128, 60))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor(128, 128, 128))
+    inset = PLACEHOLDER_SIDE // 3
+    painter.drawLine(inset, inset, PLACEHOLDER_SIDE - inset, PLACEHOLDER_SIDE - inset)
+    painter.drawLine(inset, PLACEHOLDER_SIDE - inset, PLACEHOLDER_SIDE - inset, inset)
+    painter.end()
+    return QIcon(pixmap)
+
+
 class HistoryListModel(QAbstractListModel):
     """Rows of one query over a HistoryStore owned by the caller (used from the UI thread only).
     Without a store (the library cannot be opened, or is moving) the model is empty."""
+
+    failed = Signal(str)  # a read of the history failed: the message to show
 
     def __init__(self, store: HistoryStore | None, page_size: int = PAGE_SIZE, parent: QObject | None = None):
         super().__init__(parent)
@@ -68,7 +94,10 @@ class HistoryListModel(QAbstractListModel):
         self._page_size = page_size
         self._query = HistoryQuery()
         self._entries: list[HistoryEntry] = []
-        self._total = store.count(self._query) if store is not None else 0
+        self._offset = 0  # rows read from the store: more than the entries when damaged rows were skipped
+        self._stalled = False  # a page could not be read: fetch no more until the next reload
+        self._total = self._count(self._query) or 0
+        self._placeholder: QIcon | None = None
         self._icons: OrderedDict[int, QIcon] = OrderedDict()
         # True while rows are reset, inserted or removed: a view (or QAbstractItemModelTester) reacting
         # to those signals must not start another insertion before the change has finished
@@ -101,14 +130,38 @@ class HistoryListModel(QAbstractListModel):
     def reload(self) -> None:
         """Read the query afresh (after a new image, a search, a filter change)."""
         # counted before the reset: a failure leaves the rows as they were
-        total = self._store.count(self._query) if self._store is not None else 0
+        total = self._count(self._query)
+        if total is None:
+            return
         self._changing = True
         self.beginResetModel()
         self._entries = []
+        self._offset = 0
+        self._stalled = False
         self._total = total
         self._icons.clear()
         self.endResetModel()
         self._changing = False
+
+    def models(self) -> list[str]:
+        """The store's model names for the filter (none without a store, or when it cannot be read)."""
+        if self._store is None:
+            return []
+        try:
+            return self._store.models()
+        except HistoryError as exc:
+            self.failed.emit(str(exc))
+            return []
+
+    def _count(self, query: HistoryQuery) -> int | None:
+        """The number of entries matching `query`; None (and `failed`) when the store cannot be read."""
+        if self._store is None:
+            return 0
+        try:
+            return self._store.count(query)
+        except HistoryError as exc:
+            self.failed.emit(str(exc))
+            return None
 
     def entry(self, row: int) -> HistoryEntry:
         return self._entries[row]
@@ -142,6 +195,7 @@ class HistoryListModel(QAbstractListModel):
         removed = self._entries.pop(row)
         self._icons.pop(removed.id, None)
         self._total -= 1
+        self._offset -= 1
         self.endRemoveRows()
         self._changing = False
 
@@ -151,14 +205,21 @@ class HistoryListModel(QAbstractListModel):
         return 0 if parent.isValid() else len(self._entries)
 
     def canFetchMore(self, parent: Index = QModelIndex()) -> bool:
-        return not parent.isValid() and not self._changing and len(self._entries) < self._total
+        return not parent.isValid() and not self._changing and not self._stalled and self._offset < self._total
 
     def fetchMore(self, parent: Index = QModelIndex()) -> None:
         if not self.canFetchMore(parent) or self._store is None:
             return
-        page = self._store.page(self._query, len(self._entries), self._page_size)
-        if not page:  # entries were deleted behind our back: stop asking
-            self._total = len(self._entries)
+        try:
+            page = self._store.page(self._query, self._offset, self._page_size)
+        except HistoryError as exc:
+            self._stalled = True
+            self.failed.emit(str(exc))
+            return
+        self._offset += self._page_size  # damaged rows the store skipped were read all the same
+        if not page:  # entries were deleted behind our back (or all of this page is damaged)
+            if self._offset >= self._total:
+                self._total = len(self._entries)
             return
         first = len(self._entries)
         self._changing = True
@@ -227,12 +288,20 @@ class HistoryListModel(QAbstractListModel):
     def _icon(self, entry_id: int) -> QIcon:
         icon = self._icons.get(entry_id)
         if icon is None:
-            data = self._store.thumbnail(entry_id) if self._store is not None else None
+            try:
+                data = self._store.thumbnail(entry_id) if self._store is not None else None
+            except HistoryError:
+                data = None  # a damaged row: its placeholder says as much as an error would, once per row
             image = QImage.fromData(data) if data else QImage()
-            icon = QIcon(QPixmap.fromImage(image)) if not image.isNull() else QIcon()
+            icon = QIcon(QPixmap.fromImage(image)) if not image.isNull() else self._placeholder_icon()
             self._icons[entry_id] = icon
             if len(self._icons) > ICON_CACHE_SIZE:
                 self._icons.popitem(last=False)
         else:
             self._icons.move_to_end(entry_id)
         return icon
+
+    def _placeholder_icon(self) -> QIcon:
+        if self._placeholder is None:
+            self._placeholder = placeholder_icon()
+        return self._placeholder

@@ -2,7 +2,9 @@
 
     <library>/history.sqlite3     WAL-mode database: one row per image, FTS5 index over the prompts
     <library>/images/YYYY-MM-DD/  the PNGs (with A1111 `parameters` and our own `mlx-sd` JSON chunk)
-    <library>/.pending/           one marker per image being added, until its row is committed
+    <library>/.pending/           one marker per image being added, until its row is committed (named
+                                  with the writer's pid, so that only markers of writers that are
+                                  gone are finished by another store)
     <library>/.trash/             images being deleted (a crash mid-delete is undone on the next open)
 
 Durability: a pending marker is written, then the image is written, fsynced and renamed into place,
@@ -11,7 +13,8 @@ so moving the library folder keeps the history. Opening the store finishes whate
 interrupted, looking only at the markers and the trash, so it costs the same with 10 or 100,000 images:
 a PNG whose row was never committed is recorded from the JSON chunk it carries. `reconcile_all` also
 scans the whole images folder (for PNGs without a row, and rows whose image was deleted behind the
-app's back); the app runs it off the UI thread.
+app's back); the app runs it off the UI thread. Whose the database file is, whether it is whole, and
+what is done when it is not, is history_database's job.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from PIL import Image, PngImagePlugin
 
 from mlx_sd.image_metadata import PARAMETERS_KEY, write_durably
+
+from .history_database import HistoryError, describe, is_damage, open_database, rebuild_fts
 
 DB_NAME = "history.sqlite3"
 IMAGES_DIR = "images"
@@ -38,42 +43,7 @@ TRASH_DIR = ".trash"
 RECORD_CHUNK = "mlx-sd"  # PNG text chunk holding the record as JSON, used to recover a lost row
 THUMBNAIL_SIDE = 256
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS generations (
-    id INTEGER PRIMARY KEY,
-    created REAL NOT NULL,
-    prompt TEXT NOT NULL,
-    negative_prompt TEXT NOT NULL,
-    model TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    params TEXT NOT NULL,
-    infotext TEXT NOT NULL,
-    image_path TEXT NOT NULL UNIQUE,
-    favourite INTEGER NOT NULL DEFAULT 0,
-    thumbnail BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS generations_created ON generations(created);
-CREATE INDEX IF NOT EXISTS generations_model ON generations(model, created);
-CREATE VIRTUAL TABLE IF NOT EXISTS generations_fts USING fts5(
-    prompt, negative_prompt, content='generations', content_rowid='id'
-);
-CREATE TRIGGER IF NOT EXISTS generations_ai AFTER INSERT ON generations BEGIN
-    INSERT INTO generations_fts(rowid, prompt, negative_prompt)
-    VALUES (new.id, new.prompt, new.negative_prompt);
-END;
-CREATE TRIGGER IF NOT EXISTS generations_ad AFTER DELETE ON generations BEGIN
-    INSERT INTO generations_fts(generations_fts, rowid, prompt, negative_prompt)
-    VALUES ('delete', old.id, old.prompt, old.negative_prompt);
-END;
-"""
-
 _COLUMNS = "id, created, prompt, negative_prompt, model, seed, width, height, params, infotext, image_path, favourite"
-
-
-class HistoryError(RuntimeError):
-    """The history cannot be read or written (disk full, permissions, a damaged database)."""
 
 
 @dataclass(frozen=True)
@@ -145,20 +115,41 @@ def make_thumbnail(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+# A row is shown only if its columns have the types we write and its params are a JSON object; a row
+# damaged by hand or by a disk is skipped (see damaged_rows) rather than failing every page it is on.
+# Only pages and single rows are filtered: counting and listing models stay on their indexes (a count
+# through this filter reads every row: 0.11 s for 20,000), at the price of counting damaged rows too.
+_WHOLE_ROW = (
+    "CASE WHEN json_valid(g.params) THEN json_type(g.params) = 'object' ELSE 0 END"
+    " AND typeof(g.seed) = 'integer' AND typeof(g.width) = 'integer' AND typeof(g.height) = 'integer'"
+    " AND typeof(g.created) IN ('integer', 'real') AND typeof(g.image_path) = 'text'"
+    " AND typeof(g.prompt) = 'text' AND typeof(g.negative_prompt) = 'text' AND typeof(g.model) = 'text'"
+    " AND typeof(g.infotext) = 'text'"
+)
+STALE_SECONDS = 3600.0  # an add takes well under a second: a marker this old lost its owner long ago
+_PROCESS_STARTED = time.time()  # markers from before this are an earlier process's
+
+
 class HistoryStore:
-    """The history of one library folder. Not thread-safe: use it from one thread."""
+    """The history of one library folder. Not thread-safe: use it from one thread.
+
+    Every method raises HistoryError, never a raw sqlite3/json/OS error. `notice` is what the user
+    should be told once about opening (a damaged database moved aside), or None."""
 
     def __init__(self, library: str | os.PathLike[str]):
         self.library = Path(library)
+        self.skipped_rows = 0  # rows read but not shown because they are damaged (beyond damaged_rows)
         try:
             self.library.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.library / DB_NAME, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise HistoryError(f"cannot open the history in {self.library}: {exc}") from exc
-        self._finish_interrupted()
+        except OSError as exc:
+            raise HistoryError(f"cannot open the history in {self.library}: {exc.strerror or exc}") from exc
+        opened = open_database(self.library / DB_NAME)
+        self._db, self.notice = opened.connection, opened.notice
+        try:
+            self._finish_interrupted()
+        except HistoryError:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -170,15 +161,15 @@ class HistoryStore:
         created = generation.created or time.time()
         generation = Generation(**{**_record(generation), "created": created})
         path = self._new_image_path(created, generation.seed)
-        marker = self.library / PENDING_DIR / f"{path.stem}.json"
+        marker = self.library / PENDING_DIR / f"{path.stem}.{os.getpid()}.json"  # see _left_behind
         try:
-            write_durably(marker, json.dumps(self._relative(path)).encode())
+            write_durably(marker, json.dumps({"image": self._relative(path)}).encode())
             write_durably(path, encode_png(image, generation))
             entry_id = self._insert(generation, path, make_thumbnail(image))
         except (OSError, sqlite3.Error) as exc:
             path.unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
-            raise HistoryError(f"could not record the image in {self.library}: {exc}") from exc
+            raise HistoryError(f"could not record the image in {self.library}: {_reason(exc)}") from exc
         marker.unlink(missing_ok=True)
         return HistoryEntry(entry_id, generation, path, False)
 
@@ -205,8 +196,11 @@ class HistoryStore:
         return int(cursor.lastrowid)
 
     def set_favourite(self, entry_id: int, favourite: bool) -> None:
-        with self._transaction():
-            self._db.execute("UPDATE generations SET favourite = ? WHERE id = ?", (int(favourite), entry_id))
+        try:
+            with self._transaction():
+                self._db.execute("UPDATE generations SET favourite = ? WHERE id = ?", (int(favourite), entry_id))
+        except sqlite3.Error as exc:
+            raise HistoryError(f"could not change the favourite in {self.library}: {describe(exc)}") from exc
 
     def delete(self, entry_id: int) -> None:
         """Delete one image and its row. The file goes to .trash first, so a crash is recoverable."""
@@ -214,9 +208,9 @@ class HistoryStore:
         if entry is None:
             return
         trash = self.library / TRASH_DIR
-        trash.mkdir(exist_ok=True)
-        trashed = trash / f"{entry_id}-{entry.image_path.name}"
+        trashed = trash / f"{entry_id}.{os.getpid()}-{entry.image_path.name}"  # see _left_behind
         try:
+            trash.mkdir(exist_ok=True)
             if entry.image_path.exists():
                 os.replace(entry.image_path, trashed)
             with self._transaction():
@@ -224,38 +218,58 @@ class HistoryStore:
         except (OSError, sqlite3.Error) as exc:
             if trashed.exists():
                 os.replace(trashed, entry.image_path)
-            raise HistoryError(f"could not delete {entry.image_path.name}: {exc}") from exc
+            raise HistoryError(f"could not delete {entry.image_path.name}: {_reason(exc)}") from exc
         trashed.unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
 
     def count(self, query: HistoryQuery = HistoryQuery()) -> int:
+        """How many rows match `query`, damaged ones included (pages skip those)."""
         where, args = self._where(query)
-        return int(self._db.execute(f"SELECT count(*) FROM generations g {where}", args).fetchone()[0])
+        return int(self._read(f"SELECT count(*) FROM generations g {where}", args)[0][0])
 
     def page(self, query: HistoryQuery, offset: int, limit: int) -> list[HistoryEntry]:
-        """Entries matching `query`, newest first."""
-        where, args = self._where(query)
+        """Entries matching `query`, newest first; `offset` counts rows that are whole in SQL's eyes."""
+        where, args = self._where(query, _WHOLE_ROW)
         columns = ", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))
-        rows = self._db.execute(
+        rows = self._read(
             f"SELECT {columns} FROM generations g {where} ORDER BY g.created DESC, g.id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
-        ).fetchall()
-        return [self._entry(row) for row in rows]
+        )
+        entries = [self._entry(row) for row in rows]
+        self.skipped_rows += entries.count(None)
+        return [entry for entry in entries if entry is not None]
 
     def get(self, entry_id: int) -> HistoryEntry | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM generations WHERE id = ?", (entry_id,)).fetchone()
-        return self._entry(row) if row else None
+        rows = self._read(f"SELECT {_COLUMNS} FROM generations g WHERE id = ? AND {_WHOLE_ROW}", (entry_id,))
+        return self._entry(rows[0]) if rows else None
 
     def thumbnail(self, entry_id: int) -> bytes | None:
-        row = self._db.execute("SELECT thumbnail FROM generations WHERE id = ?", (entry_id,)).fetchone()
-        return bytes(row[0]) if row else None
+        rows = self._read("SELECT thumbnail FROM generations WHERE id = ?", (entry_id,))
+        return bytes(rows[0][0]) if rows and isinstance(rows[0][0], bytes) else None
 
     def models(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT model FROM generations ORDER BY model")]
+        return [str(r[0]) for r in self._read("SELECT DISTINCT model FROM generations ORDER BY model")]
 
-    def _where(self, query: HistoryQuery) -> tuple[str, tuple[Any, ...]]:
-        clauses: list[str] = []
+    def damaged_rows(self) -> int:
+        """How many rows are hidden because their columns or JSON are damaged."""
+        return int(self._read(f"SELECT count(*) FROM generations g WHERE NOT ({_WHOLE_ROW})")[0][0])
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a query; a damaged full-text index is rebuilt once and the query tried again."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            if not (is_damage(exc) and "generations_fts" in sql):
+                raise HistoryError(f"cannot read the history in {self.library}: {describe(exc)}") from exc
+        try:
+            rebuild_fts(self._db)
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot read the history in {self.library}: {describe(exc)}") from exc
+
+    def _where(self, query: HistoryQuery, *conditions: str) -> tuple[str, tuple[Any, ...]]:
+        clauses = list(conditions)
         args: list[Any] = []
         expression = fts_expression(query.text)
         if expression:
@@ -274,60 +288,103 @@ class HistoryStore:
             clauses.append("g.favourite = 1")
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
-    def _entry(self, row: tuple[Any, ...]) -> HistoryEntry:
-        (entry_id, created, prompt, negative, model, seed, width, height, params, infotext, path, fav) = row
-        generation = Generation(prompt, negative, model, seed, width, height, json.loads(params), infotext, created)
-        return HistoryEntry(entry_id, generation, self.library / path, bool(fav))
+    def _entry(self, row: tuple[Any, ...]) -> HistoryEntry | None:
+        """The row as an entry, or None if it is damaged in a way the SQL filter cannot see."""
+        (entry_id, created, prompt, negative, model, seed, width, height, params, infotext, relative, fav) = row
+        path = self._library_path(relative)
+        try:
+            params = json.loads(params)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if path is None or not isinstance(params, dict) or not _is_time(created):
+            return None
+        generation = Generation(prompt, negative, model, seed, width, height, params, infotext, created)
+        return HistoryEntry(entry_id, generation, path, bool(fav))
+
+    def _library_path(self, relative: object) -> Path | None:
+        """A recorded image path (from a row or a pending marker) as an absolute path, or None unless it is
+        a relative name of a PNG inside the images folder."""
+        if not isinstance(relative, str) or "\0" in relative or "\\" in relative:
+            return None
+        parts = PurePosixPath(relative).parts
+        if relative.startswith("/") or len(parts) < 2 or parts[0] != IMAGES_DIR or ".." in parts:
+            return None
+        return self.library / relative if relative.endswith(".png") else None
 
     # -- consistency -------------------------------------------------------------------------
 
     def _finish_interrupted(self) -> None:
-        """Complete or undo the adds and deletes a crash interrupted (see the module docstring)."""
-        self._restore_trash()
-        pending = self.library / PENDING_DIR
-        if not pending.is_dir():
+        """Complete or undo the adds and deletes a crash interrupted (see the module docstring). Markers
+        whose owner may still be writing (another store of a running process) are left to it."""
+        try:
+            self._restore_trash()
+            pending = self.library / PENDING_DIR
+            if not pending.is_dir():
+                return
+            for file in pending.iterdir():
+                if file.suffix == ".json" and not file.name.startswith("."):
+                    self._finish_marker(file)
+                elif _left_behind(file, _marker_writer(file.name)):  # write_durably's temp file of a marker
+                    _remove(file)
+        except (OSError, sqlite3.Error) as exc:
+            reason = _reason(exc)
+            raise HistoryError(f"cannot finish the history's interrupted work in {self.library}: {reason}") from exc
+
+    def _finish_marker(self, marker: Path) -> None:
+        try:
+            content = json.loads(marker.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            content = None
+        image = content.get("image") if isinstance(content, dict) else content  # a bare string before the pid
+        path = self._library_path(image)
+        if path is None:
+            _remove(marker)  # not a marker of ours: nothing it names is touched
             return
-        for marker in pending.glob("*.json"):
-            try:
-                path = self.library / json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, ValueError, TypeError):
-                marker.unlink(missing_ok=True)
-                continue
-            recorded = self._db.execute(
-                "SELECT 1 FROM generations WHERE image_path = ?", (self._relative(path),)
-            ).fetchone()
-            if not recorded and path.exists():
-                self._recover(path)
-            for partial in path.parent.glob(f".{glob.escape(path.name)}.*partial"):  # write_durably's temp
-                partial.unlink(missing_ok=True)
-            marker.unlink(missing_ok=True)
+        if not _left_behind(marker, _marker_writer(marker.name)):
+            return
+        relative = self._relative(path)
+        recorded = self._db.execute("SELECT 1 FROM generations WHERE image_path = ?", (relative,)).fetchone()
+        if not recorded and path.is_file():
+            self._recover(path)
+        for partial in path.parent.glob(f".{glob.escape(path.name)}.*partial"):  # write_durably's temp
+            _remove(partial)
+        _remove(marker)
 
     def reconcile_all(self) -> None:
         """Also scan every image: record PNGs without a row, drop rows whose image is gone."""
         self._finish_interrupted()
-        known = {row[0] for row in self._db.execute("SELECT image_path FROM generations")}
-        for path in self._image_files():
-            if self._relative(path) not in known:
-                self._recover(path)
-        with self._transaction():
-            for entry_id, relative in self._db.execute("SELECT id, image_path FROM generations").fetchall():
-                if not (self.library / relative).exists():
-                    self._db.execute("DELETE FROM generations WHERE id = ?", (entry_id,))
+        try:
+            known = {row[0] for row in self._db.execute("SELECT image_path FROM generations")}
+            for path in self._image_files():
+                if self._relative(path) not in known:
+                    self._recover(path)
+            with self._transaction():
+                for entry_id, relative in self._db.execute("SELECT id, image_path FROM generations").fetchall():
+                    path = self._library_path(relative)
+                    if path is not None and not path.exists():
+                        self._db.execute("DELETE FROM generations WHERE id = ?", (entry_id,))
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"cannot scan the history's images in {self.library}: {_reason(exc)}") from exc
 
     def _restore_trash(self) -> None:
-        """A file still in .trash was being deleted; finish the delete if its row is gone, else undo."""
+        """A file left in .trash was being deleted; finish the delete if its row is gone, else undo. Files
+        that a running delete (another store's) may still be working on are left to it."""
         trash = self.library / TRASH_DIR
         if not trash.is_dir():
             return
         for trashed in trash.iterdir():
-            entry_id, _, name = trashed.name.partition("-")
+            head, _, name = trashed.name.partition("-")  # <id>.<pid>-<name>, or <id>-<name> before the pid
+            entry_id, _, writer = head.partition(".")
+            if not _left_behind(trashed, writer, dated_by_change=True):
+                continue
             row = self._db.execute(
                 "SELECT image_path FROM generations WHERE id = ?", (int(entry_id) if entry_id.isdigit() else -1,)
             ).fetchone()
-            if row and Path(row[0]).name == name:
-                os.replace(trashed, self.library / row[0])
+            path = self._library_path(row[0]) if row else None
+            if path is not None and path.name == name:
+                os.replace(trashed, path)
             else:
-                trashed.unlink(missing_ok=True)
+                _remove(trashed)
 
     def _image_files(self) -> Iterator[Path]:
         images = self.library / IMAGES_DIR
@@ -341,7 +398,7 @@ class HistoryStore:
                 record = json.loads(image.text[RECORD_CHUNK])  # type: ignore[attr-defined]
                 generation = Generation(**record)
                 self._insert(generation, path, make_thumbnail(image))
-        except (OSError, KeyError, ValueError, TypeError, AttributeError, sqlite3.Error):
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError, sqlite3.Error):
             return  # not one of ours, or unreadable: leave the file alone
 
     def _relative(self, path: Path) -> str:
@@ -362,6 +419,56 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _left_behind(file: Path, writer: str, dated_by_change: bool = False) -> bool:
+    """Whether `file` (a pending marker, write_durably's temp file of one, an image in the trash) was left by
+    a process that is gone. `writer` is the pid its writer put in the name ("" if none): gone when that
+    process is not running; with no pid (or our own pid), when written before this process started; and
+    whoever wrote it, when older than an add or a delete could take. `dated_by_change`: by the inode's
+    change time, as a rename into the trash keeps the image's modification time."""
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        return False  # its writer just finished with it
+    age = time.time() - (stat.st_ctime if dated_by_change else stat.st_mtime)
+    pid = int(writer) if writer.isdigit() and len(writer) < 10 else 0
+    if age > STALE_SECONDS:
+        return True
+    if pid <= 0 or pid == os.getpid():
+        return age > time.time() - _PROCESS_STARTED
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return False  # running, as another user
+    except OSError:
+        return True
+    return False
+
+
+def _marker_writer(name: str) -> str:
+    """The writer's pid in a marker's name (`<stem>.<pid>.json`, or its temp file `.<that>.<random>.partial`)."""
+    parts = name.split(".")
+    return parts[parts.index("json", 1) - 1] if "json" in parts[1:] else ""
+
+
+def _is_time(created: float) -> bool:
+    """Whether a recorded creation time is one the clock can show (not NaN, not beyond year 9999)."""
+    try:
+        time.localtime(created)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a marker or temp file of ours (a folder in its place is left alone)."""
+    if not path.is_dir():
+        path.unlink(missing_ok=True)
+
+
+def _reason(exc: OSError | sqlite3.Error) -> str:
+    return describe(exc) if isinstance(exc, sqlite3.Error) else str(exc)
 
 
 def move_library(old: str | os.PathLike[str], new: str | os.PathLike[str]) -> Path:

@@ -13,6 +13,9 @@ from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
 from .history_browser import install_history_browser
+from .kernel_warmup import KernelWarmup, kernels_needed
+from .library_folder import default_library_folder
+from .linux_libraries import xcb_problem
 from .main_window import MainWindow
 from .model_manager import install_model_manager
 from .settings import AppSettings, library_path, load_settings
@@ -20,6 +23,7 @@ from .settings_dialog import install_settings_dialog
 
 APP_NAME = "mlx-sd"
 SETTINGS_FILE = "settings.json"
+SESSION_FILE = "session.json"  # the window as it was closed (app.session_state)
 
 
 def settings_file() -> Path:
@@ -30,18 +34,24 @@ def settings_file() -> Path:
 
 def default_library() -> Path:
     """The library folder when the user has not chosen one: the platform's app data folder."""
-    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation))
+    return default_library_folder(APP_NAME)
 
 
 def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindow:
     """The main window with everything plugged in."""
-    window = MainWindow(settings, library_path(settings.library_folder, default_library()), settings_path)
+    session = settings_path.with_name(SESSION_FILE) if settings_path is not None else None
+    window = MainWindow(
+        settings, library_path(settings.library_folder, default_library()), settings_path, session_path=session,
+    )
     history = install_history_browser(window)
     models = install_model_manager(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
     )
+    window.restore_session()
+    if kernels_needed(settings.compute_device):
+        window.prepare_cpu_kernels(KernelWarmup(parent=window))
     return window
 
 
@@ -57,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args, qt_args = parse_args(argv[1:])
     if args.install_desktop_entry:
         return desktop_entry.main()
+    problem = xcb_problem(qt_args)
+    if problem is not None:  # said in words, instead of Qt's abort
+        print(problem, file=sys.stderr)
+        return 1
     app = QApplication([argv[0] if argv else APP_NAME, *qt_args])
     app.setWindowIcon(desktop_entry.app_icon())
     app.setApplicationName(APP_NAME)  # no organisation name: folders are .../mlx-sd, not .../mlx-sd/mlx-sd

@@ -3,13 +3,17 @@ worker thread, drag and drop anywhere.
 
 Where the rest of the app plugs in (the history browser, model manager and settings dialog):
 - `menu(title)` gives a top-level menu ("File", "Edit", "View", "Models") to add actions to;
-- `add_panel(title, widget)` docks a panel (the history browser) and lists it under View;
+- `add_panel(title, widget)` adds a tab beside the image (the history browser), shown from View;
 - `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
 - `refresh_models(select)` after a model was imported, renamed or deleted;
 - `apply_settings(settings)` after the settings dialog (which saved them), `update_settings(settings)` to
   apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
+- `show_history_entry(entry)` shows a history image large in the result view;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
+
+With a `session_path` the prompts, parameters, geometry and panel sizes are saved on close and come back
+with `restore_session()` (call it once every panel is installed).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image
-from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtCore import QByteArray, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
-    QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
@@ -33,14 +37,15 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from mlx_sd.infotext import parse_infotext, request_from_infotext
+from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
-from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file, classify_mime
+from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
 from .generation_worker import (
     GenerationController,
     GenerationJob,
@@ -51,15 +56,24 @@ from .generation_worker import (
     describe_error,
     load_pipeline,
 )
+from .history_store import HistoryEntry
+from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
-from .model_picker import DEMO_TEXT, NO_MODEL_TEXT, ModelPicker
+from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
 from .prompt_panel import PromptPanel
 from .result_view import MessageBar, ResultItem, ResultView, qimage_to_pil
+from .session_state import SessionState, load_session, save_session
 from .settings import AppSettings, save_settings
+from .wheel_guard import WheelGuard, guard_wheel
 
 READY_TEXT = "Your images appear here. Write a prompt and press Generate (Ctrl+Enter)."
+PREPARING_KERNELS_TEXT = "Preparing the CPU kernels (once: about a minute on the first start)…"
+SIDE_MIN_WIDTH = 340
+# fits a 13-inch MacBook Air's usable screen (1280x800 less the menu bar and the Dock) with room to spare
+MINIMUM_SIZE = QSize(960, 600)
+DEFAULT_SIZE = QSize(1200, 760)
 # the request fields a history entry or an infotext brings back (batch settings stay the user's)
 RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength")
 
@@ -77,6 +91,8 @@ def progress_text(report: StepReport) -> str:
     text = f"Step {report.step}/{report.total}"
     if report.batch_count > 1:
         text += f" · run {report.batch_index + 1}/{report.batch_count}"
+    if report.step == report.total:  # the sampler is done: the VAE decodes before the images arrive
+        return text + " · decoding the image…"
     if report.seconds_left is not None:
         text += f" · {format_seconds(report.seconds_left)} left"
     return text
@@ -93,6 +109,7 @@ class MainWindow(QMainWindow):
         *,
         loader: Loader = load_pipeline,
         demo_folder: Path | None = DEMO_FOLDER,
+        session_path: Path | None = None,
     ):
         super().__init__()
         self.setWindowTitle("mlx-sd")
@@ -100,8 +117,11 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self._settings_path = settings_path
         self._demo_folder = demo_folder
+        self._session_path = session_path
         self._checkpoint_importer: Callable[[Path], None] | None = None
         self._job: GenerationJob | None = None
+        self._kernels_ready = True  # until prepare_cpu_kernels starts preparing them
+        self._waiting: GenerationJob | None = None  # a run asked for while the kernels are prepared
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
 
@@ -120,12 +140,15 @@ class MainWindow(QMainWindow):
         self.message_bar = MessageBar()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
+        self.generate_button.setMinimumHeight(34)
         self.generate_button.setToolTip("Generate (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop after the current step; nothing is saved (Esc)")
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
+        self.progress.setAccessibleName("Progress")
         self.progress_label = QLabel(" ")
+        self.progress_label.setAccessibleName("Status")
         self._build_layout()
         self._build_menus()
         self._connect()
@@ -143,41 +166,74 @@ class MainWindow(QMainWindow):
         self.result_view.output_format = settings.output_format
         self._refresh_presets()
         self.refresh_models(settings.default_model or None)
-        self.resize(1200, 800)
+        self.parameters.low_memory.setChecked(settings.low_memory)
+        self._set_tab_order()
+        self.wheel_guard = WheelGuard(self)
+        guard_wheel(self, self.wheel_guard)
+        self.setMinimumSize(MINIMUM_SIZE)
+        self.resize(DEFAULT_SIZE)
 
     # -- layout ---------------------------------------------------------------------------------
 
     def _build_layout(self) -> None:
+        """The prompt, Generate, progress and the image never scroll away: only the parameters below
+        Generate scroll. Messages take the image's room (the banner) or the status bar, so nothing
+        moves the controls or resizes the window."""
         model_row = QHBoxLayout()
-        model_row.addWidget(QLabel("Model"))
+        model_label = QLabel("Model")
+        model_label.setBuddy(self.picker.combo)
+        model_row.addWidget(model_label)
         model_row.addWidget(self.picker, 1)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button, 1)
         buttons.addWidget(self.cancel_button)
+        self.parameters.add_advanced_row("Prompt prefix", self.prompt_panel.prefix_edit)
+        self.parameters.add_advanced_row("Prompt suffix", self.prompt_panel.suffix_edit)
+        self.parameters_scroll = QScrollArea()
+        self.parameters_scroll.setWidget(self.parameters)
+        self.parameters_scroll.setWidgetResizable(True)
+        self.parameters_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.parameters_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.parameters_scroll.setMinimumHeight(120)
+        # always there (empty when idle), one line high: a run starting or ending moves nothing
+        self.progress.setFixedHeight(8)
+        self.progress_label.setFixedHeight(self.progress_label.fontMetrics().height() + 2)
         side = QWidget()
+        side.setMinimumWidth(SIDE_MIN_WIDTH)
         column = QVBoxLayout(side)
+        column.setContentsMargins(8, 8, 4, 4)
         column.addLayout(model_row)
         column.addWidget(self.prompt_panel)
         column.addLayout(buttons)
         column.addWidget(self.progress)
         column.addWidget(self.progress_label)
-        column.addWidget(self.parameters)
-        scroll = QScrollArea()
-        scroll.setWidget(side)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(380)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        column.addWidget(self.parameters_scroll, 1)
 
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.result_view, "Image")
         main = QWidget()
         main_layout = QVBoxLayout(main)
-        main_layout.addWidget(self.message_bar)
-        main_layout.addWidget(self.result_view, 1)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(scroll)
-        splitter.addWidget(main)
-        splitter.setStretchFactor(1, 1)
-        self.setCentralWidget(splitter)
+        main_layout.setContentsMargins(4, 8, 8, 4)
+        main_layout.addWidget(self.tabs, 1)
+        self.message_bar.float_over(self.tabs, lambda: self.tabs.tabBar().height())
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(side)
+        self.splitter.addWidget(main)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setCollapsible(0, False)
+        self.splitter.setCollapsible(1, False)
+        self.splitter.setSizes([SIDE_MIN_WIDTH + 20, DEFAULT_SIZE.width() - SIDE_MIN_WIDTH - 20])
+        self.setCentralWidget(self.splitter)
         self.statusBar()
+
+    def _set_tab_order(self) -> None:
+        """Tab goes model, prompt, negative prompt, Generate, Cancel, then the parameters."""
+        chain = [self.picker.combo, self.prompt_panel.prompt_edit, self.prompt_panel.negative_edit,
+                 self.generate_button, self.cancel_button, self.parameters.preset_combo]
+        for first, second in zip(chain, chain[1:]):
+            QWidget.setTabOrder(first, second)
 
     def _build_menus(self) -> None:
         def action(menu: str, text: str, slot: Callable[[], object], *keys: QKeySequence | str) -> QAction:
@@ -207,14 +263,15 @@ class MainWindow(QMainWindow):
             self._menus[title] = self.menuBar().addMenu(title)
         return self._menus[title]
 
-    def add_panel(self, title: str, widget: QWidget, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
-        """Dock a panel (e.g. the history browser) and list it under View."""
-        dock = QDockWidget(title, self)
-        dock.setObjectName(title)
-        dock.setWidget(widget)
-        self.addDockWidget(area, dock)
-        self.menu("View").addAction(dock.toggleViewAction())
-        return dock
+    def add_panel(self, title: str, widget: QWidget) -> QAction:
+        """A tab beside the image (e.g. the history browser); returns its View menu action, which
+        switches between that tab and the image."""
+        index = self.tabs.addTab(widget, title)
+        show = QAction(title, self)
+        show.triggered.connect(lambda _=False: self.tabs.setCurrentIndex(0 if self.tabs.currentIndex() == index else index))
+        self.menu("View").addAction(show)
+        guard_wheel(widget, self.wheel_guard)
+        return show
 
     def _connect(self) -> None:
         self.generate_button.clicked.connect(self.generate)
@@ -225,6 +282,7 @@ class MainWindow(QMainWindow):
         self.parameters.init_image.pasteRequested.connect(self.paste_from_clipboard)
         self.parameters.presetSaveRequested.connect(self.save_preset)
         self.parameters.presetDeleteRequested.connect(self.delete_preset)
+        self.parameters.low_memory.toggled.connect(self._set_low_memory)
         self.picker.modelChanged.connect(self._on_model_changed)
         self.result_view.error.connect(lambda title, detail: self.show_error(title, detail))
         self.result_view.info.connect(lambda text: self.statusBar().showMessage(text, 5000))
@@ -247,9 +305,10 @@ class MainWindow(QMainWindow):
             self.parameters.set_native_size(model.native_size)
         if self.picker.has_own_models():
             self.result_view.canvas.set_placeholder(READY_TEXT)
+        elif any(m.bundled for m in self.picker.models()):
+            self.result_view.canvas.set_placeholder(f"{READY_TEXT} {DEMO_READY_TEXT}")
         else:
-            demo = any(m.bundled for m in self.picker.models())
-            self.result_view.canvas.set_placeholder(NO_MODEL_TEXT + (" " + DEMO_TEXT if demo else ""))
+            self.result_view.canvas.set_placeholder(NO_MODEL_TEXT)
         self.generate_button.setEnabled(model is not None and not self.controller.busy)
 
     def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
@@ -278,7 +337,12 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
         self.result_view.output_format = settings.output_format
+        self.parameters.low_memory.setChecked(settings.low_memory)
         self._refresh_presets()
+
+    def _set_low_memory(self, on: bool) -> None:
+        if on != self.settings.low_memory:
+            self.update_settings(dataclasses.replace(self.settings, low_memory=on))
 
     def update_settings(self, settings: AppSettings) -> None:
         """Apply settings changed outside the settings dialog and write them to the settings file."""
@@ -340,9 +404,26 @@ class MainWindow(QMainWindow):
             **values,
         )
 
+    def prepare_cpu_kernels(self, warmup: KernelWarmup) -> None:
+        """Prepare the CPU kernels in the background (a first start compiles them); a Generate
+        meanwhile waits for them, saying so."""
+        self._kernels_ready = False
+        warmup.finished.connect(self._on_kernels_ready)
+        self.statusBar().showMessage(PREPARING_KERNELS_TEXT)
+        warmup.start()
+
+    @Slot(str)
+    def _on_kernels_ready(self, outcome: str) -> None:
+        self._kernels_ready = True
+        self.statusBar().showMessage(f"CPU kernels: {outcome}", 8000)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._start(waiting)
+
     def generate(self) -> GenerationJob | None:
-        """Start a generation on the worker thread; returns the job, or None when it cannot start."""
-        if self.controller.busy:
+        """Start a generation on the worker thread; returns the job, or None when it cannot start
+        (a job asked for while the CPU kernels are prepared is returned and starts after them)."""
+        if self.controller.busy or self._waiting is not None:
             return None
         model = self.picker.current()
         if model is None:
@@ -357,21 +438,32 @@ class MainWindow(QMainWindow):
             return None
         if self.message_bar.kind == "error":
             self.message_bar.dismiss()
-        self._job = self.controller.start(
-            GenerationJob(
-                request, model.path, model.name,
-                device=self.settings.compute_device, preview_every=self.settings.preview_every,
-                precision=self.settings.cpu_precision,
-            )
+        job = GenerationJob(
+            request, model.path, model.name,
+            device=self.settings.compute_device, preview_every=self.settings.preview_every,
+            precision=self.settings.cpu_precision,
         )
-        self._started = time.monotonic()
         self.progress.setRange(0, 0)  # busy until the first step reports
-        self.progress_label.setText("Starting…")
+        self.tabs.setCurrentIndex(0)
         self._set_busy(True)
+        if not self._kernels_ready:
+            self._waiting = job
+            self.progress_label.setText(PREPARING_KERNELS_TEXT)
+            return job
+        return self._start(job)
+
+    def _start(self, job: GenerationJob) -> GenerationJob:
+        self._job = self.controller.start(job)
+        self._started = time.monotonic()
+        self.progress_label.setText("Starting…")
         return self._job
 
     def cancel(self) -> None:
-        if self.controller.busy:
+        if self._waiting is not None:
+            self._waiting = None
+            self._set_busy(False)
+            self.progress_label.setText("Cancelled; nothing was saved")
+        elif self.controller.busy:
             self.controller.cancel()
             self.cancel_button.setEnabled(False)
             self.progress_label.setText("Cancelling…")
@@ -381,7 +473,6 @@ class MainWindow(QMainWindow):
         self.generate_action.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.cancel_action.setEnabled(busy)
-        self.progress.setVisible(busy)
         if not busy:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
@@ -461,9 +552,10 @@ class MainWindow(QMainWindow):
             return
         self.set_init_image(item.image, item.name)
 
-    def restore_parameters(self, infotext: str, source: str = "the image") -> list[str]:
-        """Fill the window from an A1111 infotext; returns notes on what could not be restored."""
-        info = parse_infotext(infotext)
+    def restore_parameters(self, infotext: str | Infotext, source: str = "the image") -> list[str]:
+        """Fill the window from an A1111 infotext (or one parsed already, as drops are on their worker);
+        returns notes on what could not be restored."""
+        info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
         notes = self.reuse_request(request, info.params.get("Model"))
         detail = "; ".join(notes)
@@ -486,14 +578,70 @@ class MainWindow(QMainWindow):
     def reuse_seed(self, seed: int) -> None:
         self.parameters.seed.set_seed(seed)
 
+    def show_history_entry(self, entry: HistoryEntry | None) -> None:
+        """Show a history image large (not while a run shows its preview)."""
+        if entry is None or self.controller.busy:
+            return
+        try:
+            with Image.open(entry.image_path) as image:
+                image.load()
+        except OSError as exc:
+            self.statusBar().showMessage(f"The image cannot be shown: {exc}", 5000)
+            return
+        g = entry.generation
+        self.result_view.set_results([ResultItem(image, g.seed, g.infotext, entry.image_path)])
+
+    # -- the session ---------------------------------------------------------------------------------
+
+    def session_state(self) -> SessionState:
+        return SessionState(
+            prompt=self.prompt_panel.prompt(),
+            negative_prompt=self.prompt_panel.negative_prompt(),
+            params=self.parameters.values(),
+            preset=self.parameters.preset_combo.currentText(),
+            advanced_open=self.parameters.advanced.is_expanded(),
+            geometry=_encode(self.saveGeometry()),
+            splitters={s.objectName(): _encode(s.saveState()) for s in self._named_splitters()},
+        )
+
+    def restore_session(self) -> None:
+        """Bring back what `session_state` saved on the last close (nothing without a session file)."""
+        if self._session_path is None:
+            return
+        state = load_session(self._session_path)
+        self.prompt_panel.set_prompts(state.prompt, state.negative_prompt)
+        try:
+            self.parameters.set_values(state.params)
+        except (TypeError, ValueError):  # a hand-edited session file: the rest keeps its defaults
+            self.statusBar().showMessage("Some of the last session's parameters could not be restored", 5000)
+        self.parameters.show_preset(state.preset)
+        self.parameters.advanced.set_expanded(state.advanced_open)
+        if state.geometry:
+            self.restoreGeometry(_decode(state.geometry))
+        for splitter in self._named_splitters():
+            saved = state.splitters.get(splitter.objectName())
+            if isinstance(saved, str):
+                splitter.restoreState(_decode(saved))
+
+    def _named_splitters(self) -> list[QSplitter]:
+        """The panel dividers whose positions are kept: every splitter with an object name."""
+        return [s for s in self.findChildren(QSplitter) if s.objectName()]
+
+    def _save_session(self) -> None:
+        if self._session_path is not None:
+            try:
+                save_session(self.session_state(), self._session_path)
+            except OSError:
+                pass  # closing: nowhere left to say it; the next start uses the defaults
+
     # -- drops and paste ----------------------------------------------------------------------------
 
     @Slot(object)
     def handle_drop(self, item: DropItem) -> None:
         if item.kind is DropKind.IMAGE and item.image is not None:
             self.set_init_image(item.image, item.name)
-        elif item.kind is DropKind.PARAMETERS and item.image is not None and item.infotext is not None:
-            image, infotext, name = item.image, item.infotext, item.name
+        elif item.kind is DropKind.PARAMETERS and item.image is not None and item.parameters is not None:
+            image, infotext, name = item.image, item.parameters, item.name
             self.show_info(
                 f"{name} carries generation parameters",
                 "Restore its prompt and settings, or start from the image itself?",
@@ -515,10 +663,19 @@ class MainWindow(QMainWindow):
         if mime is None or not (mime.hasImage() or mime.hasUrls()):
             self.show_error("There is no image on the clipboard", "Copy an image or an image file, then paste again.")
             return
-        self.handle_drop(classify_mime(mime))
+        self.drop_filter.classify(mime)  # read on a worker thread; handle_drop gets the result
 
     # -- closing --------------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._save_session()
         self.controller.shutdown()
         super().closeEvent(event)
+
+
+def _encode(data: QByteArray) -> str:
+    return bytes(data.toBase64().data()).decode("ascii")
+
+
+def _decode(text: str) -> QByteArray:
+    return QByteArray.fromBase64(text.encode("ascii"))

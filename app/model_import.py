@@ -8,6 +8,8 @@ importer (app.model_manager).
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,7 @@ from PySide6.QtWidgets import QProgressBar, QProgressDialog, QWidget
 
 from convert import ConversionCancelled, ConversionProgress, ConversionReport, ConvertOptions, convert_model
 
+from .hub_download import download_repo
 from .model_library import ModelLibrary
 
 Converter = Callable[..., ConversionReport]  # convert_model's signature
@@ -27,6 +30,8 @@ def progress_label(progress: ConversionProgress, source: str) -> str:
     match progress.stage:
         case "fetch":
             return f"Downloading {source} from Hugging Face\u2026"
+        case "download":
+            return f"Downloading {source}: {progress.done:,} of {progress.total:,} MB"
         case "read":
             return f"Converting weights: {progress.done} of {progress.total}"
         case "write":
@@ -34,6 +39,25 @@ def progress_label(progress: ConversionProgress, source: str) -> str:
         case "validate":
             return "Checking that the model loads\u2026"
     return "Finishing\u2026"
+
+
+def hub_converter(downloads: Path, convert: Converter = convert_model) -> Converter:
+    """A converter for a Hugging Face repo id that downloads it itself, in chunks (so Cancel stops the
+    download), into `downloads`/<model name>, converts that folder, then deletes it."""
+
+    def download_and_convert(
+        source: str, output: Path, options: ConvertOptions,
+        on_progress: Callable[[ConversionProgress], None], cancel: Callable[[], bool],
+    ) -> ConversionReport:
+        folder = downloads / output.name
+        shutil.rmtree(folder, ignore_errors=True)  # what a crash mid-download left
+        variant = download_repo(source, folder, options.variant, options.revision or "main", on_progress, cancel)
+        try:
+            return convert(folder, output, dataclasses.replace(options, variant=variant), on_progress, cancel)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return download_and_convert
 
 
 class ConversionWorker(QObject):
@@ -97,8 +121,11 @@ class ModelImporter(QObject):
     def busy(self) -> bool:
         return self._thread is not None
 
-    def start(self, source: str | Path, library: ModelLibrary, options: ConvertOptions) -> bool:
-        """Begin importing `source` (a checkpoint file or a repo id); False if an import is running."""
+    def start(
+        self, source: str | Path, library: ModelLibrary, options: ConvertOptions, convert: Converter | None = None
+    ) -> bool:
+        """Begin importing `source` (a checkpoint file or a repo id) with `convert` (the importer's
+        converter by default, e.g. `hub_converter` for a catalogue download); False if one is running."""
         if self.busy:
             self.failed.emit(f"{self._name} is still being imported; wait for it or cancel it first.")
             return False
@@ -110,7 +137,7 @@ class ModelImporter(QObject):
         self._source, self._name = str(source), name
         self._thread = QThread()
         self._thread.setObjectName("model-import")
-        self._worker = ConversionWorker(self._source, output, options, self._convert)
+        self._worker = ConversionWorker(self._source, output, options, convert or self._convert)
         self._worker.moveToThread(self._thread)
         self._thread.started.connect(self._worker.run)
         self._worker.progressed.connect(self._on_progress)
@@ -159,7 +186,7 @@ class ModelImporter(QObject):
         if dialog is None or bar is None or dialog.wasCanceled():
             return
         dialog.setLabelText(progress_label(progress, self._source))
-        if progress.stage == "read" and progress.total > 0:
+        if progress.stage in ("read", "download") and progress.total > 0:
             bar.setRange(0, progress.total)
             bar.setValue(progress.done)
         else:

@@ -35,7 +35,8 @@ from convert import ConvertOptions
 from convert.hub import looks_like_repo_id
 
 from .drop_handler import CHECKPOINT_FILTER, CHECKPOINT_SUFFIXES
-from .model_import import ModelImporter
+from .model_catalogue import CatalogueDialog, CatalogueEntry
+from .model_import import ModelImporter, hub_converter
 from .model_library import ModelInfo, ModelLibrary, ModelLibraryError
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
 
 Index = QModelIndex | QPersistentModelIndex
 REPO_EXAMPLE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DOWNLOADS_DIR = "downloads"  # in the library: a catalogue download until it is converted
+IMPORT_HINT = (
+    "Import a Stable Diffusion checkpoint (.safetensors, SD 1.x, 2.x or SDXL) from a file or a Hugging Face "
+    "repo, or drop one here."
+)
 
 
 def format_size(size: int) -> str:
@@ -160,11 +166,7 @@ class ModelManagerDialog(QDialog):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
         self.table.doubleClicked.connect(lambda _: self.use_selected())
-        self.empty_label = QLabel(
-            "No models yet. Import a Stable Diffusion checkpoint (.safetensors, SD 1.x, 2.x or SDXL) "
-            "from a file or a Hugging Face repo, or drop one here.",
-            wordWrap=True,
-        )
+        self.empty_label = QLabel(wordWrap=True)
         self.message = QLabel(wordWrap=True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
@@ -172,6 +174,9 @@ class ModelManagerDialog(QDialog):
         self.import_file_button.clicked.connect(self.import_file)
         self.import_repo_button = QPushButton("Import from Hugging Face\u2026")
         self.import_repo_button.clicked.connect(self.import_repo)
+        self.catalogue_button = QPushButton("Get Models\u2026")
+        self.catalogue_button.setToolTip("Download a well-known model (SD 1.5, SDXL, Turbo, …) and import it")
+        self.catalogue_button.clicked.connect(self.open_catalogue)
         self.rename_button = QPushButton("Rename\u2026")
         self.rename_button.clicked.connect(self.rename_selected)
         self.delete_button = QPushButton("Delete\u2026")
@@ -179,7 +184,8 @@ class ModelManagerDialog(QDialog):
         self.use_button = QPushButton("Use This Model")
         self.use_button.clicked.connect(self.use_selected)
         row = QHBoxLayout()
-        for button in (self.import_file_button, self.import_repo_button, self.rename_button, self.delete_button):
+        for button in (self.catalogue_button, self.import_file_button, self.import_repo_button, self.rename_button,
+                       self.delete_button):
             row.addWidget(button)
         row.addStretch(1)
         row.addWidget(self.use_button)
@@ -234,6 +240,20 @@ class ModelManagerDialog(QDialog):
             self.show_message(f"Expected a Hugging Face repo id such as {REPO_EXAMPLE}, got {repo!r}.")
             return
         self.import_source(repo)
+
+    def open_catalogue(self) -> CatalogueDialog:
+        dialog = CatalogueDialog(parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.chosen.connect(self.download)
+        dialog.open()
+        return dialog
+
+    def download(self, entry: CatalogueEntry) -> None:
+        """Download a catalogue entry and import it (Cancel in the progress dialog stops the download)."""
+        options = dataclasses.replace(self._options(), variant=entry.variant)
+        converter = hub_converter(self.library.library / DOWNLOADS_DIR)
+        if self._importer.start(entry.repo_id, self.library, options, converter):
+            self.show_message("")
 
     def rename_selected(self) -> None:
         model = self.selected()
@@ -297,8 +317,11 @@ class ModelManagerDialog(QDialog):
 
     def _refresh(self, select: str | None = None) -> None:
         self.model.reload()
-        empty = not any(not m.bundled for m in self.library.models())
+        models = self.library.models()
+        empty = not any(not m.bundled for m in models)
         self.empty_label.setVisible(empty)
+        # with the demo listed above, "no models" would contradict the list
+        self.empty_label.setText(("Only the bundled demo model so far. " if models else "No models yet. ") + IMPORT_HINT)
         if select is not None:
             self.select(select)
         self._update_buttons()
@@ -333,7 +356,7 @@ class ModelManagerPlugin(QObject):
         self.dialog: ModelManagerDialog | None = None
         window.set_checkpoint_importer(lambda path: self.importer.start(path, window.picker.library, self.options()))
         self.importer.imported.connect(self._imported)
-        self.importer.failed.connect(lambda text: window.show_error("The model could not be imported", text))
+        self.importer.failed.connect(self._failed)
         window.menu("Models").addAction("Manage Models\u2026", self.open)
 
     def options(self) -> ConvertOptions:
@@ -353,9 +376,21 @@ class ModelManagerPlugin(QObject):
         self.dialog = dialog
         return dialog
 
+    def _dialog_open(self) -> bool:
+        """Whether the manager is open: then it says what happened, and the window says nothing."""
+        try:
+            return self.dialog is not None and self.dialog.isVisible()
+        except RuntimeError:  # the closed dialog deleted itself
+            return False
+
     def _imported(self, name: str) -> None:
         self._window.refresh_models(name)
-        self._window.show_info(f"Imported {name}", "It is selected and ready to generate with.")
+        if not self._dialog_open():
+            self._window.show_info(f"Imported {name}", "It is selected and ready to generate with.")
+
+    def _failed(self, text: str) -> None:
+        if not self._dialog_open():
+            self._window.show_error("The model could not be imported", text)
 
     def _renamed(self, old: str, new: str) -> None:
         current = self._window.picker.current()

@@ -14,7 +14,10 @@ NO_MODEL_TEXT = (
     "No model is installed yet: drop a Stable Diffusion .safetensors checkpoint (SD 1.x, 2.x or SDXL) "
     "on this window to import it."
 )
-DEMO_TEXT = "Meanwhile you can try the small bundled demo model, which draws simple coloured shapes."
+DEMO_READY_TEXT = (
+    "The bundled demo model draws simple coloured shapes; drop a Stable Diffusion .safetensors checkpoint "
+    "(SD 1.x, 2.x or SDXL) on this window, or use Models > Manage Models…, to get a real one."
+)
 
 
 class ModelPicker(QWidget):
@@ -28,6 +31,7 @@ class ModelPicker(QWidget):
         self.combo.setMinimumContentsLength(18)
         self.combo.setPlaceholderText("No model installed")
         self.combo.setToolTip("The model to generate with")
+        self.combo.setAccessibleName("Model")
         self.combo.currentIndexChanged.connect(lambda _: self.modelChanged.emit(self.current()))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

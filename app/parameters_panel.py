@@ -1,6 +1,8 @@
 """Generation parameters: presets, sampler and schedule, steps, CFG, size with aspect presets snapped
 to the model's native resolution, seed (with dice and reuse-last-seed), batch size and count, and the
-image-to-image source with its strength."""
+image-to-image source with its strength; the rarely changed ones (schedule, clip skip, prefix and suffix,
+SDXL refiner aesthetic scores, VAE tiling, low memory) sit in a collapsed "Advanced" section. The preset box
+says "Custom" once a value differs from the applied preset."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from PySide6.QtCore import QRegularExpression, QSize, Qt, Signal
 from PySide6.QtGui import QFontMetrics, QPixmap, QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -33,23 +36,28 @@ from mlx_sd.request import MAX_SIZE, MAX_STEPS, MIN_SIZE, RANDOM_SEED
 from mlx_sd.samplers import SAMPLERS, sampler_by_name
 from mlx_sd.schedules import SCHEDULES, schedule_by_name
 
+from .collapsible_section import CollapsibleSection
 from .presets import ASPECTS, aspect_size, clean_params, resolve, size_step
 from .result_view import pil_to_qimage
 from .settings import Preset
 
 DICE = "🎲"
 THUMBNAIL = 120
+CUSTOM = "Custom"
+# VAE tiling choices -> the request's vae_tiling
+TILING = {"Automatic": None, "On": True, "Off": False}
 
 
 class SeedEdit(QWidget):
     """A seed field (-1 = random) with a dice button and a button that reuses the last seed.
 
-    A line edit rather than a spin box: seeds go up to 2^32 - 1, past a QSpinBox's int range."""
+    A line edit rather than a spin box: seeds go up to 2^64 - 1 (a run's later images count past
+    2^32 - 1), far past a QSpinBox's int range."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.edit = QLineEdit(str(RANDOM_SEED))
-        self.edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{1,10}")))
+        self.edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{1,20}")))
         self.edit.setToolTip("-1 picks a new random seed for every run")
         self.dice = QToolButton()
         # macOS always has an emoji font; elsewhere the die may be missing, then say it in words
@@ -176,7 +184,8 @@ class ParametersPanel(QWidget):
         # presets
         self.preset_combo = QComboBox()
         self.preset_combo.setToolTip("Apply a preset: built-in ones first, then your own")
-        self.preset_combo.setPlaceholderText("Choose a preset…")
+        self.preset_combo.setAccessibleName("Preset")
+        self.preset_combo.setPlaceholderText(CUSTOM)  # shown while no preset matches the values
         self.preset_combo.activated.connect(self._preset_activated)
         self.save_preset_button = QToolButton()
         self.save_preset_button.setText("Save…")
@@ -188,6 +197,8 @@ class ParametersPanel(QWidget):
             lambda: self.presetDeleteRequested.emit(self.preset_combo.currentText())
         )
         self._presets: list[Preset] = []
+        self._applied: dict[str, Any] = {}  # what the selected preset set; a difference means "Custom"
+        self._applying = False
 
         # sampling
         self.sampler = QComboBox()
@@ -205,6 +216,19 @@ class ParametersPanel(QWidget):
         self.clip_skip = QSpinBox()
         self.clip_skip.setRange(1, 12)
         self.clip_skip.setToolTip("1 = the model's normal text-encoder layer; 2 is common for anime models")
+        self.aesthetic = QDoubleSpinBox()
+        self.negative_aesthetic = QDoubleSpinBox()
+        for spin, value in ((self.aesthetic, 6.0), (self.negative_aesthetic, 2.5)):
+            spin.setRange(0.0, 10.0)
+            spin.setSingleStep(0.5)
+            spin.setDecimals(1)
+            spin.setValue(value)
+            spin.setToolTip("Used by the SDXL refiner only")
+        self.tiling = QComboBox()
+        self.tiling.addItems(list(TILING))
+        self.tiling.setToolTip("Decode the image in tiles: Automatic tiles only images larger than the VAE's tile")
+        self.low_memory = QCheckBox("Low memory")
+        self.low_memory.setToolTip("Release the text encoders before the image model runs")
 
         # size
         self.width_spin = QSpinBox()
@@ -256,20 +280,48 @@ class ParametersPanel(QWidget):
         form = QFormLayout()
         form.addRow("Preset", preset_row)
         form.addRow("Sampler", self.sampler)
-        form.addRow("Schedule", self.schedule)
         form.addRow("Steps", self.steps)
         form.addRow("CFG scale", self.cfg)
         form.addRow("Size", size_row)
         form.addRow("Aspect", aspect_row)
         form.addRow("Seed", self.seed)
         form.addRow("Batch", batch_row)
-        form.addRow("Clip skip", self.clip_skip)
+        advanced = QWidget()
+        self.advanced_form = QFormLayout(advanced)
+        self.advanced_form.setContentsMargins(0, 0, 0, 0)
+        self.advanced_form.addRow("Schedule", self.schedule)
+        self.advanced_form.addRow("Clip skip", self.clip_skip)
+        self.advanced_form.addRow("Aesthetic score", self.aesthetic)
+        self.advanced_form.addRow("Negative aesthetic score", self.negative_aesthetic)
+        self.advanced_form.addRow("VAE tiling", self.tiling)
+        self.advanced_form.addRow("", self.low_memory)
+        self.advanced = CollapsibleSection("Advanced", advanced)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.init_image)
+        layout.addWidget(self.advanced)
         layout.addStretch(1)
         self.set_aspect("square")
+        name_controls(form)
+        name_controls(self.advanced_form)
+        self.seed.edit.setAccessibleName("Seed")
+        self.batch_size.setAccessibleName("Images per batch")
+        self.batch_count.setAccessibleName("Batch runs")
+        self.width_spin.setAccessibleName("Width")
+        self.height_spin.setAccessibleName("Height")
+        self.init_image.strength.setAccessibleName("Denoising strength")
+        for spin in (self.steps, self.cfg, self.clip_skip, self.aesthetic, self.negative_aesthetic,
+                     self.width_spin, self.height_spin, self.batch_size, self.batch_count):
+            spin.valueChanged.connect(self._check_custom)
+        for combo in (self.sampler, self.schedule):
+            combo.currentIndexChanged.connect(self._check_custom)
+
+    def add_advanced_row(self, label: str, widget: QWidget) -> None:
+        """A control of the window's (the prompt prefix and suffix) in the Advanced section."""
+        self.advanced_form.addRow(label, widget)
+        if not widget.accessibleName():
+            widget.setAccessibleName(label)
 
     # -- values -----------------------------------------------------------------------------
 
@@ -287,6 +339,9 @@ class ParametersPanel(QWidget):
             "batch_count": self.batch_count.value(),
             "clip_skip": self.clip_skip.value(),
             "strength": self.init_image.strength_value(),
+            "aesthetic_score": round(self.aesthetic.value(), 2),
+            "negative_aesthetic_score": round(self.negative_aesthetic.value(), 2),
+            "vae_tiling": TILING[self.tiling.currentText()],
         }
 
     def preset_values(self) -> dict[str, Any]:
@@ -322,6 +377,11 @@ class ParametersPanel(QWidget):
             self.seed.set_seed(int(values["seed"]))
         if "strength" in values:
             self.init_image.set_strength(float(values["strength"]))
+        for key, spin in (("aesthetic_score", self.aesthetic), ("negative_aesthetic_score", self.negative_aesthetic)):
+            if key in values:
+                spin.setValue(float(values[key]))
+        if "vae_tiling" in values:
+            self.tiling.setCurrentText(next((k for k, v in TILING.items() if v is values["vae_tiling"]), "Automatic"))
         return notes
 
     # -- size ---------------------------------------------------------------------------------
@@ -336,8 +396,13 @@ class ParametersPanel(QWidget):
         step = size_step(native)
         for spin in (self.width_spin, self.height_spin):
             spin.setSingleStep(step)
+        self._applying = True  # the model's sizes are not a change of the user's
         if self._aspect is not None:
             self.set_aspect(self._aspect)
+        index = self.preset_combo.currentIndex()
+        if 0 <= index < len(self._presets):
+            self._applied = resolve(self._presets[index], native)
+        self._applying = False
 
     def set_aspect(self, aspect: str) -> None:
         width, height = aspect_size(aspect, self._native)
@@ -388,15 +453,42 @@ class ParametersPanel(QWidget):
     def apply_preset(self, name: str) -> None:
         for preset in self._presets:
             if preset.name == name:
-                self.preset_combo.setCurrentText(name)
+                self._applying = True
                 aspect = clean_params(preset.params).get("aspect")
-                self.set_values(resolve(preset, self._native))
+                self._applied = resolve(preset, self._native)
+                self.set_values(self._applied)
                 if aspect is not None:
                     self._aspect = aspect
                     self._check_aspect_button()
+                self._applying = False
+                self.preset_combo.setCurrentText(name)
                 self._update_delete()
                 return
         raise KeyError(f"no preset named {name!r}; presets are {', '.join(self.preset_names())}")
+
+    def preset_label(self) -> str:
+        """What the preset box shows: the preset in use, or "Custom"."""
+        return self.preset_combo.currentText() or CUSTOM
+
+    def show_preset(self, name: str) -> None:
+        """Name `name` as the preset in use without applying it (a restored window): "Custom" when the
+        values differ from it."""
+        for index, preset in enumerate(self._presets):
+            if preset.name == name:
+                self._applied = resolve(preset, self._native)
+                self.preset_combo.setCurrentIndex(index)
+                self._check_custom()
+                self._update_delete()
+                return
+
+    def _check_custom(self) -> None:
+        """Show "Custom" once a value differs from what the selected preset set."""
+        if self._applying or self.preset_combo.currentIndex() < 0:
+            return
+        values = self.values()
+        if any(values.get(key) != value for key, value in self._applied.items()):
+            self.preset_combo.setCurrentIndex(-1)
+            self._update_delete()
 
     def _preset_activated(self, index: int) -> None:
         if 0 <= index < len(self._presets):
@@ -411,4 +503,16 @@ class ParametersPanel(QWidget):
             self.presetSaveRequested.emit(name)
 
     def sizeHint(self) -> QSize:
-        return QSize(360, super().sizeHint().height())
+        return QSize(340, super().sizeHint().height())
+
+
+def name_controls(form: QFormLayout) -> None:
+    """Give each field of `form` its row label as accessible name (screen readers, UI tests)."""
+    for row in range(form.rowCount()):
+        label = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+        field = form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+        if label is None or field is None or not isinstance(label.widget(), QLabel):
+            continue
+        widget = field.widget()
+        if widget is not None and not widget.accessibleName():
+            widget.setAccessibleName(label.widget().text())

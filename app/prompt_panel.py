@@ -1,11 +1,12 @@
 """Prompt and negative prompt (multi-line; Ctrl+Enter, Cmd+Enter on a Mac, generates), and the
-prefix and suffix that are added to every prompt."""
+prefix and suffix that are added to every prompt (their boxes are laid out by the window, under
+Advanced)."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QMimeData, Qt, Signal
 from PySide6.QtGui import QImage, QKeyEvent
-from PySide6.QtWidgets import QFormLayout, QLabel, QLineEdit, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QLineEdit, QPlainTextEdit, QVBoxLayout, QWidget
 
 SEPARATOR = ", "
 
@@ -69,7 +70,11 @@ class PromptPanel(QWidget):
         super().__init__(parent)
         self.prompt_edit = PromptEdit("Describe the image, e.g. a lighthouse at dusk, oil painting")
         self.negative_edit = PromptEdit("What to avoid, e.g. blurry, text, watermark")
-        self.prompt_edit.setMinimumHeight(90)
+        self.prompt_edit.setAccessibleName("Prompt")
+        self.negative_edit.setAccessibleName("Negative prompt")
+        self.prompt_edit.setMinimumHeight(60)
+        self.prompt_edit.setMaximumHeight(130)
+        self.negative_edit.setMinimumHeight(40)
         self.negative_edit.setMaximumHeight(70)
         self.prefix_edit = QLineEdit()
         self.prefix_edit.setPlaceholderText("added before every prompt")
@@ -81,16 +86,13 @@ class PromptPanel(QWidget):
         for line in (self.prefix_edit, self.suffix_edit):
             line.editingFinished.connect(lambda: self.affixesChanged.emit(self.prefix(), self.suffix()))
 
-        affixes = QFormLayout()
-        affixes.addRow("Prefix", self.prefix_edit)
-        affixes.addRow("Suffix", self.suffix_edit)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Prompt"))
-        layout.addWidget(self.prompt_edit, 2)
-        layout.addWidget(QLabel("Negative prompt"))
-        layout.addWidget(self.negative_edit, 1)
-        layout.addLayout(affixes)
+        for label, edit, stretch in (("&Prompt", self.prompt_edit, 2), ("&Negative prompt", self.negative_edit, 1)):
+            title = QLabel(label)
+            title.setBuddy(edit)
+            layout.addWidget(title)
+            layout.addWidget(edit, stretch)
 
     def prompt(self) -> str:
         return self.prompt_edit.text()

@@ -7,6 +7,7 @@ or copied: what you see is what you export. `MessageBar` is the in-window banner
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,16 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QIcon, QImage, QPainter, QPaintEvent, QPixmap
+from PySide6.QtCore import QAbstractListModel, QEvent, QModelIndex, QObject, QPersistentModelIndex, QRect, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QComboBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
-    QListView,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
@@ -39,7 +41,8 @@ UPSCALE_FILTERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
 }
 UPSCALE_FACTORS = (1, 2, 3, 4)
-THUMBNAIL_SIDE = 96
+INFO_SECONDS = 10
+NEAREST_FROM = 3  # on-screen enlargement from which pixels are shown as crisp squares
 SAVE_FILTERS = {"png": "PNG image (*.png)", "jpeg": "JPEG image (*.jpg *.jpeg)", "webp": "WebP image (*.webp)"}
 SUFFIX_FOR = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -116,7 +119,7 @@ class ResultItem:
 
 
 class ResultsModel(QAbstractListModel):
-    """The images of the last run, one row each, with thumbnails made on first display."""
+    """The images of the last run, one row each."""
 
     SeedRole = Qt.ItemDataRole.UserRole + 1
     InfotextRole = Qt.ItemDataRole.UserRole + 2
@@ -125,7 +128,6 @@ class ResultsModel(QAbstractListModel):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._items: list[ResultItem] = []
-        self._icons: dict[int, QIcon] = {}
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._items)
@@ -136,8 +138,6 @@ class ResultsModel(QAbstractListModel):
         item = self._items[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             return f"Seed {item.seed}"
-        if role == Qt.ItemDataRole.DecorationRole:
-            return self._icon(index.row())
         if role == Qt.ItemDataRole.ToolTipRole or role == self.InfotextRole:
             return item.infotext
         if role == self.SeedRole:
@@ -154,17 +154,9 @@ class ResultsModel(QAbstractListModel):
             self.PathRole: b"path",
         }
 
-    def _icon(self, row: int) -> QIcon:
-        if row not in self._icons:
-            thumb = self._items[row].image.copy()
-            thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
-            self._icons[row] = QIcon(QPixmap.fromImage(pil_to_qimage(thumb)))
-        return self._icons[row]
-
     def set_items(self, items: list[ResultItem]) -> None:
         self.beginResetModel()
         self._items = list(items)
-        self._icons = {}
         self.endResetModel()
 
     def item(self, row: int) -> ResultItem:
@@ -175,85 +167,156 @@ class ResultsModel(QAbstractListModel):
 
 
 class ImageCanvas(QWidget):
-    """Draws one image as large as fits, or a placeholder text.
+    """Draws the result (or a whole batch as a grid), or a placeholder text.
 
-    A result is shown at its upscaled size (never enlarged beyond it) and resampled once, straight to
-    the size on screen, with the chosen filter: a 4x Lanczos view of a 1024 px image never builds the
-    4096 px image. A live preview (a QImage) stands for the final image and is stretched to its size."""
+    "Fit" scales the image to the view, enlarging small ones (nearest-neighbour once enlarged by
+    NEAREST_FROM or more, so a 64 px image shows crisp pixels rather than blur); "100%" shows it at its
+    upscaled size, scrolled by the surrounding scroll area when larger. Each image is resampled once,
+    straight to the size on screen, with the chosen filter: a 4x Lanczos view of a 1024 px image never
+    builds the 4096 px image. A live preview (a QImage) stands for the final image at its size."""
+
+    clicked = Signal(int)  # the grid cell's row
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._preview: QImage | None = None
-        self._picture: Image.Image | None = None
+        self._pictures: list[Image.Image] = []
+        self._factor = 1
         self._method = "Lanczos"
         self._natural = QSize()
-        self._shown: tuple[tuple[int, int, int, str], QImage] | None = None  # cache: (id, w, h, filter)
+        self._fit = True
+        self._shown: dict[int, tuple[tuple[int, int, int, str], QImage]] = {}  # row -> (key, image)
         self._placeholder = ""
-        self.setMinimumSize(256, 256)
+        self.setMinimumSize(160, 120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setAccessibleName("Result image")
 
     def sizeHint(self) -> QSize:
         return QSize(640, 640)
 
     def set_picture(self, picture: Image.Image | None, factor: int = 1, method: str = "Lanczos") -> None:
         """A result, shown upscaled by `factor` with `method` (see UPSCALE_FILTERS)."""
-        self._preview, self._picture, self._method = None, picture, method
-        self._natural = QSize(picture.width * factor, picture.height * factor) if picture is not None else QSize()
+        self.set_pictures([picture] if picture is not None else [], factor, method)
+
+    def set_pictures(self, pictures: list[Image.Image], factor: int = 1, method: str = "Lanczos") -> None:
+        """Several results (a batch) side by side in a grid, or one."""
+        self._preview, self._pictures, self._factor, self._method = None, list(pictures), factor, method
+        first = pictures[0] if pictures else None
+        self._natural = QSize(first.width * factor, first.height * factor) if first is not None else QSize()
+        self._shown = {}
+        self._update_minimum()
         self.update()
 
     def set_preview(self, preview: QImage, final_size: QSize) -> None:
-        self._preview, self._picture, self._natural = preview, None, final_size
+        self._preview, self._pictures, self._natural = preview, [], final_size
+        self._update_minimum()
         self.update()
 
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
         self.update()
 
-    def image_rect(self) -> QRect:
-        """Where the image is drawn, in widget coordinates (empty without an image)."""
-        if (self._preview is None and self._picture is None) or self._natural.isEmpty():
-            return QRect()
-        size = self._natural
-        if size.width() > self.width() or size.height() > self.height():
-            size = size.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
-        x, y = (self.width() - size.width()) // 2, (self.height() - size.height()) // 2
-        return QRect(x, y, size.width(), size.height())
+    def set_fit(self, fit: bool) -> None:
+        self._fit = fit
+        self._update_minimum()
+        self.update()
 
-    def _shown_picture(self, size: QSize) -> QImage:
-        assert self._picture is not None
-        key = (id(self._picture), size.width(), size.height(), self._method)
-        if self._shown is None or self._shown[0] != key:
-            enlarging = size.width() > self._picture.width
-            # shrinking always uses Lanczos: the upscaler choice is about adding pixels, not dropping them
-            resample = UPSCALE_FILTERS[self._method] if enlarging else Image.Resampling.LANCZOS
-            picture = self._picture
+    def fits(self) -> bool:
+        return self._fit
+
+    def _update_minimum(self) -> None:
+        # at 100% the canvas is as large as the image, so its scroll area scrolls
+        single = len(self._pictures) <= 1
+        natural = self._natural if (not self._fit and single and not self._natural.isEmpty()) else QSize(160, 120)
+        self.setMinimumSize(natural)
+
+    def cells(self) -> list[QRect]:
+        """The grid's cells, one per picture (a single picture fills the canvas)."""
+        count = max(len(self._pictures), 1)
+        aspect = self._aspect()
+
+        def image_width(columns: int) -> float:  # how large each image is drawn with this many columns
+            cell_width, cell_height = self.width() / columns, self.height() / math.ceil(count / columns)
+            return min(cell_width, cell_height * aspect)
+
+        columns = max(range(1, count + 1), key=image_width)  # the fewest columns among the best
+        rows = math.ceil(count / columns)
+        width, height = self.width() // columns, self.height() // rows
+        return [QRect((i % columns) * width, (i // columns) * height, width, height) for i in range(count)]
+
+    def _aspect(self) -> float:
+        return self._natural.width() / self._natural.height() if not self._natural.isEmpty() else 1.0
+
+    def image_rects(self) -> list[QRect]:
+        """Where each image is drawn, in widget coordinates (none without an image)."""
+        if (self._preview is None and not self._pictures) or self._natural.isEmpty():
+            return []
+        rects = []
+        gap = 4 if len(self._pictures) > 1 else 0
+        for cell in self.cells():
+            cell = cell.adjusted(gap, gap, -gap, -gap)
+            size = self._natural
+            if self._fit or len(self._pictures) > 1:
+                size = size.scaled(cell.size(), Qt.AspectRatioMode.KeepAspectRatio)
+            x, y = cell.x() + (cell.width() - size.width()) // 2, cell.y() + (cell.height() - size.height()) // 2
+            rects.append(QRect(max(x, 0), max(y, 0), size.width(), size.height()))
+        return rects
+
+    def image_rect(self) -> QRect:
+        """Where the (first) image is drawn, in widget coordinates (empty without an image)."""
+        rects = self.image_rects()
+        return rects[0] if rects else QRect()
+
+    def _shown_picture(self, row: int, size: QSize) -> QImage:
+        picture = self._pictures[row]
+        key = (id(picture), size.width(), size.height(), self._method)
+        if row not in self._shown or self._shown[row][0] != key:
+            scale = size.width() / picture.width
+            if scale >= NEAREST_FROM * self._factor:
+                resample = Image.Resampling.NEAREST  # enlarged for the screen far beyond the chosen upscale
+            elif scale > 1:
+                resample = UPSCALE_FILTERS[self._method]
+            else:  # shrinking: the upscaler choice is about adding pixels, not dropping them
+                resample = Image.Resampling.LANCZOS
             if (size.width(), size.height()) != picture.size:
                 picture = picture.resize((size.width(), size.height()), resample)
-            self._shown = (key, pil_to_qimage(picture))
-        return self._shown[1]
+            self._shown[row] = (key, pil_to_qimage(picture))
+        return self._shown[row][1]
 
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), self.palette().dark())
-        rect = self.image_rect()
-        if rect.isEmpty():
+        rects = self.image_rects()
+        if not rects:
             painter.setPen(self.palette().brightText().color())
             flags = Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap
             painter.drawText(self.rect().adjusted(24, 24, -24, -24), flags, self._placeholder)
-        elif self._picture is not None:
-            painter.drawImage(rect.topLeft(), self._shown_picture(rect.size()))
+        elif self._pictures:
+            for row, rect in enumerate(rects):
+                painter.drawImage(rect.topLeft(), self._shown_picture(row, rect.size()))
         elif self._preview is not None:
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-            painter.drawImage(rect, self._preview)
+            painter.drawImage(rects[0], self._preview)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if len(self._pictures) > 1 and event.button() == Qt.MouseButton.LeftButton:
+            for row, rect in enumerate(self.image_rects()):
+                if rect.contains(event.position().toPoint()):
+                    self.clicked.emit(row)
+                    return
+        super().mouseReleaseEvent(event)
 
 
 class MessageBar(QFrame):
-    """A banner above the result: an error, or an offer with buttons. Closing it hides it."""
+    """A banner over the top of the result: an error, an offer with buttons, or news (which hides itself
+    after INFO_SECONDS). Closing it hides it. It floats over its host (`float_over`) rather than taking a
+    place in a layout, so its coming and going never moves a control under the pointer."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("messageBar")
         self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setAutoFillBackground(True)  # floating over the image, it must be opaque
         self._label = QLabel()
         self._label.setWordWrap(True)
         self._label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -268,6 +331,9 @@ class MessageBar(QFrame):
         layout.addLayout(self._buttons)
         layout.addWidget(close)
         self.kind = ""
+        self._top: Callable[[], int] = lambda: 0
+        self._expiry = QTimer(self, singleShot=True, interval=INFO_SECONDS * 1000)
+        self._expiry.timeout.connect(self.dismiss)
         self.hide()
 
     def show_message(
@@ -287,6 +353,34 @@ class MessageBar(QFrame):
             button.clicked.connect(lambda _=False, c=callback: (self.dismiss(), c()))
             self._buttons.addWidget(button)
         self.show()
+        self._place()
+        # news goes away by itself; an error, or an offer waiting for an answer, stays until dealt with
+        if kind == "info" and not actions:
+            self._expiry.start()
+        else:
+            self._expiry.stop()
+
+    def float_over(self, host: QWidget, top: Callable[[], int] = lambda: 0) -> None:
+        """Float over `host`, `top()` pixels from its top edge, across its width."""
+        self.setParent(host)
+        self._top = top
+        host.installEventFilter(self)
+        self.hide()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.parentWidget() and event.type() == QEvent.Type.Resize and self.isVisible():
+            self._place()
+        return False
+
+    def _place(self) -> None:
+        host = self.parentWidget()
+        if host is None:
+            return
+        width, layout = host.width(), self.layout()
+        # as tall as its wrapped text needs at this width
+        height = layout.totalHeightForWidth(width) if layout.hasHeightForWidth() else layout.totalMinimumSize().height()
+        self.setGeometry(0, self._top(), width, height)
+        self.raise_()
 
     def text(self) -> str:
         return self._label.text()
@@ -312,7 +406,8 @@ def _escape(text: str) -> str:
 
 
 class ResultView(QWidget):
-    """The selected result large, the batch strip below, the actions and upscaling controls."""
+    """The result large (a batch as a grid: click an image to see it alone), fit or 100% zoom, the
+    actions and upscaling controls."""
 
     error = Signal(str, str)  # title, detail
     info = Signal(str)
@@ -321,16 +416,28 @@ class ResultView(QWidget):
         super().__init__(parent)
         self.model = ResultsModel(self)
         self.canvas = ImageCanvas()
-        self.strip = QListView()
-        self.strip.setModel(self.model)
-        self.strip.setViewMode(QListView.ViewMode.IconMode)
-        self.strip.setFlow(QListView.Flow.LeftToRight)
-        self.strip.setWrapping(False)
-        self.strip.setIconSize(QSize(THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        self.strip.setFixedHeight(THUMBNAIL_SIDE + 44)
-        self.strip.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        self.strip.selectionModel().currentChanged.connect(lambda current, _: self._show_row(current.row()))
-        self.strip.hide()
+        self.canvas.clicked.connect(self.select)
+        self.scroll = QScrollArea()  # scrolls a 100% view larger than the window
+        self.scroll.setWidget(self.canvas)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.fit_button = QToolButton()
+        self.fit_button.setText("Fit")
+        self.fit_button.setToolTip("Scale the image to the view")
+        self.actual_button = QToolButton()
+        self.actual_button.setText("100%")
+        self.actual_button.setToolTip("Show the image's own pixels, one to one")
+        self.zoom_group = QButtonGroup(self)
+        for button in (self.fit_button, self.actual_button):
+            button.setCheckable(True)
+            self.zoom_group.addButton(button)
+        self.fit_button.setChecked(True)
+        self.fit_button.toggled.connect(self.canvas.set_fit)
+        self.grid_button = QToolButton()
+        self.grid_button.setText("Batch")
+        self.grid_button.setToolTip("See the whole batch side by side")
+        self.grid_button.clicked.connect(self.show_grid)
 
         self.factor = QComboBox()
         self.factor.addItems([f"{f}x" for f in UPSCALE_FACTORS])
@@ -341,15 +448,21 @@ class ResultView(QWidget):
         self.method.setToolTip("Upscaling filter")
         for combo in (self.factor, self.method):
             combo.currentIndexChanged.connect(lambda _: self._refresh())
-        self.save_button = QPushButton("Save…")
+        self.save_button = QToolButton(text="Save…")
         self.save_button.clicked.connect(self.save_current_as)
-        self.copy_button = QPushButton("Copy")
+        self.copy_button = QToolButton(text="Copy")
         self.copy_button.clicked.connect(self.copy_current)
-        self.reveal_button = QPushButton("Show in Folder" if sys.platform != "darwin" else "Show in Finder")
+        self.reveal_button = QToolButton(text="Show in Folder" if sys.platform != "darwin" else "Show in Finder")
         self.reveal_button.clicked.connect(self.reveal_current)
 
+        self.factor.setAccessibleName("Upscale factor")
+        self.method.setAccessibleName("Upscaling filter")
         actions = QHBoxLayout()
-        actions.addWidget(QLabel("Upscale"))
+        for button in (self.fit_button, self.actual_button, self.grid_button):
+            actions.addWidget(button)
+        upscale_label = QLabel("Upscale")
+        upscale_label.setBuddy(self.factor)
+        actions.addWidget(upscale_label)
         actions.addWidget(self.factor)
         actions.addWidget(self.method)
         actions.addStretch(1)
@@ -357,12 +470,12 @@ class ResultView(QWidget):
             actions.addWidget(button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas, 1)
-        layout.addWidget(self.strip)
+        layout.addWidget(self.scroll, 1)
         layout.addLayout(actions)
 
         self.output_format = "png"
         self._row = -1
+        self._grid = False
         self._previewing = False
         self._save_folder = Path.home()
         self._update_actions()
@@ -372,14 +485,9 @@ class ResultView(QWidget):
     def set_results(self, items: list[ResultItem]) -> None:
         self._previewing = False
         self.model.set_items(items)
-        self.strip.setVisible(len(items) > 1)
-        self._row = -1
-        if items:
-            self.strip.setCurrentIndex(self.model.index(0))
-            self._show_row(0)
-        else:
-            self.canvas.set_picture(None)
-        self._update_actions()
+        self._row = 0 if items else -1
+        self._grid = len(items) > 1
+        self._refresh()
 
     def show_preview(self, image: QImage, final_size: QSize) -> None:
         """A live preview stands in for the coming image at its final size."""
@@ -392,22 +500,36 @@ class ResultView(QWidget):
         self._refresh()
 
     def select(self, row: int) -> None:
-        self.strip.setCurrentIndex(self.model.index(row))
-
-    def _show_row(self, row: int) -> None:
+        """Show one image of the batch alone (the one the actions apply to)."""
         if 0 <= row < self.model.rowCount():
             self._row = row
+            self._grid = False
             self._refresh()
+
+    def show_grid(self) -> None:
+        """The whole batch side by side."""
+        if self.model.rowCount() > 1:
+            self._grid = True
+            self._refresh()
+
+    def showing_grid(self) -> bool:
+        return self._grid
 
     def _refresh(self) -> None:
         if self._previewing:
             return
-        item = self.current_item()
-        self.canvas.set_picture(item.image if item else None, *self.upscale_settings())
+        if self._grid:
+            pictures = [self.model.item(row).image for row in range(self.model.rowCount())]
+        else:
+            item = self.current_item()
+            pictures = [item.image] if item else []
+        self.canvas.set_pictures(pictures, *self.upscale_settings())
         self._update_actions()
 
     def _update_actions(self) -> None:
         item = self.current_item()
+        self.grid_button.setVisible(self.model.rowCount() > 1)
+        self.grid_button.setEnabled(not self._grid)
         for button in (self.save_button, self.copy_button):
             button.setEnabled(item is not None)
         self.reveal_button.setEnabled(item is not None and item.path is not None)

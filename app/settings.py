@@ -66,32 +66,42 @@ def library_path(folder: str, default: Path) -> Path:
 
 def load_settings(path: str | os.PathLike[str]) -> AppSettings:
     """Settings from `path`; defaults for a missing or unreadable file and for each bad value."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return AppSettings()
-    if not isinstance(data, dict):
-        return AppSettings()
-    default = AppSettings()
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(AppSettings):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if f.name == "user_presets":
-            values[f.name] = [
-                Preset(str(p["name"]), dict(p["params"]))
-                for p in value if isinstance(p, dict) and isinstance(p.get("params"), dict) and "name" in p
-            ] if isinstance(value, list) else []
-        elif type(value) is type(getattr(default, f.name)):
-            values[f.name] = value
+    values = typed_values(AppSettings, read_json_object(path))
+    if "user_presets" in values:
+        values["user_presets"] = [
+            Preset(str(p["name"]), dict(p["params"]))
+            for p in values["user_presets"] if isinstance(p, dict) and isinstance(p.get("params"), dict) and "name" in p
+        ]
     return AppSettings(**values).validated()
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in `path`; empty for a missing, unreadable or malformed file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def typed_values(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The values in `data` for the dataclass `cls`'s fields that have their default's type (a hand-edited
+    file's wrong value falls back to the default instead of breaking the start)."""
+    default = cls()
+    return {
+        f.name: data[f.name] for f in dataclasses.fields(cls)
+        if f.name in data and type(data[f.name]) is type(getattr(default, f.name))
+    }
+
+
 def save_settings(settings: AppSettings, path: str | os.PathLike[str]) -> None:
-    """Write atomically, so a crash mid-save never leaves a half-written settings file."""
+    write_json(dataclasses.asdict(settings), path)
+
+
+def write_json(data: Any, path: str | os.PathLike[str]) -> None:
+    """Write atomically, so a crash mid-save never leaves a half-written file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.partial")
-    temp.write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n", encoding="utf-8")
+    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(temp, target)

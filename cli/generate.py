@@ -1,8 +1,9 @@
 """`mlx-sd generate --model FOLDER "prompt"`: generate images and save them as numbered PNGs with
 their A1111 infotext.
 
-The request is checked against the model's config (mlx_sd.generation.plan) before any weights load,
-so a bad argument fails at once with the engine's own message. Each batch is saved as soon as it is
+Every argument is checked before any weights load: the output folder (writable or creatable), the
+init image and mask (decoded), then the request against the model's config (mlx_sd.generation.plan),
+so a bad argument fails at once with one line; an option that would have no effect is warned about. Each batch is saved as soon as it is
 done, under names that never overwrite a file (mlx_sd.output_files), and its paths are printed on
 stdout; a progress bar with steps per second goes to stderr. Ctrl-C stops the run at the next step:
 nothing partial is written and the exit code is 130 (a second Ctrl-C stops at once).
@@ -67,12 +68,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-count", type=int, default=DEFAULTS.batch_count, metavar="N", help="batches to run")
     parser.add_argument("--init-image", type=Path, metavar="FILE", help="img2img: the image to start from")
     parser.add_argument(
-        "--strength", type=float, default=DEFAULTS.strength,
+        "--strength", type=float, metavar="STRENGTH",
         help=f"img2img denoising strength from 0 (the input) to 1 (default {DEFAULTS.strength:g})",
     )
     parser.add_argument("--mask", type=Path, metavar="FILE", help="inpainting: white repaints, black keeps")
     parser.add_argument(
-        "--mask-blur", type=int, default=DEFAULTS.mask_blur, metavar="PIXELS",
+        "--mask-blur", type=int, metavar="PIXELS",
         help=f"blur of the mask edge (default {DEFAULTS.mask_blur})",
     )
     parser.add_argument("--clip-skip", type=int, default=DEFAULTS.clip_skip, metavar="N", help="A1111's Clip skip")
@@ -111,6 +112,18 @@ def size_from_image(width: int, height: int, largest: int = 2048, smallest: int 
     return tuple(max(smallest, int(side * scale) // 8 * 8) for side in (width, height))  # type: ignore[return-value]
 
 
+def ineffective_options(args: argparse.Namespace) -> list[str]:
+    """One warning for each option given that this run would ignore."""
+    warnings = []
+    if args.strength is not None and args.init_image is None:
+        warnings.append("--strength has no effect without --init-image")
+    if args.mask_blur is not None and args.mask is None:
+        warnings.append("--mask-blur has no effect without --mask")
+    if args.negative and args.cfg <= 1:
+        warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
+    return warnings
+
+
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
     init = read_image(args.init_image, "--init-image") if args.init_image else None
     mask = read_image(args.mask, "--mask") if args.mask else None
@@ -129,9 +142,10 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         batch_count=args.batch_count,
         clip_skip=args.clip_skip,
         init_image=init,
-        strength=args.strength,
+        # these two default to None, so that one given without effect can be warned about
+        strength=DEFAULTS.strength if args.strength is None else args.strength,
         mask=mask,
-        mask_blur=args.mask_blur,
+        mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
     )
 
 
@@ -217,11 +231,15 @@ def run(args: argparse.Namespace) -> int:
     from mlx_sd.generation import plan, resolve_seed
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
-    from mlx_sd.output_files import save_numbered
+    from mlx_sd.noise import image_seed
+    from mlx_sd.output_files import check_output_folder, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.samplers import Cancelled
 
     err = sys.stderr
+    check_output_folder(args.output)
+    for warning in ineffective_options(args):
+        err.write(f"mlx-sd generate: warning: {warning}\n")
     folder = resolve_model_folder(args.model)
     config = read_config(folder)
     request = build_request(args, config.default_size)
@@ -238,14 +256,15 @@ def run(args: argparse.Namespace) -> int:
     with StopOnInterrupt(err) as stop:
         for batch_index in range(request.batch_count):
             # one call per batch, so finished batches are saved even if a later one is stopped
-            batch = dataclasses.replace(request, seed=seed + batch_index * request.batch_size, batch_count=1)
+            batch_seed = image_seed(seed, batch_index * request.batch_size)
+            batch = dataclasses.replace(request, seed=batch_seed, batch_count=1)
             bar.start_batch(batch_index, request.batch_count)
             try:
                 result = pipe.generate(batch, on_progress=bar, cancel=stop)
             except Cancelled:
                 break
-            for image, image_seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
-                print(save_numbered(image, args.output, image_seed, infotext), flush=True)
+            for image, used_seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
+                print(save_numbered(image, args.output, used_seed, infotext), flush=True)
                 saved += 1
             if stop():
                 break

@@ -11,7 +11,7 @@ import sys
 import mlx_sd  # noqa: F401  (binds OpenBLAS before anything imports mlx.core)
 
 # Modules of this package that define a subcommand, in the order `mlx-sd --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("convert", "info", "generate", "samplers", "upscale")
+SUBCOMMANDS: tuple[str, ...] = ("convert", "info", "generate", "samplers", "serve", "upscale")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,9 +2,9 @@
 with an upscaler model (ESRGAN family, Real-ESRGAN compact) or a classic filter, keeping each
 picture's A1111 `parameters` text and adding A1111's `Postprocess upscaler` / `Postprocess upscale by`.
 
-NAME is a model in the app's library (`<library>/upscalers/NAME.pth` or `.safetensors`). Every input
-is checked (readable header, result within the size limit) and the upscaler found and read before
-any picture is upscaled. Outputs are PNGs named `<input name>-<S>x.png` (`-2`, `-3`, ... when that is
+NAME is a model in the library (`<library>/upscalers/NAME.pth` or `.safetensors`; by default the
+app's default library, as for `mlx-sd serve`). Every input is checked (readable header, result within
+the size limit) and the upscaler found and read before any picture is upscaled. Outputs are PNGs named `<input name>-<S>x.png` (`-2`, `-3`, ... when that is
 taken), never overwriting a file, written completely or not at all; their paths go to stdout.
 """
 
@@ -16,31 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-APP_NAME = "mlx-sd"  # the app's name (app/main.py), which names its folders
-SETTINGS_FILE = "settings.json"
 DEFAULT_SCALE = 4.0  # A1111's Extras default
-
-
-def app_folders() -> tuple[Path, Path]:
-    """The app's config and data folders, as Qt's QStandardPaths names them (AppConfigLocation,
-    AppDataLocation) for an app without organisation name, computed here without Qt."""
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library/Preferences" / APP_NAME, home / "Library/Application Support" / APP_NAME
-    if sys.platform == "win32":
-        appdata = Path(os.environ.get("APPDATA", home / "AppData/Roaming"))
-        return appdata / APP_NAME, appdata / APP_NAME
-    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local/share")
-    return config / APP_NAME, data / APP_NAME
-
-
-def app_library() -> Path:
-    """The app's library folder: the one chosen in its Settings, else the platform's default."""
-    from app.settings import library_path, load_settings  # Qt-free
-
-    config, data = app_folders()
-    return library_path(load_settings(config / SETTINGS_FILE).library_folder, data)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--library", type=Path, metavar="DIR",
-        help="the library whose upscalers/ folder NAME is looked up in (default: the app's library)",
+        help="the library folder whose upscalers/ NAME is looked up in, as in the app's Settings "
+        "(default: the app's default library)",
     )
     parser.set_defaults(func=run)
 
@@ -124,15 +101,18 @@ def _check_inputs(images: list[Path], scale: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from app.library_folder import default_library_folder  # Qt-free
     from convert.upscaler_file import read_upscaler
     from mlx_sd.image_metadata import UNDECODABLE, open_image, save_image
+    from mlx_sd.output_files import check_output_folder
     from mlx_sd.upscalers import resolve_upscaler, upscale_image
 
     err = sys.stderr
     if args.tile < 0:
         raise ValueError(f"--tile must be 0 (whole pictures) or a number of pixels, got {args.tile}")
-    choice = resolve_upscaler(args.upscaler, args.library or app_library())
+    choice = resolve_upscaler(args.upscaler, (args.library or default_library_folder()).expanduser())
     _check_inputs(args.images, args.scale)
+    check_output_folder(args.output)
     if isinstance(choice, Path):
         network, found = read_upscaler(choice)
         upscaler, name = network, choice.stem

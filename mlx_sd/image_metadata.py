@@ -5,14 +5,20 @@
   A1111 writes through piexif (and what its reader expects).
 
 Reading accepts these files from any A1111-compatible tool. A file Pillow cannot decode raises
-ImageMetadataError; an image without metadata reads as None.
+ImageMetadataError; an image without metadata reads as None. What is read is bounded: an image of
+more than MAX_PIXELS is refused from its header, before any pixel is decoded, and a PNG text chunk
+may decompress to at most Pillow's MAX_TEXT_CHUNK (1 MiB), so a small file cannot expand to gigabytes.
+Damaged metadata (a malformed EXIF block, a UTF-16 comment with an odd byte) never refuses the image:
+what can be decoded is read, the rest is replaced or dropped.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
+import struct
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +31,9 @@ JPEG_EXIF_LIMIT = 65533  # an APP1 segment holds at most this many bytes (length
 
 # What Pillow raises for a file it cannot decode (missing, truncated, not an image, a decompression bomb).
 UNDECODABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# What Pillow's EXIF reader raises for a damaged EXIF block (read as no metadata, not as a bad image).
+_DAMAGED_EXIF = (*UNDECODABLE, struct.error, KeyError, IndexError, TypeError, UnicodeDecodeError)
+MAX_PIXELS = 8192 * 8192  # 16x the largest output; a 64 Mpx RGBA image decodes to 256 MiB
 
 _UNICODE = b"UNICODE\x00"
 _ASCII = b"ASCII\x00\x00\x00"
@@ -52,8 +61,11 @@ def _decode_user_comment(data: bytes | str) -> str:
         return data
     prefix, body = data[:8], data[8:]
     if prefix == _UNICODE:
-        if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
-            return body.decode("utf-16")
+        body = body[: len(body) // 2 * 2]  # an odd last byte is half a character: dropped
+        if body[:2] == b"\xfe\xff":
+            return body[2:].decode("utf-16-be", errors="replace")
+        if body[:2] == b"\xff\xfe":
+            return body[2:].decode("utf-16-le", errors="replace")
         # No BOM: writers use the EXIF byte order; for mostly-ASCII text the zero high bytes
         # sit at even offsets in big-endian and at odd offsets in little-endian.
         little = body[1::2].count(0) > body[0::2].count(0)
@@ -106,10 +118,15 @@ def save_image(
     if not durable:
         _save_to(image, str(path), fmt, infotext, quality)
         return path
+    write_durably(path, image_bytes(image, fmt, infotext, quality))
+    return path
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG", infotext: str | None = None, quality: int = 95) -> bytes:
+    """`image` encoded as `fmt` ("PNG", "JPEG", "WEBP") with `infotext`, as `save_image` writes it."""
     buffer = io.BytesIO()
     _save_to(image, buffer, fmt, infotext, quality)
-    write_durably(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
@@ -118,7 +135,7 @@ def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
     fsynced. An interrupted write leaves no partial file and the previous file at `path` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, temp_name = _create_partial(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -129,6 +146,18 @@ def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _create_partial(path: Path) -> tuple[int, str]:
+    """A new empty `.<name>.<random>.partial` beside `path`, opened for writing. Created with mode
+    0666 so that the umask gives the saved file the permissions any new file gets (mkstemp's 0600
+    would make every image private whatever the umask)."""
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue  # another writer's name: draw again
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -152,7 +181,10 @@ def infotext_from_image(image: Image.Image) -> str | None:
         return str(text[PARAMETERS_KEY])
     if isinstance(image.info.get(PARAMETERS_KEY), str):
         return image.info[PARAMETERS_KEY]
-    comment = image.getexif().get_ifd(IFD.Exif).get(Base.UserComment)
+    try:
+        comment = image.getexif().get_ifd(IFD.Exif).get(Base.UserComment)
+    except _DAMAGED_EXIF:
+        return None
     if comment:
         return _decode_user_comment(comment) or None
     return None
@@ -160,10 +192,21 @@ def infotext_from_image(image: Image.Image) -> str | None:
 
 def open_image(path: str | os.PathLike[str]) -> tuple[Image.Image, str | None]:
     """An image file decoded completely (a truncated or corrupt file fails here, not later): the image,
-    detached from the file, and its infotext or None. Raises one of UNDECODABLE."""
-    with Image.open(path) as image:
-        image.load()
-        return image.copy(), infotext_from_image(image)
+    detached from the file, and its infotext or None. Raises one of UNDECODABLE; an image of more than
+    MAX_PIXELS raises Image.DecompressionBombError before its pixels are decoded."""
+    # Pillow warns (several lines on stderr) about damaged EXIF it skips and about large images; the
+    # first is read leniently on purpose and the second is bounded here, so neither is news to the user.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{width}x{height} pixels is more than the {MAX_PIXELS // 2**20} Mpx images may have"
+                )
+            image.load()
+            return image.copy(), infotext_from_image(image)
 
 
 def read_infotext(path: str | os.PathLike[str]) -> str | None:

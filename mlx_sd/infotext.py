@@ -27,8 +27,12 @@ NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
 MODEL_HASH_LENGTH = 10
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# The parameter line is the last line only when this finds at least 3 pairs in it (A1111's rule).
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The parameter line is the last line only when it holds at least 3 `key: value` pairs (A1111's rule).
+# A1111 finds the pairs with `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)`, whose search
+# retries at every character of a long run of key characters without a colon: quadratic in the line.
+# The extra alternatives consume such a run, and any characters that cannot start a key, whole: the
+# search moves on in one step, and hides no pair, because a start inside what they skip fails too.
+_PAIR_OR_SKIP = re.compile(r'\s*(?:(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)|\w[\w \-/]*[^\w\s]*|[^\w\s]+|.)', re.S)
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMS = 3
 
@@ -114,14 +118,21 @@ class Infotext:
     params: dict[str, str] = field(default_factory=dict)
 
 
+def _pairs(line: str) -> list[tuple[str, str]]:
+    """Every `key: value` of a parameter line, as A1111's regex finds them, in linear time."""
+    return [(key, value) for key, value in _PAIR_OR_SKIP.findall(line) if key]
+
+
 def parse_infotext(text: str) -> Infotext:
     """Parse an A1111 infotext the way A1111's `parse_generation_parameters` does."""
     *lines, last = text.replace("\r\n", "\n").strip().split("\n")
-    if len(_PARAM.findall(last)) < MIN_PARAMS:
+    pairs = _pairs(last)
+    if len(pairs) < MIN_PARAMS:
         lines.append(last)
-        last = ""
+        pairs = []
 
-    prompt = negative = ""
+    prompt: list[str] = []  # lines of each part, joined once at the end
+    negative: list[str] = []
     in_negative = False
     for line in lines:
         line = line.strip()
@@ -129,13 +140,12 @@ def parse_infotext(text: str) -> Infotext:
             in_negative = True
             line = line[len(NEGATIVE_PREFIX) :].strip()
         # Like A1111, empty lines before the first text of a part are dropped.
-        if in_negative:
-            negative += ("\n" if negative else "") + line
-        else:
-            prompt += ("\n" if prompt else "") + line
+        part = negative if in_negative else prompt
+        if part or line:
+            part.append(line)
 
     params: dict[str, str] = {}
-    for key, value in _PARAM.findall(last):
+    for key, value in pairs:
         if not value:
             continue  # A1111 skips a key with nothing after the colon
         value = _unquote(value) if value[0] == '"' else value
@@ -144,7 +154,7 @@ def parse_infotext(text: str) -> Infotext:
             params[f"{key}-1"], params[f"{key}-2"] = size.group(1), size.group(2)
         else:
             params[key] = value
-    return Infotext(prompt, negative, params)
+    return Infotext("\n".join(prompt), "\n".join(negative), params)
 
 
 def _convert(value: str | None, kind: type) -> int | float | None:

@@ -71,9 +71,15 @@ class PhiloxGenerator:
         return box_muller(words[0], words[1]).reshape(tuple(shape))
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` (0-based) of a run: seed + index, never wrapped (A1111's rule), so a
+    recorded seed past 2**32 - 1 remakes its image as the first of a run."""
+    return seed + index
+
+
 def image_seeds(seed: int, count: int, start: int = 0) -> list[int]:
-    """The seeds of images start .. start+count-1 of a run: seed + k (A1111)."""
-    return [seed + start + k for k in range(count)]
+    """The seeds of images start .. start+count-1 of a run."""
+    return [image_seed(seed, start + k) for k in range(count)]
 
 
 class ImageNoise:

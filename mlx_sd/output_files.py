@@ -21,6 +21,25 @@ NUMBER_DIGITS = 5
 _NUMBERED = re.compile(r"^(\d+)-")
 
 
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written or created."""
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise OutputFolderError unless images can be saved in `folder`: an existing folder this user may
+    write in, or a path whose nearest existing parent is one (the folder is created at the first save).
+    Called before any work, so a wrong `--output` fails before the model loads, not after an image."""
+    folder = Path(folder)
+    absolute = folder.absolute()
+    existing = next(p for p in (absolute, *absolute.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        what = "is a file" if existing == absolute else f"cannot be created: {existing} is a file"
+        raise OutputFolderError(f"the output folder {folder} {what}; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == absolute else f"cannot be created: {existing} "
+        raise OutputFolderError(f"the output folder {folder} {what}is not writable by this user")
+
+
 def next_number(folder: str | os.PathLike[str]) -> int:
     """One more than the highest `NNNNN-` prefix of a file in `folder` (1 for an empty folder)."""
     highest = 0
@@ -45,7 +64,7 @@ def reserve_path(folder: str | os.PathLike[str], seed: int, suffix: str = ".png"
     while True:
         path = folder / f"{number:0{NUMBER_DIGITS}d}-{seed}{suffix}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             number += 1  # taken since we listed the folder, or a name with another seed: try the next
             continue

@@ -9,11 +9,15 @@ fragments of equal weight are merged, and an empty prompt is one empty fragment 
 Prompt editing (`[a:b:0.5]`), alternation (`[a|b]`) and `AND` are not scheduled here: their text goes
 through this parser verbatim, which is what A1111 does with text it cannot schedule.
 
-Two deliberate differences from A1111 (both cases where A1111 misbehaves):
+Three deliberate differences from A1111 (cases where A1111 misbehaves):
 - A malformed weight such as `(a:1.2.3)` crashes A1111's float(); here the `:1.2.3` is literal text and
   the `)` closes the bracket with the usual x1.1. A weight that overflows to infinity is treated alike.
 - A1111 marks BREAK with the weight -1 and then lets enclosing brackets multiply that marker, so a
   BREAK inside brackets becomes the word "break" with a negative weight. Here BREAK is always a break.
+- Each closing bracket multiplies the weights of everything since its opener, so A1111's time grows
+  with the square of the prompt for deep nesting. Here brackets of one kind nested deeper than
+  MAX_NESTING (32 levels; 1.1**32 is about 21) are still matched but add no weight, which keeps the
+  parse linear in the prompt's length and the weights bit-identical to A1111's below that depth.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+# A1111 splits on `\s*\bBREAK\b\s*`, which retries `\s*` at every character of a long run of spaces
+# (quadratic); splitting on the word and stripping the spaces beside it gives the same parts.
+_BREAK = re.compile(r"\bBREAK\b")
+MAX_NESTING = 32
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
@@ -70,34 +77,39 @@ def parse_prompt_attention(prompt: str) -> list[Fragment | Break]:
     [Fragment(text='a ', weight=1.0), Fragment(text='red', weight=1.2), Fragment(text=' ', weight=1.0), \
 Fragment(text='cat', weight=0.9090909090909091)]
     """
-    items: list[Fragment | Break] = []
-    weights: list[float] = []  # per item; a Break keeps 1.0 and is never multiplied
-    round_open: list[int] = []  # item index where each still-open bracket began
-    square_open: list[int] = []
+    texts: list[str | None] = []  # per item: its text, None for a BREAK
+    weights: list[float] = []  # per item; a BREAK's is multiplied too but never used
+    # item index where each still-open bracket began; None for one nested deeper than MAX_NESTING
+    round_open: list[int | None] = []
+    square_open: list[int | None] = []
 
     def add_text(text: str) -> None:
-        for i, part in enumerate(_BREAK.split(text)):
+        parts = _BREAK.split(text) if "BREAK" in text else [text]
+        for i, part in enumerate(parts):
             if i > 0:
-                items.append(BREAK)
+                texts.append(None)
                 weights.append(1.0)
-            items.append(Fragment(part))
+                part = part.lstrip()
+            texts.append(part.rstrip() if i < len(parts) - 1 else part)
             weights.append(1.0)
 
-    def multiply_from(start: int, factor: float) -> None:
-        for i in range(start, len(items)):
-            if isinstance(items[i], Fragment):
-                weights[i] *= factor
+    def open_bracket(stack: list[int | None]) -> None:
+        stack.append(len(texts) if len(stack) < MAX_NESTING else None)
+
+    def multiply_from(start: int | None, factor: float) -> None:
+        if start is not None:
+            weights[start:] = [weight * factor for weight in weights[start:]]
 
     for match in _TOKEN.finditer(prompt):
         kind = match.lastgroup  # the outer group: "weighted_close", never its inner "weight"
         token = match.group(0)
         if kind == "escape":
-            items.append(Fragment(token[1]))
+            texts.append(token[1])
             weights.append(1.0)
         elif kind == "backslash":
             continue
         elif kind == "open":
-            (round_open if token == "(" else square_open).append(len(items))
+            open_bracket(round_open if token == "(" else square_open)
         elif kind == "weighted_close" and round_open:
             weight = _parse_weight(match.group("weight"))
             if weight is None:
@@ -118,11 +130,21 @@ Fragment(text='cat', weight=0.9090909090909091)]
     for start in square_open:
         multiply_from(start, SQUARE_MULTIPLIER)
 
+    # Runs of fragments of equal weight become one; texts are joined once per run, not per fragment.
     merged: list[Fragment | Break] = []
-    for item, weight in zip(items, weights):
-        last = merged[-1] if merged else None
-        if isinstance(item, Fragment) and isinstance(last, Fragment) and last.weight == weight:
-            merged[-1] = Fragment(last.text + item.text, weight)
+    run: list[str] = []
+    run_weight = 0.0
+    for text, weight in zip(texts, weights):
+        if text is not None and run and weight == run_weight:
+            run.append(text)
+            continue
+        if run:
+            merged.append(Fragment("".join(run), run_weight))
+            run = []
+        if text is None:
+            merged.append(BREAK)
         else:
-            merged.append(Fragment(item.text, weight) if isinstance(item, Fragment) else item)
+            run, run_weight = [text], weight
+    if run:
+        merged.append(Fragment("".join(run), run_weight))
     return merged or [Fragment("")]

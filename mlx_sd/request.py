@@ -15,7 +15,11 @@ from PIL import Image
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 1000
 RANDOM_SEED = -1
-MAX_SEED = 2**32 - 1  # seeds are A1111's unsigned 32-bit values
+MAX_SEED = 2**32 - 1  # random seeds are drawn up to this, as A1111 draws them (unsigned 32-bit)
+# Image k of a run uses seed + k without wrapping (A1111's rule), so the seed of a later image may pass
+# MAX_SEED; every recorded seed is accepted back, up to what the noise generator's 64-bit key holds.
+LARGEST_SEED = 2**64 - 1
+EXCERPT = 24  # characters of a text shown before the character it is refused for
 
 
 class RequestError(ValueError):
@@ -62,6 +66,8 @@ class GenerationRequest:
         """Check every field against the rules; raises RequestError naming field, value and rule.
 
         `latent_factor` is the model's VAE downscale (8 for Stable Diffusion)."""
+        for name in ("prompt", "negative_prompt"):
+            _check_text(name, getattr(self, name))
         for name in ("width", "height"):
             value = getattr(self, name)
             if not isinstance(value, int) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
@@ -70,12 +76,13 @@ class GenerationRequest:
             raise RequestError("steps", self.steps, f"a whole number from 1 to {MAX_STEPS}")
         if not _is_number(self.cfg_scale) or not 0 <= self.cfg_scale <= 100:
             raise RequestError("cfg_scale", self.cfg_scale, "a number from 0 to 100")
-        if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed <= MAX_SEED):
-            raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {MAX_SEED}")
         for name in ("batch_size", "batch_count"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 64:
                 raise RequestError(name, value, "a whole number from 1 to 64")
+        largest = LARGEST_SEED - (self.total_images - 1)  # the last image's seed must fit too
+        if not isinstance(self.seed, int) or not (self.seed == RANDOM_SEED or 0 <= self.seed <= largest):
+            raise RequestError("seed", self.seed, f"-1 (random) or a whole number from 0 to {largest}")
         if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12:
             raise RequestError("clip_skip", self.clip_skip, "a whole number from 1 to 12")
         if not _is_number(self.strength) or not 0.0 <= self.strength <= 1.0:
@@ -99,6 +106,22 @@ class GenerationRequest:
                     "latents", f"an array of shape {tuple(self.latents.shape)}",
                     f"shape (batch_size, 4, height/{latent_factor}, width/{latent_factor}) = {expected}",
                 )
+
+
+def _check_text(name: str, text: object) -> None:
+    """Text must be a str that UTF-8 can encode: a lone surrogate (what surrogateescape makes of
+    command-line bytes that are not UTF-8, or a broken UTF-16 pair from an API) could be generated
+    from but not saved in the image's metadata."""
+    if not isinstance(text, str):
+        raise RequestError(name, f"a {type(text).__name__}", "text (a str)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            name, text[max(0, exc.start - EXCERPT) : exc.start + 1],
+            f"valid Unicode text; character {exc.start + 1} is a lone surrogate, which is what bytes that are "
+            "not UTF-8 become (is the text in another encoding?)",
+        ) from None
 
 
 def _is_number(value: object) -> bool:

@@ -1,6 +1,10 @@
 """Drag and drop anywhere on the window, and paste: images become the img2img source, images with
 parameters (ours or A1111's) offer to restore them, checkpoints go to the import, the rest is explained."""
 
+import threading
+import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx_sd  # noqa: F401
@@ -9,9 +13,11 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtTest import QSignalSpy
 from PySide6.QtWidgets import QApplication, QWidget
 
-from app.drop_handler import DropKind, accepts, classify_file, classify_mime
+from app import drop_handler
+from app.drop_handler import DropKind, accepts, classify_file, classify_source, source_of
 from app.main_window import MainWindow
 from app.result_view import pil_to_qimage
 from app_support import QT_MARKS, fake_model_folder, noise_image, open_window
@@ -62,6 +68,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
     ours = classify_file(files["ours"])
     assert ours.kind is DropKind.PARAMETERS and "Seed: 77" in ours.infotext and ours.image.size == (96, 64)
+    assert ours.parameters.params["Seed"] == "77"  # parsed where the file is read: on the worker in the app
     assert classify_file(files["a1111"]).kind is DropKind.PARAMETERS
     assert classify_file(files["jpeg"]).infotext == A1111_INFOTEXT  # EXIF UserComment
     plain = classify_file(files["plain"])
@@ -79,6 +86,11 @@ def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
         assert item.kind is DropKind.UNSUPPORTED and text in item.message, key
     missing = classify_file(tmp_path / "gone.png")
     assert missing.kind is DropKind.UNSUPPORTED and "does not exist" in missing.message
+
+
+def classify_mime(mime: QMimeData):
+    """What the drop filter's worker makes of `mime`, on this thread."""
+    return classify_source(source_of(mime))
 
 
 def test_classify_mime() -> None:
@@ -108,8 +120,27 @@ def window(qtbot, tmp_path: Path) -> MainWindow:
     return win
 
 
+def read_by_worker(window: MainWindow, action: Callable[[], object]) -> object:
+    """Run `action` (a drop, a paste) and wait for the worker's result to reach the window."""
+    spy = QSignalSpy(window.drop_filter.dropped)
+    result = action()
+    wait_for(spy)
+    return result
+
+
+def wait_for(spy: QSignalSpy, seconds: float = 10) -> None:
+    """Run the event loop until `spy` has seen its signal (QSignalSpy.wait holds the GIL, which the
+    worker needs)."""
+    deadline = time.monotonic() + seconds
+    while not spy.count():
+        assert time.monotonic() < deadline, "the dropped item never arrived"
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
 def drop(target: QWidget, mime: QMimeData) -> bool:
-    """Drag `mime` onto `target` and drop it, as Qt delivers a real drag; returns whether it was taken."""
+    """Drag `mime` onto `target` and drop it, as Qt delivers a real drag; returns whether it was taken
+    (and then once the window has the worker's reading of it)."""
     point = QPointF(target.width() / 2, target.height() / 2)
     actions = Qt.DropAction.CopyAction
     buttons, modifiers = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
@@ -118,7 +149,7 @@ def drop(target: QWidget, mime: QMimeData) -> bool:
     if not enter.isAccepted():
         return False
     event = QDropEvent(point, actions, mime, buttons, modifiers)
-    QApplication.sendEvent(target, event)
+    read_by_worker(target.window(), lambda: QApplication.sendEvent(target, event))
     return event.isAccepted()
 
 
@@ -236,10 +267,10 @@ def test_text_drags_stay_with_the_text_boxes(window: MainWindow) -> None:
 
 def test_paste_image_from_the_clipboard(qtbot, window: MainWindow) -> None:
     QGuiApplication.clipboard().setImage(pil_to_qimage(noise_image(4, 64, 128)))
-    window.paste_from_clipboard()
+    read_by_worker(window, window.paste_from_clipboard)
     assert window.parameters.init_image.image().size == (64, 128)
     window.parameters.init_image.clear()
-    window.parameters.init_image.paste_button.click()
+    read_by_worker(window, window.parameters.init_image.paste_button.click)
     assert window.parameters.init_image.image().size == (64, 128)
 
 
@@ -248,7 +279,7 @@ def test_ctrl_v_in_the_prompt_box_pastes_an_image_as_source(qtbot, window: MainW
     window.activateWindow()
     window.prompt_panel.prompt_edit.setFocus()
     qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
-    assert window.parameters.init_image.image().size == (80, 80)
+    assert window.parameters.init_image.image().size == (80, 80)  # image data, no file: read at once
     assert window.prompt_panel.prompt() == ""
     QGuiApplication.clipboard().setText("a cat")  # text still pastes as text
     qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
@@ -257,7 +288,7 @@ def test_ctrl_v_in_the_prompt_box_pastes_an_image_as_source(qtbot, window: MainW
 
 def test_paste_a_copied_file_and_nothing_usable(window: MainWindow, files: dict[str, Path]) -> None:
     QGuiApplication.clipboard().setMimeData(file_mime(files["a1111"]))
-    window.paste_from_clipboard()
+    read_by_worker(window, window.paste_from_clipboard)
     assert window.message_bar.action_labels() == ["Restore Parameters", "Use as Source Image"]
     QGuiApplication.clipboard().setText("words")
     window.paste_from_clipboard()
@@ -275,3 +306,51 @@ def test_thumbnail_is_shown(window: MainWindow) -> None:
     window.set_init_image(Image.new("RGB", (300, 150), (200, 10, 10)))
     pixmap = window.parameters.init_image.thumbnail.pixmap()
     assert not pixmap.isNull() and pixmap.width() == 120 and pixmap.height() == 60
+
+
+# -- off the UI thread ------------------------------------------------------------------------
+
+
+def test_a_slow_file_is_read_on_a_worker_while_the_window_stays_responsive(
+    qtbot, window: MainWindow, files: dict[str, Path], monkeypatch
+) -> None:
+    release = threading.Event()
+    readers: list[threading.Thread] = []
+    classify = drop_handler.classify_file
+
+    def slow(path: Path):
+        readers.append(threading.current_thread())
+        release.wait(10)
+        return classify(path)
+
+    monkeypatch.setattr(drop_handler, "classify_file", slow)
+    spy = QSignalSpy(window.drop_filter.dropped)
+    started = time.perf_counter()
+    window.drop_filter.classify(file_mime(files["plain"]))
+    assert time.perf_counter() - started < 0.5  # handed over at once (read here, it would block 10 s)
+    qtbot.waitUntil(lambda: bool(readers))  # the event loop runs while the file is being read
+    assert readers[0] is not threading.main_thread()
+    assert spy.count() == 0 and window.parameters.init_image.image() is None
+    release.set()
+    wait_for(spy)
+    assert window.parameters.init_image.image().size == (96, 64)
+
+
+def png_with_compressed_parameters(path: Path, text: str) -> Path:
+    """A small PNG whose zTXt `parameters` chunk decompresses to `text`."""
+    image = Image.new("RGB", (8, 8))
+    image.save(path)
+    data = path.read_bytes()
+    body = b"parameters\x00\x00" + zlib.compress(text.encode("latin-1"), 9)
+    chunk = len(body).to_bytes(4, "big") + b"zTXt" + body + zlib.crc32(b"zTXt" + body).to_bytes(4, "big")
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the 8-byte signature and the 25-byte IHDR
+    return path
+
+
+def test_a_hostile_parameters_chunk_is_read_quickly_off_the_ui_thread(window: MainWindow, tmp_path: Path) -> None:
+    path = png_with_compressed_parameters(tmp_path / "bomb.png", "a" * 1_000_000)  # one 1 MB line, no pairs
+    assert path.stat().st_size < 5_000
+    started = time.perf_counter()
+    assert drop(window.result_view.canvas, file_mime(path))
+    assert time.perf_counter() - started < 5  # the quadratic parse took about an hour
+    assert "bomb.png carries generation parameters" in window.message_bar.text()

@@ -98,7 +98,7 @@ def test_generate_end_to_end_with_history_and_screenshot(qtbot, window: MainWind
     assert [r.step for r in reports] == [1, 2, 3] and reports[-1].done == reports[-1].overall == 3
     assert len(previews) == 3
     view = window.result_view
-    assert view.model.rowCount() == 2 and view.strip.isVisible()
+    assert view.model.rowCount() == 2 and view.showing_grid()
     items = [view.model.item(i) for i in range(2)]
     assert [i.seed for i in items] == [5, 6] and all(i.image.size == (64, 64) for i in items)
     # the model was loaded and run on the worker thread, never on the UI thread
@@ -117,7 +117,9 @@ def test_generate_end_to_end_with_history_and_screenshot(qtbot, window: MainWind
             assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(item.image.convert("RGB")))
 
     # a screenshot of the window after the generation: the image area is not blank
-    view.factor.setCurrentText("4x")  # 256 px on screen
+    view.select(0)
+    view.actual_button.click()
+    view.factor.setCurrentText("4x")  # 256 px on screen at 100%
     qtbot.wait(50)
     shot = window.grab()
     path = tmp_path / "main_window.png"

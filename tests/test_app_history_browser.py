@@ -6,10 +6,11 @@ from datetime import datetime
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from app import history_browser
-from app.history_browser import DATE_RANGES, HistoryBrowser, date_since, export_entry, request_from_entry
+from app.history_browser import DATE_RANGES, HistoryBrowser, date_since, detail_rows, export_entry, request_from_entry
 from app.history_store import Generation, HistoryEntry, HistoryQuery, HistoryStore
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import format_infotext
@@ -117,14 +118,28 @@ def test_date_ranges_start_at_local_midnight():
     assert set(DATE_RANGES) == {"Any time", "Today", "Past 7 days", "Past 30 days", "Past year"}
 
 
-def test_details_pane_shows_every_parameter(browser):
+def test_details_pane_shows_the_parameters_that_apply_under_human_labels(browser):
     browser.select_row(1)
     text = browser.details.toPlainText()
     entry = browser.selected_entry()
+    assert entry.generation.params["img2img"] is False
     for expected in ("small green star in the corner", "blurry", "sd15", "Seed", "2", "64 \u00d7 48",
-                     str(entry.image_path), "steps", "12", "Euler a", "cfg_scale", "batch_size", "img2img",
-                     "strength", "vae_tiling", "automatic"):
+                     str(entry.image_path), "Steps", "12", "Sampler", "Euler a", "CFG scale"):
         assert expected in text, expected
+    # raw field names, defaults that say nothing and a strength that did nothing (txt2img) are left out
+    for absent in ("cfg_scale", "batch_size", "img2img", "vae_tiling", "Denoising strength", "Low memory"):
+        assert absent not in text, absent
+    g = entry.generation
+    img2img = dataclasses.replace(entry, generation=dataclasses.replace(g, params={**g.params, "img2img": True}))
+    rows = dict(detail_rows(img2img))
+    assert rows["Mode"] == "image to image" and rows["Denoising strength"] == str(g.params["strength"])
+
+
+def test_copy_parameters_gives_a1111_text(qtbot, browser):
+    browser.select_row(1)
+    browser.actions_by_name["copy"].trigger()
+    assert QGuiApplication.clipboard().text() == browser.selected_entry().generation.infotext
+    assert browser.last_message == "Copied the parameters"
 
 
 def test_reuse_parameters_seed_and_img2img_source(qtbot, browser):
@@ -179,7 +194,7 @@ def test_export_keeps_the_parameters(monkeypatch, tmp_path, browser, name):
     written = target if target.suffix else target.with_name(name + ".png")
     assert written.is_file()
     assert read_infotext(written) == browser.selected_entry().generation.infotext
-    assert browser.message.text() == f"Exported to {written}"
+    assert browser.last_message == f"Exported to {written}"
 
 
 def test_export_failure_is_a_message(monkeypatch, tmp_path, browser):
@@ -188,8 +203,8 @@ def test_export_failure_is_a_message(monkeypatch, tmp_path, browser):
     target = tmp_path / "missing-folder" / "y.jpg"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
     browser.actions_by_name["export"].trigger()
-    assert browser.message.text().startswith("Could not export the image:")
-    assert "y.jpg" in browser.message.text()
+    assert browser.last_message.startswith("Could not export the image:")
+    assert "y.jpg" in browser.last_message
 
 
 def test_delete_one_image_after_confirmation(monkeypatch, store, browser):
@@ -238,3 +253,23 @@ def test_set_store_switches_library(qtbot, tmp_path, browser):
     browser.set_store(other)
     assert shown_prompts(browser) == ["from the other library"]
     other.close()
+
+
+def test_a_missing_image_file_shows_a_placeholder_and_its_actions_a_message(monkeypatch, tmp_path, browser):
+    entry = browser.selected_entry()
+    entry.image_path.unlink()  # deleted behind the app's back
+    browser.select_row(1)
+    browser.select_row(0)
+    assert browser.preview.pixmap().isNull() and "missing" in browser.preview.text()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "out.png"), ""))
+    browser.export_selection()
+    assert "Could not export" in browser.last_message
+
+
+def test_a_history_that_cannot_be_read_is_a_message_not_a_traceback(browser, store):
+    store.close()  # every read now fails inside SQLite
+    browser.search_box.setText("circle")
+    browser.apply_filters()
+    browser.reload()
+    assert "cannot read the history" in browser.last_message
+    assert browser.model.rowCount() == 3  # what was shown stays

@@ -169,3 +169,47 @@ def test_a_view_fetches_more_as_it_scrolls(qtbot, store):
         qtbot.wait(10)
     assert model.rowCount() == 60
     assert not model.canFetchMore(QModelIndex())
+
+
+def test_a_store_that_cannot_be_read_is_reported_and_the_rows_stay(qtbot, store):
+    fill(store, 6)
+    model = HistoryListModel(store, page_size=4)
+    model.fetchMore()
+    store.close()  # every read now fails inside SQLite
+    with qtbot.waitSignal(model.failed) as failed:
+        model.reload()
+    assert "cannot read the history" in failed.args[0]
+    assert model.rowCount() == 4 and model.total == 6
+    with qtbot.waitSignal(model.failed):
+        model.fetchMore()
+    assert model.rowCount() == 4 and model.total == 6 and not model.canFetchMore()
+    with qtbot.waitSignal(model.failed):
+        assert model.models() == []
+    assert not model.data(model.index(0), Qt.ItemDataRole.DecorationRole).isNull()  # cached or placeholder
+
+
+def test_rows_the_store_skips_as_damaged_neither_repeat_nor_stop_the_paging(store):
+    entries = fill(store, 23)
+    outside, bad_json = {e.id for e in entries[::4]}, {e.id for e in entries[1::5]}
+    store._db.executemany("UPDATE generations SET image_path = '/elsewhere/x.png' || id WHERE id = ?",
+                          [(i,) for i in outside])  # skipped by the store in Python
+    store._db.executemany("UPDATE generations SET params = '{oops' WHERE id = ?", [(i,) for i in bad_json])  # in SQL
+    damaged = outside | bad_json
+    model = HistoryListModel(store, page_size=5)
+    while model.canFetchMore():
+        model.fetchMore()
+    shown = [model.entry(row).id for row in range(model.rowCount())]
+    assert len(shown) == len(set(shown)) == 23 - len(damaged)
+    assert set(shown) == {e.id for e in entries} - damaged
+
+
+@pytest.mark.qt_log_ignore("Corrupt JPEG data", "JPEG datastream contains no image")  # Qt's decoder on the bad bytes
+def test_a_missing_or_undecodable_thumbnail_shows_a_placeholder(store):
+    first, second = fill(store, 2)
+    store._db.execute("UPDATE generations SET thumbnail = x'ffd8ff00' WHERE id = ?", (first.id,))
+    store._db.execute("UPDATE generations SET thumbnail = 'not an image' WHERE id = ?", (second.id,))
+    model = HistoryListModel(store)
+    model.fetchMore()
+    for row in range(2):
+        icon = model.data(model.index(row), Qt.ItemDataRole.DecorationRole)
+        assert isinstance(icon, QIcon) and not icon.isNull()

@@ -36,7 +36,7 @@ def test_generated_images_appear_and_their_parameters_come_back(qtbot, monkeypat
     window = open_window(qtbot, library)
     panel = install_history_browser(window)
     browser = panel.browser
-    assert panel.dock.toggleViewAction() in window.menu("View").actions()
+    assert panel.show_action in window.menu("View").actions()
     assert browser.model.total == 0
     generate(qtbot, window, "a red circle on blue", 11, batch=2)
     qtbot.waitUntil(lambda: browser.model.total == 2, timeout=TIMEOUT)
@@ -50,6 +50,8 @@ def test_generated_images_appear_and_their_parameters_come_back(qtbot, monkeypat
     assert browser.model.total == 2
     browser.select_row(1)  # the batch's first image: seed 11
     assert browser.selected_entry().generation.seed == 11
+    shown = window.result_view.current_item()  # a chosen history image is shown large
+    assert shown.path == browser.selected_entry().image_path and shown.seed == 11
 
     window.prompt_panel.set_prompts("something else", "")
     window.parameters.set_values({"seed": 5, "steps": 20, "cfg_scale": 7.0})
@@ -114,3 +116,13 @@ def test_build_window_plugs_everything_in(qtbot, tmp_path, qstandardpaths_test_m
     qtbot.waitUntil(lambda: window.message_bar.kind == "error", timeout=TIMEOUT)
     assert "The model could not be imported" in window.message_bar.text()
     window.close()
+
+
+def test_a_damaged_history_is_moved_aside_and_the_window_says_where(qtbot, tmp_path, library):
+    library.mkdir(parents=True, exist_ok=True)
+    (library / "history.sqlite3").write_bytes(b"\x00garbage" * 512)
+    window = open_window(qtbot, library)
+    panel = install_history_browser(window)
+    [aside] = library.glob("history.damaged-*.sqlite3")
+    assert panel.store is not None and panel.browser.model.total == 0
+    assert window.message_bar.kind == "error" and str(aside) in window.message_bar.text()

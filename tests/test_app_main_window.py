@@ -19,7 +19,7 @@ from app import history_store
 from app.history_store import HistoryError, HistoryStore
 from app.main_window import READY_TEXT, MainWindow, format_seconds, progress_text
 from app.generation_worker import StepReport, load_pipeline
-from app.model_picker import DEMO_TEXT, NO_MODEL_TEXT
+from app.model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT
 from app.result_view import ResultItem, ResultsModel, ResultView, postprocess_infotext, qimage_to_pil, reveal_command, upscale
 from app.settings import AppSettings, load_settings, save_settings
 from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, open_window, scripted_loader
@@ -67,7 +67,8 @@ def test_demo_model_is_offered_when_none_is_installed(qtbot, tmp_path: Path) -> 
     assert window.picker.current().name == "demo" and window.picker.current().bundled
     assert window.picker.combo.currentText() == "Demo model (shapes)"
     placeholder = window.result_view.canvas._placeholder
-    assert placeholder.startswith(NO_MODEL_TEXT) and DEMO_TEXT in placeholder
+    # the demo is a model: the window is ready to generate, and says how to get a real one
+    assert placeholder.startswith(READY_TEXT) and DEMO_READY_TEXT in placeholder and NO_MODEL_TEXT not in placeholder
     assert window.parameters.values()["width"] == 256 and window.generate_button.isEnabled()
     fake_model_folder(tmp_path / "empty" / "models" / "mine", native=512)
     window.refresh_models("mine")
@@ -86,7 +87,8 @@ def test_generate_shows_results_and_records_them(qtbot, library: Path) -> None:
 
     request = pipeline.requests[-1]
     assert request.prompt == "masterpiece, a red cube, sharp"
-    assert window.result_view.model.rowCount() == 4 and window.result_view.strip.isVisible()
+    assert window.result_view.model.rowCount() == 4 and window.result_view.showing_grid()
+    assert len(window.result_view.canvas.image_rects()) == 4 and window.result_view.grid_button.isVisible()
     assert [e.generation.seed for e in recorded] == [40, 41, 42, 43]
     store = HistoryStore(library)
     try:
@@ -94,7 +96,7 @@ def test_generate_shows_results_and_records_them(qtbot, library: Path) -> None:
     finally:
         store.close()
     assert window.result_view.current_item().path == recorded[0].image_path
-    assert window.generate_button.isEnabled() and not window.progress.isVisible()
+    assert window.generate_button.isEnabled() and window.progress.value() == 0  # idle: empty, still in place
     assert window.parameters.seed.reuse.isEnabled()
     window.result_view.select(2)
     assert window.result_view.current_item().seed == 42
@@ -127,11 +129,11 @@ def test_seed_dice_and_reuse_last(qtbot, library: Path) -> None:
 
 def test_an_out_of_range_seed_is_refused_not_made_random(qtbot, library: Path) -> None:
     window = open_window(qtbot, library)
-    window.parameters.seed.edit.setText("9999999999")  # ten digits pass the field's validator
-    assert window.build_request().seed == 9_999_999_999
+    window.parameters.seed.edit.setText("99999999999999999999")  # twenty digits pass the field's validator
+    assert window.build_request().seed == 99_999_999_999_999_999_999
     assert window.generate() is None
     assert window.message_bar.kind == "error"
-    assert "seed = 9999999999" in window.message_bar.text() and "4294967295" in window.message_bar.text()
+    assert "seed = 99999999999999999999" in window.message_bar.text() and str(2**64 - 1) in window.message_bar.text()
     window.parameters.seed.edit.setText("")  # an empty field means random
     assert window.build_request().seed == -1
 
@@ -285,7 +287,6 @@ def test_results_model(qtmodeltester) -> None:
     assert model.data(index, ResultsModel.SeedRole) == 6
     assert model.data(index, ResultsModel.PathRole) == "/x/6.png"
     assert model.data(index, Qt.ItemDataRole.ToolTipRole) == "infotext 6"
-    assert not model.data(index, Qt.ItemDataRole.DecorationRole).isNull()
     model.set_items([])
     qtmodeltester.check(model, force_py=True)
 
@@ -311,6 +312,7 @@ def test_save_png_jpeg_webp_with_metadata_and_upscale(qtbot, library: Path, tmp_
         assert np.array_equal(np.asarray(saved.convert("RGB"))[::4, ::4], original)  # nearest repeats pixels
     params = parse_infotext(read_infotext(path)).params
     assert params["Postprocess upscale by"] == "4" and params["Postprocess upscaler"] == "Nearest"
+    view.actual_button.click()  # 100%: the upscaled image's own pixels
     rect = view.canvas.image_rect()
     assert (rect.width(), rect.height()) == (256, 256)
     shown = qimage_to_pil(view.canvas.grab(rect).toImage()).convert("RGB")
@@ -333,7 +335,7 @@ def test_a_large_upscale_is_resampled_to_the_screen_size(qtbot) -> None:
     view.canvas.grab()  # paints the canvas
     rect = view.canvas.image_rect()
     assert rect.width() <= view.canvas.width() and abs(rect.width() / rect.height() - 4 / 3) < 0.01
-    assert view.canvas._shown[1].size() == rect.size()  # not a 4096 x 3072 image
+    assert view.canvas._shown[0][1].size() == rect.size()  # not a 4096 x 3072 image
 
 
 def test_upscale_filters_differ() -> None:
@@ -361,6 +363,7 @@ def test_progress_text() -> None:
     report = StepReport(1, 5, 20, 1, 3, 25, 60, 75.0)
     assert progress_text(report) == "Step 5/20 · run 2/3 · 1 min 15 s left"
     assert progress_text(StepReport(1, 1, 4, 0, 1, 1, 4, None)) == "Step 1/4"
+    assert progress_text(StepReport(1, 4, 4, 0, 1, 4, 4, 0.0)) == "Step 4/4 · decoding the image…"
     assert format_seconds(0.2) == "under a second" and format_seconds(12.4) == "12 s"
 
 
@@ -377,8 +380,12 @@ def test_plug_in_points(qtbot, library: Path) -> None:
     from PySide6.QtWidgets import QLabel
 
     window = open_window(qtbot, library)
-    dock = window.add_panel("History", QLabel("history"))
-    assert dock.toggleViewAction() in window.menu("View").actions()
+    show = window.add_panel("History", QLabel("history"))
+    assert show in window.menu("View").actions()
+    show.trigger()
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "History"
+    show.trigger()
+    assert window.tabs.currentIndex() == 0
     assert window.menu("Models") is window.menu("Models")
     window.reuse_seed(77)
     assert window.parameters.seed.seed() == 77

@@ -363,3 +363,103 @@ def test_subprocess_ctrl_c_exits_130_without_traceback_or_files(model: Path, tmp
     assert stdout == "" and "Traceback" not in stderr
     assert "stopped: 0 of 1 images saved" in stderr
     assert not out.exists() or list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors before work, warnings, text, seeds and permissions (issue 15 items 6, 8, 9)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the weights load: these runs must stop before."""
+    from mlx_sd.pipeline import Pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Pipeline, "load", refuse)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_that_cannot_be_a_folder_fails_before_the_model_loads(capsys, model, tmp_path, no_model_load, where):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    out = blocker if where == "file" else blocker / "images"
+    code, paths, err = generate(capsys, model, out, "a prompt", "--steps", "1")
+    lines = err.strip().splitlines()
+    assert code != 0 and paths == [] and len(lines) == 1, err
+    assert lines[0].startswith("mlx-sd generate: error: the output folder") and "is a file" in lines[0]
+    assert blocker.read_text() == "a file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_folder_without_write_permission_fails_before_the_model_loads(capsys, model, tmp_path, no_model_load):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = generate(capsys, model, locked / "new", "a prompt")
+    assert code != 0 and "is not writable" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, warning",
+    [
+        (("--strength", "0.3"), "--strength has no effect without --init-image"),
+        (("--mask-blur", "8"), "--mask-blur has no effect without --mask"),
+        (("--negative", "blurry", "--cfg", "1"), "--negative has no effect with --cfg 1"),
+    ],
+)
+def test_options_without_effect_are_warned_about_in_one_line(capsys, model, tmp_path, args, warning):
+    code, paths, err = generate(capsys, model, tmp_path / "out", "a prompt", "--steps", "1", "--seed", "3", *args)
+    assert code == 0 and len(paths) == 1
+    assert f"mlx-sd generate: warning: {warning}" in err.splitlines()[0]
+
+
+def test_without_such_options_there_is_no_warning(capsys, model, tmp_path):
+    code, _, err = generate(capsys, model, tmp_path / "out", "a prompt", "--steps", "1", "--cfg", "1")
+    assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative"])
+def test_text_that_is_not_unicode_fails_in_one_line_before_any_work(capsys, model, tmp_path, no_model_load, field):
+    bad = os.fsdecode(b"caf\xe9 au lait")  # what Python makes of Latin-1 bytes in a UTF-8 argv
+    args = (bad,) if field == "prompt" else ("a prompt", "--negative", bad)
+    out = tmp_path / "out"
+    code, paths, err = generate(capsys, model, out, *args)
+    lines = err.strip().splitlines()
+    assert code != 0 and paths == [] and len(lines) == 1, err
+    assert "is not allowed: valid Unicode text; character 4 is a lone surrogate" in lines[0]
+    assert not out.exists()
+
+
+def test_a_non_utf8_argv_is_refused_by_the_real_command(model, tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "cli", "generate", "--model", str(model), "--output", str(out), b"caf\xe9"]
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONUTF8": "1"}
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, errors="replace", timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("mlx-sd generate: error: prompt = ") and len(done.stderr.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_every_recorded_seed_is_accepted_back_and_remakes_its_image(capsys, model, tmp_path):
+    top = 2**32 - 1
+    code, paths, err = generate(capsys, model, tmp_path / "run", "a cube", "--steps", "1", "--seed", str(top),
+                                "--batch-size", "2", "--cfg", "1")
+    assert code == 0, err
+    seeds = [request_from_infotext(read_infotext(path)).seed for path in paths]
+    assert seeds == [top, top + 1]  # seed + k, not wrapped to 0
+    code, again, err = generate(capsys, model, tmp_path / "again", "a cube", "--steps", "1", "--seed", str(top + 1),
+                                "--cfg", "1")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_images_get_the_permissions_the_umask_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = save_numbered(Image.new("RGB", (8, 8)), tmp_path, 1, "a prompt")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

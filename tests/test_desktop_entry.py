@@ -167,6 +167,26 @@ def stand_in(folder: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
+def python_in(env: Path) -> Path:
+    """`env/bin/python`: this interpreter under another path, seeing the packages this one sees. A
+    symlink alone loses a virtual environment (Python finds a venv from the pyvenv.cfg beside the path
+    it was started as, then resolves the symlink to the base Python), so inside one its pyvenv.cfg and
+    lib folder come along."""
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").symlink_to(sys.executable)
+    if sys.prefix != sys.base_prefix:
+        shutil.copy(Path(sys.prefix) / "pyvenv.cfg", env / "pyvenv.cfg")
+        (env / "lib").symlink_to(Path(sys.prefix) / "lib")
+    return env / "bin" / "python"
+
+
+def test_python_in_another_path_sees_the_same_packages(tmp_path):
+    python = python_in(tmp_path / "env")
+    query = "import site, sys; print(sorted(str(__import__('pathlib').Path(p).resolve()) for p in site.getsitepackages()))"
+    ours = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, check=True).stdout
+    assert subprocess.run([str(python), "-c", query], capture_output=True, text=True, check=True).stdout == ours
+
+
 def test_macos_bundle_script_with_stand_ins_for_the_mac_tools(tmp_path):
     """scripts/build_macos_app.sh cannot run here; with stand-ins for uname, iconutil and plutil it shows
     that it lays out the bundle, names the iconset as iconutil wants and writes a launcher that works
@@ -177,11 +197,9 @@ def test_macos_bundle_script_with_stand_ins_for_the_mac_tools(tmp_path):
     stand_in(tools, "plutil", 'test "$1" = -lint && test -f "$2"')
     # iconutil --convert icns --output OUT ICONSET: keep the iconset beside OUT for inspection
     stand_in(tools, "iconutil", 'test "$1 $2 $3" = "--convert icns --output" && cp -R "$5" "$4.iconset" && echo icns > "$4"')
-    odd = tmp_path / "my env's" / "bin"
-    odd.mkdir(parents=True)
-    (odd / "python").symlink_to(sys.executable)
+    python = python_in(tmp_path / "my env's")
     env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
-    result = subprocess.run(["sh", str(REPO / "scripts" / "build_macos_app.sh"), str(odd / "python"), str(tmp_path / "dist")],
+    result = subprocess.run(["sh", str(REPO / "scripts" / "build_macos_app.sh"), str(python), str(tmp_path / "dist")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     app = tmp_path / "dist" / "mlx-sd.app" / "Contents"

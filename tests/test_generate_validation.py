@@ -119,5 +119,6 @@ def test_one_seed_rule_for_every_caller() -> None:
     for seed in drawn:
         GenerationRequest(seed=seed).validate()
     assert resolve_seed(0) == 0 and resolve_seed(MAX_SEED) == MAX_SEED
-    with pytest.raises(RequestError, match=f"from 0 to {MAX_SEED}"):
-        GenerationRequest(seed=MAX_SEED + 1).validate()
+    GenerationRequest(seed=MAX_SEED + 1).validate()  # the seed of image 2 of a run from MAX_SEED
+    with pytest.raises(RequestError, match=f"from 0 to {2**64 - 2}"):
+        GenerationRequest(seed=2**64 - 1, batch_size=2).validate()

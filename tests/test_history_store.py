@@ -3,6 +3,7 @@
 import errno
 import os
 import sqlite3
+import subprocess
 
 import pytest
 from PIL import Image
@@ -21,6 +22,13 @@ def make_generation(prompt: str = "a red circle", seed: int = 1, model: str = "d
 
 def image(colour=(200, 30, 30)) -> Image.Image:
     return Image.new("RGB", (64, 64), colour)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended: the owner of what a crashed add left behind."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 @pytest.fixture
@@ -91,6 +99,7 @@ def test_image_written_but_row_not_committed_is_recovered_on_open(tmp_path, monk
 
     monkeypatch.setattr(store, "_insert", crash)
     monkeypatch.setattr(history_store.Path, "unlink", lambda self, missing_ok=False: None)  # no clean-up runs
+    monkeypatch.setattr(history_store.os, "getpid", dead_pid)  # the marker's owner is gone when we reopen
     with pytest.raises(KeyboardInterrupt):
         store.add(image(), make_generation("survives a crash", seed=42))
     monkeypatch.undo()
@@ -120,6 +129,7 @@ def test_crash_before_the_image_was_complete_leaves_nothing(tmp_path, monkeypatc
 
     monkeypatch.setattr(history_store, "write_durably", die_writing_the_png)
     monkeypatch.setattr(history_store.Path, "unlink", lambda self, missing_ok=False: None)
+    monkeypatch.setattr(history_store.os, "getpid", dead_pid)
     with pytest.raises(KeyboardInterrupt):
         store.add(image(), make_generation())
     monkeypatch.undo()
@@ -151,10 +161,16 @@ def test_crash_in_the_middle_of_a_delete_is_undone(tmp_path):
     entry = store.add(image(), make_generation())
     trash = library / history_store.TRASH_DIR
     trash.mkdir()
-    os.replace(entry.image_path, trash / f"{entry.id}-{entry.image_path.name}")  # moved, never committed
+    trashed = trash / f"{entry.id}.{os.getpid()}-{entry.image_path.name}"
+    os.replace(entry.image_path, trashed)  # moved, not yet committed: the delete is running
+    other = HistoryStore(library)  # e.g. the browser's store while the worker's deletes
+    assert trashed.is_file() and not entry.image_path.exists()  # left to the running delete
+    other.close()
     store.close()
+    os.replace(trashed, trash / f"{entry.id}.{dead_pid()}-{entry.image_path.name}")  # ...whose process died
     reopened = HistoryStore(library)
     assert reopened.get(entry.id) is not None and entry.image_path.is_file()
+    assert not any(trash.iterdir())
     reopened.close()
 
 

@@ -160,3 +160,60 @@ def test_durable_save_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
         save_image(image(), target, "new", durable=True)
     assert read_infotext(target) == "old"  # the previous file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+# -- hostile files read leniently and within bounds (issue 15) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        LATIN1.encode("utf-16-be") + b"\x00",  # an odd byte count: half a character at the end
+        b"\xfe\xff" + LATIN1.encode("utf-16-be") + b"!",  # with a byte-order mark
+        b"\xff\xfe" + LATIN1.encode("utf-16-le") + b"!",
+        b"\xd8\x00" + LATIN1.encode("utf-16-be"),  # a lone high surrogate
+    ],
+)
+def test_an_odd_user_comment_does_not_refuse_the_image(tmp_path, body):
+    exif = Image.Exif()
+    exif.get_ifd(IFD.Exif)[Base.UserComment] = b"UNICODE\x00" + body
+    path = tmp_path / "odd.jpg"
+    image().save(path, exif=exif)
+    decoded, text = image_metadata.open_image(path)
+    assert decoded.size == image().size
+    assert LATIN1 in text and text.encode("utf-8")  # decodable text: a broken character becomes U+FFFD
+
+
+def test_damaged_exif_reads_as_no_metadata_without_warnings(tmp_path, recwarn):
+    path = tmp_path / "damaged.jpg"
+    image().save(path, exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x87\x69\x00\x04\x00\x00\x00\x01\xff\xff")
+    decoded, text = image_metadata.open_image(path)
+    assert decoded.size == image().size and text is None
+    assert not [w for w in recwarn if "PIL" in w.filename]  # Pillow's warnings would print several lines
+
+
+def with_size(png: bytes, width: int, height: int) -> bytes:
+    """A PNG whose header declares another size (its CRC fixed), the pixel data unchanged."""
+    header = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+
+
+@pytest.mark.parametrize("width, height", [(8193, 8192), (60000, 60000), (2**31 - 1, 1)])
+def test_huge_declared_sizes_are_refused_before_decoding(tmp_path, width, height):
+    path = tmp_path / "bomb.png"
+    image().save(path)
+    path.write_bytes(with_size(path.read_bytes(), width, height))
+    with pytest.raises(Image.DecompressionBombError, match="pixels"):
+        image_metadata.open_image(path)
+    with pytest.raises(ImageMetadataError, match="bomb.png"):
+        read_infotext(path)
+
+
+def test_a_compressed_text_chunk_is_bounded(tmp_path):
+    path = tmp_path / "zip-bomb.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text(image_metadata.PARAMETERS_KEY, "a" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    image().save(path, pnginfo=info)
+    assert path.stat().st_size < 20_000  # 1 MiB of text in a few KB
+    with pytest.raises(ImageMetadataError, match="zip-bomb.png.*Decompressed"):
+        read_infotext(path)

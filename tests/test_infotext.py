@@ -1,10 +1,13 @@
 import dataclasses
+import re
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mlx_sd import infotext
 from mlx_sd.config import SourceInfo, preset
 from mlx_sd.infotext import (
     VERSION,
@@ -259,3 +262,39 @@ def test_request_survives_an_image_file(tmp_path, suffix):
     path = save_image(Image.new("RGB", (32, 32)), tmp_path / f"out{suffix}", format_infotext(request, 5, sd15()),
                       durable=True)
     assert request_from_infotext(read_infotext(path)) == dataclasses.replace(request, seed=5)
+
+
+# -- linear time (issue 15) -----------------------------------------------------------------------
+
+# A1111's pattern for the pairs of the parameter line: the reference `_pairs` must agree with. Its
+# search is quadratic in a run of key characters, so it only sees short lines here.
+A1111_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+PAIR_PIECES = ["a", "b1", "Steps", " ", "\t", ":", ",", '"', "\\", "-", "/", "x y", "é", "12x34", ": ", ", "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PAIR_PIECES), max_size=30).map("".join) | st.text(max_size=40), max_size=10))
+def test_pairs_are_those_a1111_finds(lines):
+    for line in lines:  # several lines per example: thousands of lines in all, cheaply
+        assert infotext._pairs(line) == A1111_PAIR.findall(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a" * 1_000_000,  # the issue's case: one long word, no `key: value`
+        "ab cd-ef/" * 111_111,  # key characters of every kind
+        " " * 1_000_000,
+        "a:" * 500_000,
+        'a: "' * 250_000,  # quotes that never close
+        "a\tb" * 333_333,
+        "Steps: 20, " * 90_000,  # a real parameter line, 1 MB of it
+    ],
+    ids=["word", "key-chars", "spaces", "colons", "open-quotes", "tabs", "pairs"],
+)
+def test_a_1mb_line_parses_in_well_under_a_second(line):
+    started = time.perf_counter()
+    parse_infotext(f"a prompt\n{line}")
+    # Linear time: about 0.4 s here at most, where A1111's quadratic regex takes about an hour; the bound is
+    # generous so that a loaded CI machine cannot fail it.
+    assert time.perf_counter() - started < 15

@@ -1,4 +1,5 @@
 import math
+import time
 import re
 
 import pytest
@@ -131,8 +132,10 @@ def test_fuzz_never_crashes_and_output_is_well_formed(prompt):
     assert sum(isinstance(i, Break) for i in out) == len(re.findall(r"\bBREAK\b", prompt))
 
 
+# Text that stays literal inside brackets: no BREAK, and no ending `:<number>`, which `(text)` would
+# read as an explicit weight (A1111 does too: `(:0)` is an empty fragment of weight 0).
 plain = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
-    lambda s: not re.search(r"\bBREAK\b", s)
+    lambda s: not re.search(r"\bBREAK\b", s) and not re.search(r":\s*[+-]?[.\d]+\s*$", s)
 )
 
 
@@ -148,3 +151,33 @@ def test_fuzz_escaped_text_is_literal(text):
 @given(plain, st.floats(min_value=-10, max_value=10, allow_nan=False).map(lambda w: round(w, 3)))
 def test_fuzz_explicit_weight(text, weight):
     assert pairs(parse_prompt_attention(f"({escape(text)}:{weight})")) == [(text, weight)]
+
+
+# -- linear time (issue 15) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "(a" * 50_000,  # deep unclosed nesting: A1111 re-multiplies everything after each opener
+        "(a" * 25_000 + ")" * 25_000,
+        "[a(b" * 25_000,
+        "(a:1.1)" * 14_000,
+        " " * 100_000 + "BREAK",  # A1111's BREAK split retries its leading \s* at every space
+        "a:" * 50_000,  # one fragment of equal weight after another: joined once, not per fragment
+        "\\" * 100_000,
+    ],
+    ids=["nested", "balanced", "mixed", "weights", "spaces", "colons", "backslashes"],
+)
+def test_hostile_100kb_prompts_parse_in_linear_time(prompt):
+    started = time.perf_counter()
+    parse_prompt_attention(prompt)
+    assert time.perf_counter() - started < 5  # generous for a shared CI machine; quadratic: minutes
+
+
+def test_brackets_deeper_than_the_limit_add_no_weight():
+    from mlx_sd.prompt_parser import MAX_NESTING
+
+    deep = "(" * (MAX_NESTING + 3) + "x" + ")" * (MAX_NESTING + 3) + " y"
+    assert pairs(parse_prompt_attention(deep)) == [("x", pytest.approx(1.1**MAX_NESTING)), (" y", 1.0)]
+    assert pairs(parse_prompt_attention("[" * 40 + "x")) == [("x", pytest.approx(1.1**-MAX_NESTING))]

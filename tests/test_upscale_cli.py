@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from cli.main import main
-from cli.upscale import add_postprocess, app_folders
+from cli.upscale import add_postprocess
 from mlx_sd.image_metadata import read_infotext, save_image
 from mlx_sd.infotext import parse_infotext
 from mlx_sd.upscalers import CompactConfig, build_upscaler
@@ -115,23 +115,14 @@ def test_postprocess_fields_without_parameters():
     )
 
 
-def test_the_app_folders_are_qts(qapp):
-    from PySide6.QtCore import QStandardPaths
-
-    name, organisation = qapp.applicationName(), qapp.organizationName()
-    qapp.setApplicationName("mlx-sd")  # as app/main.py names it, without organisation
-    qapp.setOrganizationName("")
-    try:
-        expected = [Path(QStandardPaths.writableLocation(location)) for location in (
-            QStandardPaths.StandardLocation.AppConfigLocation, QStandardPaths.StandardLocation.AppDataLocation)]
-    finally:
-        qapp.setApplicationName(name)
-        qapp.setOrganizationName(organisation)
-    assert list(app_folders()) == expected
-
-
 @pytest.mark.parametrize("scale", ["0", "-2", "inf", "nan"])
 def test_a_scale_that_is_not_a_positive_number_is_one_line(tmp_path, picture, capsys, scale):
     assert "upscale factor must be a number above 0" in _refused(
         capsys, tmp_path, str(picture), "--upscaler", "lanczos", "--scale", scale
     )
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, picture, capsys):
+    (tmp_path / "out").write_text("")
+    code, paths, err = _run(capsys, str(picture), "--upscaler", "nearest", "--output", str(tmp_path / "out"))
+    assert code == 1 and paths == [] and "is a file" in err and len(err.strip().splitlines()) == 1

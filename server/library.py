@@ -1,0 +1,98 @@
+"""The library as the API names it: models by name (the app's ModelLibrary, demo model included),
+and the LoRA, VAE, embedding and upscaler folders listed by file name.
+
+A name from a request is only ever looked up among the names listed here, so no request reaches a
+file outside the library (ModelLibrary.path_of also refuses separators and hidden names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.model_library import ModelInfo, ModelLibrary
+from mlx_sd.infotext import model_hash
+from mlx_sd.model_format import ModelFolderError, read_config
+
+# <library>/<folder>/ and the file suffixes listed from it
+RESOURCE_FOLDERS = {
+    "loras": (".safetensors", ".pt", ".ckpt"),
+    "vaes": (".safetensors", ".pt", ".ckpt"),
+    "embeddings": (".safetensors", ".pt", ".bin"),
+    "upscalers": (".safetensors", ".pth", ".pt"),
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the library; the message lists what is."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    folder: Path
+    sha256: str  # of the source checkpoint, "" when the converter did not record it
+
+    @property
+    def hash(self) -> str | None:
+        return model_hash(self.sha256) if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        """A1111's checkpoint title: `name [hash]`, or the name alone without a hash."""
+        return f"{self.name} [{self.hash}]" if self.hash else self.name
+
+    def sd_model(self) -> dict[str, object]:
+        """One entry of GET /sdapi/v1/sd-models."""
+        return {
+            "title": self.title,
+            "model_name": self.name,
+            "hash": self.hash,
+            "sha256": self.sha256 or None,
+            "filename": str(self.folder),
+            "config": None,
+        }
+
+
+class Library:
+    """One library folder; every call reads the disk afresh (so refresh endpoints have nothing to do)."""
+
+    def __init__(self, folder: Path, models: ModelLibrary | None = None):
+        self.folder = folder
+        self._models = models or ModelLibrary(folder)
+
+    def models(self) -> list[ServedModel]:
+        return [served for info in self._models.models() if (served := _served(info)) is not None]
+
+    def model(self, name: str) -> ServedModel:
+        """The model a request names: its name, its A1111 title ("name [hash]") or the hash alone."""
+        wanted = str(name).strip()
+        available = self.models()
+        for model in available:
+            if wanted in (model.name, model.title) or (model.hash and wanted == model.hash):
+                return model
+        names = ", ".join(m.name for m in available) or f"none; convert one into {self._models.folder}"
+        raise UnknownModelError(f"there is no model called {wanted!r} in the library; available: {names}")
+
+    def files(self, kind: str) -> list[Path]:
+        """The files of one RESOURCE_FOLDERS kind, sorted by name (hidden files left out)."""
+        folder = self.folder / kind
+        if not folder.is_dir():
+            return []
+        suffixes = RESOURCE_FOLDERS[kind]
+        found = [
+            entry for entry in folder.iterdir()
+            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in suffixes
+        ]
+        return sorted(found, key=lambda p: p.name.casefold())
+
+
+def _served(info: ModelInfo) -> ServedModel | None:
+    if not info.usable:
+        return None
+    try:
+        sha256 = read_config(info.path).source.sha256
+    except (ModelFolderError, OSError):  # deleted or damaged since it was listed
+        return None
+    return ServedModel(info.name, info.path, sha256)
+

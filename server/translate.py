@@ -1,0 +1,158 @@
+"""A1111 and OpenAI payloads -> the engine's `GenerationRequest`; results -> A1111's `info`.
+
+What a request asks for that the engine does not do yet (hires fix, face restoration, styles,
+other inpainting fills...) is not an error: it is listed in `info["not_applied"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from mlx_sd import __version__
+from mlx_sd.request import GenerationRequest, RequestError
+from mlx_sd.samplers import split_sampler_name
+
+from .schema import Img2ImgRequest, OpenAIImageRequest, Txt2ImgRequest
+
+ORIGINAL_FILL = 1  # A1111's inpainting_fill "original": the only fill the engine implements
+DEFAULT_VAES = ("Automatic", "None", "")
+APPLIED_OVERRIDES = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "sd_vae"}
+_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+
+
+@dataclass
+class ServerOptions:
+    """The A1111 options this server keeps (GET/POST /sdapi/v1/options)."""
+
+    sd_model_checkpoint: str  # the model's title
+    sd_checkpoint_hash: str | None = None
+    sd_vae: str = "Automatic"
+    CLIP_stop_at_last_layers: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "samples_format": "png"}
+
+
+@dataclass(frozen=True)
+class Translated:
+    request: GenerationRequest
+    model: str  # the model to run on: override_settings' checkpoint or the current option
+    not_applied: tuple[str, ...]
+
+
+def multiple_of_8(value: int) -> int:
+    """A1111 rounds a size down to what the latent grid can hold."""
+    return value - value % 8 if value > 0 else value
+
+
+def a1111_request(
+    payload: Txt2ImgRequest, options: ServerOptions, init_image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+) -> Translated:
+    """The engine request for a txt2img or img2img payload (the images already decoded)."""
+    overrides = payload.override_settings
+    sampler, schedule = split_sampler_name(payload.sampler_name or payload.sampler_index)
+    if payload.scheduler.strip().lower() not in ("", "automatic"):
+        schedule = payload.scheduler
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
+    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool):
+        raise RequestError("override_settings.CLIP_stop_at_last_layers", clip_skip, "a whole number")
+    fields: dict[str, Any] = dict(
+        prompt=payload.prompt, negative_prompt=payload.negative_prompt,
+        width=multiple_of_8(payload.width), height=multiple_of_8(payload.height),
+        steps=payload.steps, cfg_scale=payload.cfg_scale, sampler=sampler, schedule=schedule,
+        seed=payload.seed, batch_size=payload.batch_size, batch_count=payload.n_iter, clip_skip=clip_skip,
+    )
+    if isinstance(payload, Img2ImgRequest):
+        if init_image is None:
+            raise RequestError("init_images", [], "at least one base64 image")
+        if mask is not None and payload.inpainting_mask_invert:
+            mask = ImageOps.invert(mask.convert("L"))
+        fields.update(init_image=init_image, mask=mask, strength=payload.denoising_strength, mask_blur=payload.mask_blur)
+    model = overrides.get("sd_model_checkpoint") or options.sd_model_checkpoint
+    return Translated(GenerationRequest(**fields), str(model), _not_applied(payload, options, mask is not None))
+
+
+def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bool) -> tuple[str, ...]:
+    vae = payload.override_settings.get("sd_vae", options.sd_vae)
+    flags = {
+        "enable_hr": payload.enable_hr,
+        "restore_faces": payload.restore_faces,
+        "tiling": payload.tiling,
+        "styles": bool(payload.styles),
+        "subseed_strength": payload.subseed_strength > 0,
+        "sd_vae": vae not in DEFAULT_VAES,
+        "script_name": bool(payload.script_name),
+        "alwayson_scripts": any(payload.alwayson_scripts.values()),
+    }
+    if isinstance(payload, Img2ImgRequest):
+        flags["init_images[1:]"] = len(payload.init_images) > 1  # every image of the run starts from the first
+        flags["resize_mode"] = payload.resize_mode != 0
+        flags["inpainting_fill"] = inpainting and payload.inpainting_fill != ORIGINAL_FILL
+        flags["inpaint_full_res"] = inpainting and payload.inpaint_full_res
+    ignored = sorted(f"override_settings.{key}" for key in payload.override_settings if key not in APPLIED_OVERRIDES)
+    return tuple(name for name, asked in flags.items() if asked) + tuple(ignored)
+
+
+def openai_request(payload: OpenAIImageRequest, native_size: int) -> GenerationRequest:
+    """The engine request for POST /v1/images/generations: `n` images in one batch."""
+    width = height = native_size
+    if payload.size:
+        match = _SIZE.match(payload.size)
+        if not match:
+            raise RequestError("size", payload.size, "WIDTHxHEIGHT, e.g. 512x512")
+        width, height = int(match[1]), int(match[2])
+    defaults = GenerationRequest()
+    return GenerationRequest(
+        prompt=payload.prompt, negative_prompt=payload.negative_prompt, width=width, height=height,
+        steps=payload.steps or defaults.steps, batch_size=payload.n,
+    )
+
+
+def a1111_info(
+    request: GenerationRequest, seeds: list[int], infotexts: list[str], model_name: str, model_hash: str | None,
+    not_applied: tuple[str, ...], interrupted: bool = False,
+) -> dict[str, Any]:
+    """The `info` of a txt2img/img2img response (sent as a JSON string), with A1111's keys."""
+    count = len(seeds)
+    return {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": seeds[0] if seeds else request.seed,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": model_name,
+        "sd_model_hash": model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": request.strength if request.init_image is not None else None,
+        "extra_generation_params": {"Schedule type": request.schedule},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": request.clip_skip,
+        "version": f"mlx-sd v{__version__}",
+        "not_applied": list(not_applied),
+        "interrupted": interrupted,
+    }
