@@ -15,6 +15,7 @@ def test_the_benchmark_default_tile_is_the_clis():
     assert CLI_TILE == DEFAULT_TILE
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_both_sides(capsys):
     from benchmarks.upscale import main
 

@@ -129,6 +129,7 @@ FULL_SIZE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FULL_SIZE))
 def test_full_size_rrdbnet_matches_spandrel(tmp_path, name):
     hyper, config, layout = FULL_SIZE[name]
@@ -138,6 +139,7 @@ def test_full_size_rrdbnet_matches_spandrel(tmp_path, name):
     _compare(tmp_path, state, (24, 20), ".pth", config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,convs", [("realesr-general-x4v3", 32), ("realesr-animevideov3", 16)])
 def test_full_size_compact_matches_spandrel(tmp_path, name, convs):
     state = _randomise(Compact(num_feat=64, num_conv=convs, upscale=4), seed=4)

@@ -36,6 +36,7 @@ def test_small_networks_tile_exactly(config):
     assert calls[-1] == (16, 16) and len(calls) == 16  # 4 rows x 4 columns of tiles
 
 
+@pytest.mark.slow
 def test_full_size_esrgan_tiles_within_one_level_away_from_the_border():
     mx.random.seed(1)
     config = RRDBNetConfig()  # RealESRGAN_x4plus's shape: its receptive field is far wider than the overlap
