@@ -1,7 +1,7 @@
 """4x upscale of a 512x512 image: our RRDBNet (mlx_sd.upscalers) against spandrel's on torch, in one
 run, with time and peak memory of each side and their ratios.
 
-    python -m benchmarks.upscale [--size 512] [--tile 192] [--blocks 23]
+    python -m benchmarks.upscale [--size 512] [--tile 128] [--blocks 23]
 
 Both sides get the same random RealESRGAN_x4plus-shaped weights (written once as a .pth and read
 back through convert/upscaler_file.py and spandrel's loader) and the same image. Each side runs in
@@ -23,7 +23,7 @@ import numpy as np
 
 # `mlx-sd upscale`'s default tile (mlx_sd.upscalers.DEFAULT_TILE), written out because the torch side
 # must not import mlx_sd: its OpenBLAS binding slows torch down (see README, Benchmarks).
-CLI_TILE = 192
+CLI_TILE = 128
 
 
 def import_spandrel() -> types.ModuleType:
