@@ -53,8 +53,12 @@ class PickleCheckpoint:
                 f"{self.path.name} cannot be read as a weights-only torch checkpoint "
                 f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
             ) from None
-        while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-            loaded = loaded["state_dict"]
+        # the weights may sit one or more levels down: "state_dict" (Lightning), "params_ema" or
+        # "params" (Real-ESRGAN's upscalers, the averaged weights preferred)
+        while isinstance(loaded, dict) and (wrapper := next(
+            (k for k in ("state_dict", "params_ema", "params") if isinstance(loaded.get(k), dict)), None
+        )):
+            loaded = loaded[wrapper]
         if not isinstance(loaded, dict):
             raise ConversionError(f"{self.path.name} holds a {type(loaded).__name__}, expected a dict of tensors")
         self._tensors = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
