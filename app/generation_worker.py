@@ -28,7 +28,7 @@ from PySide6.QtGui import QImage
 
 from mlx_sd.device import PrecisionError
 from mlx_sd.generation import is_out_of_memory
-from mlx_sd.model_format import MODEL_JSON, ModelFolderError, WeightsError
+from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
@@ -222,7 +222,15 @@ class GenerationWorker(QObject):
             self._on_progress(job, progress, clock)
 
         # the engine fits an init image to the request's size
-        return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+        try:
+            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+        except ModelChangedError:
+            # The model's files changed on disk since it was loaded (a re-conversion, an edit): the loaded
+            # weights no longer match them, so load them again, once; a damaged file then fails to load.
+            self._pipeline = self._pipeline_key = None
+            pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
+            pipeline.precision = job.precision
+            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
 
     def _pipeline_for(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
         folder = Path(model_folder)

@@ -24,6 +24,7 @@ from app_support import QT_MARKS, noise_image, write_tiny_model
 from mlx_sd.cpu import kernels as cpu_kernels
 from mlx_sd.image_metadata import read_infotext
 from mlx_sd.infotext import parse_infotext
+from mlx_sd.model_format import ModelChangedError
 from mlx_sd.pipeline import Pipeline
 
 pytestmark = QT_MARKS
@@ -239,3 +240,17 @@ def test_the_cpu_precision_setting_reaches_the_pipeline_without_a_reload(qtbot, 
     assert "This CPU precision is not available here" in window.message_bar.text()
     assert "AVX512_BF16" in window.message_bar.text() and "CPU precision in Settings" in window.message_bar.text()
     assert window.generate_button.isEnabled()
+
+
+def test_a_model_changed_on_disk_is_loaded_again_before_it_generates(qtbot, window: MainWindow, monkeypatch) -> None:
+    changed = {"once": True}
+    real = Pipeline.generate
+
+    def changed_once(self, *args, **kwargs):
+        if changed.pop("once", False):
+            raise ModelChangedError("tiny/unet.safetensors changed on disk since the model was loaded")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "generate", changed_once)
+    run(qtbot, window, steps=1, seed=3)
+    assert [what for what, *_ in window.load_threads].count("load") == 2  # loaded again, then generated
