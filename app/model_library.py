@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_sd.infotext import checkpoint_stem
-from mlx_sd.model_format import ModelFolderError, read_config
+from mlx_sd.model_format import ModelFolderError, make_files_read_only, read_config
 from mlx_sd.model_paths import DEMO_FOLDER, DEMO_NAME, demo_available
 
 MODELS_DIR = "models"
@@ -121,6 +121,7 @@ class ModelLibrary:
         self.folder = self.library / MODELS_DIR
         self.demo_folder = demo_folder
         self._finish_deletes()
+        self._seal_models()
 
     @property
     def demo_available(self) -> bool:
@@ -207,6 +208,18 @@ class ModelLibrary:
         names = {p.name.casefold() for p in self.folder.iterdir() if not p.name.startswith(".")}
         staging = {p.name[1:].split(".partial-")[0].casefold() for p in self.folder.glob(".*.partial-*")}
         return names | staging
+
+    def _seal_models(self) -> None:
+        """Models converted before model files were written read-only get their write bits taken off, so
+        that they load mapped again (mlx_sd.mapped_weights maps read-only files only)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.is_dir() and not path.name.startswith("."):
+                try:
+                    make_files_read_only(path)
+                except OSError:
+                    pass  # a read-only file system or another owner: the model is read instead of mapped
 
     def _finish_deletes(self) -> None:
         if self.folder.is_dir():

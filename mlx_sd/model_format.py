@@ -192,7 +192,7 @@ def write_model(
         for name, source in tokenizers.items():
             _copy_folder(Path(source), staging / name)
         (staging / MODEL_JSON).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        _make_files_read_only(staging)
+        make_files_read_only(staging)
         os.replace(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -276,7 +276,10 @@ def _remove_if_empty(folder: Path) -> None:
         pass  # not empty: someone else put something there meanwhile
 
 
-def _make_files_read_only(folder: Path) -> None:
+def make_files_read_only(folder: Path) -> None:
+    """Take the write bits off every file in `folder`: a model's files are written once, and only read-only
+    weight files are mapped (mapped_weights), since a mapped file rewritten in place would change the
+    loaded model."""
     for root, _, files in os.walk(folder):
         for name in files:
             path = Path(root) / name

@@ -149,3 +149,11 @@ def test_the_library_is_qt_free():
 
     code = "import app.model_library, sys; assert not [m for m in sys.modules if m.startswith('PySide6')]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+
+def test_models_converted_before_read_only_files_are_sealed_so_they_map(tmp_path):
+    folder = write_model_folder(tmp_path / "lib" / "models" / "old")
+    assert (folder / "unet.safetensors").stat().st_mode & 0o222
+    ModelLibrary(tmp_path / "lib", demo_folder=None)
+    assert not (folder / "unet.safetensors").stat().st_mode & 0o222
+    assert not (folder / "model.json").stat().st_mode & 0o222
