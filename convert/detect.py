@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlx_sd.config import FAMILIES
+from mlx_sd.ldm_unet_keys import PREFIX as UNET_PREFIX
 
 from .ema import ema_name, has_ema
 from .errors import ConversionError
 from .layout import Shape
-from .ldm_unet import PREFIX as UNET_PREFIX
 
 SD1_CLIP = "cond_stage_model.transformer."
 SD2_OPENCLIP = ("cond_stage_model.model.", "conditioner.embedders.0.model.")  # the second: SGM-packed SD2

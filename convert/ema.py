@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .ldm_unet import PREFIX as UNET_PREFIX
+from mlx_sd.ldm_unet_keys import PREFIX as UNET_PREFIX
 
 _EMA_UNET = "model_ema.diffusion_model"
 # Every word of an LDM UNet key; longest first so that `out_layers` wins over `out`, `norm1` over `norm`.

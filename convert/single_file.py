@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 from mlx_sd.config import ModelConfig, SourceInfo
+from mlx_sd.ldm_unet_keys import PREFIX as UNET_PREFIX
+from mlx_sd.ldm_unet_keys import unet_key
 from mlx_sd.model_format import TOKENIZER_FOR
 from mlx_sd.tokenizer import EOS_TOKEN, OPENCLIP_PAD_TOKEN
 
@@ -14,8 +16,6 @@ from . import infer_config
 from .detect import SDXL_V_PRED_MARKER, Layout, TextEncoderSource, detect_layout
 from .ema import restore_dots
 from .errors import ConversionError
-from .ldm_unet import PREFIX as UNET_PREFIX
-from .ldm_unet import unet_key
 from .ldm_vae import PREFIX as VAE_PREFIX
 from .ldm_vae import diffusers_vae_key, is_attention_projection, vae_key
 from .layout import Route, SqueezeToLinear

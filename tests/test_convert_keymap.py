@@ -4,12 +4,12 @@ tensor is read); plus the pieces of the tables that the tiny files cannot exerci
 
 import pytest
 from mlx.utils import tree_flatten
+from mlx_sd.ldm_unet_keys import unet_key
 from mlx_sd.pipeline import build_models
 
 from convert.diffusers_folder import plan_diffusers_folder
 from convert.ema import ema_name, restore_dots
 from convert.layout import mlx_shape
-from convert.ldm_unet import unet_key
 from convert.ldm_vae import vae_key
 from convert.options import ConvertOptions
 from convert.single_file import plan_single_file

@@ -6,7 +6,7 @@ A LoRA key is `<module name>.<part>`: the part says what the tensor is (`lora_do
 
 - kohya / A1111: `lora_unet_<path with _ for .>`, `lora_te_`, SDXL `lora_te1_` / `lora_te2_`; UNet paths
   in diffusers spelling or in the original LDM / SGM spelling (`input_blocks_4_1_...`), which the
-  converter's key table (convert.ldm_unet) turns into diffusers names;
+  shared key table (mlx_sd.ldm_unet_keys) turns into diffusers names;
 - diffusers / PEFT: `unet.<path>`, `text_encoder.<path>`, `text_encoder_2.<path>`.
 
 Our parameter names are diffusers' / transformers' names, so a resolved module is a path in our models.
@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+
+from ..ldm_unet_keys import unet_key
 
 # A key's part -> our name for it. PEFT's lora_A / lora_B and diffusers' old lora.down / lora.up are a
 # plain LoRA's down / up. Longer suffixes come first so `lora.down.weight` is not read as `weight`.
@@ -40,7 +42,7 @@ KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_":
 PEFT_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 BUNDLED_EMBEDDING_PREFIX = "bundle_emb."
 
-# kohya's LDM spelling with `_` for `.` -> dotted LDM names for convert.ldm_unet.unet_key.
+# kohya's LDM spelling with `_` for `.` -> dotted LDM names for ldm_unet_keys.unet_key.
 _LDM_BLOCK_RE = re.compile(r"(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)$")
 _LDM_MIDDLE_RE = re.compile(r"middle_block_(\d+)_(.+)$")
 _LDM_FIXED_RE = re.compile(r"(time_embed|out)_(\d+)$|label_emb_0_(\d+)$")
@@ -67,8 +69,6 @@ def _ldm_rest(rest: str) -> str:
 
 def ldm_to_diffusers(name: str, layers_per_block: int) -> str | None:
     """A kohya UNet module name in LDM / SGM spelling -> the diffusers module path with `_` for `.`."""
-    from convert.ldm_unet import unet_key  # the converter owns the LDM -> diffusers key table
-
     if name == "input_blocks_0_0":
         dotted = "input_blocks.0.0"
     elif block := _LDM_BLOCK_RE.match(name):

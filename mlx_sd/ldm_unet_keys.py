@@ -1,6 +1,9 @@
 """The UNet key table: original LDM / SGM names (`model.diffusion_model.*`) -> diffusers names
 (docs/facts.md §2.5).
 
+It lives in the engine, not the converter, because both use it: the converter to rename checkpoints and
+mlx_sd.lora to resolve kohya LoRA names in LDM spelling (mlx_sd must not import convert).
+
 Input blocks are numbered across levels: block N >= 1 is level (N-1) // (L+1), slot (N-1) % (L+1), where
 L = layers_per_block; slot L holds only the downsampler. Output blocks: level N // (L+1), slot N % (L+1),
 the upsampler being `.1.conv` or `.2.conv`. Transformer sub-names are the same in both formats.
