@@ -24,9 +24,9 @@ from PySide6.QtCore import QEvent, QMimeData, QObject, QRunnable, QThreadPool, S
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 
 from convert.diffusers_folder import MODEL_INDEX
-from convert.pickle_file import PICKLE_SUFFIXES
 from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.infotext import Infotext, parse_infotext
+from mlx_sd.pickle_files import PICKLE_SUFFIXES
 
 from .result_view import qimage_to_pil
 

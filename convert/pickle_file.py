@@ -13,12 +13,10 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx_sd.dtypes import safetensors_code
+from mlx_sd.pickle_files import pickle_refusal
 
 from .errors import ConversionError
 from .safetensors_file import TensorInfo, hash_file, to_mx
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
 
 def _safetensors_dtype(dtype: "torch.dtype") -> str:
     """A torch dtype in safetensors' spelling ("F16" for torch.float16), its plain name where safetensors has none."""
@@ -27,11 +25,7 @@ def _safetensors_dtype(dtype: "torch.dtype") -> str:
 
 
 def refuse_pickle(path: Path) -> ConversionError:
-    return ConversionError(
-        f"{path.name} is a pickle checkpoint ({path.suffix}): loading a pickle can run code hidden in the file. "
-        "Prefer a .safetensors version of this model; if you trust this file, add --allow-pickle "
-        "(it is then read with torch's weights-only unpickler, which never runs code)"
-    )
+    return ConversionError(pickle_refusal(path))
 
 
 class PickleCheckpoint:

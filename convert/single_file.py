@@ -10,6 +10,7 @@ from mlx_sd.config import ModelConfig, SourceInfo
 from mlx_sd.ldm_unet_keys import PREFIX as UNET_PREFIX
 from mlx_sd.ldm_unet_keys import unet_key
 from mlx_sd.model_format import TOKENIZER_FOR
+from mlx_sd.pickle_files import PICKLE_SUFFIXES
 from mlx_sd.tokenizer import EOS_TOKEN, OPENCLIP_PAD_TOKEN
 
 from . import infer_config
@@ -20,7 +21,7 @@ from .ldm_vae import PREFIX as VAE_PREFIX
 from .ldm_vae import diffusers_vae_key, is_attention_projection, vae_key
 from .layout import Route, SqueezeToLinear
 from .options import ConvertOptions
-from .pickle_file import PICKLE_SUFFIXES, PickleCheckpoint, refuse_pickle
+from .pickle_file import PickleCheckpoint, refuse_pickle
 from .plan import ConversionPlan, Read, TensorSource, Weights
 from .prediction import PROBE_THRESHOLD, probe_prediction, sidecar_yaml, yaml_prediction
 from .local_paths import require_regular_file

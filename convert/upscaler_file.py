@@ -22,10 +22,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 from mlx_sd.model_format import WeightsError, check_weights
+from mlx_sd.pickle_files import PICKLE_SUFFIXES
 from mlx_sd.upscalers import CompactConfig, RRDBNetConfig, UpscalerConfig, build_upscaler
 
 from .errors import ConversionError
-from .pickle_file import PICKLE_SUFFIXES, PickleCheckpoint
+from .pickle_file import PickleCheckpoint
 from .safetensors_file import SafetensorsFile
 
 UPSCALER_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)

@@ -12,9 +12,9 @@ from pathlib import Path
 import mlx.core as mx
 from safetensors import SafetensorError, safe_open
 
+from ..pickle_files import PICKLE_SUFFIXES, pickle_refusal
 from .errors import LoraError
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Keys only a whole checkpoint has: a model passed where a LoRA was expected.
 _CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
 
@@ -55,12 +55,10 @@ def refuse_checkpoint(file: TensorFile, what: str) -> None:
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> TensorFile:
-    # The converter words the refusal; torch's weights-only unpickler (as the converter uses) builds only
-    # tensors and plain containers. Nested dicts (an embedding's `string_to_param`) flatten to dotted keys.
-    from convert.pickle_file import refuse_pickle
-
+    # torch's weights-only unpickler (as the converter uses) builds only tensors and plain containers.
+    # Nested dicts (an embedding's `string_to_param`) flatten to dotted keys.
     if not allow_pickle:
-        raise LoraError(str(refuse_pickle(path)))
+        raise LoraError(pickle_refusal(path))
     import torch
 
     try:
