@@ -33,6 +33,7 @@ from typing import Any, Iterator
 from PIL import Image, PngImagePlugin
 
 from mlx_sd.image_metadata import PARAMETERS_KEY, write_durably
+from mlx_sd.model_format import process_alive
 
 from .history_database import HistoryError, describe, is_damage, open_database, rebuild_fts
 
@@ -437,13 +438,7 @@ def _left_behind(file: Path, writer: str, dated_by_change: bool = False) -> bool
         return True
     if pid <= 0 or pid == os.getpid():
         return age > time.time() - _PROCESS_STARTED
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return False  # running, as another user
-    except OSError:
-        return True
-    return False
+    return not process_alive(pid)
 
 
 def _marker_writer(name: str) -> str:
