@@ -11,7 +11,6 @@ taken), never overwriting a file, written completely or not at all; their paths 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -70,14 +69,13 @@ def add_postprocess(infotext: str | None, upscaler: str, scale: float) -> str:
 def reserve_output(folder: Path, stem: str) -> Path:
     """Create an empty `<stem>.png` in `folder` (or `<stem>-2.png`, ...: the first name nobody has)
     atomically, so that nothing is overwritten even by another process saving there at once."""
+    from mlx_sd.output_files import take_name
+
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(1, sys.maxsize):
         path = folder / (f"{stem}.png" if number == 1 else f"{stem}-{number}.png")
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
-            continue
-        return path
+        if take_name(path):
+            return path
     raise OSError(f"no free file name for {stem} in {folder}")
 
 

@@ -54,6 +54,16 @@ def next_number(folder: str | os.PathLike[str]) -> int:
     return highest + 1
 
 
+def take_name(path: Path) -> bool:
+    """Create `path` as an empty file unless it exists; True when this call created it. Atomic
+    (O_CREAT | O_EXCL): of two processes taking the same name at once, exactly one gets it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        return False
+    return True
+
+
 def reserve_path(folder: str | os.PathLike[str], seed: int, suffix: str = ".png") -> Path:
     """Create an empty file `<number>-<seed><suffix>` under a number nobody holds, and return its path.
 
@@ -63,13 +73,9 @@ def reserve_path(folder: str | os.PathLike[str], seed: int, suffix: str = ".png"
     number = next_number(folder)
     while True:
         path = folder / f"{number:0{NUMBER_DIGITS}d}-{seed}{suffix}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            number += 1  # taken since we listed the folder, or a name with another seed: try the next
-            continue
-        os.close(fd)
-        return path
+        if take_name(path):
+            return path
+        number += 1  # taken since we listed the folder, or a name with another seed: try the next
 
 
 def save_numbered(
