@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 from mlx_sd.dtypes import safetensors_code
@@ -18,7 +19,11 @@ from mlx_sd.pickle_files import pickle_refusal
 from .errors import ConversionError
 from .safetensors_file import TensorInfo, hash_file, to_mx
 
-def _safetensors_dtype(dtype: "torch.dtype") -> str:
+if TYPE_CHECKING:
+    import torch  # for annotations only: torch is imported when a pickle is read
+
+
+def _safetensors_dtype(dtype: torch.dtype) -> str:
     """A torch dtype in safetensors' spelling ("F16" for torch.float16), its plain name where safetensors has none."""
     name = str(dtype).removeprefix("torch.")
     return safetensors_code(name) or name

@@ -33,7 +33,7 @@ from mlx_sd.cpu import convolution, elementwise
 from mlx_sd.cpu import memory as cpu_memory
 from mlx_sd.cpu.accelerate import accelerate
 from mlx_sd.cpu.machine import thread_count
-from mlx_sd.cpu.modules import CpuAttention, CpuConv2d, CpuUpsample2D, StreamSplitUNet, chunked_attention, split_batch_over_streams
+from mlx_sd.cpu.modules import CpuAttention, CpuConv2d, CpuUpsample2D, StreamSplitUNet, split_batch_over_streams
 from mlx_sd.cpu.options import CpuOptions
 from mlx_sd.model_format import load_weights
 from mlx_sd.unet import UNet2DConditionModel
