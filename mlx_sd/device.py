@@ -1,7 +1,7 @@
 """The device a pipeline computes on, the dtypes it computes in, and what the machine can run.
 
-On the CPU, mlx's float16/bfloat16 matmuls run at about 5 GFLOPS against ~200 for float32 with
-OpenBLAS, so the CPU computes in float32 whatever the storage dtype (its formulations are swapped
+On the CPU, mlx's float16/bfloat16 matmuls are far slower than float32 with OpenBLAS
+(docs/performance.md), so the CPU computes in float32 whatever the storage dtype (its formulations are swapped
 in at load: mlx_sd.cpu). On the GPU (Metal, CUDA) half precision is the fast path.
 """
 

@@ -1,14 +1,14 @@
 """Bind the system OpenBLAS before `mlx.core` loads, on Linux.
 
-The Linux mlx CPU wheel links a reference BLAS about 30x slower than OpenBLAS; loading Debian's
+The Linux mlx CPU wheel links a reference BLAS, far slower than OpenBLAS (docs/performance.md); loading Debian's
 OpenBLAS (`libopenblas0-pthread`) with RTLD_GLOBAL first makes mlx resolve `cblas_sgemm` to it
 instead. The dynamic linker binds those symbols when `mlx.core` loads, so this must run before
 anything imports it: `mlx_sd/__init__.py` imports this module first, the package's one import side
 effect. Set MLX_SD_NO_OPENBLAS=1 to skip it.
 
 OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names them: on an
-AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls about 1.8x as fast as its AVX2
-(Haswell) ones. The status reports the kernels in use, and the variable when it was set.
+AVX-512 CPU its SkylakeX/Cooperlake kernels run float32 matmuls faster than its AVX2
+(Haswell) ones (docs/performance.md). The status reports the kernels in use, and the variable when it was set.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def group_norm(
     """GroupNorm (then SiLU if `silu`) of a float32 (B, N, C) array with contiguous channel groups.
 
     Statistics per channel over the contiguous N axis first, then per group: reductions and
-    broadcasts along whole rows run 10-20x faster on the CPU than over the interleaved (N,
+    broadcasts along whole rows run much faster on the CPU (docs/performance.md) than over the interleaved (N,
     channels-in-group) axes of the grouped view; the two passes stay exact (mean, then squared
     deviations from it).
     """

@@ -15,9 +15,8 @@ import mlx.nn as nn
 import numpy as np
 
 # Pixels of the input per side. A 4x RRDBNet's peak memory is its last convolutions at the output
-# resolution, where MLX's CPU convolution unrolls each 3x3 neighbourhood (9x the activations) and the
-# lazy graph keeps several of those alive: 4.2 GB measured for a 128 tile with its overlap, 8.6 GB
-# resident seen for 192. Smaller tiles cost time instead: the overlap is run again (1.56x the pixels at 128).
+# resolution, where MLX's CPU convolution unrolls each 3x3 neighbourhood and the lazy graph keeps several
+# of those alive; smaller tiles cost time instead, as the overlap is run again (docs/performance.md).
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 16
 ALIGN = 4  # tiles start at multiples of this, so pixel-unshuffling networks (x2plus) see whole cells
