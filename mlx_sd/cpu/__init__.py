@@ -5,8 +5,5 @@ the CPU, `accelerate` replaces their layers with equivalents built for mlx's CPU
 GEMM, Winograd, fused GroupNorm+SiLU, the attention kernel, half-precision weights converted as they
 are packed), the way `mlx.nn.quantize` replaces Linear with QuantizedLinear. Process-wide memory
 settings are `memory.keep_freed_memory`, applied by mlx_sd.runtime.setup. The GPU path uses none of it.
-
-`blas` is imported first: it must bind OpenBLAS before mlx.core loads (see its docstring).
+`blas` binds OpenBLAS before mlx.core loads; mlx_sd/__init__.py imports it, first of all.
 """
-
-from . import blas  # noqa: F401  isort: skip
