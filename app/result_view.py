@@ -194,12 +194,9 @@ class ImageCanvas(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(640, 640)
 
-    def set_picture(self, picture: Image.Image | None, factor: int = 1, method: str = "Lanczos") -> None:
-        """A result, shown upscaled by `factor` with `method` (see UPSCALE_FILTERS)."""
-        self.set_pictures([picture] if picture is not None else [], factor, method)
-
     def set_pictures(self, pictures: list[Image.Image], factor: int = 1, method: str = "Lanczos") -> None:
-        """Several results (a batch) side by side in a grid, or one."""
+        """Several results (a batch) side by side in a grid, or one, upscaled by `factor` with `method`
+        (see UPSCALE_FILTERS)."""
         self._preview, self._pictures, self._factor, self._method = None, list(pictures), factor, method
         first = pictures[0] if pictures else None
         self._natural = QSize(first.width * factor, first.height * factor) if first is not None else QSize()
@@ -220,9 +217,6 @@ class ImageCanvas(QWidget):
         self._fit = fit
         self._update_minimum()
         self.update()
-
-    def fits(self) -> bool:
-        return self._fit
 
     def _update_minimum(self) -> None:
         # at 100% the canvas is as large as the image, so its scroll area scrolls
