@@ -214,11 +214,11 @@ def test_dropped_a1111_png_restores_and_selects_its_model(window: MainWindow, fi
 
 
 def test_unknown_sampler_and_model_are_noted(window: MainWindow, tmp_path: Path) -> None:
-    text = "a dog\nSteps: 5, Sampler: UniPC, Seed: 1, Size: 64x64, Model: sd_xl_base_1.0"
-    path = save_image(noise_image(3, 64, 64), tmp_path / "unipc.png", text)
+    text = "a dog\nSteps: 5, Sampler: DPM++ 4M, Seed: 1, Size: 64x64, Model: sd_xl_base_1.0"
+    path = save_image(noise_image(3, 64, 64), tmp_path / "unknown_sampler.png", text)
     assert drop(window.result_view.canvas, file_mime(path))
     window.message_bar.trigger("Restore Parameters")
-    assert "sampler 'UniPC' is not available" in window.message_bar.text()
+    assert "sampler 'DPM++ 4M' is not available" in window.message_bar.text()
     assert "sd_xl_base_1.0" in window.message_bar.text() and "not installed" in window.message_bar.text()
     assert window.picker.current().name == "tiny" and window.parameters.values()["steps"] == 5
 
