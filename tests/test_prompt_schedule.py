@@ -84,8 +84,11 @@ def test_deep_nesting_and_long_prompts_take_linear_time():
     sizes = {}
     for n in (2000, 8000):
         prompt = "[a:b:3] (c:1.2) [d|e] " * n + "((([" * n
-        started = time.perf_counter()
-        schedule = prompt_schedule(prompt, 2)
-        sizes[n] = time.perf_counter() - started
+        times = []
+        for _ in range(3):  # the fastest of three: a loaded machine only ever adds time
+            started = time.perf_counter()
+            schedule = prompt_schedule(prompt, 2)
+            times.append(time.perf_counter() - started)
+        sizes[n] = min(times)
         assert len(schedule) == 2
-    assert sizes[8000] < 8 * sizes[2000]  # 4x the text, well under 16x the time
+    assert sizes[8000] < 10 * sizes[2000]  # 4x the text: linear takes about 4x the time, quadratic 16x
