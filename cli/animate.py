@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from mlx_sd.output_files import check_output_folder, reserve_path, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.request import GenerationRequest, RequestError
-    from mlx_sd.samplers import Cancelled
+    from mlx_sd.samplers import Cancelled, sampler_and_schedule
 
     err = sys.stderr
     if args.fps <= 0 or args.fps > 100:
@@ -99,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
     folder = resolve_model_folder(args.model)
     config = read_config(folder)
+    sampler, schedule = sampler_and_schedule(args.sampler, args.schedule)
     base = GenerationRequest(
         negative_prompt=args.negative,
         width=config.default_size if args.width is None else args.width,
         height=config.default_size if args.height is None else args.height,
-        steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, schedule=args.schedule, seed=args.seed,
+        steps=args.steps, cfg_scale=args.cfg, sampler=sampler, schedule=schedule, seed=args.seed,
     )
     animation = Animation(args.from_prompt, args.to_prompt, args.frames, args.seed_to, args.blend)
     animation.validate()

@@ -27,6 +27,7 @@ from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.request import GenerationRequest, Progress
+from mlx_sd.samplers import sampler_and_schedule
 from mlx_sd.schedules import SCHEDULES
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -62,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--sampler", default=DEFAULTS.sampler, metavar="NAME",
-        help=f"an A1111 sampler name, any case (default {DEFAULTS.sampler!r}; `mlx-sd samplers` lists them)",
+        help=f"an A1111 sampler name, any case, or one with its schedule ('DPM++ 2M Karras') "
+        f"(default {DEFAULTS.sampler!r}; `mlx-sd samplers` lists them)",
     )
     parser.add_argument(
         "--schedule", default=DEFAULTS.schedule, metavar="NAME",
@@ -133,6 +135,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
     init = read_image(args.init_image, "--init-image") if args.init_image else None
     mask = read_image(args.mask, "--mask") if args.mask else None
     width, height = size_from_image(*init.size) if init is not None else (default_size, default_size)
+    sampler, schedule = sampler_and_schedule(args.sampler, args.schedule)  # "DPM++ 2M Karras" too
     return GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -141,8 +144,8 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         height=height if args.height is None else args.height,
         steps=args.steps,
         cfg_scale=args.cfg,
-        sampler=args.sampler,
-        schedule=args.schedule,
+        sampler=sampler,
+        schedule=schedule,
         seed=args.seed,
         batch_size=args.batch_size,
         batch_count=args.batch_count,

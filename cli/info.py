@@ -20,6 +20,7 @@ from mlx_sd.cpu.options import CpuOptions, product
 from mlx_sd.device import compute_dtype, current_device, dtype_name, gpu_available
 from mlx_sd.infotext import model_hash
 from mlx_sd.model_format import read_config, weights_file
+from mlx_sd.model_paths import resolve_model_folder
 from mlx_sd.pipeline import build_models, parameter_count
 
 
@@ -31,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "converted model; with --preset only the parameter counts of a full-size architecture.",
     )
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("folder", nargs="?", type=Path, help="a converted model folder (holding model.json)")
+    target.add_argument(
+        "folder", nargs="?", help="a converted model folder (holding model.json), or 'demo' for the bundled one"
+    )
     target.add_argument("--preset", choices=PRESETS, help="a published architecture, counted without weights")
     parser.set_defaults(func=run)
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         lines = system_lines()
         if args.folder is not None:
-            lines += [""] + model_lines(args.folder)
+            lines += [""] + model_lines(resolve_model_folder(args.folder))
     print("\n".join(lines))
     return 0
 

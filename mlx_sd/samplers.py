@@ -519,6 +519,15 @@ def split_sampler_name(name: str) -> tuple[str, str]:
     return text, "Automatic"
 
 
+def sampler_and_schedule(sampler: str, schedule: str) -> tuple[str, str]:
+    """The sampler and schedule labels for a sampler name that may combine both ("DPM++ 2M Karras")
+    and a schedule given apart: one given apart (not "Automatic") wins, as in A1111's API."""
+    name, named_schedule = split_sampler_name(sampler)
+    if schedule.strip().lower() in ("", "automatic"):
+        return name, named_schedule
+    return name, schedule
+
+
 def sigmas_for(
     sampler: str, schedule: str, steps: int, noise_schedule: NoiseSchedule, sdxl: bool = False
 ) -> np.ndarray:

@@ -15,6 +15,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import Any
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -334,6 +337,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=401, headers={"WWW-Authenticate": 'Basic realm="mlx-sd"'},
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input back, and a number beyond float range (1e400
+        # parses as inf) cannot be written as JSON: it would fail with an unrelated message.
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(ValueError)  # RequestError, ImageInputError, UnknownModelError...
     async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
         return error(400, exc)
@@ -345,6 +354,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         return error(500, exc)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with each infinite or NaN float written as text, which JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 class BodyLimit:

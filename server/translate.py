@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from mlx_sd import __version__
 from mlx_sd.request import GenerationRequest, RequestError
-from mlx_sd.samplers import split_sampler_name
+from mlx_sd.samplers import sampler_and_schedule
 
 from .schema import Img2ImgRequest, OpenAIImageRequest, Txt2ImgRequest
 
@@ -57,9 +57,7 @@ def a1111_request(
 ) -> Translated:
     """The engine request for a txt2img or img2img payload (the images already decoded)."""
     overrides = payload.override_settings
-    sampler, schedule = split_sampler_name(payload.sampler_name or payload.sampler_index)
-    if payload.scheduler.strip().lower() not in ("", "automatic"):
-        schedule = payload.scheduler
+    sampler, schedule = sampler_and_schedule(payload.sampler_name or payload.sampler_index, payload.scheduler)
     clip_skip = overrides.get("CLIP_stop_at_last_layers", options.CLIP_stop_at_last_layers)
     if not isinstance(clip_skip, int) or isinstance(clip_skip, bool):
         raise RequestError("override_settings.CLIP_stop_at_last_layers", clip_skip, "a whole number")

@@ -463,3 +463,10 @@ def test_saved_images_get_the_permissions_the_umask_gives(tmp_path, umask):
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_combined_sampler_name_as_the_readme_promises(capsys, model: Path, tmp_path: Path):
+    code, paths, err = generate(capsys, model, tmp_path / "out", "a cube", "--steps", "2", "--sampler", "dpm++ 2m karras")
+    assert code == 0, err
+    request = request_from_infotext(read_infotext(paths[0]))
+    assert (request.sampler, request.schedule) == ("DPM++ 2M", "Karras")

@@ -92,3 +92,13 @@ def test_not_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_folder_and_preset_exclude_each_other(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["info", str(tmp_path), "--preset", "sd15"])
+
+
+def test_demo_names_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
+    # 'demo' means the bundled model here as in generate, animate and serve
+    from mlx_sd.model_paths import DEMO_FOLDER, demo_available
+
+    if not demo_available():
+        pytest.skip("the demo model is not installed")
+    assert main(["info", "demo"]) == 0
+    assert f"model: {DEMO_FOLDER}" in capsys.readouterr().out

@@ -641,3 +641,10 @@ def test_infotext_writes_and_reads_back_every_a1111_name():
     assert K.split_sampler_name("LMS Karras") == ("LMS", "Karras")
     assert K.split_sampler_name("DPM++ 2S a Karras") == ("DPM++ 2S a", "Karras")
     assert K.split_sampler_name("DDIM CFG++") == ("DDIM CFG++", "Automatic")
+
+
+def test_a_schedule_given_apart_wins_over_the_one_in_a_combined_name():
+    assert K.sampler_and_schedule("DPM++ 2M Karras", "Automatic") == ("DPM++ 2M", "Karras")
+    assert K.sampler_and_schedule("DPM++ 2M Karras", "automatic ") == ("DPM++ 2M", "Karras")
+    assert K.sampler_and_schedule("DPM++ 2M Karras", "Exponential") == ("DPM++ 2M", "Exponential")
+    assert K.sampler_and_schedule("euler a", "") == ("Euler a", "Automatic")

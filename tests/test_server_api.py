@@ -190,6 +190,7 @@ def _png_header(width: int, height: int) -> bytes:
         ("txt2img", b"{not json", 422, "JSON decode error"),
         ("txt2img", b'{"steps": "many"}', 422, "valid integer"),
         ("txt2img", b'{"seed": [1]}', 422, "seed"),
+        ("txt2img", b'{"steps": 1e400}', 422, "finite number"),  # parses as inf, which JSON cannot echo back
         ("txt2img", b'{"width": 100000, "height": 64}', 400, "width = 100000"),
         ("txt2img", b'{"width": -64}', 400, "width"),
         ("txt2img", b'{"steps": 0, "width": 64, "height": 64}', 400, "steps = 0"),

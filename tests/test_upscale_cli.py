@@ -117,7 +117,7 @@ def test_postprocess_fields_without_parameters():
 
 @pytest.mark.parametrize("scale", ["0", "-2", "inf", "nan"])
 def test_a_scale_that_is_not_a_positive_number_is_one_line(tmp_path, picture, capsys, scale):
-    assert "upscale factor must be a number above 0" in _refused(
+    assert "upscale factor must be a finite number above 0" in _refused(
         capsys, tmp_path, str(picture), "--upscaler", "lanczos", "--scale", scale
     )
 

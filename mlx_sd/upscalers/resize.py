@@ -23,7 +23,7 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size of a `width` x `height` picture upscaled `scale` times; a ValueError in one line when
     the scale is not positive or the result would exceed MAX_UPSCALED_SIDE."""
     if not 0 < scale < math.inf:
-        raise ValueError(f"the upscale factor must be a number above 0, got {scale:g}")
+        raise ValueError(f"the upscale factor must be a finite number above 0, got {scale:g}")
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if max(size) > MAX_UPSCALED_SIDE:
         raise ValueError(
