@@ -178,13 +178,11 @@ class Ours(Backend):
 
 class Torch(Backend):
     def __init__(self, size: int, dtype: str):
-        import torch
-
-        from reference.pipeline import DTYPES
+        import torch  # and nothing of mlx_sd, whose OpenBLAS binding would change torch's figures
 
         self.torch = torch
         self.size = size
-        self.dtype = DTYPES[dtype]
+        self.dtype = getattr(torch, dtype)  # "float32" or "bfloat16"
         self.name = "torch" if dtype == "float32" else "torch-bf16"
 
     def load(self, cached) -> None:
