@@ -31,6 +31,7 @@ def import_spandrel() -> types.ModuleType:
     torchvision.transforms.functional for LaMa and RestoreFormer only, which we never load, so a stand-in
     module with those names (which fail if ever called) is enough. torchvision itself has no CPU build for
     torch 2.13 on the registries here, and its CUDA build would replace the pinned CPU torch."""
+    stand_ins: dict[str, types.ModuleType] = {}
     if "torchvision" not in sys.modules:
         def unavailable(*args: object, **kwargs: object) -> None:
             raise RuntimeError("torchvision is not installed (a stand-in for spandrel's import)")
@@ -42,12 +43,18 @@ def import_spandrel() -> types.ModuleType:
         transforms.functional = functional
         torchvision = types.ModuleType("torchvision")
         torchvision.transforms = transforms
-        sys.modules.update({
+        stand_ins = {
             "torchvision": torchvision, "torchvision.transforms": transforms,
             "torchvision.transforms.functional": functional,
-        })
-    import spandrel
-
+        }
+        sys.modules.update(stand_ins)
+    try:
+        import spandrel
+    finally:
+        # spandrel keeps the names it imported; left in sys.modules, the stand-in would make other
+        # libraries (diffusers, transformers) believe torchvision is installed
+        for name in stand_ins:
+            sys.modules.pop(name, None)
     return spandrel
 
 

@@ -45,12 +45,20 @@ class PickleCheckpoint:
                 "or convert a .safetensors version of this model"
             ) from None
         self.path = Path(path)
+        with open(self.path, "rb") as file:
+            magic = file.read(4)
+        # torch saves a zip archive; checkpoints from before torch 1.6 are a bare pickle (protocol 2+)
+        if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+            raise ConversionError(f"{self.path.name} is not a torch checkpoint (neither a zip archive nor a pickle)")
         try:
             loaded = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+            detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+            if detail.startswith("Weights only load failed"):
+                # torch's own first line is about its defaults, not the file: say what was refused
+                detail = "it holds objects other than tensors, which the weights-only reader never builds"
             raise ConversionError(
-                f"{self.path.name} cannot be read as a weights-only torch checkpoint "
-                f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+                f"{self.path.name} cannot be read as a weights-only torch checkpoint ({detail})"
             ) from None
         # the weights may sit one or more levels down: "state_dict" (Lightning), "params_ema" or
         # "params" (Real-ESRGAN's upscalers, the averaged weights preferred)

@@ -4,6 +4,7 @@ and no conversion leaves a half-written folder behind (failure, cancel, or a res
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,14 @@ def test_pickle_with_flag_matches_the_safetensors_file(tiny_models, tmp_path):
 def test_pickle_that_needs_code_is_refused_even_with_the_flag(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Payload()}, path)
-    _fails(path, tmp_path / "out", "cannot be read as a weights-only torch checkpoint", allow_pickle=True)
+    _fails(path, tmp_path / "out", "holds objects other than tensors", allow_pickle=True)
+
+
+def test_a_file_that_is_no_torch_checkpoint_says_so_in_one_short_line(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_text("this is a text file, not a model\n")
+    _fails(path, tmp_path / "out", re.escape("garbage.pth is not a torch checkpoint (neither a zip archive nor a pickle)"),
+           allow_pickle=True)
 
 
 class _Payload:
