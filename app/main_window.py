@@ -180,7 +180,9 @@ class MainWindow(QMainWindow):
         self.wheel_guard = WheelGuard(self)
         guard_wheel(self, self.wheel_guard)
         self.setMinimumSize(MINIMUM_SIZE)
-        self.resize(DEFAULT_SIZE)
+        # the default size, shrunk to the screen's usable area (a 1024x640 screen must see the whole window)
+        screen = QGuiApplication.primaryScreen()
+        self.resize(DEFAULT_SIZE.boundedTo(screen.availableGeometry().size()) if screen else DEFAULT_SIZE)
         self.api = ApiService(self)
         self.api.apply(settings, self.library)
 
