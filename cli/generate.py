@@ -26,6 +26,7 @@ from PIL import Image
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
+from mlx_sd.library import Library
 from mlx_sd.request import GenerationRequest, Progress
 from mlx_sd.samplers import sampler_and_schedule
 from mlx_sd.schedules import SCHEDULES
@@ -93,11 +94,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
 
+    add_library_options(parser)
+
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
 
     parser.error = one_line_error  # type: ignore[method-assign]  # argparse would print the long usage first
     parser.set_defaults(func=run)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "LoRAs and embeddings",
+        "<lora:NAME:WEIGHT> in the prompt or negative prompt merges a LoRA; an embedding's file name in either "
+        "prompt uses that textual-inversion embedding",
+    )
+    group.add_argument(
+        "--library", type=Path, metavar="DIR",
+        help="the library whose loras/ and embeddings/ folders are searched (default: the app's library folder)",
+    )
+    group.add_argument(
+        "--lora-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="another folder of LoRA files, searched before the library (repeatable)",
+    )
+    group.add_argument(
+        "--embeddings-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="another folder of textual-inversion embeddings, searched before the library (repeatable)",
+    )
+    group.add_argument(
+        "--allow-pickle", action="store_true",
+        help="read .pt/.ckpt LoRAs and embeddings (with torch's weights-only unpickler, which runs no code)",
+    )
+
+
+def library_from_args(args: argparse.Namespace) -> Library:
+    return Library(args.library, {"loras": args.lora_dir, "embeddings": args.embeddings_dir})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +265,19 @@ class StopOnInterrupt:
 # The command
 
 
+def resource_error(exc: ValueError, err: TextIO) -> int:
+    """A LoRA or embedding that cannot be used: one line, and the exit code of a bad argument."""
+    err.write(f"mlx-sd generate: error: {exc}\n")
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
     from mlx_sd.device import check_precision
     from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.library import LibraryError
+    from mlx_sd.lora import LoraError
+    from mlx_sd.lora.active import without_lora_tags
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
     from mlx_sd.noise import image_seed
@@ -254,11 +294,17 @@ def run(args: argparse.Namespace) -> int:
     request = build_request(args, config.default_size)
     request = plan(config, request).request  # every check before the weights load; canonical names
     check_precision(args.precision)
+    library = library_from_args(args)
+    try:  # every LoRA name found before the weights load
+        for lora in without_lora_tags(request)[1]:
+            library.find("loras", lora.name)
+    except (LoraError, LibraryError) as exc:
+        return resource_error(exc, err)
     seed = resolve_seed(request.seed)
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
-    pipe = Pipeline.load(folder, precision=args.precision)
+    pipe = Pipeline.load(folder, precision=args.precision, library=library, allow_pickle=args.allow_pickle)
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()
@@ -272,6 +318,10 @@ def run(args: argparse.Namespace) -> int:
                 result = pipe.generate(batch, on_progress=bar, cancel=stop)
             except Cancelled:
                 break
+            except (LoraError, LibraryError) as exc:
+                return resource_error(exc, err)
+            for notice in result.notices:
+                err.write(f"mlx-sd generate: warning: {notice}\n")
             for image, used_seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
                 print(save_numbered(image, args.output, used_seed, infotext), flush=True)
                 saved += 1
