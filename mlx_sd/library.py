@@ -128,6 +128,15 @@ class Library:
         return f"no {label} named {name!r} in {folders} ({hint})"
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, None when it is gone: what says a resource changed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise LibraryError(f"unknown library kind {kind!r}: expected one of {', '.join(KINDS)}")

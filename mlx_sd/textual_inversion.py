@@ -10,7 +10,6 @@ of another width than the model's text encoders is refused in one line when a pr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .embeddings import read_embedding, token_vectors
-from .library import Library
+from .library import Library, file_identity
 from .lora.errors import LoraError
 from .prompt_parser import Fragment, parse_prompt_attention
 from .resource_hashes import embedding_hash
@@ -45,13 +44,13 @@ class TextualInversion:
         self.widths: dict[str, int] = {}
         self._paths: dict[str, Path] | None = None  # name -> file; None before the first refresh
         self._lookup: dict[str, dict[int, list[tuple[tuple[int, ...], str]]]] = {}  # component -> first id -> names
-        self._loaded: dict[Path, tuple[tuple[int, int], dict[str, mx.array]]] = {}  # file -> (identity, vectors)
+        self._loaded: dict[Path, tuple[tuple[int, int] | None, dict[str, mx.array]]] = {}  # file -> (identity, vectors)
 
     def refresh(self, widths: Mapping[str, int]) -> bool:
         """List the folders again; whether the embeddings changed since the last call (encodings stale)."""
         items = self.library.items("embeddings")
         paths = {item.name: item.path for item in items}
-        identities = {path: _identity(path) for path in paths.values()}
+        identities = {path: file_identity(path) for path in paths.values()}
         stale = [path for path, (identity, _) in self._loaded.items() if identities.get(path) != identity]
         for path in stale:
             del self._loaded[path]
@@ -74,7 +73,7 @@ class TextualInversion:
 
     def vectors(self, name: str) -> dict[str, mx.array]:
         path = (self._paths or {})[name]
-        identity = _identity(path)
+        identity = file_identity(path)
         if path not in self._loaded or self._loaded[path][0] != identity:
             embedding = read_embedding(path, self.allow_pickle)
             self._loaded[path] = (identity, token_vectors(embedding, self.widths))
@@ -99,14 +98,6 @@ class TextualInversion:
                     used.setdefault(match.name, embedding_hash((self._paths or {})[match.name]))
                     position += match.length
         return used
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return stat.st_size, stat.st_mtime_ns
 
 
 def _lookup(tokenizer: CLIPTokenizer, paths: Mapping[str, Path]) -> dict[int, list[tuple[tuple[int, ...], str]]]:

@@ -9,14 +9,13 @@ generating again with the same LoRAs touches no weight, and a LoRA file replaced
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.nn as nn
 
-from ..library import Library
+from ..library import Library, file_identity
 from ..request import GenerationRequest, LoraRequest
 from ..resource_hashes import lora_hash
 from .lora_file import LoraFile, read_lora
@@ -49,11 +48,6 @@ class AppliedLoras:
     changed: bool  # the merged weights changed: encodings made before are stale
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
-
-
 class PipelineLoras:
     """The LoRA set merged into one pipeline's models (component name -> model)."""
 
@@ -67,7 +61,7 @@ class PipelineLoras:
         """Make `loras` the merged set (none: every LoRA removed). A LibraryError or LoraError (one
         line each) leaves the models exactly as they were."""
         found = [(lora, library.find("loras", lora.name)) for lora in loras]
-        key = tuple((str(path), *_identity(path), lora.text_encoder_weight, lora.unet_weight) for lora, path in found)
+        key = tuple((str(path), file_identity(path), lora.text_encoder_weight, lora.unet_weight) for lora, path in found)
         if key == self._key:
             return AppliedLoras(dict(self._hashes), [], False)
         files: dict[Path, LoraFile] = {}
