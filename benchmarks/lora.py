@@ -2,7 +2,9 @@
 
 Builds the family's UNet and text encoders with random float16 weights (no checkpoint needed), writes a
 random kohya LoRA of the given rank on every attention linear and every convolution (LoCon) and on the
-text encoders' linears, then times: read + apply, switch to a second LoRA of the same shape, and remove.
+text encoders' linears, then times: read + apply, switch to a second LoRA of the same shape, and remove;
+and one UNet step (float16, a small latent) with the LoRA merged against without, interleaved, best of
+`--repeats` each (merged weights keep the dtype, shape and layout, so the ratio should be 1).
 Reports peak RSS. Prints a table and, as its last line, one JSON object with every figure.
 """
 
@@ -62,10 +64,24 @@ def _timed(action) -> float:
     return time.perf_counter() - start
 
 
+def unet_step(models: dict, config, latent: int) -> float:
+    """Seconds for one UNet call on a (1, latent, latent, 4) float16 sample."""
+    unet = models["unet"]
+    context_width = config.unet.cross_attention_dim
+    sample = mx.zeros((1, latent, latent, config.unet.in_channels), dtype=mx.float16)
+    context = mx.zeros((1, 77, context_width), dtype=mx.float16)
+    extra = {}
+    if config.unet.addition_embed_type == "text_time":
+        extra = {"text_embeds": mx.zeros((1, 1280), dtype=mx.float16), "time_ids": mx.zeros((1, 6), dtype=mx.float16)}
+    return _timed(lambda: mx.eval(unet(sample, mx.array([500.0]), context, **extra)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(PRESET), default="sd15")
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--step-latent", type=int, default=16, metavar="N", help="latent side of the timed UNet step")
+    parser.add_argument("--repeats", type=int, default=2, help="UNet steps timed with and without the LoRA")
     args = parser.parse_args()
     mlx_sd.setup()
     config = preset(PRESET[args.family])
@@ -83,7 +99,16 @@ def main() -> None:
         merger = LoraMerger(models, config.family, config.unet.layers_per_block)
         figures["apply_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[0]))]))
         figures["switch_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[1]))]))
-        figures["remove_s"] = _timed(merger.remove_all)
+        unet_step(models, config, args.step_latent)  # warm-up
+        merged, plain = [], []
+        for _ in range(args.repeats):  # interleaved: the machine's load changes alike for both
+            merged.append(unet_step(models, config, args.step_latent))
+            figures["remove_s"] = _timed(merger.remove_all)
+            plain.append(unet_step(models, config, args.step_latent))
+            merger.apply([LoraUse(read_lora(paths[1]))])
+        merger.remove_all()
+        figures["step_lora_s"], figures["step_plain_s"] = min(merged), min(plain)
+        figures["step_ratio"] = min(merged) / min(plain)
     figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     for key, value in figures.items():
         print(f"{key:>12}  {value:.2f}" if isinstance(value, float) else f"{key:>12}  {value}")
