@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.model_library import ModelInfo, ModelLibrary
+from mlx_sd.model_library import ModelInfo, ModelLibrary
 from mlx_sd.infotext import model_hash
 from mlx_sd.model_format import ModelFolderError, read_config
 
