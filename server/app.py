@@ -272,7 +272,7 @@ def _add_routes(app: FastAPI, server: ApiServer) -> None:
 
     @app.get(f"{api}/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": p.stem, "filename": str(p)} for p in server.library.files("vaes")]
+        return [{"model_name": p.stem, "filename": str(p)} for p in server.library.files("vae")]
 
     @app.get(f"{api}/loras")
     def loras() -> list[dict[str, Any]]:

@@ -116,3 +116,11 @@ def test_describing_takes_time_linear_in_files(tmp_path) -> None:
 
 def test_human_sizes() -> None:
     assert [human_size(n) for n in (0, 999, 1500, 2_500_000, 7_100_000_000)] == ["0 B", "999 B", "1.5 KB", "2.5 MB", "7.1 GB"]
+
+
+def test_the_server_lists_the_shared_librarys_vae_folder(library) -> None:
+    from server.library import Library as ServedLibrary
+
+    served = ServedLibrary(library)
+    assert [p.name for p in served.files("vae")] == ["vae-ft-mse.safetensors"]
+    assert [p.stem for p in served.files("loras")] == ["cut", "ink-sd1", "old", "pixel-xl"]
