@@ -10,7 +10,6 @@ through the converter's one VAE table (convert.single_file.vae_routes). A whole 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -41,37 +40,31 @@ _ARCHITECTURE = {
 }
 
 
-@dataclass(frozen=True)
-class VaeFileReader:
-    """mlx_sd.vae_swap.VaeReader: `reader(path, model_config, dtype)` -> the VAE's weights in our layout."""
+def read_vae(path: Path, model: ModelConfig, dtype: mx.Dtype, allow_pickle: bool = False) -> LoadedVae:
+    """mlx_sd.vae_swap.VaeReader: the VAE at `path` for `model`, in our layout, cast to `dtype`."""
+    source = _open(path, allow_pickle)
+    _refuse_whole_model(source)
+    ignored: list[str] = []
+    read = Read(source, vae_routes(source, ignored), hashed=True)
+    try:
+        found = infer_config.vae_config(read.torch_shapes().get("vae", {}), model.family)
+    except ValueError as exc:  # ConversionError, or ConfigError for shapes no VAE has
+        raise ConversionError(f"{path.name} is no usable VAE ({exc})") from None
+    _check_architecture(path.name, found, model)
+    weights, sha256 = read_weights([read], dtype)
+    try:
+        check_weights(AutoencoderKL(model.vae), weights.get("vae", {}), "vae")
+    except WeightsError as exc:
+        raise ConversionError(f"{path.name} is an incomplete or damaged VAE ({exc})") from None
+    return LoadedVae(weights["vae"], sha256)
 
-    allow_pickle: bool = False
 
-    def __call__(self, path: Path, model: ModelConfig, dtype: mx.Dtype) -> LoadedVae:
-        source = self._open(path)
-        _refuse_whole_model(source)
-        ignored: list[str] = []
-        read = Read(source, vae_routes(source, ignored), hashed=True)
-        try:
-            found = infer_config.vae_config(read.torch_shapes().get("vae", {}), model.family)
-        except ValueError as exc:  # ConversionError, or ConfigError for shapes no VAE has
-            raise ConversionError(f"{path.name} is no usable VAE ({exc})") from None
-        _check_architecture(path.name, found, model)
-        weights, sha256 = read_weights([read], dtype)
-        try:
-            check_weights(AutoencoderKL(model.vae), weights.get("vae", {}), "vae")
-        except WeightsError as exc:
-            raise ConversionError(f"{path.name} is an incomplete or damaged VAE ({exc})") from None
-        return LoadedVae(weights["vae"], sha256)
-
-    def _open(self, path: Path) -> TensorSource:
-        if not path.is_dir():
-            return open_checkpoint(path, self.allow_pickle)
-        if (path / MODEL_INDEX).is_file():
-            raise ConversionError(
-                f"{path} is a whole diffusers pipeline, not a VAE: pass its vae folder ({path / 'vae'})"
-            )
-        return find_weights(path, "vae", None, self.allow_pickle)
+def _open(path: Path, allow_pickle: bool) -> TensorSource:
+    if not path.is_dir():
+        return open_checkpoint(path, allow_pickle)
+    if (path / MODEL_INDEX).is_file():
+        raise ConversionError(f"{path} is a whole diffusers pipeline, not a VAE: pass its vae folder ({path / 'vae'})")
+    return find_weights(path, "vae", None, allow_pickle)
 
 
 def _refuse_whole_model(source: TensorSource) -> None:

@@ -3,7 +3,7 @@ model's own, or another VAE named in the library's `vae/` folder, given as a fil
 folder. Swapping replaces only the pipeline's VAE (and so its codec); the UNet and text encoders stay.
 
 Reading another format's keys is the converter's job, and the engine must not import it: an entry point
-gives the pipeline a `VaeReader` (convert.vae_file.VaeFileReader), which returns the weights already in
+gives the pipeline a `VaeReader` (convert.vae_file.read_vae), which returns the weights already in
 our layout. The chosen VAE is kept until another is chosen, and read again only when its file changes.
 """
 
@@ -39,9 +39,9 @@ class LoadedVae:
 
 
 class VaeReader(Protocol):
-    def __call__(self, path: Path, model: ModelConfig, dtype: mx.Dtype) -> LoadedVae:
-        """Read the VAE at `path` for a model with `model`'s config, cast to `dtype`; a ValueError
-        (one line) when it is no VAE of that model's architecture."""
+    def __call__(self, path: Path, model: ModelConfig, dtype: mx.Dtype, allow_pickle: bool) -> LoadedVae:
+        """Read the VAE at `path` for a model with `model`'s config, cast to `dtype` (a pickle only with
+        `allow_pickle`); a ValueError (one line) when it is no VAE of that model's architecture."""
         ...
 
 
@@ -89,7 +89,7 @@ class VaeSwap:
         self._swapped: tuple[tuple[Path, FileIdentity | None], VaeChoice, AutoencoderKL] | None = None
 
     def select(
-        self, current: AutoencoderKL, path: Path | None, reader: VaeReader | None
+        self, current: AutoencoderKL, path: Path | None, reader: VaeReader | None, allow_pickle: bool = False
     ) -> tuple[AutoencoderKL, VaeChoice | None]:
         """The VAE to use for `path` (None: the model's own) given the pipeline's `current` one, read by
         `reader`; raises before changing anything when the VAE cannot be read."""
@@ -102,7 +102,7 @@ class VaeSwap:
             return self._swapped[2], self._swapped[1]
         if reader is None:
             raise VaeError(f"cannot read the VAE {path.name}: this pipeline was given no VAE reader")
-        loaded = reader(path, self.config, own.dtype)
+        loaded = reader(path, self.config, own.dtype, allow_pickle)
         vae = AutoencoderKL(self.config.vae)
         vae.update(tree_unflatten(list(loaded.weights.items())))
         mx.eval(vae.parameters())

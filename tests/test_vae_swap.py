@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from convert.options import ConvertOptions
 from convert.orchestrator import convert_model
-from convert.vae_file import VaeFileReader
+from convert.vae_file import read_vae
 from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.library import Library, LibraryError
 from mlx_sd.pipeline import Pipeline
@@ -49,7 +49,7 @@ def vaes(tiny_models, tmp_path_factory) -> dict[str, Path]:
 def pipes(vaes) -> dict[str, Pipeline]:
     plain = Pipeline.load(vaes["plain"])
     plain.library = Library(vaes["library"])
-    plain.vae_reader = VaeFileReader()
+    plain.vae_reader = read_vae
     return {"plain": plain, "built_in": Pipeline.load(vaes["built_in"])}
 
 
@@ -170,11 +170,11 @@ def test_a_pickled_vae_only_with_allow_pickle(vaes, tmp_path, pipes) -> None:
     torch.save({"state_dict": load_file(str(vaes["ldm"]))}, path)
     assert "--allow-pickle" in bad(pipes["plain"], str(path))
     plain = pipes["plain"]
-    plain.vae_reader = VaeFileReader(allow_pickle=True)
+    plain.allow_pickle = True
     try:
         pickled = plain.generate(request(vae=str(path)))
     finally:
-        plain.vae_reader = VaeFileReader()
+        plain.allow_pickle = False
     assert largest_difference(pickled, pipes["built_in"].generate(request())) <= TOLERANCE
 
 
