@@ -1,4 +1,4 @@
-"""`mlx-sd generate --model FOLDER "prompt"`: generate images and save them as numbered PNGs with
+"""`mlx-sd generate --model NAME|FOLDER "prompt"`: generate images and save them as numbered PNGs with
 their A1111 infotext.
 
 Every argument is checked before any weights load: the output folder (writable or creatable), the
@@ -31,6 +31,7 @@ from mlx_sd.samplers import sampler_and_schedule
 from mlx_sd.schedules import SCHEDULES
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BAD_INPUT = 2  # argparse's code for bad arguments
 DEFAULTS = GenerationRequest()
 
 
@@ -43,8 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("prompt", help="the prompt, in A1111 syntax: (word:1.2), [word], BREAK")
     parser.add_argument(
-        "--model", required=True, metavar="FOLDER",
-        help="a model folder made by `mlx-sd convert`, or 'demo' for the bundled demo model",
+        "--model", required=True, metavar="NAME|FOLDER",
+        help="a model in the library by name (`mlx-sd models` lists them), a model folder made by "
+        "`mlx-sd convert`, or 'demo' for the bundled demo model",
     )
     parser.add_argument("--negative", default=DEFAULTS.negative_prompt, metavar="TEXT", help="the negative prompt")
     parser.add_argument(
@@ -92,12 +94,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
+    add_library_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
 
     parser.error = one_line_error  # type: ignore[method-assign]  # argparse would print the long usage first
     parser.set_defaults(func=run)
+
+
+def add_library_arguments(parser: argparse.ArgumentParser) -> None:
+    """The library models and VAEs are named in (issue 17)."""
+    group = parser.add_argument_group("library")
+    group.add_argument(
+        "--library", type=Path, metavar="DIR",
+        help="the library folder --model NAME and --vae NAME are looked up in, as in the app's Settings "
+        "(default: the app's default library)",
+    )
+    group.add_argument(
+        "--vae", metavar="NAME|FILE",
+        help="decode with another VAE: a name in the library's vae/ folder, a VAE file (.safetensors; .pt/.ckpt "
+        "with --allow-pickle) or a diffusers vae folder; 'Automatic' is the model's own (the default)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +173,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         strength=DEFAULTS.strength if args.strength is None else args.strength,
         mask=mask,
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
+        vae=args.vae,
     )
 
 
@@ -234,22 +253,36 @@ class StopOnInterrupt:
 # The command
 
 
+def bad_input(exc: ValueError) -> int:
+    """A library name or VAE file that cannot be used: one line, exit code 2 (as for bad arguments)."""
+    sys.stderr.write(f"mlx-sd generate: error: {exc}\n")
+    return EXIT_BAD_INPUT
+
+
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from convert.vae_file import read_vae
     from mlx_sd.device import check_precision
     from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.library import Library, LibraryError
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
     from mlx_sd.noise import image_seed
     from mlx_sd.output_files import check_output_folder, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.samplers import Cancelled
+    from mlx_sd.vae_swap import vae_path
 
     err = sys.stderr
     check_output_folder(args.output)
     for warning in ineffective_options(args):
         err.write(f"mlx-sd generate: warning: {warning}\n")
-    folder = resolve_model_folder(args.model)
+    library = Library(args.library)
+    try:
+        folder = resolve_model_folder(args.model, library=library)
+        vae_path(library, args.vae)  # an unknown VAE name fails before the weights load
+    except LibraryError as exc:
+        return bad_input(exc)
     config = read_config(folder)
     request = build_request(args, config.default_size)
     request = plan(config, request).request  # every check before the weights load; canonical names
@@ -258,7 +291,12 @@ def run(args: argparse.Namespace) -> int:
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
-    pipe = Pipeline.load(folder, precision=args.precision)
+    pipe = Pipeline.load(folder, precision=args.precision, library=library)
+    pipe.vae_reader = read_vae
+    try:
+        pipe.use_vae(request.vae)  # read now: a VAE that cannot be used fails before the first step
+    except ValueError as exc:
+        return bad_input(exc)
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()

@@ -124,3 +124,76 @@ def test_the_server_lists_the_shared_librarys_vae_folder(library) -> None:
     served = ServedLibrary(library)
     assert [p.name for p in served.files("vae")] == ["vae-ft-mse.safetensors"]
     assert [p.stem for p in served.files("loras")] == ["cut", "ink-sd1", "old", "pixel-xl"]
+
+
+# ---------------------------------------------------------------------------------------------
+# mlx-sd generate --model NAME --vae NAME|FILE
+
+
+@pytest.fixture(scope="module")
+def generate_library(tiny_models, tmp_path_factory) -> Path:
+    """A library with the tiny sd1 model converted as `tiny` and sd1-inpaint's VAE as `other-vae`."""
+    from safetensors.torch import load_file, save_file
+
+    from convert.options import ConvertOptions
+    from convert.orchestrator import convert_model
+
+    root = tmp_path_factory.mktemp("generate_library")
+    convert_model(tiny_models.diffusers("sd1"), root / "models" / "tiny", ConvertOptions(dtype="float32"))
+    state = load_file(str(tiny_models.single_file("sd1-inpaint")))
+    (root / "vae").mkdir()
+    save_file({k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")},
+              str(root / "vae" / "other-vae.safetensors"))
+    return root
+
+
+def generate(capsys, library: Path, out: Path, *args: str) -> tuple[int, list[Path], str]:
+    code = main(["generate", "a red circle", "--library", str(library), "--output", str(out), "--steps", "2",
+                 "--width", "64", "--height", "64", "--seed", "5", *args])
+    captured = capsys.readouterr()
+    return code, [Path(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_generate_takes_a_library_model_and_vae_by_name(generate_library, tmp_path, capsys) -> None:
+    from mlx_sd.image_metadata import read_infotext
+    from mlx_sd.infotext import parse_infotext
+
+    code, paths, err = generate(capsys, generate_library, tmp_path, "--model", "tiny", "--vae", "other-vae")
+    assert code == 0 and len(paths) == 1, err
+    params = parse_infotext(read_infotext(paths[0])).params
+    assert params["VAE"] == "other-vae.safetensors" and len(params["VAE hash"]) == 10
+    code, paths, err = generate(capsys, generate_library, tmp_path, "--model", "tiny", "--vae", "Automatic")
+    assert code == 0 and "VAE" not in parse_infotext(read_infotext(paths[0])).params
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--model", "tiyn"), "no model named 'tiyn' in {library}/models (closest: tiny)"),
+    (("--model", "tiny", "--vae", "other-vea"), "no VAE named 'other-vea' in {library}/vae (closest: other-vae)"),
+    (("--model", "tiny", "--vae", "{checkpoint}"), "is a whole checkpoint (it holds a UNet), not a VAE"),
+    (("--model", "tiny", "--vae", "{truncated}"), "cut.safetensors is truncated"),
+])
+def test_bad_names_and_vaes_are_one_line_with_exit_code_2(
+    generate_library, tiny_models, tmp_path, capsys, args, expected
+) -> None:
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((generate_library / "vae" / "other-vae.safetensors").read_bytes()[:-1000])
+    names = {"library": generate_library, "checkpoint": tiny_models.single_file("sd1"), "truncated": cut}
+    out = tmp_path / "out"
+    code, paths, err = generate(capsys, generate_library, out, *(a.format(**names) for a in args))
+    assert code == 2 and paths == [] and not list(out.glob("*.png"))
+    errors = [line for line in err.splitlines() if not line.startswith("loading ")]  # the model may load first
+    assert len(errors) == 1 and errors[0].startswith("mlx-sd generate: error: ")
+    assert expected.format(**names) in errors[0]
+
+
+def test_model_names_paths_and_demo(library, tmp_path) -> None:
+    from mlx_sd.library import Library, LibraryError
+    from mlx_sd.model_paths import resolve_model_folder
+
+    shared = Library(library)
+    assert resolve_model_folder("tiny-sd1", library=shared) == library / "models" / "tiny-sd1"
+    assert resolve_model_folder("TINY-sd1", library=shared) == library / "models" / "tiny-sd1"  # case ignored
+    missing = tmp_path / "nowhere"
+    assert resolve_model_folder(str(missing), library=shared) == missing  # a path: read_config says what is wrong
+    with pytest.raises(LibraryError, match="no model named 'tiny-sd' .*closest: tiny-sd1"):
+        resolve_model_folder("tiny-sd", library=shared)
