@@ -181,3 +181,20 @@ def test_a_pickled_vae_only_with_allow_pickle(vaes, tmp_path, pipes) -> None:
 def test_a_vae_that_is_not_text_is_refused(pipes) -> None:
     with pytest.raises(RequestError, match="vae = 'a int' is not allowed"):
         pipes["plain"].generate(dataclasses.replace(request(), vae=3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("which", ["ldm", "folder"])
+def test_a_swapped_vae_decodes_as_diffusers_does_with_that_vae(vaes, pipes, which) -> None:
+    import mlx.core as mx
+    import torch
+    from diffusers import AutoencoderKL
+
+    plain = pipes["plain"]
+    plain.use_vae(str(vaes[which]))
+    latents = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype(np.float32)
+    ours = np.array(plain.codec.decode(mx.array(latents)))
+    reference = AutoencoderKL.from_pretrained(vaes["folder"]).eval()
+    with torch.no_grad():
+        scaled = torch.from_numpy(latents).permute(0, 3, 1, 2) / reference.config.scaling_factor
+        theirs = ((reference.decode(scaled).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - theirs).max() <= 1 / 255
