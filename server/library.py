@@ -8,13 +8,16 @@ file outside the library (ModelLibrary.path_of also refuses separators and hidde
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_sd.infotext import model_hash
+from mlx_sd.infotext import checkpoint_stem, model_hash
 from mlx_sd.library import Library as Resources
+from mlx_sd.library import LibraryError
 from mlx_sd.model_format import ModelFolderError, read_config
 from mlx_sd.model_library import ModelInfo, ModelLibrary
+from mlx_sd.request import GenerationRequest
 
 
 class UnknownModelError(ValueError):
@@ -72,6 +75,19 @@ class Library:
     def files(self, kind: str) -> list[Path]:
         """The files of one kind of mlx_sd.library.KINDS ("loras", "vae", ...), as the library lists them."""
         return [item.path for item in self.resources.items(kind)]
+
+
+    def with_vae_file(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with its VAE name (A1111's sd_vae: a file name or stem) replaced by that library file;
+        a name outside the library's vae/ folder is refused, so no request reads another file."""
+        if request.vae is None:
+            return request
+        wanted = checkpoint_stem(request.vae)
+        found = {path.stem: path for path in self.files("vae")}
+        if wanted not in found:
+            names = ", ".join(found) or f"none; put VAE files in {self.resources.folder('vae')}"
+            raise LibraryError(f"there is no VAE called {request.vae!r} in the library; available: {names}")
+        return dataclasses.replace(request, vae=str(found[wanted]))
 
 
 def _served(info: ModelInfo) -> ServedModel | None:

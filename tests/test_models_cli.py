@@ -197,3 +197,23 @@ def test_model_names_paths_and_demo(library, tmp_path) -> None:
     assert resolve_model_folder(str(missing), library=shared) == missing  # a path: read_config says what is wrong
     with pytest.raises(LibraryError, match="no model named 'tiny-sd' .*closest: tiny-sd1"):
         resolve_model_folder("tiny-sd", library=shared)
+
+
+def test_the_server_takes_sd_vae_from_the_librarys_vae_folder_only(library, tmp_path) -> None:
+    from mlx_sd.library import LibraryError
+    from mlx_sd.request import GenerationRequest
+    from server.library import Library as ServedLibrary
+    from server.schema import Txt2ImgRequest
+    from server.translate import ServerOptions, a1111_request
+
+    options = ServerOptions(sd_model_checkpoint="tiny-sd1")
+    asked = a1111_request(Txt2ImgRequest(override_settings={"sd_vae": "vae-ft-mse.safetensors"}), options)
+    assert asked.request.vae == "vae-ft-mse.safetensors" and "sd_vae" not in asked.not_applied
+    assert a1111_request(Txt2ImgRequest(override_settings={"sd_vae": "Automatic"}), options).request.vae is None
+    served = ServedLibrary(library)
+    assert served.with_vae_file(asked.request).vae == str(library / "vae" / "vae-ft-mse.safetensors")
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"x")
+    for name in (str(outside), "../vae/other"):
+        with pytest.raises(LibraryError, match="no VAE called .* available: vae-ft-mse"):
+            served.with_vae_file(GenerationRequest(vae=name))
