@@ -13,7 +13,6 @@ from mlx.utils import tree_flatten
 
 from cli.main import main
 from cli.models import human_size
-from mlx_sd.model_format import write_model
 from mlx_sd.vae import AutoencoderKL
 from model_folders import CONFIGS, write_random_model
 
