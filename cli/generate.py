@@ -26,12 +26,12 @@ from PIL import Image
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
+from mlx_sd.library import Library
 from mlx_sd.request import GenerationRequest, Progress
 from mlx_sd.samplers import sampler_and_schedule
 from mlx_sd.schedules import SCHEDULES
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-EXIT_BAD_INPUT = 2  # argparse's code for bad arguments
 DEFAULTS = GenerationRequest()
 
 
@@ -94,7 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
-    add_library_arguments(parser)
+    add_vae_argument(parser)
+    add_library_options(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -103,19 +104,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def add_library_arguments(parser: argparse.ArgumentParser) -> None:
-    """The library models and VAEs are named in (issue 17)."""
-    group = parser.add_argument_group("library")
-    group.add_argument(
-        "--library", type=Path, metavar="DIR",
-        help="the library folder --model NAME and --vae NAME are looked up in, as in the app's Settings "
-        "(default: the app's default library)",
-    )
-    group.add_argument(
+def add_vae_argument(parser: argparse.ArgumentParser) -> None:
+    """The VAE a run decodes with (issue 17), named in the library (--library) or given as a file."""
+    parser.add_argument_group("VAE").add_argument(
         "--vae", metavar="NAME|FILE",
         help="decode with another VAE: a name in the library's vae/ folder, a VAE file (.safetensors; .pt/.ckpt "
         "with --allow-pickle) or a diffusers vae folder; 'Automatic' is the model's own (the default)",
     )
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "LoRAs and embeddings",
+        "<lora:NAME:WEIGHT> in the prompt or negative prompt merges a LoRA; an embedding's file name in either "
+        "prompt uses that textual-inversion embedding",
+    )
+    group.add_argument(
+        "--library", type=Path, metavar="DIR",
+        help="the library whose models/, loras/, embeddings/ and vae/ folders --model NAME, LoRAs, embeddings "
+        "and --vae NAME are found in (default: the app's library folder)",
+    )
+    group.add_argument(
+        "--lora-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="another folder of LoRA files, searched before the library (repeatable)",
+    )
+    group.add_argument(
+        "--embeddings-dir", type=Path, action="append", default=[], metavar="DIR",
+        help="another folder of textual-inversion embeddings, searched before the library (repeatable)",
+    )
+    group.add_argument(
+        "--allow-pickle", action="store_true",
+        help="read .pt/.ckpt LoRAs and embeddings (with torch's weights-only unpickler, which runs no code)",
+    )
+
+
+def library_from_args(args: argparse.Namespace) -> Library:
+    return Library(args.library, {"loras": args.lora_dir, "embeddings": args.embeddings_dir})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,10 +277,10 @@ class StopOnInterrupt:
 # The command
 
 
-def bad_input(exc: ValueError) -> int:
-    """A library name or VAE file that cannot be used: one line, exit code 2 (as for bad arguments)."""
-    sys.stderr.write(f"mlx-sd generate: error: {exc}\n")
-    return EXIT_BAD_INPUT
+def resource_error(exc: ValueError, err: TextIO) -> int:
+    """A model, VAE, LoRA or embedding that cannot be used: one line, and the exit code of a bad argument."""
+    err.write(f"mlx-sd generate: error: {exc}\n")
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
     from convert.vae_file import read_vae
     from mlx_sd.device import check_precision
     from mlx_sd.generation import plan, resolve_seed
-    from mlx_sd.library import Library, LibraryError
+    from mlx_sd.library import LibraryError
+    from mlx_sd.lora import LoraError
+    from mlx_sd.lora.active import without_lora_tags
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
     from mlx_sd.noise import image_seed
@@ -277,26 +303,31 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
     for warning in ineffective_options(args):
         err.write(f"mlx-sd generate: warning: {warning}\n")
-    library = Library(args.library)
+    library = library_from_args(args)
     try:
         folder = resolve_model_folder(args.model, library=library)
         vae_path(library, args.vae)  # an unknown VAE name fails before the weights load
     except LibraryError as exc:
-        return bad_input(exc)
+        return resource_error(exc, err)
     config = read_config(folder)
     request = build_request(args, config.default_size)
     request = plan(config, request).request  # every check before the weights load; canonical names
     check_precision(args.precision)
+    try:  # every LoRA name found before the weights load
+        for lora in without_lora_tags(request)[1]:
+            library.find("loras", lora.name)
+    except (LoraError, LibraryError) as exc:
+        return resource_error(exc, err)
     seed = resolve_seed(request.seed)
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
-    pipe = Pipeline.load(folder, precision=args.precision, library=library)
+    pipe = Pipeline.load(folder, precision=args.precision, library=library, allow_pickle=args.allow_pickle)
     pipe.vae_reader = read_vae
     try:
         pipe.use_vae(request.vae)  # read now: a VAE that cannot be used fails before the first step
     except ValueError as exc:
-        return bad_input(exc)
+        return resource_error(exc, err)
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()
@@ -310,6 +341,10 @@ def run(args: argparse.Namespace) -> int:
                 result = pipe.generate(batch, on_progress=bar, cancel=stop)
             except Cancelled:
                 break
+            except (LoraError, LibraryError) as exc:
+                return resource_error(exc, err)
+            for notice in result.notices:
+                err.write(f"mlx-sd generate: warning: {notice}\n")
             for image, used_seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
                 print(save_numbered(image, args.output, used_seed, infotext), flush=True)
                 saved += 1

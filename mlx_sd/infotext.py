@@ -108,6 +108,19 @@ def format_infotext(
     return f"{request.prompt}{negative}\n{line}".strip()
 
 
+def hashes_value(hashes: Mapping[str, str]) -> str:
+    """A `Lora hashes` / `TI hashes` value: `name: hash, name2: hash2`, the names without the `:` and `,`
+    that would break the list (A1111)."""
+    return ", ".join(f"{name.replace(':', '').replace(',', '')}: {short}" for name, short in hashes.items())
+
+
+def resource_hashes(params: Mapping[str, str], key: str) -> dict[str, str]:
+    """The names and hashes of a parsed infotext's `Lora hashes` or `TI hashes` (`key`); entries without
+    a hash are skipped."""
+    pairs = (entry.rpartition(":") for entry in params.get(key, "").split(","))
+    return {name.strip(): short.strip() for name, colon, short in pairs if colon and name.strip() and short.strip()}
+
+
 @dataclass(frozen=True)
 class Infotext:
     """A parsed infotext. `params` holds every pair of the parameter line in order (unknown keys

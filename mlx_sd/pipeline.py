@@ -34,12 +34,12 @@ from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
 from .estimate import Estimate, estimate
 from .generation import generate
+from .infotext import hashes_value
 from .library import Library
 from .lora.active import PipelineLoras, ResourcesInUse, without_lora_tags
 from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
-from .resource_hashes import hashes_value
 from .textual_inversion import EmbeddingMatch, TextualInversion
 from .tokenizer import CLIPTokenizer, TokenizerError
 from .module_swap import M

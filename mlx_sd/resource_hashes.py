@@ -51,14 +51,3 @@ def lora_hash(path: Path, metadata: dict[str, str] | None = None) -> str:
 def embedding_hash(path: Path) -> str:
     """A1111's short textual-inversion hash."""
     return sha256_of_file(path)[:SHORT_HASH]
-
-
-def hashes_value(hashes: dict[str, str]) -> str:
-    """`name: hash, name2: hash2`, names without the `:` and `,` that would break the list (A1111)."""
-    return ", ".join(f"{name.replace(':', '').replace(',', '')}: {short}" for name, short in hashes.items())
-
-
-def parse_hashes_value(value: str) -> dict[str, str]:
-    """The names and hashes of a `Lora hashes` / `TI hashes` value (entries without a hash are skipped)."""
-    pairs = (entry.rpartition(":") for entry in value.split(","))
-    return {name.strip(): short.strip() for name, colon, short in pairs if colon and name.strip() and short.strip()}
