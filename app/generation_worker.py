@@ -57,11 +57,14 @@ def load_pipeline(folder: Path, device: str) -> PipelineLike:
     """Load a model folder for `device` ("gpu" or "cpu"); the CPU is used when MLX has no GPU."""
     import mlx.core as mx
 
+    from convert.vae_file import read_vae
     from mlx_sd.device import gpu_available
     from mlx_sd.pipeline import Pipeline
 
     mx.set_default_device(mx.gpu if device == "gpu" and gpu_available() else mx.cpu)
-    return Pipeline.load(folder)
+    pipeline = Pipeline.load(folder)
+    pipeline.vae_reader = read_vae  # a request's `vae` (a VAE file or library name) is read by the converter's table
+    return pipeline
 
 
 OutsideWork = Callable[["GenerationWorker"], object]  # run on the generation thread, given the worker

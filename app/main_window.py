@@ -63,7 +63,7 @@ from .generation_worker import (
 )
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
-from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
+from mlx_sd.model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QProgressBar, QProgressDialog, QWidget
 from convert import ConversionCancelled, ConversionProgress, ConversionReport, ConvertOptions, convert_model
 
 from .hub_download import download_repo
-from .model_library import ModelLibrary
+from mlx_sd.model_library import ModelLibrary
 
 Converter = Callable[..., ConversionReport]  # convert_model's signature
 

@@ -37,7 +37,7 @@ from convert.hub import looks_like_repo_id
 from .drop_handler import CHECKPOINT_FILTER, CHECKPOINT_SUFFIXES
 from .model_catalogue import CatalogueDialog, CatalogueEntry
 from .model_import import ModelImporter, hub_converter
-from .model_library import ModelInfo, ModelLibrary, ModelLibraryError
+from mlx_sd.model_library import ModelInfo, ModelLibrary, ModelLibraryError
 
 if TYPE_CHECKING:
     from .main_window import MainWindow

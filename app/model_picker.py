@@ -1,4 +1,4 @@
-"""The model picker: a combo box over the library's usable models (app.model_library), the bundled demo
+"""The model picker: a combo box over the library's usable models (mlx_sd.model_library), the bundled demo
 model last. With no model of their own the window explains how to get one (`NO_MODEL_TEXT`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QWidget
 
 from mlx_sd.infotext import checkpoint_stem
 
-from .model_library import ModelInfo, ModelLibrary
+from mlx_sd.model_library import ModelInfo, ModelLibrary
 
 NO_MODEL_TEXT = (
     "No model is installed yet: drop a Stable Diffusion .safetensors checkpoint (SD 1.x, 2.x or SDXL) "

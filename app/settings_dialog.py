@@ -40,7 +40,7 @@ from mlx_sd import available_precisions
 from mlx_sd.device import gpu_available
 
 from .history_store import DB_NAME, HistoryError, move_library
-from .model_library import MODELS_DIR, ModelInfo
+from mlx_sd.model_library import MODELS_DIR, ModelInfo
 from .settings import CPU_PRECISIONS, DEVICES, OUTPUT_FORMATS, PRECISIONS, AppSettings, library_path, save_settings
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""`mlx-sd generate --model FOLDER "prompt"`: generate images and save them as numbered PNGs with
+"""`mlx-sd generate --model NAME|FOLDER "prompt"`: generate images and save them as numbered PNGs with
 their A1111 infotext.
 
 Every argument is checked before any weights load: the output folder (writable or creatable), the
@@ -44,8 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("prompt", help="the prompt, in A1111 syntax: (word:1.2), [word], BREAK")
     parser.add_argument(
-        "--model", required=True, metavar="FOLDER",
-        help="a model folder made by `mlx-sd convert`, or 'demo' for the bundled demo model",
+        "--model", required=True, metavar="NAME|FOLDER",
+        help="a model in the library by name (`mlx-sd models` lists them), a model folder made by "
+        "`mlx-sd convert`, or 'demo' for the bundled demo model",
     )
     parser.add_argument("--negative", default=DEFAULTS.negative_prompt, metavar="TEXT", help="the negative prompt")
     parser.add_argument(
@@ -93,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
-
+    add_vae_argument(parser)
     add_library_options(parser)
 
     def one_line_error(message: str) -> NoReturn:
@@ -101,6 +102,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser.error = one_line_error  # type: ignore[method-assign]  # argparse would print the long usage first
     parser.set_defaults(func=run)
+
+
+def add_vae_argument(parser: argparse.ArgumentParser) -> None:
+    """The VAE a run decodes with (issue 17), named in the library (--library) or given as a file."""
+    parser.add_argument_group("VAE").add_argument(
+        "--vae", metavar="NAME|FILE",
+        help="decode with another VAE: a name in the library's vae/ folder, a VAE file (.safetensors; .pt/.ckpt "
+        "with --allow-pickle) or a diffusers vae folder; 'Automatic' is the model's own (the default)",
+    )
 
 
 def add_library_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +121,8 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--library", type=Path, metavar="DIR",
-        help="the library whose loras/ and embeddings/ folders are searched (default: the app's library folder)",
+        help="the library whose models/, loras/, embeddings/ and vae/ folders --model NAME, LoRAs, embeddings "
+        "and --vae NAME are found in (default: the app's library folder)",
     )
     group.add_argument(
         "--lora-dir", type=Path, action="append", default=[], metavar="DIR",
@@ -186,6 +197,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         strength=DEFAULTS.strength if args.strength is None else args.strength,
         mask=mask,
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
+        vae=args.vae,
     )
 
 
@@ -266,13 +278,14 @@ class StopOnInterrupt:
 
 
 def resource_error(exc: ValueError, err: TextIO) -> int:
-    """A LoRA or embedding that cannot be used: one line, and the exit code of a bad argument."""
+    """A model, VAE, LoRA or embedding that cannot be used: one line, and the exit code of a bad argument."""
     err.write(f"mlx-sd generate: error: {exc}\n")
     return 2
 
 
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from convert.vae_file import read_vae
     from mlx_sd.device import check_precision
     from mlx_sd.generation import plan, resolve_seed
     from mlx_sd.library import LibraryError
@@ -284,17 +297,22 @@ def run(args: argparse.Namespace) -> int:
     from mlx_sd.output_files import check_output_folder, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.samplers import Cancelled
+    from mlx_sd.vae_swap import vae_path
 
     err = sys.stderr
     check_output_folder(args.output)
     for warning in ineffective_options(args):
         err.write(f"mlx-sd generate: warning: {warning}\n")
-    folder = resolve_model_folder(args.model)
+    library = library_from_args(args)
+    try:
+        folder = resolve_model_folder(args.model, library=library)
+        vae_path(library, args.vae)  # an unknown VAE name fails before the weights load
+    except LibraryError as exc:
+        return resource_error(exc, err)
     config = read_config(folder)
     request = build_request(args, config.default_size)
     request = plan(config, request).request  # every check before the weights load; canonical names
     check_precision(args.precision)
-    library = library_from_args(args)
     try:  # every LoRA name found before the weights load
         for lora in without_lora_tags(request)[1]:
             library.find("loras", lora.name)
@@ -305,6 +323,11 @@ def run(args: argparse.Namespace) -> int:
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
     pipe = Pipeline.load(folder, precision=args.precision, library=library, allow_pickle=args.allow_pickle)
+    pipe.vae_reader = read_vae
+    try:
+        pipe.use_vae(request.vae)  # read now: a VAE that cannot be used fails before the first step
+    except ValueError as exc:
+        return resource_error(exc, err)
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()

@@ -12,7 +12,7 @@ import mlx_sd  # first: binds OpenBLAS before any subcommand loads mlx.core (mlx
 
 
 # Modules of this package that define a subcommand, in the order `mlx-sd --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("convert", "info", "generate", "animate", "samplers", "serve", "upscale")
+SUBCOMMANDS: tuple[str, ...] = ("convert", "info", "generate", "animate", "samplers", "serve", "upscale", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

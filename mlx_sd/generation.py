@@ -205,8 +205,9 @@ def generate(
     check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
+    vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs
     resources = pipe.use_resources(request)  # LoRAs merged, embeddings found (issue 17)
-    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext}
+    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext, **(vae.infotext() if vae else {})}
     infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]  # LoRA tags kept, as A1111
     request = resources.request  # the text encoders never see the tags
     mx.reset_peak_memory()

@@ -46,6 +46,7 @@ from .module_swap import M
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 from .vae_codec import VAECodec
+from .vae_swap import VaeChoice, VaeReader, VaeSwap, vae_path
 
 
 def build_models(config: ModelConfig) -> dict[str, nn.Module]:
@@ -91,6 +92,10 @@ class Pipeline:
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
+    # models: the VAE chosen per generation (mlx_sd.vae_swap); an entry point sets `vae_reader`
+    # (convert.vae_file.read_vae: the engine does not read other formats' keys)
+    vae_reader: VaeReader | None = None
+    _vaes: VaeSwap | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def load(
@@ -193,6 +198,15 @@ class Pipeline:
         if self._codec is None or self._codec.vae is not self.vae:
             self._codec = VAECodec(self.vae, prepare=lambda vae: _prepared(vae, self.cpu, self.boundary))
         return self._codec
+
+    def use_vae(self, choice: str | None) -> VaeChoice | None:
+        """Decode with the VAE `choice` names (mlx_sd.vae_swap.vae_path; None: the model's own), swapping
+        only the VAE; returns what the infotext names, None for the model's own."""
+        path = vae_path(self.library, choice)
+        if self._vaes is None:
+            self._vaes = VaeSwap(self.config, lambda vae: _prepared(vae, self.cpu, self.boundary))
+        self.vae, chosen = self._vaes.select(self.vae, path, self.vae_reader, self.allow_pickle)
+        return chosen
 
     @property
     def preview(self) -> PreviewMap:

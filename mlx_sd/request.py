@@ -73,6 +73,9 @@ class GenerationRequest:
     and_blend: str = "weights"  # one of AND_BLENDS
     # LoRAs (issue 17): merged before the prompts are encoded, with those of the prompts' <lora:...> tags
     loras: tuple[LoraRequest, ...] = ()
+    # models: the VAE to decode with: a library VAE name, a VAE file or a diffusers `vae` folder;
+    # None or "Automatic" is the model's own (mlx_sd.vae_swap)
+    vae: str | None = None
 
     @property
     def total_images(self) -> int:

@@ -100,7 +100,7 @@ class ApiServer:
                 mask = decode_image(payload.mask, "mask").image
         translated = a1111_request(payload, self.options, init, mask)
         model = self.library.model(translated.model)
-        return model, self._checked(model, translated.request), translated.not_applied
+        return model, self._checked(model, self.library.with_vae_file(translated.request)), translated.not_applied
 
     def _a1111_response(self, payload: Txt2ImgRequest, outcome: JobOutcome, not_applied: tuple[str, ...]) -> dict[str, Any]:
         info = a1111_info(
@@ -272,7 +272,7 @@ def _add_routes(app: FastAPI, server: ApiServer) -> None:
 
     @app.get(f"{api}/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": p.stem, "filename": str(p)} for p in server.library.files("vaes")]
+        return [{"model_name": p.stem, "filename": str(p)} for p in server.library.files("vae")]
 
     @app.get(f"{api}/loras")
     def loras() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
+from convert.vae_file import read_vae
 from mlx_sd.generation import resolve_seed
 from mlx_sd.noise import image_seeds
 from mlx_sd.pipeline import Pipeline
@@ -58,6 +59,7 @@ class PipelineExecutor:
             return
         self._pipeline = self.loaded = None  # free the old model before loading the next
         self._pipeline = Pipeline.load(model.folder, precision=self.precision)
+        self._pipeline.vae_reader = read_vae  # models: sd_vae, a library VAE file (server.library)
         self.loaded = model
 
     def generate(

@@ -1,5 +1,6 @@
-"""The library as the API names it: models by name (the app's ModelLibrary, demo model included),
-and the LoRA, VAE, embedding and upscaler folders listed by file name.
+"""The library as the API names it: models by name (mlx_sd.model_library, demo model included), and
+the LoRA, VAE, embedding and upscaler files as the shared library lists them (mlx_sd.library: the same
+folders, suffixes and names as the CLI and the app).
 
 A name from a request is only ever looked up among the names listed here, so no request reaches a
 file outside the library (ModelLibrary.path_of also refuses separators and hidden names).
@@ -7,20 +8,16 @@ file outside the library (ModelLibrary.path_of also refuses separators and hidde
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.model_library import ModelInfo, ModelLibrary
-from mlx_sd.infotext import model_hash
+from mlx_sd.infotext import checkpoint_stem, model_hash
+from mlx_sd.library import Library as Resources
+from mlx_sd.library import LibraryError
 from mlx_sd.model_format import ModelFolderError, read_config
-
-# <library>/<folder>/ and the file suffixes listed from it
-RESOURCE_FOLDERS = {
-    "loras": (".safetensors", ".pt", ".ckpt"),
-    "vaes": (".safetensors", ".pt", ".ckpt"),
-    "embeddings": (".safetensors", ".pt", ".bin"),
-    "upscalers": (".safetensors", ".pth", ".pt"),
-}
+from mlx_sd.model_library import ModelInfo, ModelLibrary
+from mlx_sd.request import GenerationRequest
 
 
 class UnknownModelError(ValueError):
@@ -60,6 +57,7 @@ class Library:
     def __init__(self, folder: Path, models: ModelLibrary | None = None):
         self.folder = folder
         self._models = models or ModelLibrary(folder)
+        self.resources = Resources(folder)
 
     def models(self) -> list[ServedModel]:
         return [served for info in self._models.models() if (served := _served(info)) is not None]
@@ -75,16 +73,21 @@ class Library:
         raise UnknownModelError(f"there is no model called {wanted!r} in the library; available: {names}")
 
     def files(self, kind: str) -> list[Path]:
-        """The files of one RESOURCE_FOLDERS kind, sorted by name (hidden files left out)."""
-        folder = self.folder / kind
-        if not folder.is_dir():
-            return []
-        suffixes = RESOURCE_FOLDERS[kind]
-        found = [
-            entry for entry in folder.iterdir()
-            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in suffixes
-        ]
-        return sorted(found, key=lambda p: p.name.casefold())
+        """The files of one kind of mlx_sd.library.KINDS ("loras", "vae", ...), as the library lists them."""
+        return [item.path for item in self.resources.items(kind)]
+
+
+    def with_vae_file(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with its VAE name (A1111's sd_vae: a file name or stem) replaced by that library file;
+        a name outside the library's vae/ folder is refused, so no request reads another file."""
+        if request.vae is None:
+            return request
+        wanted = checkpoint_stem(request.vae)
+        found = {path.stem: path for path in self.files("vae")}
+        if wanted not in found:
+            names = ", ".join(found) or f"none; put VAE files in {self.resources.folder('vae')}"
+            raise LibraryError(f"there is no VAE called {request.vae!r} in the library; available: {names}")
+        return dataclasses.replace(request, vae=str(found[wanted]))
 
 
 def _served(info: ModelInfo) -> ServedModel | None:

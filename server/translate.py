@@ -66,6 +66,7 @@ def a1111_request(
         width=multiple_of_8(payload.width), height=multiple_of_8(payload.height),
         steps=payload.steps, cfg_scale=payload.cfg_scale, sampler=sampler, schedule=schedule,
         seed=payload.seed, batch_size=payload.batch_size, batch_count=payload.n_iter, clip_skip=clip_skip,
+        vae=_vae(payload, options),
     )
     if isinstance(payload, Img2ImgRequest):
         if init_image is None:
@@ -77,15 +78,22 @@ def a1111_request(
     return Translated(GenerationRequest(**fields), str(model), _not_applied(payload, options, mask is not None))
 
 
-def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bool) -> tuple[str, ...]:
+def _vae(payload: Txt2ImgRequest, options: ServerOptions) -> str | None:
+    """models: the VAE name override_settings or the options ask for (server.library resolves it); None
+    for the model's own."""
     vae = payload.override_settings.get("sd_vae", options.sd_vae)
+    if vae is not None and not isinstance(vae, str):
+        raise RequestError("override_settings.sd_vae", vae, "a VAE name from /sdapi/v1/sd-vae")
+    return None if vae is None or vae in DEFAULT_VAES else vae
+
+
+def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bool) -> tuple[str, ...]:
     flags = {
         "enable_hr": payload.enable_hr,
         "restore_faces": payload.restore_faces,
         "tiling": payload.tiling,
         "styles": bool(payload.styles),
         "subseed_strength": payload.subseed_strength > 0,
-        "sd_vae": vae not in DEFAULT_VAES,
         "script_name": bool(payload.script_name),
         "alwayson_scripts": any(payload.alwayson_scripts.values()),
     }

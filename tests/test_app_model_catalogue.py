@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QPushButton
 from app.hub_download import RepoFile, available_variant, download_repo, wanted
 from app.model_catalogue import CATALOGUE, CatalogueDialog, CatalogueEntry
 from app.model_import import ModelImporter, progress_label
-from app.model_library import ModelLibrary
+from mlx_sd.model_library import ModelLibrary
 from app.model_manager import DOWNLOADS_DIR, ModelManagerDialog
 from convert import ConversionError, ConvertOptions, ConversionProgress
 from app_support import QT_MARKS

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app import model_library
-from app.model_library import DEMO_NAME, ModelLibrary, ModelLibraryError, check_name, name_from_source
+from mlx_sd import model_library
+from mlx_sd.model_library import DEMO_NAME, ModelLibrary, ModelLibraryError, check_name, name_from_source
 from mlx_sd.config import SourceInfo, preset
 
 
@@ -147,7 +147,7 @@ def test_the_library_is_qt_free():
     import subprocess
     import sys
 
-    code = "import app.model_library, sys; assert not [m for m in sys.modules if m.startswith('PySide6')]"
+    code = "import mlx_sd.model_library, sys; assert not [m for m in sys.modules if m.startswith('PySide6')]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
-from app.model_library import ModelLibrary
+from mlx_sd.model_library import ModelLibrary
 from app.model_import import ModelImporter, progress_label
 from app.model_manager import ModelListModel, ModelManagerDialog, format_size
 from convert import ConversionProgress, ConvertOptions, convert_model

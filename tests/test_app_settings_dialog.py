@@ -8,7 +8,7 @@ from PIL import Image
 from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox
 
 from app.history_store import Generation, HistoryStore
-from app.model_library import ModelInfo
+from mlx_sd.model_library import ModelInfo
 from app.settings import AppSettings, Preset, load_settings
 from app.settings_dialog import SettingsDialog, is_library
 
