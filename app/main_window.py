@@ -64,6 +64,8 @@ from .generation_worker import (
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
+from .library_import import RESOURCE_KINDS
+from .model_import import ResourceImporter
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
@@ -106,6 +108,7 @@ def progress_text(report: StepReport) -> str:
 
 class MainWindow(QMainWindow):
     imageRecorded = Signal(object)  # HistoryEntry
+    resourcesChanged = Signal(str)  # a library folder ("loras", "vae", ...) got a file from a drop
 
     def __init__(
         self,
@@ -163,6 +166,9 @@ class MainWindow(QMainWindow):
         self._connect()
         self._set_busy(False)
 
+        self.resource_importer = ResourceImporter(self)
+        self.resource_importer.copied.connect(self._on_resource_copied)
+        self.resource_importer.failed.connect(lambda text: self.show_error("The file was not added to the library", text))
         self.drop_filter = DropFilter(self)
         self.drop_filter.dropped.connect(self.handle_drop)
         self.setAcceptDrops(True)
@@ -703,11 +709,23 @@ class MainWindow(QMainWindow):
             )
         elif item.kind is DropKind.CHECKPOINT and item.path is not None:
             self.import_checkpoint(item.path)
+        elif item.kind is DropKind.RESOURCE and item.path is not None:
+            self.statusBar().showMessage(f"Adding {item.name} to the library…")
+            self.resource_importer.start(item.path, item.resource, self.library / item.resource)
         else:
             self.show_error("This cannot be used here", item.message)
             return
         if item.message:
             self.statusBar().showMessage(item.message, 5000)
+
+    @Slot(str, object, bool)
+    def _on_resource_copied(self, kind: str, path: Path, copied: bool) -> None:
+        what = RESOURCE_KINDS[kind]
+        if copied:
+            self.statusBar().showMessage(f"Added the {what} {path.stem} to the library ({kind}/{path.name})", 8000)
+        else:
+            self.statusBar().showMessage(f"The {what} {path.stem} is in the library already", 8000)
+        self.resourcesChanged.emit(kind)
 
     def paste_from_clipboard(self) -> None:
         mime = QGuiApplication.clipboard().mimeData()
@@ -723,6 +741,7 @@ class MainWindow(QMainWindow):
         self.controller.cancel()  # so an API job queued behind the window's own one is not kept waiting
         self.api.stop()  # before the worker ends: the API's running job stops at its next step
         self.controller.shutdown()
+        self.resource_importer.wait()
         super().closeEvent(event)
 
 
