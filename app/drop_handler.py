@@ -30,6 +30,8 @@ from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.infotext import Infotext, parse_infotext
 from mlx_sd.pickle_files import PICKLE_SUFFIXES
 
+from mlx_sd.library import LABELS, SUFFIXES
+
 from .library_import import RESOURCE_KINDS, LibraryImportError, classify_weights
 from .result_view import qimage_to_pil
 
@@ -58,7 +60,7 @@ class DropItem:
     infotext: str | None = None
     parameters: Infotext | None = None  # the infotext parsed, on the worker thread like the file read
     message: str = ""  # why it is unsupported, or a note (e.g. extra files ignored)
-    resource: str = ""  # RESOURCE: the library folder it belongs in (a key of RESOURCE_KINDS)
+    resource: str = ""  # RESOURCE: the library folder it belongs in (one of RESOURCE_KINDS)
 
     @property
     def name(self) -> str:
@@ -82,6 +84,11 @@ def classify_file(path: Path) -> DropItem:
                 return DropItem(DropKind.UNSUPPORTED, path, message=str(exc))
             kind = ""  # an unreadable pickle: refused below like any pickle checkpoint
         if kind in RESOURCE_KINDS:
+            if suffix not in SUFFIXES[kind]:
+                return DropItem(DropKind.UNSUPPORTED, path, message=(
+                    f"{path.name} is a {LABELS[kind]}, but the library uses {LABELS[kind]} files ending in "
+                    f"{', '.join(SUFFIXES[kind])}; rename it if you trust it, then drop it again."
+                ))
             return DropItem(DropKind.RESOURCE, path, resource=kind)
     if suffix in CHECKPOINT_SUFFIXES:
         return DropItem(DropKind.CHECKPOINT, path)

@@ -18,11 +18,11 @@ from pathlib import Path
 from convert.detect import weights_kind
 from convert.errors import ConversionError
 from convert.upscaler_file import detect_upscaler
+from mlx_sd.library import KINDS
 from mlx_sd.pickle_files import PICKLE_SUFFIXES
 from mlx_sd.safetensors_header import HeaderError, read_header
 
-# library folder -> what the user calls one such file
-RESOURCE_KINDS = {"loras": "LoRA", "embeddings": "embedding", "vae": "VAE", "upscalers": "upscaler model"}
+RESOURCE_KINDS = tuple(kind for kind in KINDS if kind != "models")  # library folders of single files
 # Pickles are unpickled (weights only) to see their keys: LoRAs, embeddings, VAEs and upscalers are all
 # smaller than this, and a multi-gigabyte checkpoint is not read just to refuse it.
 PICKLE_READ_LIMIT = 1 << 30
@@ -35,7 +35,7 @@ class LibraryImportError(ValueError):
 
 
 def kind_of_shapes(shapes: Shapes, name: str) -> str:
-    """"models", a key of RESOURCE_KINDS, or "" for tensors of something else."""
+    """"models", one of RESOURCE_KINDS, or "" for tensors of something else."""
     kind = weights_kind(set(shapes))
     if kind or not shapes:
         return kind
@@ -62,7 +62,7 @@ def _pickle_shapes(path: Path) -> list[Shapes]:
 
 
 def classify_weights(path: Path) -> str:
-    """What the weights file at `path` is: "models", a key of RESOURCE_KINDS, or "" when unknown.
+    """What the weights file at `path` is: "models", one of RESOURCE_KINDS, or "" when unknown.
     A large pickle counts as a model (it is never unpickled just to find out). LibraryImportError
     when the file cannot be read."""
     try:

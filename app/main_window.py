@@ -47,6 +47,7 @@ from PySide6.QtWidgets import (
 )
 
 from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
+from mlx_sd.library import LABELS, Library
 from mlx_sd.request import GenerationRequest, RequestError
 
 from .api_service import ApiService
@@ -64,7 +65,6 @@ from .generation_worker import (
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
-from .library_import import RESOURCE_KINDS
 from .model_import import ResourceImporter
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
@@ -711,7 +711,7 @@ class MainWindow(QMainWindow):
             self.import_checkpoint(item.path)
         elif item.kind is DropKind.RESOURCE and item.path is not None:
             self.statusBar().showMessage(f"Adding {item.name} to the library…")
-            self.resource_importer.start(item.path, item.resource, self.library / item.resource)
+            self.resource_importer.start(item.path, item.resource, Library(self.library).folder(item.resource))
         else:
             self.show_error("This cannot be used here", item.message)
             return
@@ -720,7 +720,7 @@ class MainWindow(QMainWindow):
 
     @Slot(str, object, bool)
     def _on_resource_copied(self, kind: str, path: Path, copied: bool) -> None:
-        what = RESOURCE_KINDS[kind]
+        what = LABELS[kind]
         if copied:
             self.statusBar().showMessage(f"Added the {what} {path.stem} to the library ({kind}/{path.name})", 8000)
         else:

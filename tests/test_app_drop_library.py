@@ -134,3 +134,10 @@ def test_dropped_resources_land_in_their_library_folders(qtbot, resources: dict[
     _drop(qtbot, window, resources["loras"])
     assert window.statusBar().currentMessage() == "The LoRA model is in the library already"
     assert not (library / "models").exists()  # nothing was imported as a checkpoint
+
+
+def test_a_resource_with_a_suffix_the_library_does_not_list_is_explained(tmp_path: Path) -> None:
+    torch.save({f"{LORA_KEY}.lora_down.weight": torch.zeros(4, 768)}, tmp_path / "style.bin")  # loras/ lists no .bin
+    item = classify_file(tmp_path / "style.bin")
+    assert item.kind is DropKind.UNSUPPORTED
+    assert item.message.startswith("style.bin is a LoRA, but the library uses LoRA files ending in .safetensors")
