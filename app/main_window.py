@@ -11,6 +11,8 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
+- `restore_notes`: checks of a restored infotext that return notes (the LoRA panel's missing LoRAs);
+- `resourcesChanged(kind)` after a dropped LoRA, embedding, VAE or upscaler was copied into the library;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -135,6 +137,8 @@ class MainWindow(QMainWindow):
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
+        # checks of a restored infotext, each giving notes (e.g. the LoRAs it uses that the library lacks)
+        self.restore_notes: list[Callable[[Infotext], list[str]]] = []
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -615,6 +619,8 @@ class MainWindow(QMainWindow):
         info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
         notes = self.reuse_request(request, info.params.get("Model"))
+        for check in self.restore_notes:
+            notes += check(info)
         detail = "; ".join(notes)
         self.show_info(f"Parameters restored from {source}", detail[:1].upper() + detail[1:] + ("." if notes else ""))
         return notes
