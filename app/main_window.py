@@ -68,6 +68,7 @@ from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
 from .model_import import ResourceImporter
+from .upscale_control import ModelUpscaler
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
@@ -170,6 +171,10 @@ class MainWindow(QMainWindow):
         self._connect()
         self._set_busy(False)
 
+        self.result_view.set_model_upscaler(ModelUpscaler(self.controller.call, self))
+        self.result_view.upscale_tile = settings.upscale_tile
+        self.refresh_upscalers()
+        self.resourcesChanged.connect(lambda kind: self.refresh_upscalers() if kind == "upscalers" else None)
         self.resource_importer = ResourceImporter(self)
         self.resource_importer.copied.connect(self._on_resource_copied)
         self.resource_importer.failed.connect(lambda text: self.show_error("The file was not added to the library", text))
@@ -334,6 +339,10 @@ class MainWindow(QMainWindow):
             self.result_view.canvas.set_placeholder(NO_MODEL_TEXT)
         self.generate_button.setEnabled(model is not None and not self.controller.busy)
 
+    def refresh_upscalers(self) -> None:
+        """List the library's upscaler models in the Upscale control."""
+        self.result_view.set_upscalers({item.name: item.path for item in Library(self.library).items("upscalers")})
+
     def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
         """Dropped and chosen checkpoints go to `importer(path)` (the model manager's import)."""
         self._checkpoint_importer = importer
@@ -360,6 +369,7 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
         self.result_view.output_format = settings.output_format
+        self.result_view.upscale_tile = settings.upscale_tile
         self.parameters.low_memory.setChecked(settings.low_memory)
         self._refresh_presets()
         self.api.apply(settings, self.library)
@@ -378,6 +388,7 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self.controller.set_library(self.library)
         self.picker.set_library(ModelLibrary(self.library, self._demo_folder))
+        self.refresh_upscalers()
         self.api.apply(self.settings, self.library)
 
     def release_library(self) -> None:
@@ -745,6 +756,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_session()
         self.controller.cancel()  # so an API job queued behind the window's own one is not kept waiting
+        if self.result_view.model_upscaler is not None:
+            self.result_view.model_upscaler.cancel()  # it runs on the generation thread: stop it at its next tile
         self.api.stop()  # before the worker ends: the API's running job stops at its next step
         self.controller.shutdown()
         self.resource_importer.wait()
