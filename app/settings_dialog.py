@@ -1,8 +1,7 @@
 """The settings dialog: library folder (moving it keeps the history and the models), default model,
 precision of imported models, low-memory mode, compute device (GPU or CPU, as MLX offers), the CPU's
 precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency, output format, the
-upscaler models' tile size, and
-serving the A1111 API on localhost (with its port).
+upscaler models' tile size, and serving the A1111 API on localhost (with its port).
 
 The dialog edits a copy of the typed `AppSettings` it is given and, on OK, writes them with
 `save_settings` and emits `settings_saved`; fields it does not show (presets, prompt prefix and suffix)
