@@ -30,7 +30,7 @@ from .diffusers_folder import MODEL_INDEX, plan_diffusers_folder
 from .errors import ConversionCancelled, ConversionError
 from .local_paths import describe_missing, looks_like_path
 from .options import ConversionProgress, ConversionReport, ConvertOptions
-from .plan import ConversionPlan, Weights
+from .plan import ConversionPlan, Read, Weights
 from .single_file import plan_single_file
 
 ProgressCallback = Callable[[ConversionProgress], None]
@@ -65,7 +65,7 @@ def convert_model(
             plan = _plan(str(source), options, Path(scratch), notify, check_cancel)
         except ConfigError as exc:  # shapes read from a damaged or hostile file
             raise ConversionError(f"{source}: its tensors describe no model mlx-sd can build ({exc})") from None
-        weights, sha256 = _read(plan, dtype_from_name(options.dtype), notify, check_cancel)
+        weights, sha256 = read_weights(plan.reads, dtype_from_name(options.dtype), notify, check_cancel)
         if plan.after_read:
             plan.after_read(plan, weights)
         plan.config.source.sha256 = sha256
@@ -137,16 +137,18 @@ def _plan_hub(source: str, options: ConvertOptions, notify: ProgressCallback, ch
     return plan_diffusers_folder(folder, options, name=name, kind="Hugging Face repo")
 
 
-def _read(
-    plan: ConversionPlan, dtype: mx.Dtype, notify: ProgressCallback, check_cancel: Callable[[], None]
+def read_weights(
+    reads: list[Read], dtype: mx.Dtype, notify: ProgressCallback = lambda progress: None,
+    check_cancel: Callable[[], None] = lambda: None,
 ) -> tuple[Weights, str]:
-    """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed source."""
+    """Read, route and convert every planned tensor; returns the weights and the SHA-256 of the hashed
+    sources (a conversion's, and convert.vae_file's VAE read in memory)."""
     weights: Weights = {}
     hasher = hashlib.sha256()
-    total = sum(len(read.routes) for read in plan.reads)
+    total = sum(len(read.routes) for read in reads)
     done = 0
     notify(ConversionProgress("read", 0, total, ""))
-    for read in plan.reads:
+    for read in reads:
         for key, array in read.source.arrays(read.routes.keys(), hasher if read.hashed else None):
             converted = []
             for route in read.routes[key]:

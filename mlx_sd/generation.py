@@ -206,6 +206,8 @@ def generate(
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
     extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
+    vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs
+    extra.update(vae.infotext() if vae is not None else {})
     infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]
     mx.reset_peak_memory()
     timings: dict[str, float] = {}

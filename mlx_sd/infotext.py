@@ -202,6 +202,8 @@ def request_from_infotext(
         if "Clip skip" not in params:
             changes["clip_skip"] = 1
         changes["schedule"] = params.get("Schedule type", "Automatic").strip()
+    if params.get("VAE", "").strip():  # models: A1111 writes the file's name; the library knows its stem
+        changes["vae"] = checkpoint_stem(params["VAE"].strip())
     if params.get("Sampler", "").strip():
         # Older infotexts combine the two ("DPM++ 2M Karras"); the schedule in the name wins.
         sampler, named_schedule = split_sampler_name(params["Sampler"])

@@ -32,6 +32,7 @@ from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
 from .estimate import Estimate, estimate
 from .generation import generate
+from .library import Library
 from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
@@ -40,6 +41,7 @@ from .module_swap import M
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 from .vae_codec import VAECodec
+from .vae_swap import VaeChoice, VaeReader, VaeSwap, vae_path
 
 
 def build_models(config: ModelConfig) -> dict[str, nn.Module]:
@@ -80,6 +82,11 @@ class Pipeline:
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
+    # models: resources by name, and the VAE chosen per generation (mlx_sd.vae_swap); an entry point
+    # sets `vae_reader` (convert.vae_file.VaeFileReader: the engine does not read other formats' keys)
+    library: Library = field(default_factory=Library)
+    vae_reader: VaeReader | None = None
+    _vaes: VaeSwap | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def load(
@@ -178,6 +185,15 @@ class Pipeline:
         if self._codec is None or self._codec.vae is not self.vae:
             self._codec = VAECodec(self.vae, prepare=lambda vae: _prepared(vae, self.cpu, self.boundary))
         return self._codec
+
+    def use_vae(self, choice: str | None) -> VaeChoice | None:
+        """Decode with the VAE `choice` names (mlx_sd.vae_swap.vae_path; None: the model's own), swapping
+        only the VAE; returns what the infotext names, None for the model's own."""
+        path = vae_path(self.library, choice)
+        if self._vaes is None:
+            self._vaes = VaeSwap(self.config, lambda vae: _prepared(vae, self.cpu, self.boundary))
+        self.vae, chosen = self._vaes.select(self.vae, path, self.vae_reader)
+        return chosen
 
     @property
     def preview(self) -> PreviewMap:

@@ -61,6 +61,9 @@ class GenerationRequest:
     low_memory: bool = False  # release the text encoders before the UNet runs
     dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
     and_blend: str = "weights"  # one of AND_BLENDS
+    # models: the VAE to decode with: a library VAE name, a VAE file or a diffusers `vae` folder;
+    # None or "Automatic" is the model's own (mlx_sd.vae_swap)
+    vae: str | None = None
 
     @property
     def total_images(self) -> int:
