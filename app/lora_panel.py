@@ -96,6 +96,9 @@ class ResourceListModel(QAbstractListModel):
         super().__init__(parent)
         self._rows: list[ResourceInfo] = []
         self._icons: dict[str, QIcon] = {}  # by path
+        blank = QPixmap(ICON_SIZE, ICON_SIZE)
+        blank.fill(Qt.GlobalColor.transparent)
+        self._blank = QIcon(blank)  # rows without a preview keep their names in line with the others
         self.family: str | None = None
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:
@@ -111,7 +114,7 @@ class ResourceListModel(QAbstractListModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return problem or f"{info.path}\nClick to add it to the prompt"
         if role == Qt.ItemDataRole.DecorationRole:
-            return self._icons.get(str(info.path))
+            return self._icons.get(str(info.path), self._blank)
         if role == Qt.ItemDataRole.ForegroundRole and problem:
             return QColor(Qt.GlobalColor.gray)
         if role == self.SearchRole:
