@@ -3,7 +3,7 @@ sampling, and the actions on a result (save as PNG/JPEG/WebP with metadata, copy
 
 Upscaling (nearest, bilinear, bicubic, Lanczos, or an upscaler model of the library's `upscalers/`;
 1-4x) applies to what is shown and to what is saved or copied: what you see is what you export. A model
-runs on the generation thread (app.upscale_control) with progress and a Stop button; until it is done
+runs on the generation thread (app.upscale_control), its Stop button counting the tiles; until it is done
 the picture shows resampled and cannot be saved or copied. `MessageBar` is the in-window banner for
 errors and offers.
 """
@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -49,6 +48,7 @@ UPSCALE_FILTERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
 }
 UPSCALE_FACTORS = (1, 2, 3, 4)
+METHOD_MAX_WIDTH = 170  # pixels; a longer upscaler name is elided in the box, whole in its list
 INFO_SECONDS = 10
 NEAREST_FROM = 3  # on-screen enlargement from which pixels are shown as crisp squares
 SAVE_FILTERS = {"png": "PNG image (*.png)", "jpeg": "JPEG image (*.jpg *.jpeg)", "webp": "WebP image (*.webp)"}
@@ -441,17 +441,19 @@ class ResultView(QWidget):
         self.method.addItems(list(UPSCALE_FILTERS))
         self.method.setCurrentText("Lanczos")
         self.method.setToolTip("Upscaling filter, or an upscaler model of the library")
+        # as wide as the longest model name, within reason: the toolbar must fit a 1024-pixel screen
+        self.method.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.method.setMaximumWidth(METHOD_MAX_WIDTH)
         for combo in (self.factor, self.method):
             combo.currentIndexChanged.connect(lambda _: self._refresh())
         self.upscale_tile = DEFAULT_TILE  # the models' tile size (Settings)
         self.model_upscaler: ModelUpscaler | None = None
         self._models: dict[str, Path] = {}  # the library's upscaler models by name
         self._upscaled: dict[tuple[int, int, str], Image.Image] = {}  # (id of the item, factor, model) -> result
-        self.upscale_progress = QProgressBar()
-        self.upscale_progress.setMaximumWidth(90)
-        self.upscale_progress.setAccessibleName("Upscale progress")
+        # shown while a model runs, counting its tiles (the toolbar has no room for a bar at 1024 pixels)
         self.upscale_stop = QToolButton(text="Stop")
         self.upscale_stop.setToolTip("Stop the upscaler model")
+        self.upscale_stop.setAccessibleName("Stop upscaling")
         self.upscale_stop.clicked.connect(self._stop_upscale)
         self.save_button = QToolButton(text="Save…")
         self.save_button.clicked.connect(self.save_current_as)
@@ -470,7 +472,6 @@ class ResultView(QWidget):
         actions.addWidget(upscale_label)
         actions.addWidget(self.factor)
         actions.addWidget(self.method)
-        actions.addWidget(self.upscale_progress)
         actions.addWidget(self.upscale_stop)
         actions.addStretch(1)
         for button in (self.save_button, self.copy_button, self.reveal_button):
@@ -547,7 +548,6 @@ class ResultView(QWidget):
         for button in (self.save_button, self.copy_button):
             button.setEnabled(item is not None and not waiting)
         self.reveal_button.setEnabled(item is not None and item.path is not None)
-        self.upscale_progress.setVisible(waiting)
         self.upscale_stop.setVisible(waiting)
 
     # -- upscaler models --------------------------------------------------------------------------
@@ -597,13 +597,12 @@ class ResultView(QWidget):
             return self._upscaled[key]
         runner = self.model_upscaler
         if start and runner is not None and runner.key != key:
-            self.upscale_progress.setRange(0, 0)
+            self.upscale_stop.setText("Stop")
             runner.start(key, item.image, key[1], self._models[key[2]], self.upscale_tile)
         return None
 
     def _on_upscale_progress(self, done: int, total: int) -> None:
-        self.upscale_progress.setRange(0, total)
-        self.upscale_progress.setValue(done)
+        self.upscale_stop.setText(f"Stop {done}/{total}")
 
     def _on_upscaled(self, key: tuple[int, int, str], image: Image.Image) -> None:
         if any(id(self.model.item(row)) == key[0] for row in range(self.model.rowCount())):

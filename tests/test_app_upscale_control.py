@@ -64,6 +64,7 @@ def test_a_model_upscale_runs_with_progress_and_is_saved_with_postprocess_fields
         view.method.setCurrentText("tiny-x2")
         assert view.upscaling() and not view.save_button.isEnabled() and view.upscale_stop.isVisible()
     assert progress[-1] == (16, 16)  # 64x64 in tiles of 16
+    assert view.upscale_stop.text() == "Stop 16/16"
     assert not view.upscaling() and view.save_button.isEnabled() and not view.upscale_stop.isVisible()
     network, _ = read_upscaler(library / "upscalers" / "tiny-x2.safetensors")
     expected = upscale_image(view.current_item().image, 2, network, tile=16)
