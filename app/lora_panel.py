@@ -1,6 +1,6 @@
 """The LoRA and embeddings panel, a tab beside the image (like A1111's Extra Networks): the library's
 LoRAs and embeddings with their family, trigger words and preview, searchable; a click adds
-`<lora:NAME:1>` (or the embedding's name) to the prompt; the LoRAs the prompt uses show as chips whose
+`<lora:NAME:1>` (or the embedding's name) to the prompt, the context menu to the negative prompt; the LoRAs the prompt uses show as chips whose
 slider edits the tag's weight in the text. Items for another family than the model's are greyed, with
 the reason as tooltip; a damaged file shows its one-line problem.
 
@@ -17,6 +17,7 @@ from PySide6.QtCore import (
     QAbstractListModel,
     QModelIndex,
     QObject,
+    QPoint,
     QPersistentModelIndex,
     QRunnable,
     QSize,
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListView,
+    QMenu,
     QPlainTextEdit,
     QScrollArea,
     QSlider,
@@ -246,10 +248,12 @@ class LoraChip(QWidget):
 class LoraPanel(QWidget):
     """The panel over one prompt box. `set_library`, `set_family` and `refresh` keep it current."""
 
-    def __init__(self, library: Path, prompt_edit: QPlainTextEdit, parent: QWidget | None = None):
+    def __init__(self, library: Path, prompt_edit: QPlainTextEdit, negative_edit: QPlainTextEdit | None = None,
+                 parent: QWidget | None = None):
         super().__init__(parent)
         self.library = Library(library)
         self.prompt_edit = prompt_edit
+        self.negative_edit = negative_edit  # where the context menu's "Add to Negative Prompt" writes
         self.cache = InfoCache()
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)  # header reading stays in the background, one file at a time
@@ -275,6 +279,8 @@ class LoraPanel(QWidget):
         self.list.setSpacing(2)
         self.list.setWordWrap(True)
         self.list.setAccessibleName("LoRAs and embeddings")
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._context_menu)
         self.empty_label = QLabel()
         self.empty_label.setWordWrap(True)
         self.chips_title = QLabel("In the prompt")
@@ -352,17 +358,36 @@ class LoraPanel(QWidget):
     # -- the prompt -----------------------------------------------------------------------------
 
     def _on_clicked(self, index: QModelIndex) -> None:
-        info: ResourceInfo = index.data(ResourceListModel.InfoRole)
+        self.add_to(self.prompt_edit, index)
+
+    def add_to(self, edit: QPlainTextEdit, index: QModelIndex) -> None:
+        """Add the tag (or the embedding's name) of the row at `index` to the text of `edit`."""
+        info: ResourceInfo | None = index.data(ResourceListModel.InfoRole)
         if info is None or info.unsuitable_for(self.model.family):
             return
-        text = self.prompt_edit.toPlainText()
-        self._set_prompt(add_lora(text, info.name) if info.kind == "loras" else add_word(text, info.name))
+        text = edit.toPlainText()
+        self._set_text(edit, add_lora(text, info.name) if info.kind == "loras" else add_word(text, info.name))
+
+    def _context_menu(self, position: QPoint) -> None:
+        index = self.list.indexAt(position)
+        if not index.isValid() or not index.flags() & Qt.ItemFlag.ItemIsEnabled:
+            return
+        menu = QMenu(self)
+        menu.addAction("Add to Prompt", lambda: self.add_to(self.prompt_edit, index))
+        if self.negative_edit is not None:
+            negative = self.negative_edit
+            menu.addAction("Add to Negative Prompt", lambda: self.add_to(negative, index))
+        menu.exec(self.list.viewport().mapToGlobal(position))
 
     def _set_prompt(self, text: str) -> None:
-        """Replace the prompt as one undoable edit (Ctrl+Z brings the old text back)."""
-        if text == self.prompt_edit.toPlainText():
+        self._set_text(self.prompt_edit, text)
+
+    @staticmethod
+    def _set_text(edit: QPlainTextEdit, text: str) -> None:
+        """Replace the text as one undoable edit (Ctrl+Z brings the old text back)."""
+        if text == edit.toPlainText():
             return
-        cursor = QTextCursor(self.prompt_edit.document())
+        cursor = QTextCursor(edit.document())
         cursor.select(QTextCursor.SelectionType.Document)
         cursor.insertText(text)
 
@@ -400,7 +425,7 @@ class LoraPanel(QWidget):
 def install_lora_panel(window: MainWindow) -> LoraPanel:
     """The panel as a "LoRAs" tab of the main window, following its model, library and drops; a
     restored PNG names the LoRAs and embeddings it uses that the library lacks."""
-    panel = LoraPanel(window.library, window.prompt_panel.prompt_edit)
+    panel = LoraPanel(window.library, window.prompt_panel.prompt_edit, window.prompt_panel.negative_edit)
     window.add_panel("LoRAs", panel)
     window.picker.modelChanged.connect(lambda model: panel.set_family(model.family if model is not None else None))
     current = window.picker.current()

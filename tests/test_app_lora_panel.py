@@ -106,6 +106,9 @@ def test_click_adds_the_tag_and_the_slider_edits_its_weight(qtbot, window: MainW
     assert window.prompt_panel.prompt().endswith("<lora:watercolor:0.75>, EasyNegative")
     chip.remove.click()
     assert window.prompt_panel.prompt() == "a lighthouse at dusk, EasyNegative" and panel.chips() == {}
+    window.prompt_panel.negative_edit.setPlainText("lowres")
+    panel.add_to(window.prompt_panel.negative_edit, _row(panel, "EasyNegative"))  # the context menu's second entry
+    assert window.prompt_panel.negative_prompt() == "lowres, EasyNegative"
 
 
 def test_loras_of_another_family_are_greyed_with_the_reason(qtbot, window: MainWindow) -> None:
