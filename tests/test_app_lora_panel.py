@@ -186,3 +186,36 @@ def test_unsuitable_reason_needs_both_families() -> None:
     assert missing_resources(parse_infotext("a <lora:x:1>\nSteps: 1, Seed: 1, Size: 8x8"), Library(Path("/nonexistent"))) == [
         "the LoRA is not in the library: x"
     ]
+
+
+def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: MainWindow, library: Path, monkeypatch) -> None:
+    import threading
+    import time
+
+    import app.lora_panel as lora_panel
+
+    threads: list[str] = []
+    real = lora_panel.read_info
+
+    def slow_read(item):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return real(item)
+
+    monkeypatch.setattr(lora_panel, "read_info", slow_read)
+    started = time.perf_counter()
+    panel = install_lora_panel(window)
+    assert time.perf_counter() - started < 0.3  # four files of 0.3 s each: none read on this thread
+    assert "reading…" in _row(panel, "watercolor").data()
+    panel.wait()
+    qtbot.waitUntil(lambda: all(panel.model.info(r).loaded for r in range(panel.model.rowCount())))
+    assert len(threads) == 4 and threading.main_thread().name not in threads
+    panel.refresh()
+    panel.wait()
+    assert len(threads) == 4  # cached by path, modification time and size
+    lora = library / "loras" / "watercolor.safetensors"
+    write_lora(lora, context=1024)  # changed on disk: read again
+    panel.refresh()
+    panel.wait()
+    qtbot.waitUntil(lambda: "SD 2.x" in _row(panel, "watercolor").data())
+    assert len(threads) == 5
