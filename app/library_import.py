@@ -13,6 +13,7 @@ import filecmp
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from convert.detect import weights_kind
@@ -46,19 +47,19 @@ def kind_of_shapes(shapes: Shapes, name: str) -> str:
     return "upscalers"
 
 
-def _pickle_shapes(path: Path) -> list[Shapes]:
+def _pickle_shapes(path: Path) -> Iterator[Shapes]:
     """The tensor shapes of a weights-only torch file, as the converter unwraps it (an upscaler's
-    `params_ema`), then flattened as the LoRA reader reads it (an embedding's `string_to_param`)."""
+    `params_ema`), then (read again only when asked) flattened as the LoRA reader reads it (an
+    embedding's `string_to_param`)."""
     from convert.pickle_file import PickleCheckpoint
     from mlx_sd.lora.errors import LoraError
     from mlx_sd.lora.files import read_tensors
 
     try:
-        unwrapped = {k: tuple(v.shape) for k, v in PickleCheckpoint(path).tensors.items()}
-        flattened = {k: tuple(v.shape) for k, v in read_tensors(path, allow_pickle=True).tensors.items()}
+        yield {k: tuple(v.shape) for k, v in PickleCheckpoint(path).tensors.items()}
+        yield {k: tuple(v.shape) for k, v in read_tensors(path, allow_pickle=True).tensors.items()}
     except (ConversionError, LoraError) as exc:
         raise LibraryImportError(str(exc)) from None
-    return [unwrapped, flattened]
 
 
 def classify_weights(path: Path) -> str:
@@ -69,17 +70,17 @@ def classify_weights(path: Path) -> str:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             if path.stat().st_size > PICKLE_READ_LIMIT:
                 return "models"
-            candidates = _pickle_shapes(path)
+            candidates: Iterable[Shapes] = _pickle_shapes(path)
         else:
             candidates = [{k: tuple(v.shape) for k, v in read_header(path).tensors.items()}]
+        for shapes in candidates:
+            kind = kind_of_shapes(shapes, path.name)
+            if kind:
+                return kind
     except HeaderError as exc:
         raise LibraryImportError(str(exc)) from None
     except OSError as exc:
         raise LibraryImportError(f"{path.name} cannot be read: {exc.strerror or exc}") from None
-    for shapes in candidates:
-        kind = kind_of_shapes(shapes, path.name)
-        if kind:
-            return kind
     return ""
 
 
