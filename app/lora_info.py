@@ -18,6 +18,7 @@ from mlx_sd.embeddings import read_embedding
 from mlx_sd.infotext import Infotext
 from mlx_sd.library import LABELS, Library, LibraryItem
 from mlx_sd.lora import LoraError, read_lora
+from mlx_sd.resource_hashes import parse_hashes_value
 
 from .model_library import FAMILY_LABELS
 from .prompt_loras import prompt_loras
@@ -129,18 +130,13 @@ class InfoCache:
             self._infos[key] = info
 
 
-def hash_names(value: str) -> list[str]:
-    """The names of an infotext's `Lora hashes` / `TI hashes` value ("name: 0123abcd, other: ...")."""
-    return [part.rpartition(":")[0].strip() for part in value.split(",") if ":" in part]
-
-
 def missing_resources(info: Infotext, library: Library) -> list[str]:
     """Notes naming the LoRAs (tags in the prompts, `Lora hashes`) and embeddings (`TI hashes`) that an
     infotext uses and the library lacks; empty when all are there."""
     wanted = {
         "loras": [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
-        + hash_names(info.params.get("Lora hashes", "")),
-        "embeddings": hash_names(info.params.get("TI hashes", "")),
+        + list(parse_hashes_value(info.params.get("Lora hashes", ""))),
+        "embeddings": list(parse_hashes_value(info.params.get("TI hashes", ""))),
     }
     notes = []
     for kind, names in wanted.items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from mlx_sd.lora.prompt_tags import LoraTag, find_lora_tags
+from mlx_sd.lora.prompt_tags import find_lora_tags
+from mlx_sd.request import LoraRequest
 
 SEPARATOR = ", "
 WEIGHT_DECIMALS = 2
@@ -22,9 +23,9 @@ def lora_tag(name: str, weight: float = 1.0) -> str:
     return f"<lora:{name}:{format_weight(weight)}>"
 
 
-def prompt_loras(prompt: str) -> list[LoraTag]:
+def prompt_loras(prompt: str) -> list[LoraRequest]:
     """The well-formed LoRA tags of `prompt`, the first of each name, in order."""
-    seen: dict[str, LoraTag] = {}
+    seen: dict[str, LoraRequest] = {}
     for _, _, tag in find_lora_tags(prompt):
         if tag is not None:
             seen.setdefault(tag.name, tag)

@@ -205,17 +205,21 @@ def generate(
     check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
-    extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
+    resources = pipe.use_resources(request)  # LoRAs merged, embeddings found (issue 17)
     vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs
+    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext}
     extra.update(vae.infotext() if vae is not None else {})
-    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]
+    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]  # LoRA tags kept, as A1111
+    request = resources.request  # the text encoders never see the tags
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
 
     if p.init is not None and request.strength == 0:
         image = to_image(p.init)  # nothing to denoise: the input, converted and resized
         timings["total"] = time.perf_counter() - started
-        return GenerationResult([image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings)
+        return GenerationResult(
+            [image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings, resources.notices
+        )
 
     def timed(stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -257,7 +261,7 @@ def generate(
         now = timed("vae_decode", now)
 
     timings["total"] = time.perf_counter() - started
-    return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings)
+    return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings, resources.notices)
 
 
 class _BatchSampler:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from app.lora_info import ResourceInfo, hash_names, missing_resources, trigger_words
+from app.lora_info import ResourceInfo, missing_resources, trigger_words
 from app.lora_panel import LoraPanel, ResourceListModel, install_lora_panel
 from app.main_window import MainWindow
 from app.drop_handler import classify_file
@@ -158,11 +158,10 @@ def test_prompt_editing_rules() -> None:
     assert [t.name for t in prompt_loras("<lora:a> <lora:bad:x> <lora:a:2> <lora:b>")] == ["a", "b"]
 
 
-def test_trigger_words_and_hash_names() -> None:
+def test_trigger_words() -> None:
     metadata = {"modelspec.trigger_phrase": "wtrclr style, soft", "ss_tag_frequency": '{"a": {"x": 3, "soft": 9}, "b": {"x": 8}}'}
     assert trigger_words(metadata) == ("wtrclr style", "soft", "x")
     assert trigger_words({"ss_tag_frequency": "not json"}) == ()
-    assert hash_names("a: 0123, Old Style: 4567") == ["a", "Old Style"]
 
 
 def test_prompt_editing_is_linear_in_the_prompt() -> None:

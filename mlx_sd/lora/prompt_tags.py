@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
+from ..request import LoraRequest
 from .errors import LoraError
 
 _TAG_RE = re.compile(r"<lora:([^<>]*)>")
-
-
-@dataclass(frozen=True)
-class LoraTag:
-    name: str
-    text_encoder_weight: float = 1.0
-    unet_weight: float = 1.0
 
 
 def _weight(tag: str, text: str) -> float:
@@ -33,7 +26,7 @@ def _weight(tag: str, text: str) -> float:
     return value
 
 
-def _tag(match: re.Match[str]) -> LoraTag:
+def _tag(match: re.Match[str]) -> LoraRequest:
     tag = match.group(0)
     name, *weights = match.group(1).split(":")
     if not name.strip():
@@ -43,22 +36,22 @@ def _tag(match: re.Match[str]) -> LoraTag:
     values = [_weight(tag, text) for text in weights]
     if len(values) == 1:
         values *= 2
-    return LoraTag(name.strip(), *values)
+    return LoraRequest(name.strip(), *values)
 
 
-def parse_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+def parse_lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     """(prompt without its LoRA tags, the tags in order); a LoraError for a malformed tag."""
     tags = [_tag(match) for match in _TAG_RE.finditer(prompt)]
     return _TAG_RE.sub("", prompt), tags
 
 
-def find_lora_tags(prompt: str) -> list[tuple[int, int, LoraTag | None]]:
+def find_lora_tags(prompt: str) -> list[tuple[int, int, LoraRequest | None]]:
     """Every tag's (start, end, tag) in order, for editors that rewrite tags in place; None for a tag
     parse_lora_tags would refuse. Linear in the prompt's length, like parse_lora_tags."""
-    found: list[tuple[int, int, LoraTag | None]] = []
+    found: list[tuple[int, int, LoraRequest | None]] = []
     for match in _TAG_RE.finditer(prompt):
         try:
-            tag: LoraTag | None = _tag(match)
+            tag: LoraRequest | None = _tag(match)
         except LoraError:
             tag = None
         found.append((match.start(), match.end(), tag))
