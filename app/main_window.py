@@ -582,6 +582,8 @@ class MainWindow(QMainWindow):
             self._end_outside(done)
         if outcome.record_error is not None:
             self.show_error(outcome.record_error.title, outcome.record_error.detail)
+        elif result.notices:  # LoRA keys matching no layer, two library files of one name
+            self.statusBar().showMessage("; ".join(result.notices), 15000)
         for entry in outcome.entries:
             self.imageRecorded.emit(entry)
 

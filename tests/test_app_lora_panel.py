@@ -218,3 +218,25 @@ def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: Ma
     panel.wait()
     qtbot.waitUntil(lambda: "SD 2.x" in _row(panel, "watercolor").data())
     assert len(threads) == 5
+
+
+def test_the_model_finds_loras_in_the_apps_library_and_notices_show(qtbot, library: Path, tmp_path: Path) -> None:
+    from app_support import ScriptedPipeline
+
+    from mlx_sd.request import GenerationResult
+
+    class NoticingPipeline(ScriptedPipeline):
+        def generate(self, request, on_progress=None, cancel=None) -> GenerationResult:
+            result = super().generate(request, on_progress, cancel)
+            return GenerationResult(result.images, result.seeds, result.infotexts, notices=["two LoRAs named x: using a, not b"])
+
+    pipeline = NoticingPipeline()
+    window = open_window(qtbot, library, pipeline)
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    with qtbot.waitSignal(window.controller.finished, timeout=20_000):
+        window.generate()
+    assert pipeline.library.root == library  # not the default library folder
+    assert window.statusBar().currentMessage() == "two LoRAs named x: using a, not b"
+    other = tmp_path / "moved"
+    window.set_library(other)
+    qtbot.waitUntil(lambda: pipeline.library.root == other)
