@@ -240,3 +240,18 @@ def test_the_model_finds_loras_in_the_apps_library_and_notices_show(qtbot, libra
     other = tmp_path / "moved"
     window.set_library(other)
     qtbot.waitUntil(lambda: pipeline.library.root == other)
+
+
+def test_a_missing_lora_in_the_prompt_fails_in_one_line_with_a_real_model(qtbot, tmp_path: Path) -> None:
+    from app.generation_worker import load_pipeline
+    from app_support import write_tiny_model
+
+    root = tmp_path / "library"
+    write_tiny_model(root / "models" / "tiny")
+    window = open_window(qtbot, root, loader=load_pipeline)
+    window.prompt_panel.prompt_edit.setPlainText("a cube <lora:nowhere:0.7>")
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    with qtbot.waitSignal(window.controller.failed, timeout=60_000):
+        window.generate()
+    text = window.message_bar.text()
+    assert window.message_bar.kind == "error" and "no LoRA named 'nowhere'" in text, text
