@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from app.drop_handler import classify_file
-from app.main_window import MainWindow
 from app.settings import AppSettings, load_settings
 from app.vae_choice import install_vae_choice
 from app_support import QT_MARKS, fake_model_folder, open_window
