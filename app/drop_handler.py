@@ -4,6 +4,8 @@ drops anywhere on it.
 - an image becomes the image-to-image source;
 - an image carrying generation parameters (ours or A1111's) offers to restore them;
 - a `.safetensors` checkpoint or a diffusers folder goes to the model import;
+- a LoRA, embedding, VAE or upscaler model (`.safetensors`, or a small `.pt`/`.pth` read with the
+  weights-only unpickler), recognised from its keys, is copied into the library (app.library_import);
 - anything else gets a message saying what can be dropped.
 
 Reading a file (decoding the image, parsing its metadata) runs on a worker thread, never on the UI
@@ -28,6 +30,9 @@ from mlx_sd.image_metadata import UNDECODABLE, open_image
 from mlx_sd.infotext import Infotext, parse_infotext
 from mlx_sd.pickle_files import PICKLE_SUFFIXES
 
+from mlx_sd.library import LABELS, SUFFIXES
+
+from .library_import import RESOURCE_KINDS, LibraryImportError, classify_weights
 from .result_view import qimage_to_pil
 
 CHECKPOINT_SUFFIXES = (".safetensors",)  # what the app imports (pickles only through the CLI)
@@ -35,7 +40,7 @@ CHECKPOINT_FILTER = "Checkpoints (*.safetensors)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 WHAT_TO_DROP = (
     "Drop an image to start from it, a PNG with generation parameters to restore them, "
-    "or a .safetensors checkpoint to import it."
+    "a .safetensors checkpoint to import it, or a LoRA, embedding, VAE or upscaler model to add it to the library."
 )
 
 
@@ -43,6 +48,7 @@ class DropKind(Enum):
     IMAGE = "image"
     PARAMETERS = "parameters"  # an image with generation parameters
     CHECKPOINT = "checkpoint"
+    RESOURCE = "resource"  # a LoRA, embedding, VAE or upscaler model for the library
     UNSUPPORTED = "unsupported"
 
 
@@ -54,6 +60,7 @@ class DropItem:
     infotext: str | None = None
     parameters: Infotext | None = None  # the infotext parsed, on the worker thread like the file read
     message: str = ""  # why it is unsupported, or a note (e.g. extra files ignored)
+    resource: str = ""  # RESOURCE: the library folder it belongs in (one of RESOURCE_KINDS)
 
     @property
     def name(self) -> str:
@@ -69,6 +76,20 @@ def classify_file(path: Path) -> DropItem:
             return DropItem(DropKind.CHECKPOINT, path)
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path.name} is a folder. {WHAT_TO_DROP}")
     suffix = path.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES or suffix in PICKLE_SUFFIXES:
+        try:
+            kind = classify_weights(path)
+        except LibraryImportError as exc:
+            if suffix in CHECKPOINT_SUFFIXES:
+                return DropItem(DropKind.UNSUPPORTED, path, message=str(exc))
+            kind = ""  # an unreadable pickle: refused below like any pickle checkpoint
+        if kind in RESOURCE_KINDS:
+            if suffix not in SUFFIXES[kind]:
+                return DropItem(DropKind.UNSUPPORTED, path, message=(
+                    f"{path.name} is a {LABELS[kind]}, but the library uses {LABELS[kind]} files ending in "
+                    f"{', '.join(SUFFIXES[kind])}; rename it if you trust it, then drop it again."
+                ))
+            return DropItem(DropKind.RESOURCE, path, resource=kind)
     if suffix in CHECKPOINT_SUFFIXES:
         return DropItem(DropKind.CHECKPOINT, path)
     if suffix in PICKLE_SUFFIXES:

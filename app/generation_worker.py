@@ -28,6 +28,7 @@ from PySide6.QtGui import QImage
 
 from mlx_sd.device import PrecisionError
 from mlx_sd.generation import is_out_of_memory
+from mlx_sd.library import Library
 from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError, WeightsError
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
@@ -244,7 +245,13 @@ class GenerationWorker(QObject):
             self.status.emit(f"Loading the model {model_name}…")
             self._pipeline = self._loader(folder, device)
             self._pipeline_key = key
+            self._use_library()
         return self._pipeline
+
+    def _use_library(self) -> None:
+        """The loaded model finds LoRAs, embeddings and VAEs in the app's library, not the default folder."""
+        if self._pipeline is not None and self._library is not None:
+            self._pipeline.library = Library(self._library)  # type: ignore[attr-defined]
 
     # -- outside jobs (worker thread, through run_call) -------------------------------------------
 
@@ -324,6 +331,7 @@ class GenerationWorker(QObject):
     def set_library(self, library: Path | None) -> None:
         self.close_store()
         self._library = library
+        self._use_library()
 
     @Slot()
     def close_store(self) -> None:

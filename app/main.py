@@ -18,6 +18,8 @@ from .history_browser import install_history_browser
 from .kernel_warmup import KernelWarmup, kernels_needed
 from .library_folder import default_library_folder
 from .linux_libraries import xcb_problem
+from .lora_panel import install_lora_panel
+from .vae_choice import install_vae_choice
 from .main_window import MainWindow
 from .model_manager import install_model_manager
 from .settings import AppSettings, library_path, load_settings
@@ -48,9 +50,11 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     history = install_history_browser(window)
     models = install_model_manager(window)
     install_blend_panel(window)
+    loras = install_lora_panel(window)
+    vaes = install_vae_choice(window)
     install_settings_dialog(
         window, settings_path, default_library(),
-        releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
+        releasers=[history.release, models.importer.shutdown], listeners=[history.set_library, loras.set_library, vaes.set_library],
     )
     window.restore_session()
     if kernels_needed(settings.compute_device):

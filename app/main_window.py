@@ -11,6 +11,8 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
+- `restore_notes`: checks of a restored infotext that return notes (the LoRA panel's missing LoRAs);
+- `resourcesChanged(kind)` after a dropped LoRA, embedding, VAE or upscaler was copied into the library;
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -47,7 +49,10 @@ from PySide6.QtWidgets import (
 )
 
 from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
+from mlx_sd.library import LABELS, Library
 from mlx_sd.request import GenerationRequest, RequestError
+
+from mlx_sd.model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
 
 from .api_service import ApiService
 from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
@@ -63,7 +68,8 @@ from .generation_worker import (
 )
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
-from mlx_sd.model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
+from .model_import import ResourceImporter
+from .upscale_control import ModelUpscaler
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
 from .presets import all_presets, make_preset, PresetError, snap_size, with_user_preset, without_user_preset
@@ -106,6 +112,7 @@ def progress_text(report: StepReport) -> str:
 
 class MainWindow(QMainWindow):
     imageRecorded = Signal(object)  # HistoryEntry
+    resourcesChanged = Signal(str)  # a library folder ("loras", "vae", ...) got a file from a drop
 
     def __init__(
         self,
@@ -132,6 +139,8 @@ class MainWindow(QMainWindow):
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
+        # checks of a restored infotext, each giving notes (e.g. the LoRAs it uses that the library lacks)
+        self.restore_notes: list[Callable[[Infotext], list[str]]] = []
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -163,6 +172,13 @@ class MainWindow(QMainWindow):
         self._connect()
         self._set_busy(False)
 
+        self.result_view.set_model_upscaler(ModelUpscaler(self.controller.call, self))
+        self.result_view.upscale_tile = settings.upscale_tile
+        self.refresh_upscalers()
+        self.resourcesChanged.connect(lambda kind: self.refresh_upscalers() if kind == "upscalers" else None)
+        self.resource_importer = ResourceImporter(self)
+        self.resource_importer.copied.connect(self._on_resource_copied)
+        self.resource_importer.failed.connect(lambda text: self.show_error("The file was not added to the library", text))
         self.drop_filter = DropFilter(self)
         self.drop_filter.dropped.connect(self.handle_drop)
         self.setAcceptDrops(True)
@@ -324,6 +340,10 @@ class MainWindow(QMainWindow):
             self.result_view.canvas.set_placeholder(NO_MODEL_TEXT)
         self.generate_button.setEnabled(model is not None and not self.controller.busy)
 
+    def refresh_upscalers(self) -> None:
+        """List the library's upscaler models in the Upscale control."""
+        self.result_view.set_upscalers({item.name: item.path for item in Library(self.library).items("upscalers")})
+
     def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
         """Dropped and chosen checkpoints go to `importer(path)` (the model manager's import)."""
         self._checkpoint_importer = importer
@@ -350,6 +370,7 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.prompt_panel.set_affixes(settings.prompt_prefix, settings.prompt_suffix)
         self.result_view.output_format = settings.output_format
+        self.result_view.upscale_tile = settings.upscale_tile
         self.parameters.low_memory.setChecked(settings.low_memory)
         self._refresh_presets()
         self.api.apply(settings, self.library)
@@ -368,6 +389,7 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self.controller.set_library(self.library)
         self.picker.set_library(ModelLibrary(self.library, self._demo_folder))
+        self.refresh_upscalers()
         self.api.apply(self.settings, self.library)
 
     def release_library(self) -> None:
@@ -561,6 +583,8 @@ class MainWindow(QMainWindow):
             self._end_outside(done)
         if outcome.record_error is not None:
             self.show_error(outcome.record_error.title, outcome.record_error.detail)
+        elif result.notices:  # LoRA keys matching no layer, two library files of one name
+            self.statusBar().showMessage("; ".join(result.notices), 15000)
         for entry in outcome.entries:
             self.imageRecorded.emit(entry)
 
@@ -609,6 +633,8 @@ class MainWindow(QMainWindow):
         info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
         notes = self.reuse_request(request, info.params.get("Model"))
+        for check in self.restore_notes:
+            notes += check(info)
         detail = "; ".join(notes)
         self.show_info(f"Parameters restored from {source}", detail[:1].upper() + detail[1:] + ("." if notes else ""))
         return notes
@@ -703,11 +729,23 @@ class MainWindow(QMainWindow):
             )
         elif item.kind is DropKind.CHECKPOINT and item.path is not None:
             self.import_checkpoint(item.path)
+        elif item.kind is DropKind.RESOURCE and item.path is not None:
+            self.statusBar().showMessage(f"Adding {item.name} to the library…")
+            self.resource_importer.start(item.path, item.resource, Library(self.library).folder(item.resource))
         else:
             self.show_error("This cannot be used here", item.message)
             return
         if item.message:
             self.statusBar().showMessage(item.message, 5000)
+
+    @Slot(str, object, bool)
+    def _on_resource_copied(self, kind: str, path: Path, copied: bool) -> None:
+        what = LABELS[kind]
+        if copied:
+            self.statusBar().showMessage(f"Added the {what} {path.stem} to the library ({kind}/{path.name})", 8000)
+        else:
+            self.statusBar().showMessage(f"The {what} {path.stem} is in the library already", 8000)
+        self.resourcesChanged.emit(kind)
 
     def paste_from_clipboard(self) -> None:
         mime = QGuiApplication.clipboard().mimeData()
@@ -721,8 +759,11 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self._save_session()
         self.controller.cancel()  # so an API job queued behind the window's own one is not kept waiting
+        if self.result_view.model_upscaler is not None:
+            self.result_view.model_upscaler.cancel()  # it runs on the generation thread: stop it at its next tile
         self.api.stop()  # before the worker ends: the API's running job stops at its next step
         self.controller.shutdown()
+        self.resource_importer.wait()
         super().closeEvent(event)
 
 

@@ -1,4 +1,5 @@
-"""Importing checkpoints into the model library on a worker thread, behind a progress dialog.
+"""Importing checkpoints into the model library on a worker thread, behind a progress dialog; and
+copying LoRAs, embeddings, VAEs and upscaler models into the library on a worker (`ResourceImporter`).
 
 `ModelImporter` runs the converter (`convert.convert_model`) in a `ConversionWorker` on its own thread;
 the dialog's Cancel stops the conversion between two tensors, and the converter leaves nothing behind
@@ -14,13 +15,15 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
 from PySide6.QtWidgets import QProgressBar, QProgressDialog, QWidget
 
 from convert import ConversionCancelled, ConversionProgress, ConversionReport, ConvertOptions, convert_model
 
-from .hub_download import download_repo
 from mlx_sd.model_library import ModelLibrary
+
+from .hub_download import download_repo
+from .library_import import LibraryImportError, copy_into_library
 
 Converter = Callable[..., ConversionReport]  # convert_model's signature
 
@@ -221,3 +224,57 @@ class ModelImporter(QObject):
             self.progress_dialog.hide()
             self.progress_dialog.deleteLater()
         self._thread = self._worker = self.progress_dialog = self._bar = None
+
+
+class _CopySignals(QObject):
+    done = Signal(str, object, bool)  # kind, the library's file, whether it was copied
+    failed = Signal(str)
+
+
+class _CopyJob(QRunnable):
+    def __init__(self, source: Path, kind: str, folder: Path, signals: _CopySignals):
+        super().__init__()
+        self.source, self.kind, self.folder, self.signals = source, kind, folder, signals
+
+    def run(self) -> None:
+        try:
+            target, copied = copy_into_library(self.source, self.folder)
+        except LibraryImportError as exc:
+            self.signals.failed.emit(str(exc))
+        else:
+            self.signals.done.emit(self.kind, target, copied)
+
+
+class ResourceImporter(QObject):
+    """Copies LoRAs, embeddings, VAEs and upscaler models into their library folders on a worker thread,
+    one at a time, so a large file never freezes the window."""
+
+    copied = Signal(str, object, bool)  # library kind, the file in the library, False when it was there already
+    failed = Signal(str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
+        self._pending: set[_CopySignals] = set()  # alive until their result is delivered
+
+    def start(self, source: Path, kind: str, folder: Path) -> None:
+        signals = _CopySignals()
+        signals.done.connect(self._deliver)
+        signals.failed.connect(self._fail)
+        self._pending.add(signals)
+        self._pool.start(_CopyJob(source, kind, folder, signals))
+
+    def wait(self) -> None:
+        """Let a running copy finish (on quit: a copy is never left half-done by choice)."""
+        self._pool.waitForDone()
+
+    @Slot(str, object, bool)
+    def _deliver(self, kind: str, target: Path, copied: bool) -> None:
+        self._pending.discard(self.sender())  # type: ignore[arg-type]
+        self.copied.emit(kind, target, copied)
+
+    @Slot(str)
+    def _fail(self, message: str) -> None:
+        self._pending.discard(self.sender())  # type: ignore[arg-type]
+        self.failed.emit(message)

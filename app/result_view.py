@@ -1,8 +1,11 @@
 """The result area: the selected image large, a strip of the whole batch, the live preview while
 sampling, and the actions on a result (save as PNG/JPEG/WebP with metadata, copy, reveal, upscale).
 
-Upscaling (nearest, bilinear, bicubic, Lanczos; 1-4x) applies to what is shown and to what is saved
-or copied: what you see is what you export. `MessageBar` is the in-window banner for errors and offers.
+Upscaling (nearest, bilinear, bicubic, Lanczos, or an upscaler model of the library's `upscalers/`;
+1-4x) applies to what is shown and to what is saved or copied: what you see is what you export. A model
+runs on the generation thread (app.upscale_control), its Stop button counting the tiles; until it is done
+the picture shows resampled and cannot be saved or copied. `MessageBar` is the in-window banner for
+errors and offers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from cli.upscale import add_postprocess
 from mlx_sd.image_metadata import FORMATS, ImageMetadataError, save_image
+from mlx_sd.upscalers import DEFAULT_TILE
+
+from .upscale_control import ModelUpscaler
 
 UPSCALE_FILTERS: dict[str, Image.Resampling] = {
     "Nearest": Image.Resampling.NEAREST,
@@ -41,6 +48,7 @@ UPSCALE_FILTERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
 }
 UPSCALE_FACTORS = (1, 2, 3, 4)
+METHOD_MAX_WIDTH = 170  # pixels; a longer upscaler name is elided in the box, whole in its list
 INFO_SECONDS = 10
 NEAREST_FROM = 3  # on-screen enlargement from which pixels are shown as crisp squares
 SAVE_FILTERS = {"png": "PNG image (*.png)", "jpeg": "JPEG image (*.jpg *.jpeg)", "webp": "WebP image (*.webp)"}
@@ -80,13 +88,6 @@ def upscale(image: Image.Image, factor: int, method: str) -> Image.Image:
     if factor == 1:
         return image
     return image.resize((image.width * factor, image.height * factor), UPSCALE_FILTERS[method])
-
-
-def postprocess_infotext(infotext: str, factor: int, method: str) -> str:
-    """The infotext of an upscaled export: A1111's extras keys appended to the parameter line."""
-    if factor == 1 or not infotext:
-        return infotext
-    return f"{infotext}, Postprocess upscale by: {factor}, Postprocess upscaler: {method}"
 
 
 def reveal_command(path: Path, platform: str = sys.platform) -> list[str] | None:
@@ -439,9 +440,21 @@ class ResultView(QWidget):
         self.method = QComboBox()
         self.method.addItems(list(UPSCALE_FILTERS))
         self.method.setCurrentText("Lanczos")
-        self.method.setToolTip("Upscaling filter")
+        self.method.setToolTip("Upscaling filter, or an upscaler model of the library")
+        # as wide as the longest model name, within reason: the toolbar must fit a 1024-pixel screen
+        self.method.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.method.setMaximumWidth(METHOD_MAX_WIDTH)
         for combo in (self.factor, self.method):
             combo.currentIndexChanged.connect(lambda _: self._refresh())
+        self.upscale_tile = DEFAULT_TILE  # the models' tile size (Settings)
+        self.model_upscaler: ModelUpscaler | None = None
+        self._models: dict[str, Path] = {}  # the library's upscaler models by name
+        self._upscaled: dict[tuple[int, int, str], Image.Image] = {}  # (id of the item, factor, model) -> result
+        # shown while a model runs, counting its tiles (the toolbar has no room for a bar at 1024 pixels)
+        self.upscale_stop = QToolButton(text="Stop")
+        self.upscale_stop.setToolTip("Stop the upscaler model")
+        self.upscale_stop.setAccessibleName("Stop upscaling")
+        self.upscale_stop.clicked.connect(self._stop_upscale)
         self.save_button = QToolButton(text="Save…")
         self.save_button.clicked.connect(self.save_current_as)
         self.copy_button = QToolButton(text="Copy")
@@ -459,6 +472,7 @@ class ResultView(QWidget):
         actions.addWidget(upscale_label)
         actions.addWidget(self.factor)
         actions.addWidget(self.method)
+        actions.addWidget(self.upscale_stop)
         actions.addStretch(1)
         for button in (self.save_button, self.copy_button, self.reveal_button):
             actions.addWidget(button)
@@ -478,6 +492,7 @@ class ResultView(QWidget):
 
     def set_results(self, items: list[ResultItem]) -> None:
         self._previewing = False
+        self._upscaled = {}
         self.model.set_items(items)
         self._row = 0 if items else -1
         self._grid = len(items) > 1
@@ -517,16 +532,96 @@ class ResultView(QWidget):
         else:
             item = self.current_item()
             pictures = [item.image] if item else []
-        self.canvas.set_pictures(pictures, *self.upscale_settings())
+        factor, method = self.upscale_settings()
+        if method in self._models:
+            upscaled = self._model_result(start=not self._grid)
+            # until the model is done, the picture shows resampled (a model is too slow for every view)
+            pictures, factor, method = ([upscaled], 1, "Lanczos") if upscaled is not None else (pictures, factor, "Lanczos")
+        self.canvas.set_pictures(pictures, factor, method)
         self._update_actions()
 
     def _update_actions(self) -> None:
         item = self.current_item()
         self.grid_button.setVisible(self.model.rowCount() > 1)
         self.grid_button.setEnabled(not self._grid)
+        waiting = self.upscaling()
         for button in (self.save_button, self.copy_button):
-            button.setEnabled(item is not None)
+            button.setEnabled(item is not None and not waiting)
         self.reveal_button.setEnabled(item is not None and item.path is not None)
+        self.upscale_stop.setVisible(waiting)
+
+    # -- upscaler models --------------------------------------------------------------------------
+
+    def set_upscalers(self, models: dict[str, Path]) -> None:
+        """List the library's upscaler models after the filters (keeping the choice when it remains)."""
+        chosen = self.method.currentText()
+        self._models = dict(models)
+        self.method.blockSignals(True)
+        self.method.clear()
+        self.method.addItems(list(UPSCALE_FILTERS))
+        if models:
+            self.method.insertSeparator(self.method.count())
+            for name, path in models.items():
+                self.method.addItem(name)
+                self.method.setItemData(self.method.count() - 1, str(path), Qt.ItemDataRole.ToolTipRole)
+        self.method.setCurrentText(chosen if chosen in UPSCALE_FILTERS or chosen in models else "Lanczos")
+        self.method.blockSignals(False)
+        self._refresh()
+
+    def set_model_upscaler(self, upscaler: ModelUpscaler) -> None:
+        """Where upscaler models run (the window's: on its generation thread)."""
+        self.model_upscaler = upscaler
+        upscaler.progressed.connect(self._on_upscale_progress)
+        upscaler.finished.connect(self._on_upscaled)
+        upscaler.failed.connect(self._on_upscale_failed)
+        upscaler.cancelled.connect(lambda key: self._update_actions())
+
+    def _model_key(self) -> tuple[int, int, str] | None:
+        item = self.current_item()
+        factor, method = self.upscale_settings()
+        if item is None or method not in self._models or factor == 1:
+            return None
+        return (id(item), factor, method)
+
+    def upscaling(self) -> bool:
+        """Whether the current result waits for an upscaler model."""
+        key = self._model_key()
+        return key is not None and key not in self._upscaled
+
+    def _model_result(self, start: bool) -> Image.Image | None:
+        """The current result upscaled by the chosen model; None while it runs (started when `start`)."""
+        key, item = self._model_key(), self.current_item()
+        if key is None or item is None:
+            return item.image if item is not None and not self._grid else None
+        if key in self._upscaled:
+            return self._upscaled[key]
+        runner = self.model_upscaler
+        if start and runner is not None and runner.key != key:
+            self.upscale_stop.setText("Stop")
+            runner.start(key, item.image, key[1], self._models[key[2]], self.upscale_tile)
+        return None
+
+    def _on_upscale_progress(self, done: int, total: int) -> None:
+        self.upscale_stop.setText(f"Stop {done}/{total}")
+
+    def _on_upscaled(self, key: tuple[int, int, str], image: Image.Image) -> None:
+        if any(id(self.model.item(row)) == key[0] for row in range(self.model.rowCount())):
+            self._upscaled[key] = image
+        if key == self._model_key():
+            self.info.emit(f"Upscaled {key[1]}x with {key[2]}: {image.width} x {image.height}")
+            self._refresh()
+
+    def _on_upscale_failed(self, key: tuple[int, int, str], message: str) -> None:
+        if key == self._model_key():
+            self.method.setCurrentText("Lanczos")
+            self.error.emit(f"The upscaler model {key[2]} could not be used", message)
+        self._update_actions()
+
+    def _stop_upscale(self) -> None:
+        """Stop the model and go back to no upscaling."""
+        if self.model_upscaler is not None:
+            self.model_upscaler.cancel()
+        self.factor.setCurrentIndex(0)
 
     # -- the current result ---------------------------------------------------------------------
 
@@ -540,7 +635,13 @@ class ResultView(QWidget):
         item = self.current_item()
         if item is None:
             raise LookupError("there is no result to show")
-        return upscale(item.image, *self.upscale_settings())
+        factor, method = self.upscale_settings()
+        if method in self._models:
+            upscaled = self._model_result(start=True)
+            if upscaled is None:
+                raise LookupError(f"the upscale with {method} is still running")
+            return upscaled
+        return upscale(item.image, factor, method)
 
     def save_current(self, path: str | Path) -> Path:
         """Save the current result (upscaled as shown) with its infotext; the suffix picks the format."""
@@ -548,7 +649,8 @@ class ResultView(QWidget):
         if item is None:
             raise LookupError("there is no result to save")
         factor, method = self.upscale_settings()
-        return save_image(self.display_image(), path, postprocess_infotext(item.infotext, factor, method))
+        infotext = add_postprocess(item.infotext, method, factor) if factor > 1 else item.infotext
+        return save_image(self.display_image(), path, infotext)
 
     def default_save_path(self) -> Path:
         item = self.current_item()
@@ -556,7 +658,7 @@ class ResultView(QWidget):
         return self._save_folder / f"mlx-sd-{seed}{SUFFIX_FOR.get(self.output_format, '.png')}"
 
     def save_current_as(self) -> None:
-        if self.current_item() is None:
+        if self.current_item() is None or self._still_upscaling():
             return
         filters = [SAVE_FILTERS[self.output_format]] + [f for k, f in SAVE_FILTERS.items() if k != self.output_format]
         name, _ = QFileDialog.getSaveFileName(self, "Save Image", str(self.default_save_path()), ";;".join(filters))
@@ -573,8 +675,13 @@ class ResultView(QWidget):
         self._save_folder = saved.parent
         self.info.emit(f"Saved {saved}")
 
+    def _still_upscaling(self) -> bool:
+        if self.upscaling():
+            self.info.emit("The upscaler model is still running; save or copy when it is done")
+        return self.upscaling()
+
     def copy_current(self) -> None:
-        if self.current_item() is not None:
+        if self.current_item() is not None and not self._still_upscaling():
             QGuiApplication.clipboard().setImage(pil_to_qimage(self.display_image()))
             self.info.emit("Copied the image to the clipboard")
 

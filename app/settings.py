@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_sd.device import PRECISIONS as CPU_PRECISIONS  # of the CPU's products
+from mlx_sd.upscalers.tiling import DEFAULT_TILE
 from server.exposure import DEFAULT_PORT  # light: no server stack
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
@@ -45,6 +46,8 @@ class AppSettings:
     user_presets: list[Preset] = field(default_factory=list)
     serve_api: bool = False  # serve the A1111 API on 127.0.0.1 with the app's model and queue
     api_port: int = DEFAULT_PORT  # A1111's
+    model_vaes: dict[str, str] = field(default_factory=dict)  # model name -> its VAE (a library VAE's name)
+    upscale_tile: int = DEFAULT_TILE  # input pixels a side an upscaler model runs on at once (0: whole pictures)
 
     def validated(self) -> "AppSettings":
         """A copy with every out-of-range value replaced by its default."""
@@ -62,6 +65,9 @@ class AppSettings:
             fixed.preview_every = default.preview_every
         if not 1 <= fixed.api_port <= 65535:
             fixed.api_port = default.api_port
+        fixed.model_vaes = {k: v for k, v in fixed.model_vaes.items() if isinstance(k, str) and isinstance(v, str)}
+        if fixed.upscale_tile < 0:
+            fixed.upscale_tile = default.upscale_tile
         return fixed
 
 

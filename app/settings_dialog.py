@@ -1,7 +1,7 @@
 """The settings dialog: library folder (moving it keeps the history and the models), default model,
 precision of imported models, low-memory mode, compute device (GPU or CPU, as MLX offers), the CPU's
-precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency, output format, and
-serving the A1111 API on localhost (with its port).
+precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency, output format, the
+upscaler models' tile size, and serving the A1111 API on localhost (with its port).
 
 The dialog edits a copy of the typed `AppSettings` it is given and, on OK, writes them with
 `save_settings` and emits `settings_saved`; fields it does not show (presets, prompt prefix and suffix)
@@ -58,6 +58,7 @@ CPU_PRECISION_LABELS = {
 }
 FORMAT_LABELS = {"png": "PNG (lossless, parameters in the file)", "jpeg": "JPEG", "webp": "WebP"}
 MAX_PREVIEW_EVERY = 100
+MAX_UPSCALE_TILE = 2048
 SERVE_API_TEXT = "Serve the A1111 API on localhost"
 
 LibraryMover = Callable[[Path, Path], None]
@@ -158,6 +159,14 @@ class SettingsDialog(QDialog):
             self.format_combo.addItem(FORMAT_LABELS[name], name)
         _select_data(self.format_combo, settings.output_format)
 
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, MAX_UPSCALE_TILE)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setSpecialValueText("whole picture")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setValue(min(settings.upscale_tile, MAX_UPSCALE_TILE))
+        self.tile_spin.setToolTip("Upscaler models run on tiles of this many pixels a side: smaller tiles use less memory")
+
         self.serve_api_check = QCheckBox(SERVE_API_TEXT)
         self.serve_api_check.setChecked(settings.serve_api)
         self.api_port_spin = QSpinBox()
@@ -177,6 +186,7 @@ class SettingsDialog(QDialog):
         form.addRow("CPU precision", self.cpu_precision_combo)
         form.addRow("Live preview", self.preview_spin)
         form.addRow("Save images as", self.format_combo)
+        form.addRow("Upscaler tile size", self.tile_spin)
         form.addRow("A1111 API", self.serve_api_check)
         form.addRow("API port", self.api_port_spin)
         form.addRow("", _note(
@@ -211,6 +221,7 @@ class SettingsDialog(QDialog):
             cpu_precision=cpu_precision,
             preview_every=self.preview_spin.value(),
             output_format=self.format_combo.currentData(),
+            upscale_tile=self.tile_spin.value(),
             serve_api=self.serve_api_check.isChecked(),
             api_port=self.api_port_spin.value(),
         ).validated()

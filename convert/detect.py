@@ -46,21 +46,36 @@ def _has_prefix(keys: set[str], prefix: str) -> bool:
     return any(key.startswith(prefix) for key in keys)
 
 
+def weights_kind(keys: set[str]) -> str:
+    """What a file's tensor names say it is: "models" (a whole checkpoint), "loras", "embeddings" or
+    "vae" (the library's folder names), or "" when they say none of these."""
+    if _has_prefix(keys, UNET_PREFIX) or has_ema(keys):
+        return "models"
+    if any(marker in key for key in keys for marker in _LORA_MARKERS):
+        return "loras"
+    if keys & _EMBEDDING_KEYS or any(key.startswith("string_to_param") for key in keys):
+        return "embeddings"
+    if keys & set(_VAE_ONLY_MARKERS):
+        return "vae"
+    return ""
+
+
 def refuse_non_models(name: str, keys: set[str]) -> None:
     """Raise a ConversionError telling the user what the file is when it is not a whole model."""
     if not keys:
         raise ConversionError(f"{name} holds no tensors; it is not a model checkpoint")
-    if not _has_prefix(keys, UNET_PREFIX) and not has_ema(keys):
-        if any(marker in key for key in keys for marker in _LORA_MARKERS):
+    kind = weights_kind(keys)
+    if kind != "models":
+        if kind == "loras":
             raise ConversionError(
                 f"{name} is a LoRA (keys such as {sorted(keys)[0]!r}), not a model: put it in your LoRA folder "
                 "and apply it at generation time; convert the base checkpoint instead"
             )
-        if keys & _EMBEDDING_KEYS or any(key.startswith("string_to_param") for key in keys):
+        if kind == "embeddings":
             raise ConversionError(
                 f"{name} is a textual-inversion embedding, not a model: use it from your embeddings folder"
             )
-        if keys & set(_VAE_ONLY_MARKERS):
+        if kind == "vae":
             raise ConversionError(
                 f"{name} is a VAE on its own, not a whole model: pass it as --vae {name} when converting a checkpoint"
             )

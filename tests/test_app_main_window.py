@@ -19,7 +19,7 @@ from app.history_store import HistoryError, HistoryStore
 from app.main_window import READY_TEXT, MainWindow, format_seconds, progress_text
 from app.generation_worker import StepReport, load_pipeline
 from app.model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT
-from app.result_view import ResultItem, ResultsModel, ResultView, postprocess_infotext, qimage_to_pil, reveal_command, upscale
+from app.result_view import ResultItem, ResultsModel, ResultView, qimage_to_pil, reveal_command, upscale
 from app.settings import AppSettings, load_settings, save_settings
 from app_support import QT_MARKS, ScriptedPipeline, fake_model_folder, noise_image, open_window, scripted_loader
 from mlx_sd.image_metadata import read_infotext
@@ -348,7 +348,6 @@ def test_upscale_filters_differ() -> None:
     assert upscale(image, 1, "Lanczos") is image
     with pytest.raises(ValueError, match="upscale filter must be one of"):
         upscale(image, 2, "Magic")
-    assert postprocess_infotext("a\nSteps: 2, Seed: 1, Size: 8x8", 1, "Lanczos") == "a\nSteps: 2, Seed: 1, Size: 8x8"
 
 
 def test_reveal_command() -> None:

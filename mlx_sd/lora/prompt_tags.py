@@ -43,3 +43,16 @@ def parse_lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     """(prompt without its LoRA tags, the tags in order); a LoraError for a malformed tag."""
     tags = [_tag(match) for match in _TAG_RE.finditer(prompt)]
     return _TAG_RE.sub("", prompt), tags
+
+
+def find_lora_tags(prompt: str) -> list[tuple[int, int, LoraRequest | None]]:
+    """Every tag's (start, end, tag) in order, for editors that rewrite tags in place; None for a tag
+    parse_lora_tags would refuse. Linear in the prompt's length, like parse_lora_tags."""
+    found: list[tuple[int, int, LoraRequest | None]] = []
+    for match in _TAG_RE.finditer(prompt):
+        try:
+            tag: LoraRequest | None = _tag(match)
+        except LoraError:
+            tag = None
+        found.append((match.start(), match.end(), tag))
+    return found
