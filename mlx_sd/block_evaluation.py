@@ -67,16 +67,16 @@ def _query_blocks(cls: type[DotProductAttention]) -> type[DotProductAttention]:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__doc__": f"{cls.__name__}, by blocks of queries."})
 
 
-def evaluate_blocks(model: M, boundary: Boundary) -> M:
-    """`model` with its blocks (BLOCKS, and attention by blocks of queries) evaluated as they are
-    computed, each followed by `boundary`; apply after any device swap (mlx_sd.cpu.accelerate)."""
+def evaluate_blocks(model: M, boundary: Boundary, blocks: tuple[type[nn.Module], ...] = BLOCKS) -> M:
+    """`model` with its `blocks` (and attention by blocks of queries) evaluated as they are computed,
+    each followed by `boundary`; apply after any device swap (mlx_sd.cpu.accelerate)."""
 
     def replacement(module: nn.Module) -> nn.Module | None:
         if hasattr(module, "boundary"):  # already evaluated block by block
             return None
         if isinstance(module, DotProductAttention):
             return as_class(module, _query_blocks(type(module)), boundary=boundary)
-        if isinstance(module, BLOCKS):
+        if isinstance(module, blocks):
             return as_class(module, _evaluated(type(module)), boundary=boundary)
         return None
 

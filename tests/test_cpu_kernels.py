@@ -105,6 +105,7 @@ def test_attention_uses_one_thread_on_a_worker_stream_and_every_core_otherwise(m
         (1, 4096 + 5, 40, 64 + 3),  # many rows (split over threads) and a column remainder
         (2, 77, 768, 320),  # SD's cross-attention keys: few rows, so threads split the columns
         (1, 13, 1000, 33),  # depth over two blocks, nothing a multiple of a tile
+        (1, 1100, 50, 700),  # columns over two blocks (at most 384 each) and a remainder
         (3, 1, 1, 1),
     ],
 )

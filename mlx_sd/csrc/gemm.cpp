@@ -42,8 +42,7 @@ constexpr int kRows = 6;   // 12 accumulators fit AVX2's 16 registers
 constexpr int kColVectors = 2;
 constexpr int kCols = kColVectors * kLanes;
 // Block sizes from the caches of the CPU the kernels are built on (mlx_sd.cpu.kernels passes the
-// sizes sysfs reports; the defaults are a current x86 core's). Each block takes a bit over half of
-// its cache, the rest being left to the data streaming past it.
+// sizes sysfs reports; the defaults are a current x86 core's).
 #ifndef MLX_SD_L2_BYTES
 #define MLX_SD_L2_BYTES (512 * 1024)
 #endif
@@ -54,8 +53,11 @@ constexpr int clamp_down(long value, int low, int high, int multiple) {
   return static_cast<int>(std::max<long>(low, std::min<long>(high, value)) / multiple * multiple);
 }
 constexpr int kDepth = 384;  // most of a K block: an A micro-panel of 12 x 384 floats is 18 KB, in any L1 of 32 KB
-// most of an N block: its packed B panels (kDepth x kBlockCols floats) in 9/16 of L2
-constexpr int kBlockCols = clamp_down(MLX_SD_L2_BYTES * 9L / 16 / (kDepth * 4), 2 * kCols, 1024, kCols);
+// most of an N block: its packed B panels (kDepth x kBlockCols floats) fill L2, up to 384 columns.
+// B streams past the A panel held in L1, so wide blocks (fewer A panels and B packs per product) win
+// until B no longer fits: with a 512 KB L2 (AMD Zen 3) 9/16 of it (192 columns) ran SD's products
+// 4-14% slower than the whole (336) or 384; 384 is what CPUs with a 1 MB L2 ran at (docs/performance.md).
+constexpr int kBlockCols = clamp_down(MLX_SD_L2_BYTES / (kDepth * 4), 2 * kCols, 384, kCols);
 // most of an M block: B is packed once per block, and C's block stays in 3/16 of the last-level cache
 constexpr int kBlockRows = clamp_down(MLX_SD_L3_BYTES * 3L / 16 / (kBlockCols * 4), 16 * kRows, 16384, kRows);
 constexpr int kSplitColumnsBelowRows = 512;  // per thread

@@ -14,9 +14,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .device import for_device
+
 # Pixels of the input per side. A 4x RRDBNet's peak memory is its last convolutions at the output
-# resolution, where MLX's CPU convolution unrolls each 3x3 neighbourhood and the lazy graph keeps several
-# of those alive; smaller tiles cost time instead, as the overlap is run again (docs/performance.md).
+# resolution (with mlx's own convolution, which unrolls each 3x3 neighbourhood, several GB: the GPU's
+# path); smaller tiles cost time instead, as the overlap is run again (docs/performance.md).
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 16
 ALIGN = 4  # tiles start at multiples of this, so pixel-unshuffling networks (x2plus) see whole cells
@@ -33,6 +35,7 @@ def upscale_array(
     """`image` (H, W, C) float32 in [0, 1] upscaled `scale` times by `model`, as float32 (unclamped).
 
     `tile` 0 runs the whole image at once. `progress(done, total)` is called after each tile."""
+    model = for_device(model)
     height, width, _ = image.shape
     if tile <= 0 or (tile >= height and tile >= width):
         out = model(mx.array(image)[None])
