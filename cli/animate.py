@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,9 +13,8 @@ from typing import NoReturn
 from PIL import Image
 
 from cli.generate import DEFAULTS, EXIT_INTERRUPTED, ProgressBar, StopOnInterrupt
+from mlx_sd.animation_files import ANIMATION_FORMATS, MP4_MISSING, mp4_available, save_animation, save_mp4
 from mlx_sd.request import AND_BLENDS
-
-ANIMATION_FORMATS = ("webp", "gif")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,32 +53,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser.error = one_line_error  # type: ignore[method-assign]
     parser.set_defaults(func=run)
-
-
-def save_animation(frames: list[Image.Image], path: Path, fps: float) -> None:
-    """An endlessly looping animation; no file is left behind if the save fails."""
-    try:
-        frames[0].save(
-            path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
-            **({"lossless": True} if path.suffix == ".webp" else {}),
-        )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def save_mp4(frames: list[Image.Image], path: Path, fps: float) -> None:
-    import imageio_ffmpeg  # optional: checked by the caller
-
-    try:
-        writer = imageio_ffmpeg.write_frames(str(path), frames[0].size, fps=fps, macro_block_size=8)
-        writer.send(None)  # starts ffmpeg
-        for frame in frames:
-            writer.send(frame.convert("RGB").tobytes())
-        writer.close()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     path = reserve_path(args.output, base.seed, f".{args.format}")
     save_animation(images, path, args.fps)
     print(path, flush=True)
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
-        err.write("no MP4: install imageio-ffmpeg for one\n")
+    if not mp4_available():
+        err.write(MP4_MISSING + "\n")
     else:
         path = reserve_path(args.output, base.seed, ".mp4")
         save_mp4(images, path, args.fps)
