@@ -11,6 +11,7 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
+- `restore_hooks`: functions given each restored request (`reuse_request`), returning notes (the Blend tab's);
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -132,6 +133,7 @@ class MainWindow(QMainWindow):
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
+        self.restore_hooks: list[Callable[[GenerationRequest], list[str]]] = []
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -624,6 +626,8 @@ class MainWindow(QMainWindow):
                 self.picker.select(found.name)
         self.prompt_panel.set_prompts(request.prompt, request.negative_prompt)
         notes += self.parameters.set_values({key: getattr(request, key) for key in RESTORED_FIELDS})
+        for hook in self.restore_hooks:
+            notes += hook(request)
         return notes
 
     def reuse_seed(self, seed: int) -> None:

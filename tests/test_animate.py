@@ -14,7 +14,7 @@ from PIL import Image
 from cli.main import main
 from mlx_sd.animate import Animation, frame_position, frame_requests, slerp, with_parameters
 from mlx_sd.image_metadata import read_infotext
-from mlx_sd.infotext import parse_infotext
+from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
 
@@ -77,6 +77,10 @@ def test_the_same_seed_and_settings_give_the_same_frames(capsys, tmp_path, args)
     if args:
         assert parse_infotext(texts[1]).params["Variation seed strength"] == "0.5"
         assert parse_infotext(texts[1]).params["Prompt blend"] == "embedding"
+    # read back, each frame is the request that made it (the blend included)
+    restored = [request_from_infotext(t, GenerationRequest(and_blend="embedding" if not args else "weights")) for t in texts]
+    assert [r.and_blend for r in restored] == ["embedding" if args else "weights"] * 3
+    assert [(r.seed, r.steps, r.width) for r in restored] == [(7, 2, 64)] * 3
     if importlib.util.find_spec("imageio_ffmpeg") is None:
         assert "no MP4: install imageio-ffmpeg for one" in err
     else:
