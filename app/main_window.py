@@ -64,6 +64,7 @@ from .generation_worker import (
 )
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
+from .memory_question import ask_to_generate_anyway
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
 from .parameters_panel import ParametersPanel
@@ -143,6 +144,8 @@ class MainWindow(QMainWindow):
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
         self.controller.cancelled.connect(self._on_cancelled)
+        self.controller.too_large.connect(self._on_too_large)
+        self.ask_memory = ask_to_generate_anyway  # (window, TooLargeError) -> go ahead? (tests answer it)
 
         self.picker = ModelPicker(ModelLibrary(self.library, demo_folder))
         self.prompt_panel = PromptPanel()
@@ -588,6 +591,18 @@ class MainWindow(QMainWindow):
         self._set_busy(False)
         self.result_view.end_preview()
         self.progress_label.setText("Cancelled; nothing was saved")
+
+    @Slot(int, object)
+    def _on_too_large(self, job_id: int, error: Exception) -> None:
+        """The run's memory estimate exceeds the machine's and nothing ran: ask, and run it anyway if told."""
+        if not self._own(job_id) or self._job is None:
+            return
+        self._set_busy(False)
+        self.progress_label.setText("Not started: it needs more memory than the machine has")
+        if self.ask_memory(self, error):
+            self.progress.setRange(0, 0)
+            self._set_busy(True)
+            self._start(dataclasses.replace(self._job, check_memory=False))
 
     # -- sources and restoring --------------------------------------------------------------------
 
