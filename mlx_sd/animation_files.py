@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .output_files import reserve_path
+
 ANIMATION_FORMATS = ("webp", "gif")
 MP4_MISSING = "no MP4: install imageio-ffmpeg for one (pip install 'mlx-sd[video]')"
 
@@ -45,3 +47,15 @@ def save_mp4(frames: list[Image.Image], path: Path, fps: float) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def save_animations(frames: list[Image.Image], folder: Path, seed: int, fps: float, format: str) -> list[Path]:
+    """The animation in `format` (one of ANIMATION_FORMATS) and, when imageio-ffmpeg is installed, an
+    MP4, each under the folder's next free number (as the frames are); returns their paths."""
+    path = reserve_path(folder, seed, f".{format}")
+    save_animation(frames, path, fps)
+    paths = [path]
+    if mp4_available():
+        paths.append(reserve_path(folder, seed, ".mp4"))
+        save_mp4(frames, paths[-1], fps)
+    return paths

@@ -150,9 +150,9 @@ def test_an_mp4_is_written_and_reads_back_with_its_frames_and_size(tmp_path):
 
 
 def test_without_imageio_ffmpeg_the_cli_says_how_to_get_an_mp4(capsys, tmp_path, monkeypatch):
-    import cli.animate
+    import mlx_sd.animation_files
 
-    monkeypatch.setattr(cli.animate, "mp4_available", lambda: False)
+    monkeypatch.setattr(mlx_sd.animation_files, "mp4_available", lambda: False)
     code, paths, err = animate(capsys, tmp_path / "out", "--frames", "2", "--steps", "1")
     assert code == 0 and [p.suffix for p in paths] == [".png", ".png", ".webp"]
     assert "no MP4: install imageio-ffmpeg for one (pip install 'mlx-sd[video]')" in err.splitlines()
