@@ -266,9 +266,9 @@ class GenerationWorker(QObject):
         except BaseException as exc:  # the caller's thread decides what a failure means
             call.future.set_exception(exc)
 
-    def load_model(self, model_folder: Path, model_name: str, device: str) -> None:
-        """Make this the loaded model (the one the window's jobs use too)."""
-        self._pipeline_for(model_folder, model_name, device)
+    def load_model(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
+        """Make this the loaded model (the one the window's jobs use too) and return it."""
+        return self._pipeline_for(model_folder, model_name, device)
 
     def run_outside(
         self, job: GenerationJob, on_progress: Callable[[Progress], None], cancel: Callable[[], bool]

@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .generation import plan, resolve_seed
 from .infotext import quote
 from .noise import ImageNoise
-from .request import AND_BLENDS, GenerationRequest, Progress, RequestError
+from .request import AND_BLENDS, MAX_SEED, GenerationRequest, Progress, RequestError
 
 MAX_FRAMES = 1000
 NEARLY_PARALLEL = 0.9995  # A1111's slerp falls back to a straight line above this mean cosine
@@ -36,6 +36,8 @@ class Animation:
     def validate(self) -> None:
         if not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_FRAMES:
             raise RequestError("frames", self.frames, f"a whole number from 1 to {MAX_FRAMES}")
+        if self.seed_to is not None and (not isinstance(self.seed_to, int) or not 0 <= self.seed_to <= MAX_SEED):
+            raise RequestError("seed_to", self.seed_to, f"a whole number from 0 to {MAX_SEED}")
         if self.blend not in AND_BLENDS:
             raise RequestError("blend", self.blend, "one of " + ", ".join(AND_BLENDS))
         for name, prompt in (("from", self.from_prompt), ("to", self.to_prompt)):

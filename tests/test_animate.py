@@ -34,7 +34,9 @@ def test_frames_move_the_weights_from_the_first_prompt_to_the_second():
 
 
 @pytest.mark.parametrize(
-    "animation", [Animation("a", "b", 0), Animation("a AND b", "c"), Animation("a", "c:2"), Animation("a", "b", blend="mix")]
+    "animation",
+    [Animation("a", "b", 0), Animation("a AND b", "c"), Animation("a", "c:2"), Animation("a", "b", blend="mix"),
+     Animation("a", "b", seed_to=2**64), Animation("a", "b", seed_to=-1)],
 )
 def test_bad_animations_are_refused(animation):
     with pytest.raises(RequestError):
