@@ -13,8 +13,10 @@ from PIL import Image
 from PySide6.QtCore import QSize
 from PySide6.QtWidgets import QApplication
 
+import mlx_sd.generation as generation
 from app.animation_panel import AnimationPanel, install_animation_panel
 from app.blend_panel import install_blend_panel
+from app.main import build_window
 from app.main_window import MainWindow
 from app.settings import AppSettings
 from app_support import QT_MARKS
@@ -156,3 +158,24 @@ def test_the_tab_fits_small_screens(qtbot, panel: AnimationPanel, width: int, he
         assert fully_shown(widget), type(widget).__name__
     assert overlapping_siblings(panel) == []
     assert panel.viewer.height() >= 150
+
+
+def test_too_large_asks_as_generate_does(qtbot, panel: AnimationPanel, monkeypatch) -> None:
+    monkeypatch.setattr(generation, "machine_memory", lambda: 1 << 20)
+    asked = []
+    panel._window.ask_memory = lambda parent, error: asked.append(error.needed) or len(asked) > 1
+    with qtbot.waitSignal(panel.runner.tooLarge, timeout=TIMEOUT):
+        panel.animate()
+    QApplication.processEvents()
+    assert len(asked) == 1 and panel.frames == [] and panel.animate_button.isEnabled()  # Cancel: nothing ran
+    with qtbot.waitSignal(panel.runner.finished, timeout=TIMEOUT):
+        panel.animate()  # asked again, and this time the answer is to go ahead
+    assert len(asked) == 2 and len(panel.frames) == 3
+
+
+def test_the_app_has_the_tab(qtbot, tmp_path: Path) -> None:
+    window = build_window(AppSettings(library_folder=str(tmp_path / "library")), None)
+    qtbot.addWidget(window)
+    assert "Animation" in [a.text() for a in window.menu("View").actions()]
+    assert any(isinstance(window.tabs.widget(i), AnimationPanel) for i in range(window.tabs.count()))
+    window.close()
