@@ -20,7 +20,7 @@ from mlx_sd.estimate import TooLargeError
 from mlx_sd.request import GenerationRequest, Progress
 from mlx_sd.samplers import Cancelled
 
-from .generation_worker import GenerationController, GenerationWorker, describe_error
+from .generation_worker import GenerationController, GenerationWorker, describe_error, generate_options
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class AnimationRunner(QObject):
             def progressed(index: int, progress: Progress) -> None:
                 self.progressed.emit(index, progress.step, progress.total)
 
-            # passed only when off, as the worker does, so that stand-in pipelines need not know it
-            options = {} if job.check_memory else {"check_memory": False}
+            options = generate_options(job.check_memory)
             for frame in render_frames(pipeline, frames, progressed, self._stop.is_set, **options):
                 self.frameReady.emit(frame)
                 if self._stop.is_set() and frame.index < len(frames) - 1:

@@ -68,6 +68,12 @@ def load_pipeline(folder: Path, device: str) -> PipelineLike:
     return Pipeline.load(folder)
 
 
+def generate_options(check_memory: bool) -> dict[str, bool]:
+    """Pipeline.generate's keyword for the memory check, passed only when off so that stand-in
+    pipelines (tests) need not know it."""
+    return {} if check_memory else {"check_memory": False}
+
+
 OutsideWork = Callable[["GenerationWorker"], object]  # run on the generation thread, given the worker
 
 
@@ -230,9 +236,8 @@ class GenerationWorker(QObject):
                 on_progress(progress)
             self._on_progress(job, progress, clock)
 
-        # the engine fits an init image to the request's size; the memory check's switch is passed only
-        # when off, so that stand-in pipelines need not know it
-        options = {} if job.check_memory else {"check_memory": False}
+        # the engine fits an init image to the request's size
+        options = generate_options(job.check_memory)
         try:
             return pipeline.generate(job.request, on_progress=progressed, cancel=cancel, **options)
         except ModelChangedError:
