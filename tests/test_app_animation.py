@@ -5,6 +5,7 @@ loop, export as PNGs with their own infotext plus the animation; and the tab fit
 Set APP_SCREENSHOTS to a folder to keep the screenshots."""
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,12 @@ def test_the_app_has_the_tab(qtbot, tmp_path: Path) -> None:
     assert "Animation" in [a.text() for a in window.menu("View").actions()]
     assert any(isinstance(window.tabs.widget(i), AnimationPanel) for i in range(window.tabs.count()))
     window.close()
+
+
+def test_closing_the_window_stops_a_running_animation(qtbot, panel: AnimationPanel) -> None:
+    panel.frames_spin.setValue(50)
+    with qtbot.waitSignal(panel.runner.frameReady, timeout=TIMEOUT):
+        panel.animate()
+    started = time.monotonic()
+    panel._window.close()  # waits for the generation thread, which ends once the animation stops
+    assert time.monotonic() - started < 5 and len(panel.frames) < 50
