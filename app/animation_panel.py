@@ -382,15 +382,19 @@ class AnimationPanel(QWidget):
         self.status.setText(f"Exporting {len(frames)} frames to {folder}…")
 
         def write() -> None:
+            outcome: list[Path] | UserMessage
             try:
-                paths = [save_numbered(f.image, folder, seed, f.infotext) for f in frames]
-                paths += save_animations([f.image for f in frames], folder, seed, fps, format)
+                outcome = [save_numbered(f.image, folder, seed, f.infotext) for f in frames]
+                outcome += save_animations([f.image for f in frames], folder, seed, fps, format)
             except Exception as exc:  # a full disk, a folder that cannot be written: a message, not a crash
-                self.exported.emit(describe_error(exc))
-                return
-            self.exported.emit(paths)
+                outcome = describe_error(exc)
+            try:
+                self.exported.emit(outcome)
+            except RuntimeError:  # the window closed meanwhile: the files are complete, no one to tell
+                pass
 
-        threading.Thread(target=write, name="animation export", daemon=True).start()
+        # not a daemon: quitting waits for the files to be complete rather than leave one half-written
+        threading.Thread(target=write, name="animation export").start()
 
     @Slot(object)
     def _on_exported(self, outcome: list[Path] | UserMessage) -> None:
