@@ -16,7 +16,8 @@ from PySide6.QtWidgets import QApplication
 
 import mlx_sd.generation as generation
 from app.animation_panel import AnimationPanel, install_animation_panel
-from app.blend_panel import install_blend_panel
+from app.blend_panel import BlendPanel, install_blend_panel
+from app.drop_handler import classify_file
 from app.main import build_window
 from app.main_window import MainWindow
 from app.settings import AppSettings
@@ -112,6 +113,12 @@ def test_export_writes_frames_with_their_infotext_and_the_animations(qtbot, pane
         assert gif.n_frames == 3
     QApplication.processEvents()
     assert panel.status.text().startswith("Exported 3 frames and ") and "gif" in panel.status.text()
+
+    dropped = classify_file(paths[1])  # the middle frame, dropped back on the window: its blend returns
+    panel._window.restore_parameters(dropped.parameters, dropped.name)
+    blend = next(w for w in map(panel._window.tabs.widget, range(panel._window.tabs.count())) if isinstance(w, BlendPanel))
+    assert [(r.prompt_edit.text(), r.opacity.value()) for r in blend.rows] == [("a red circle", 50), ("a blue square", 50)]
+    assert blend.enabled_check.isChecked() and panel._window.build_request().prompt == parse_infotext(texts[1]).prompt
 
 
 def test_cancel_keeps_the_frames_done(qtbot, panel: AnimationPanel) -> None:
