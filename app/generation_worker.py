@@ -3,7 +3,9 @@
 The worker loads the model (kept loaded between runs), calls `Pipeline.generate`, records every
 finished image in the history store and reports back with signals; the UI thread never runs a model.
 Cancelling sets a flag that the pipeline polls before every step, so a run stops within one step and
-records nothing. `GenerationController` owns the thread and is what the window talks to.
+records nothing. A job whose memory estimate exceeds the machine's ends with `too_large` (the engine's
+TooLargeError, before any model runs) so that the window can ask; the same job with `check_memory=False`
+then runs anyway. `GenerationController` owns the thread and is what the window talks to.
 
 Jobs from outside the window (the A1111 API's queue, app.api_service) run on the same thread with the
 same loaded model: `GenerationController.call` hands a function to the worker's `run_call` slot and
@@ -27,6 +29,7 @@ from PySide6.QtCore import QMetaObject, QObject, QThread, Qt, Signal, Slot
 from PySide6.QtGui import QImage
 
 from mlx_sd.device import PrecisionError
+from mlx_sd.estimate import TooLargeError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.library import Library
 from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError, WeightsError
@@ -46,6 +49,7 @@ class PipelineLike(Protocol):
         request: GenerationRequest,
         on_progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        check_memory: bool = True,
     ) -> GenerationResult: ...
 
     def release_cached_memory(self) -> None: ...
@@ -68,6 +72,12 @@ def load_pipeline(folder: Path, device: str) -> PipelineLike:
     return pipeline
 
 
+def generate_options(check_memory: bool) -> dict[str, bool]:
+    """Pipeline.generate's keyword for the memory check, passed only when off so that stand-in
+    pipelines (tests) need not know it."""
+    return {} if check_memory else {"check_memory": False}
+
+
 OutsideWork = Callable[["GenerationWorker"], object]  # run on the generation thread, given the worker
 
 
@@ -81,6 +91,7 @@ class GenerationJob:
     preview_every: int = 1  # send a live preview every N steps, 0 = never
     precision: str = "float32"  # of the CPU's products; changing it needs no reload
     outside: bool = False  # from the API, not the window's Generate
+    check_memory: bool = True  # False once the user chose to go ahead past the memory estimate
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,7 @@ class GenerationWorker(QObject):
     finished = Signal(object)  # JobResult
     failed = Signal(int, object)  # job id, UserMessage
     cancelled = Signal(int)  # job id
+    too_large = Signal(int, object)  # job id, TooLargeError: nothing ran, the window may ask to go ahead
 
     def __init__(self, library: Path | None, loader: Loader = load_pipeline):
         super().__init__()
@@ -200,6 +212,9 @@ class GenerationWorker(QObject):
         except Cancelled:
             self.cancelled.emit(job.job_id)
             return
+        except TooLargeError as exc:
+            self.too_large.emit(job.job_id, exc)
+            return
         except Exception as exc:  # every failure becomes a message in the window, never a crash
             self.failed.emit(job.job_id, describe_error(exc))
             return
@@ -226,15 +241,16 @@ class GenerationWorker(QObject):
             self._on_progress(job, progress, clock)
 
         # the engine fits an init image to the request's size
+        options = generate_options(job.check_memory)
         try:
-            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel, **options)
         except ModelChangedError:
             # The model's files changed on disk since it was loaded (a re-conversion, an edit): the loaded
             # weights no longer match them, so load them again, once; a damaged file then fails to load.
             self._pipeline = self._pipeline_key = None
             pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
             pipeline.precision = job.precision
-            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel)
+            return pipeline.generate(job.request, on_progress=progressed, cancel=cancel, **options)
 
     def _pipeline_for(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
         folder = Path(model_folder)
@@ -265,9 +281,9 @@ class GenerationWorker(QObject):
         except BaseException as exc:  # the caller's thread decides what a failure means
             call.future.set_exception(exc)
 
-    def load_model(self, model_folder: Path, model_name: str, device: str) -> None:
-        """Make this the loaded model (the one the window's jobs use too)."""
-        self._pipeline_for(model_folder, model_name, device)
+    def load_model(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:
+        """Make this the loaded model (the one the window's jobs use too) and return it."""
+        return self._pipeline_for(model_folder, model_name, device)
 
     def run_outside(
         self, job: GenerationJob, on_progress: Callable[[Progress], None], cancel: Callable[[], bool]
@@ -365,6 +381,7 @@ class GenerationController(QObject):
     finished = Signal(object)  # JobResult
     failed = Signal(int, object)  # job id, UserMessage
     cancelled = Signal(int)
+    too_large = Signal(int, object)  # job id, TooLargeError
 
     _run = Signal(object)
     _call = Signal(object)
@@ -388,6 +405,7 @@ class GenerationController(QObject):
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self._on_failed)
         self.worker.cancelled.connect(self._on_cancelled)
+        self.worker.too_large.connect(self._on_too_large)
         self._busy = False
         self._job_id = 0  # the window's last job
         self._ids = itertools.count(1)  # shared by the window's jobs and outside ones, from any thread
@@ -473,6 +491,11 @@ class GenerationController(QObject):
     def _on_cancelled(self, job_id: int) -> None:
         self._ended(job_id)
         self.cancelled.emit(job_id)
+
+    @Slot(int, object)
+    def _on_too_large(self, job_id: int, error: TooLargeError) -> None:
+        self._ended(job_id)
+        self.too_large.emit(job_id, error)
 
     def shutdown(self) -> None:
         """Cancel a running job and wait for the thread to end (at most about one step)."""

@@ -13,6 +13,7 @@ from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QApplication
 
 from . import desktop_entry
+from .animation_panel import install_animation_panel
 from .blend_panel import install_blend_panel
 from .history_browser import install_history_browser
 from .kernel_warmup import KernelWarmup, kernels_needed
@@ -49,7 +50,7 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     )
     history = install_history_browser(window)
     models = install_model_manager(window)
-    install_blend_panel(window)
+    install_animation_panel(window, install_blend_panel(window))
     loras = install_lora_panel(window)
     vaes = install_vae_choice(window)
     install_settings_dialog(

@@ -13,6 +13,7 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
 - `restore_notes`: checks of a restored infotext that return notes (the LoRA panel's missing LoRAs);
 - `resourcesChanged(kind)` after a dropped LoRA, embedding, VAE or upscaler was copied into the library;
+- `restore_hooks`: functions given each restored request (`reuse_request`), returning notes (the Blend tab's);
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -68,6 +69,7 @@ from .generation_worker import (
 )
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
+from .memory_question import ask_to_generate_anyway
 from .model_import import ResourceImporter
 from .upscale_control import ModelUpscaler
 from .model_picker import DEMO_READY_TEXT, NO_MODEL_TEXT, ModelPicker
@@ -141,6 +143,7 @@ class MainWindow(QMainWindow):
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
         # checks of a restored infotext, each giving notes (e.g. the LoRAs it uses that the library lacks)
         self.restore_notes: list[Callable[[Infotext], list[str]]] = []
+        self.restore_hooks: list[Callable[[GenerationRequest], list[str]]] = []
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -150,6 +153,8 @@ class MainWindow(QMainWindow):
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
         self.controller.cancelled.connect(self._on_cancelled)
+        self.controller.too_large.connect(self._on_too_large)
+        self.ask_memory = ask_to_generate_anyway  # (window, TooLargeError) -> go ahead? (tests answer it)
 
         self.picker = ModelPicker(ModelLibrary(self.library, demo_folder))
         self.prompt_panel = PromptPanel()
@@ -611,6 +616,18 @@ class MainWindow(QMainWindow):
         self.result_view.end_preview()
         self.progress_label.setText("Cancelled; nothing was saved")
 
+    @Slot(int, object)
+    def _on_too_large(self, job_id: int, error: Exception) -> None:
+        """The run's memory estimate exceeds the machine's and nothing ran: ask, and run it anyway if told."""
+        if not self._own(job_id) or self._job is None:
+            return
+        self._set_busy(False)
+        self.progress_label.setText("Not started: it needs more memory than the machine has")
+        if self.ask_memory(self, error):
+            self.progress.setRange(0, 0)
+            self._set_busy(True)
+            self._start(dataclasses.replace(self._job, check_memory=False))
+
     # -- sources and restoring --------------------------------------------------------------------
 
     def set_init_image(self, image: Image.Image, name: str = "the image") -> None:
@@ -650,6 +667,8 @@ class MainWindow(QMainWindow):
                 self.picker.select(found.name)
         self.prompt_panel.set_prompts(request.prompt, request.negative_prompt)
         notes += self.parameters.set_values({key: getattr(request, key) for key in RESTORED_FIELDS})
+        for hook in self.restore_hooks:
+            notes += hook(request)
         return notes
 
     def reuse_seed(self, seed: int) -> None:

@@ -4,8 +4,6 @@ PNGs with their own infotext, plus an animated WebP or GIF, and an MP4 when imag
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -14,9 +12,8 @@ from typing import NoReturn
 from PIL import Image
 
 from cli.generate import DEFAULTS, EXIT_INTERRUPTED, ProgressBar, StopOnInterrupt
+from mlx_sd.animation_files import ANIMATION_FORMATS, MP4_MISSING, save_animations
 from mlx_sd.request import AND_BLENDS
-
-ANIMATION_FORMATS = ("webp", "gif")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,38 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def save_animation(frames: list[Image.Image], path: Path, fps: float) -> None:
-    """An endlessly looping animation; no file is left behind if the save fails."""
-    try:
-        frames[0].save(
-            path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
-            **({"lossless": True} if path.suffix == ".webp" else {}),
-        )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def save_mp4(frames: list[Image.Image], path: Path, fps: float) -> None:
-    import imageio_ffmpeg  # optional: checked by the caller
-
-    try:
-        writer = imageio_ffmpeg.write_frames(str(path), frames[0].size, fps=fps, macro_block_size=8)
-        writer.send(None)  # starts ffmpeg
-        for frame in frames:
-            writer.send(frame.convert("RGB").tobytes())
-        writer.close()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
-    from mlx_sd.animate import Animation, frame_requests, with_parameters
-    from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.animate import Animation, planned_frames, render_frames
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
-    from mlx_sd.output_files import check_output_folder, reserve_path, save_numbered
+    from mlx_sd.output_files import check_output_folder, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.request import GenerationRequest, RequestError
     from mlx_sd.samplers import Cancelled, sampler_and_schedule
@@ -107,42 +77,33 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, cfg_scale=args.cfg, sampler=sampler, schedule=schedule, seed=args.seed,
     )
     animation = Animation(args.from_prompt, args.to_prompt, args.frames, args.seed_to, args.blend)
-    animation.validate()
-    base = plan(config, dataclasses.replace(base, seed=resolve_seed(base.seed))).request  # every check first
-    factor = config.vae.downscale
-    latent_shape = (base.height // factor, base.width // factor, config.vae.latent_channels)
-    frames = list(frame_requests(base, animation, latent_shape))
-    for request, _ in frames:
-        plan(config, request)
+    frames = planned_frames(config, base, animation)  # every check first
+    seed = frames[0][0].seed
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     pipe = Pipeline.load(folder)
     bar = ProgressBar(err)
     images: list[Image.Image] = []
     started = time.perf_counter()
+
+    bar.start_batch(0, len(frames))
     with StopOnInterrupt(err) as stop:
-        for index, (request, extra) in enumerate(frames):
-            bar.start_batch(index, len(frames))
-            try:
-                result = pipe.generate(request, on_progress=bar, cancel=stop)
-            except Cancelled:
-                break
-            image = result.images[0]
-            print(save_numbered(image, args.output, base.seed, with_parameters(result.infotexts[0], extra)), flush=True)
-            images.append(image)
-            if stop():
-                break
+        try:
+            for frame in render_frames(pipe, frames, lambda index, progress: bar(progress), stop):
+                print(save_numbered(frame.image, args.output, seed, frame.infotext), flush=True)
+                images.append(frame.image)
+                if stop():
+                    break
+                bar.start_batch(frame.index + 1, len(frames))  # the next frame starts as the loop resumes
+        except Cancelled:
+            pass
     if stop():
         err.write(f"stopped: {len(images)} of {len(frames)} frames saved, no animation\n")
         return EXIT_INTERRUPTED
-    path = reserve_path(args.output, base.seed, f".{args.format}")
-    save_animation(images, path, args.fps)
-    print(path, flush=True)
-    if importlib.util.find_spec("imageio_ffmpeg") is None:
-        err.write("no MP4: install imageio-ffmpeg for one\n")
-    else:
-        path = reserve_path(args.output, base.seed, ".mp4")
-        save_mp4(images, path, args.fps)
+    paths = save_animations(images, args.output, seed, args.fps, args.format)
+    for path in paths:
         print(path, flush=True)
+    if paths[-1].suffix != ".mp4":
+        err.write(MP4_MISSING + "\n")
     err.write(f"{len(images)} frames in {time.perf_counter() - started:.1f} s\n")
     return 0

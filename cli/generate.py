@@ -174,6 +174,8 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
+    if args.mask is not None and args.init_image is None:  # the engine's message names its fields, not the flags
+        raise ValueError("--mask needs --init-image (the image whose white areas it repaints)")
     init = read_image(args.init_image, "--init-image") if args.init_image else None
     mask = read_image(args.mask, "--mask") if args.mask else None
     width, height = size_from_image(*init.size) if init is not None else (default_size, default_size)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from .composable import composed_prompt, prompt_parts
+from .config import ModelConfig
+from .generation import plan, resolve_seed
 from .infotext import quote
 from .noise import ImageNoise
-from .request import AND_BLENDS, GenerationRequest, RequestError
+from .request import AND_BLENDS, MAX_SEED, GenerationRequest, Progress, RequestError
 
 MAX_FRAMES = 1000
 NEARLY_PARALLEL = 0.9995  # A1111's slerp falls back to a straight line above this mean cosine
@@ -33,6 +36,8 @@ class Animation:
     def validate(self) -> None:
         if not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_FRAMES:
             raise RequestError("frames", self.frames, f"a whole number from 1 to {MAX_FRAMES}")
+        if self.seed_to is not None and (not isinstance(self.seed_to, int) or not 0 <= self.seed_to <= MAX_SEED):
+            raise RequestError("seed_to", self.seed_to, f"a whole number from 0 to {MAX_SEED}")
         if self.blend not in AND_BLENDS:
             raise RequestError("blend", self.blend, "one of " + ", ".join(AND_BLENDS))
         for name, prompt in (("from", self.from_prompt), ("to", self.to_prompt)):
@@ -90,3 +95,40 @@ def with_parameters(infotext: str, extra: dict[str, object]) -> str:
     if not extra:
         return infotext
     return infotext + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in extra.items())
+
+
+def planned_frames(
+    config: ModelConfig, base: GenerationRequest, animation: Animation
+) -> list[tuple[GenerationRequest, dict[str, object]]]:
+    """`frame_requests` for a model, base's seed resolved (-1 picks one for every frame), and every
+    frame checked against the model (mlx_sd.generation.plan) before any of them runs."""
+    animation.validate()
+    base = plan(config, dataclasses.replace(base, seed=resolve_seed(base.seed))).request
+    factor = config.vae.downscale
+    latent_shape = (base.height // factor, base.width // factor, config.vae.latent_channels)
+    frames = list(frame_requests(base, animation, latent_shape))
+    for request, _ in frames:
+        plan(config, request)
+    return frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # 0-based
+    image: Image.Image
+    infotext: str  # remakes this frame on its own
+
+
+def render_frames(
+    pipe: Any,  # a Pipeline, or anything with its generate()
+    frames: list[tuple[GenerationRequest, dict[str, object]]],
+    on_progress: Callable[[int, Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **options: Any,
+) -> Iterator[Frame]:
+    """Generate the frames in order, reporting (frame index, progress) and yielding each as it is done;
+    `cancel` stops within a step (samplers.Cancelled), `options` go to Pipeline.generate."""
+    for index, (request, extra) in enumerate(frames):
+        progress = None if on_progress is None else (lambda p, index=index: on_progress(index, p))
+        result = pipe.generate(request, on_progress=progress, cancel=cancel, **options)
+        yield Frame(index, result.images[0], with_parameters(result.infotexts[0], extra))

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 
 from .denoiser import Conditioning, Denoiser
+from .prompt_schedule import at_step, prompt_schedule
 from .request import GenerationRequest
 
 BLEND_INFOTEXT_KEY = "Prompt blend"  # ours: A1111 has no embedding blend
@@ -39,11 +41,17 @@ class PromptParts:
 
 
 def _part(text: str) -> tuple[str, float | None]:
-    """A part's text and its trailing `:weight` (None without one); the weight follows the last colon."""
+    """A part's text and its trailing `:weight` (None without one); the weight follows the last colon.
+    As in A1111 (whose weight pattern's `.` stops at a line break), a part whose text has a line break
+    after its leading whitespace takes no weight: the `:weight` stays in its text."""
     head, colon, tail = text.rpartition(":")
-    if colon and WEIGHT_NUMBER.fullmatch(tail.strip()):
+    if colon and WEIGHT_NUMBER.fullmatch(tail.strip()) and _takes_weight(head):
         return head.rstrip(), float(tail)
     return text.rstrip(), None
+
+
+def _takes_weight(text: str) -> bool:
+    return "\n" not in text.strip()
 
 
 def prompt_parts(prompt: str) -> PromptParts:
@@ -54,9 +62,38 @@ def prompt_parts(prompt: str) -> PromptParts:
     return PromptParts(tuple(t for t, _ in parts), tuple(1.0 if w is None else w for t, w in parts), True)
 
 
-def composed_prompt(parts: list[tuple[str, float]]) -> str:
-    """`text :weight AND ...` for (text, weight) pairs, weights to 6 significant digits."""
-    return " AND ".join(f"{text} :{weight:.6g}" for text, weight in parts)
+def composed_prompt(parts: list[tuple[str, float]], exact: bool = False) -> str:
+    """`text :weight AND ...` for (text, weight) pairs, weights to 6 significant digits (for people)
+    or `exact`ly (positional digits that read back as the same float: the weight pattern has no exponent)."""
+
+    def weighted(text: str, weight: float) -> str:
+        if not exact:
+            return f"{text} :{weight:.6g}"
+        # a part with a line break in its text takes no weight (its weight is 1): written as it is
+        return f"{text} :{np.format_float_positional(weight, trim='-')}" if _takes_weight(text) else text
+
+    # a part that starts with whitespace (as every part after the first does once split) needs no space added
+    return "".join(
+        ("" if i == 0 else " AND" if text[:1].isspace() else " AND ") + weighted(text, weight)
+        for i, (text, weight) in enumerate(parts)
+    )
+
+
+def part_schedule(prompt: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
+    """The prompt's schedule (mlx_sd.prompt_schedule) in A1111's order: split on AND first, then each
+    part's editing and alternation on its own, so `[a AND b:c:5]` is the two parts `[a` and ` b:c:5]`
+    (both plain text), not an edit from `a AND b` to `c`. Each entry's text is the parts at that step
+    joined again with their exact weights, which `prompt_parts` splits back; a prompt that is not
+    composable is scheduled as written."""
+    parts = prompt_parts(prompt)
+    if not parts.composable:
+        return prompt_schedule(prompt, steps, hires_steps)
+    schedules = [prompt_schedule(text, steps, hires_steps) for text in parts.texts]
+    ends = sorted({end for schedule in schedules for end, _ in schedule})
+    return [
+        (end, composed_prompt([(at_step(s, end), w) for s, w in zip(schedules, parts.weights)], exact=True))
+        for end in ends
+    ]
 
 
 @dataclass(frozen=True)

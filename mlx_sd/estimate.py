@@ -40,7 +40,12 @@ class Estimate:
 
 
 class TooLargeError(ValueError):
-    """A request whose estimated memory exceeds the machine's; the message says what to change."""
+    """A request whose estimated memory exceeds the machine's; the message says what to change, and
+    the fields say it to a caller that asks the user instead (the app)."""
+
+    def __init__(self, message: str, needed: int, available: int, advice: list[str]):
+        super().__init__(message)
+        self.needed, self.available, self.advice = needed, available, advice
 
 
 def machine_memory() -> int:
@@ -114,5 +119,6 @@ def check_fits(config: ModelConfig, request: GenerationRequest, found: Estimate,
         f"{request.width}x{request.height} with a batch of {request.batch_size} needs about "
         f"{found.peak_bytes / 2**30:.1f} GB (weights {found.weights_bytes / 2**30:.1f} GB, UNet "
         f"{found.unet_bytes / 2**30:.1f} GB, VAE decode {found.vae_bytes / 2**30:.1f} GB) and this machine has "
-        f"{available / 2**30:.1f} GB: " + ", or ".join(advice)
+        f"{available / 2**30:.1f} GB: " + ", or ".join(advice),
+        found.peak_bytes, available, advice,
     )

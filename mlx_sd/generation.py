@@ -198,11 +198,13 @@ def generate(
     request: GenerationRequest,
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    check_memory: bool = True,
 ) -> GenerationResult:
     started = time.perf_counter()
     p = plan(pipe.config, request)
     request = p.request
-    check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
+    if check_memory:  # off only when a user was asked and chose to go ahead (the app)
+        check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
     vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from . import __version__
+from .composable import BLEND_INFOTEXT_KEY
 from .config import ModelConfig
-from .request import GenerationRequest
+from .request import AND_BLENDS, GenerationRequest
 from .samplers import split_sampler_name
 
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -223,4 +224,8 @@ def request_from_infotext(
         changes["sampler"] = sampler
         if named_schedule != "Automatic":
             changes["schedule"] = named_schedule
+    # Prompt blend (ours): how the AND parts were combined; without it they were composable weights
+    if params:
+        blend = params.get(BLEND_INFOTEXT_KEY, "weights").strip()
+        changes["and_blend"] = blend if blend in AND_BLENDS else base.and_blend
     return dataclasses.replace(base, **changes)

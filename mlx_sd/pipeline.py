@@ -159,11 +159,13 @@ class Pipeline:
         request: GenerationRequest,
         on_progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        check_memory: bool = True,
     ) -> GenerationResult:
         """Generate the request's images (see mlx_sd.generation).
 
         Raises RequestError before any model runs when the request cannot run on this model,
-        estimate.TooLargeError when its estimated memory exceeds the machine's (`estimate`), and
+        estimate.TooLargeError when its estimated memory exceeds the machine's (`estimate`; not
+        with `check_memory=False`, for a caller whose user chose to go ahead), and
         samplers.Cancelled (with no result) when `cancel()` returns True: it is asked between steps
         and between the blocks of each step (mlx_sd.block_evaluation)."""
         if self.files is not None:
@@ -173,7 +175,7 @@ class Pipeline:
             self.cpu.products = self.precision
         self.boundary.cancel = cancel
         try:
-            return generate(self, request, on_progress, cancel)
+            return generate(self, request, on_progress, cancel, check_memory)
         finally:
             self.boundary.cancel = None
 

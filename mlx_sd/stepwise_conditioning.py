@@ -12,6 +12,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from .composable import part_schedule
 from .denoiser import Conditioning, Denoiser
 from .prompt_schedule import at_step, prompt_schedule
 from .request import GenerationRequest
@@ -22,7 +23,7 @@ Encode = Callable[[str, str], Conditioning]  # (prompt, negative prompt) -> cond
 def conditioning_schedule(request: GenerationRequest, encode: Encode) -> list[tuple[int, Conditioning]]:
     """(last step, conditioning) pairs for the request's prompts over its steps; one entry for a
     prompt without editing or alternation, and one `encode` call per distinct pair of texts."""
-    positive = prompt_schedule(request.prompt, request.steps)
+    positive = part_schedule(request.prompt, request.steps)  # AND first, as A1111 splits it
     negative = prompt_schedule(request.negative_prompt, request.steps)
     ends = sorted({end for end, _ in positive} | {end for end, _ in negative})
     encoded: dict[tuple[str, str], Conditioning] = {}

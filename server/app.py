@@ -4,8 +4,8 @@ over one `GenerationQueue`.
 Requests are parsed by the pydantic models of `schema`, translated and checked against the model
 (`mlx_sd.generation.plan`) before they are queued, so a bad request is a 4xx with the engine's own
 reason and never occupies the queue. Errors: 400 for a request that cannot run, 401 without the
-credentials of `--api-auth`, 413 for a body over the limit, 422 for bad JSON or a wrong type, 503
-with Retry-After when the queue is full.
+credentials of `--api-auth`, 413 for a body over the limit, 400 for a body that is not UTF-8 or nests
+too deeply to parse, 422 for bad JSON or a wrong type, 503 with Retry-After when the queue is full.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from typing import Any
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlx_sd import __version__
@@ -48,6 +50,7 @@ from .translate import ServerOptions, a1111_info, a1111_request, openai_request
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # room for a few 2048x2048 PNGs in base64
 RETRY_AFTER_SECONDS = 10
+MAX_ECHO_DEPTH = 32  # a bad value nested deeper is named in a 422, not echoed back
 
 
 @dataclass(frozen=True)
@@ -337,11 +340,21 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=401, headers={"WWW-Authenticate": 'Basic realm="mlx-sd"'},
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI turns a body it cannot decode into "There was an error parsing the body": say why
+        reason = _unreadable_body(exc.__cause__)
+        if reason is None:
+            return await http_exception_handler(request, exc)
+        return JSONResponse({"error": "BadRequestBody", "detail": reason}, status_code=400)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes each bad input back, and a number beyond float range (1e400
         # parses as inf) cannot be written as JSON: it would fail with an unrelated message.
-        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+        # Deeply nested input (which json.loads still reads) is not echoed: encoding it back would recurse.
+        errors = [{**e, "input": _echoable(e["input"])} if "input" in e else e for e in exc.errors()]
+        return JSONResponse({"detail": _finite(jsonable_encoder(errors))}, status_code=422)
 
     @app.exception_handler(ValueError)  # RequestError, ImageInputError, UnknownModelError...
     async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
@@ -354,6 +367,30 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         return error(500, exc)
+
+
+def _unreadable_body(cause: BaseException | None) -> str | None:
+    """Why a request body could not be read as JSON, in one line, or None for other failures."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"the request body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start}): "
+            "send the JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return "the request body's JSON nests arrays or objects too deeply to read: send a flat A1111 request object"
+    return None
+
+
+def _echoable(value: Any) -> Any:
+    """`value`, or a note in its place when its arrays and objects nest deeper than MAX_ECHO_DEPTH."""
+    stack = [(value, 0)]
+    while stack:  # iterative: the nesting is the client's to choose
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_ECHO_DEPTH:
+                return f"(arrays or objects nested more than {MAX_ECHO_DEPTH} deep)"
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 def _finite(value: Any) -> Any:

@@ -14,7 +14,7 @@ from PIL import Image
 from cli.main import main
 from mlx_sd.animate import Animation, frame_position, frame_requests, slerp, with_parameters
 from mlx_sd.image_metadata import read_infotext
-from mlx_sd.infotext import parse_infotext
+from mlx_sd.infotext import parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
 
 
@@ -34,7 +34,9 @@ def test_frames_move_the_weights_from_the_first_prompt_to_the_second():
 
 
 @pytest.mark.parametrize(
-    "animation", [Animation("a", "b", 0), Animation("a AND b", "c"), Animation("a", "c:2"), Animation("a", "b", blend="mix")]
+    "animation",
+    [Animation("a", "b", 0), Animation("a AND b", "c"), Animation("a", "c:2"), Animation("a", "b", blend="mix"),
+     Animation("a", "b", seed_to=2**64), Animation("a", "b", seed_to=-1)],
 )
 def test_bad_animations_are_refused(animation):
     with pytest.raises(RequestError):
@@ -69,7 +71,7 @@ def test_the_same_seed_and_settings_give_the_same_frames(capsys, tmp_path, args)
     code, paths, err = animate(capsys, tmp_path / "one", *args)
     assert code == 0, err
     frames, animation = paths[:3], paths[3]
-    assert [p.suffix for p in paths] == [".png"] * 3 + [f".{'gif' if args else 'webp'}"]
+    assert [p.suffix for p in paths[:4]] == [".png"] * 3 + [f".{'gif' if args else 'webp'}"]
     with Image.open(animation) as image:
         assert image.n_frames == 3
     texts = [read_infotext(p) for p in frames]
@@ -77,8 +79,14 @@ def test_the_same_seed_and_settings_give_the_same_frames(capsys, tmp_path, args)
     if args:
         assert parse_infotext(texts[1]).params["Variation seed strength"] == "0.5"
         assert parse_infotext(texts[1]).params["Prompt blend"] == "embedding"
+    # read back, each frame is the request that made it (the blend included)
+    restored = [request_from_infotext(t, GenerationRequest(and_blend="embedding" if not args else "weights")) for t in texts]
+    assert [r.and_blend for r in restored] == ["embedding" if args else "weights"] * 3
+    assert [(r.seed, r.steps, r.width) for r in restored] == [(7, 2, 64)] * 3
     if importlib.util.find_spec("imageio_ffmpeg") is None:
         assert "no MP4: install imageio-ffmpeg for one" in err
+    else:
+        assert paths[4].suffix == ".mp4" and paths[4].stat().st_size > 0
     code, again, err = animate(capsys, tmp_path / "two", *args)
     assert code == 0, err
     pixels = [np.asarray(Image.open(p)) for p in frames]
@@ -96,7 +104,7 @@ def test_bad_arguments_fail_in_one_line_before_any_frame(capsys, tmp_path, args,
 
 
 class FakeFfmpeg:
-    """Records what cli.animate.save_mp4 sends to imageio_ffmpeg.write_frames."""
+    """Records what mlx_sd.animation_files.save_mp4 sends to imageio_ffmpeg.write_frames."""
 
     def __init__(self, fail_after: int | None = None):
         self.calls, self.sent, self.fail_after = [], [], fail_after
@@ -113,7 +121,7 @@ class FakeFfmpeg:
 
 
 def test_mp4_frames_go_to_imageio_ffmpeg_and_a_failed_save_leaves_nothing(monkeypatch, tmp_path):
-    from cli.animate import save_mp4
+    from mlx_sd.animation_files import save_mp4
 
     frames = [Image.new("RGB", (64, 48), (i * 80, 0, 0)) for i in range(3)]
     fake = FakeFfmpeg()
@@ -126,3 +134,27 @@ def test_mp4_frames_go_to_imageio_ffmpeg_and_a_failed_save_leaves_nothing(monkey
     with pytest.raises(OSError):
         save_mp4(frames, tmp_path / "b.mp4", 8.0)
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_an_mp4_is_written_and_reads_back_with_its_frames_and_size(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")  # in the dev extra: present in CI
+    from mlx_sd.animation_files import save_mp4
+
+    frames = [Image.new("RGB", (64, 48), (i * 60, 255 - i * 60, 0)) for i in range(5)]
+    path = tmp_path / "a.mp4"
+    save_mp4(frames, path, 8.0)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    read = [np.frombuffer(frame, np.uint8).reshape(48, 64, 3) for frame in reader]
+    assert meta["size"] == (64, 48) and meta["fps"] == 8.0 and len(read) == 5
+    for original, decoded in zip(frames, read):  # lossy, but each frame is its own colour
+        assert np.abs(decoded.astype(int) - np.asarray(original).astype(int)).mean() < 12
+
+
+def test_without_imageio_ffmpeg_the_cli_says_how_to_get_an_mp4(capsys, tmp_path, monkeypatch):
+    import mlx_sd.animation_files
+
+    monkeypatch.setattr(mlx_sd.animation_files, "mp4_available", lambda: False)
+    code, paths, err = animate(capsys, tmp_path / "out", "--frames", "2", "--steps", "1")
+    assert code == 0 and [p.suffix for p in paths] == [".png", ".png", ".webp"]
+    assert "no MP4: install imageio-ffmpeg for one (pip install 'mlx-sd[video]')" in err.splitlines()

@@ -53,3 +53,20 @@ def test_the_window_draws_the_blend_only_when_it_is_on(window):
     for row in panel.rows:
         row.prompt_edit.clear()
     assert window.build_request().prompt == "a castle"  # an empty blend: the prompt box
+
+
+def test_restoring_a_frames_parameters_brings_its_blend_back(window):
+    panel = install_blend_panel(window)
+    frame = "a zombie :0.333333 AND a clown :0.666667\nSteps: 3, Seed: 7, Size: 64x64, Prompt blend: embedding"
+    window.restore_parameters(frame, "frame 2")
+    assert [row.prompt_edit.text() for row in panel.rows] == ["a zombie", "a clown"]
+    assert [row.opacity.value() for row in panel.rows] == [33, 67]
+    assert panel.enabled_check.isChecked() and panel.mode_combo.currentData() == "embedding"
+    request = window.build_request()  # the exact weights, not the sliders' rounding
+    assert (request.prompt, request.and_blend, request.seed) == ("a zombie :0.333333 AND a clown :0.666667", "embedding", 7)
+    assert "Blend tab" in window.message_bar._label.text()
+    panel.rows[0].opacity.setValue(50)  # a slider moved: its own value from now on
+    assert panel.blend_prompt() == "a zombie :0.428571 AND a clown :0.571429"  # 50 against 66.6667
+    window.restore_parameters("a castle :1.2 AND a forest :0.8\nSteps: 3, Seed: 7, Size: 64x64")  # no blend: the prompt box
+    assert not panel.enabled_check.isChecked()
+    assert window.build_request().prompt == "a castle :1.2 AND a forest :0.8"

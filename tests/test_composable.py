@@ -16,7 +16,15 @@ from test_generate_models import (  # noqa: F401
 )
 
 import mlx.core as mx
-from mlx_sd.composable import ComposableConditioning, ComposableDenoiser, PromptParts, denoiser_for, prompt_parts
+from mlx_sd.composable import (
+    ComposableConditioning,
+    ComposableDenoiser,
+    PromptParts,
+    composed_prompt,
+    denoiser_for,
+    part_schedule,
+    prompt_parts,
+)
 from mlx_sd.denoiser import Conditioning, Denoiser
 from mlx_sd.generation import _conditioning
 from mlx_sd.schedules import NoiseSchedule
@@ -35,10 +43,44 @@ from mlx_sd.schedules import NoiseSchedule
         ("(a cat:1.2)", ("(a cat:1.2)",), (1.0,), False),  # emphasis, not a part weight
         ("a: b:3 AND c:x", ("a: b", " c:x"), (3.0, 1.0), True),
         ("AND", ("", ""), (1.0, 1.0), True),
+        # A1111's weight pattern cannot cross a line break: such a part keeps its `:weight` as text
+        ("a\nb :2 AND c", ("a\nb :2", " c"), (1.0, 1.0), True),
+        ("a AND\n b :2\n", ("a", "\n b"), (1.0, 2.0), True),
     ],
 )
 def test_prompts_split_as_a1111_splits_them(prompt, texts, weights, composable):
     assert prompt_parts(prompt) == PromptParts(texts, weights, composable)
+
+
+def _scheduled_parts(prompt: str, steps: int) -> list[tuple[int, PromptParts]]:
+    return [(end, prompt_parts(text)) for end, text in part_schedule(prompt, steps)]
+
+
+def test_and_splits_before_editing_as_in_a1111():
+    # A1111 (modules/prompt_parser.py) splits on AND, then schedules each part: `[a` and ` b:c:5]` are
+    # unclosed and stray brackets, plain text for all 10 steps, not an edit from `a AND b` to `c` at step 5
+    assert _scheduled_parts("[a AND b:c:5]", 10) == [(10, PromptParts(("[a", " b:c:5]"), (1.0, 1.0), True))]
+    # each part has its own schedule, and its weight is read before its editing
+    assert _scheduled_parts("[cat:dog:3] AND forest [x|y]:0.5", 4) == [
+        (1, PromptParts(("cat", " forest x"), (1.0, 0.5), True)),
+        (2, PromptParts(("cat", " forest y"), (1.0, 0.5), True)),
+        (3, PromptParts(("cat", " forest x"), (1.0, 0.5), True)),
+        (4, PromptParts(("dog", " forest y"), (1.0, 0.5), True)),
+    ]
+    # a number that editing leaves at a part's end is text, not a weight; line breaks keep A1111's rule
+    assert _scheduled_parts("a AND b:[1:2:3]", 5) == [
+        (3, PromptParts(("a", " b:1"), (1.0, 1.0), True)), (5, PromptParts(("a", " b:2"), (1.0, 1.0), True)),
+    ]
+    assert _scheduled_parts("a\nb :2 AND c :0.00001", 5) == [(5, PromptParts(("a\nb :2", " c"), (1.0, 1e-05), True))]
+    # without AND the prompt is scheduled as written
+    assert part_schedule("a [cat:dog:2]", 4) == [(2, "a cat"), (4, "a dog")]
+
+
+def test_the_exact_join_reads_back_every_weight():
+    weights = [1 / 3, 1e-7, -2.5, 12345.678901234]
+    parts = [(f"part{i}", w) for i, w in enumerate(weights)]
+    assert prompt_parts(composed_prompt(parts, exact=True)).weights == tuple(weights)
+    assert composed_prompt([("a zombie", 1 / 3), ("a clown", 2 / 3)]) == "a zombie :0.333333 AND a clown :0.666667"
 
 
 def test_splitting_is_linear_time():

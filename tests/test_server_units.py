@@ -127,6 +127,28 @@ def test_a_full_queue_is_503_with_retry_after(tmp_path, queue, executor) -> None
     assert client.post("/sdapi/v1/skip").json() is None and client.post("/sdapi/v1/interrupt").json() == {}  # as A1111
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b'{"prompt": "caf\xe9"}', 400, "not UTF-8 text (byte 0xe9 at offset 15)"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nests arrays or objects too deeply"),
+        (b'{"a": ' * 5_000 + b"1" + b"}" * 5_000, 400, "nests arrays or objects too deeply"),
+        # deep enough for json.loads to read but not for FastAPI to echo back: named, not echoed
+        (b'{"seed": ' + b"[" * 900 + b"1" + b"]" * 900 + b"}", 422, "nested more than 32 deep"),
+    ],
+)
+def test_unreadable_bodies_get_one_line_in_a1111s_shape(tmp_path, queue, executor, body, status, reason) -> None:
+    add_model_copy(tmp_path, "tiny", "tiny")
+    library = Library(tmp_path)
+    client = TestClient(create_app(ApiServer(ServerConfig(library=tmp_path), queue, library.model("tiny"), library)))
+    response = client.post("/sdapi/v1/txt2img", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status and reason in response.text and len(response.text) < 400
+    if status == 400:
+        assert response.json()["error"] == "BadRequestBody" and "\n" not in response.json()["detail"]
+    assert executor.calls == []  # nothing reached the queue
+    assert client.get("/sdapi/v1/progress").status_code == 200
+
+
 def test_auth_and_cors(tmp_path, queue) -> None:
     add_model_copy(tmp_path, "tiny", "tiny")
     library = Library(tmp_path)

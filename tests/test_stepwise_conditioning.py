@@ -31,6 +31,11 @@ def test_each_distinct_pair_of_texts_is_encoded_once():
     assert plain == [(6, ("a cat", ""))]
 
 
+def test_and_parts_are_scheduled_one_by_one():
+    schedule = conditioning_schedule(request(prompt="[a AND b:c:2] AND [x:y:2] :0.5", steps=4), lambda p, n: p)
+    assert schedule == [(2, "[a :1 AND b:c:2] :1 AND x :0.5"), (4, "[a :1 AND b:c:2] :1 AND y :0.5")]
+
+
 class Named:
     cfg_scale = 7.0
 
