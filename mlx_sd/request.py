@@ -61,6 +61,16 @@ class GenerationRequest:
     low_memory: bool = False  # release the text encoders before the UNet runs
     dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
     and_blend: str = "weights"  # one of AND_BLENDS
+    # hires fix (mlx_sd.hires): on when hires_scale or hires_width/hires_height is not 0
+    hires_scale: float = 0.0  # the first pass's size times this; hires_width/hires_height win when given
+    hires_width: int = 0  # 0: from hires_height and the aspect ratio (both 0: from hires_scale)
+    hires_height: int = 0
+    hires_upscaler: str = "Latent"  # a latent mode, Lanczos, Nearest, or an upscaler model's name or file
+    hires_steps: int = 0  # 0: as many as the first pass
+    hires_denoise: float = 0.7  # the second pass's img2img strength
+    hires_prompt: str = ""  # "": the prompt
+    hires_negative: str = ""  # "": the negative prompt
+    hires_sampler: str = ""  # "": the sampler
 
     @property
     def total_images(self) -> int:
