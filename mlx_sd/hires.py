@@ -46,7 +46,6 @@ LATENT_UPSCALE_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-MAX_SCALE = MAX_SIZE / MIN_SIZE
 BICUBIC_A = -0.75  # torch's cubic convolution; its antialiased kernel uses PIL's -0.5
 BICUBIC_AA_A = -0.5
 # An upscaler model by name or file -> its network (the caller reads files: convert.upscaler_file)
@@ -60,7 +59,8 @@ def builtin_upscalers() -> list[str]:
 
 def upscaler_label(upscaler: str) -> str:
     """How `Hires upscaler` names it: a built-in as is, a model file by its name without folder and suffix."""
-    return upscaler if upscaler in builtin_upscalers() else Path(upscaler).stem
+    canonical = _canonical_upscaler(upscaler)
+    return canonical if canonical in builtin_upscalers() else Path(upscaler).stem
 
 
 def hires_enabled(request: GenerationRequest) -> bool:
@@ -196,8 +196,8 @@ class HiresPlan:
 
 def _check_hires_fields(request: GenerationRequest) -> None:
     scale = request.hires_scale
-    if not _is_real(scale) or not 0 <= scale <= MAX_SCALE:
-        raise RequestError("hires_scale", scale, f"0 (no hires fix) or a number up to {MAX_SCALE:g}")
+    if not _is_real(scale) or scale < 0:
+        raise RequestError("hires_scale", scale, "0 (no hires fix) or a positive number")
     for name in ("hires_width", "hires_height"):
         value = getattr(request, name)
         if not isinstance(value, int) or isinstance(value, bool) or value % 8 or not 0 <= value <= MAX_SIZE:

@@ -77,6 +77,8 @@ class Pipeline:
     boundary: Boundary = field(default_factory=Boundary)  # between the UNet's and VAE's blocks
     # weight bytes by component and the UNet's weights per level, measured at load for `estimate`
     sizes: tuple[dict[str, int], list[int]] = field(default_factory=lambda: ({}, []), repr=False)
+    # hires fix's upscaler models, name or file -> network: the caller's reader (convert.upscaler_file)
+    read_upscaler: Callable[[str], nn.Module] | None = field(default=None, repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
