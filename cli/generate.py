@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from cli.hires_options import add_hires_arguments, hires_fields, ineffective_hires_options
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
@@ -92,6 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
+    add_hires_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -128,7 +130,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--mask-blur has no effect without --mask")
     if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
-    return warnings
+    return warnings + ineffective_hires_options(args)
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
@@ -155,6 +157,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         strength=DEFAULTS.strength if args.strength is None else args.strength,
         mask=mask,
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
+        **hires_fields(args),
     )
 
 
@@ -236,7 +239,10 @@ class StopOnInterrupt:
 
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
+    from app.library_folder import default_library_folder  # Qt-free
+    from convert.upscaler_reader import library_upscaler_reader
     from mlx_sd.device import check_precision
+    from mlx_sd.hires import upscaler_network
     from mlx_sd.generation import plan, resolve_seed
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
@@ -252,13 +258,18 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model)
     config = read_config(folder)
     request = build_request(args, config.default_size)
-    request = plan(config, request).request  # every check before the weights load; canonical names
+    planned = plan(config, request)  # every check before the weights load; canonical names
+    request = planned.request
+    read_upscaler = library_upscaler_reader(default_library_folder())
+    if planned.hires is not None:
+        upscaler_network(planned.hires, read_upscaler)  # a hires upscaler model is found and read now
     check_precision(args.precision)
     seed = resolve_seed(request.seed)
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
     pipe = Pipeline.load(folder, precision=args.precision)
+    pipe.read_upscaler = read_upscaler
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()
