@@ -9,21 +9,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlx.nn as nn
-from mlx_sd.upscalers import resolve_upscaler
+from mlx_sd.upscalers import library_upscalers, resolve_upscaler
 
 from .upscaler_file import read_upscaler
 
 
-def library_upscaler_reader(library: str | os.PathLike[str]) -> Callable[[str], nn.Module]:
-    """A reader of the upscaler models of `library` by name or file; a ValueError in one line (listing
-    what there is) for a name it cannot find or a file it cannot read."""
+def library_upscaler_reader(library: str | os.PathLike[str], files: bool = True) -> Callable[[str], nn.Module]:
+    """A reader of the upscaler models of `library` by name, and by file path unless `files` is False
+    (the server: clients name only what the library holds); a ValueError in one line (listing what
+    there is) for a name it cannot find or a file it cannot read."""
     networks: dict[str, nn.Module] = {}
 
     def read(choice: str) -> nn.Module:
         if choice not in networks:
-            found = resolve_upscaler(choice, library)
+            found = resolve_upscaler(choice, library) if files else library_upscalers(library).get(choice)
             if not isinstance(found, Path):
-                raise ValueError(f"{choice!r} is a classic filter, not an upscaler model")
+                available = ", ".join(library_upscalers(library)) or "none"
+                raise ValueError(f"{choice!r} is no upscaler model of the library (it has: {available})")
             networks[choice] = read_upscaler(found)[0]
         return networks[choice]
 

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import mlx.nn as nn
 from PIL import Image
 
 from mlx_sd.generation import resolve_seed
@@ -48,8 +49,9 @@ class GenerationExecutor(Protocol):
 class PipelineExecutor:
     """The server's own executor: one `mlx_sd.pipeline.Pipeline`, replaced when another model is asked for."""
 
-    def __init__(self, precision: str = "float32"):
+    def __init__(self, precision: str = "float32", read_upscaler: Callable[[str], nn.Module] | None = None):
         self.precision = precision
+        self.read_upscaler = read_upscaler  # hires fix's upscaler models by name
         self.loaded: ServedModel | None = None
         self._pipeline: Pipeline | None = None
 
@@ -58,6 +60,7 @@ class PipelineExecutor:
             return
         self._pipeline = self.loaded = None  # free the old model before loading the next
         self._pipeline = Pipeline.load(model.folder, precision=self.precision)
+        self._pipeline.read_upscaler = self.read_upscaler
         self.loaded = model
 
     def generate(
