@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
 
 from mlx_sd.infotext import Infotext, parse_infotext, request_from_infotext
 from mlx_sd.request import GenerationRequest, RequestError
+from mlx_sd.upscalers import library_upscalers
 
 from .api_service import ApiService
 from .drop_handler import CHECKPOINT_FILTER, DropFilter, DropItem, DropKind, classify_file
@@ -61,6 +62,7 @@ from .generation_worker import (
     describe_error,
     load_pipeline,
 )
+from .hires_section import HIRES_FIELDS
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .model_library import DEMO_FOLDER, ModelInfo, ModelLibrary
@@ -81,7 +83,7 @@ SIDE_MIN_WIDTH = 340
 MINIMUM_SIZE = QSize(960, 600)
 DEFAULT_SIZE = QSize(1200, 760)
 # the request fields a history entry or an infotext brings back (batch settings stay the user's)
-RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength")
+RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength", *HIRES_FIELDS)
 
 
 def format_seconds(seconds: float) -> str:
@@ -145,6 +147,7 @@ class MainWindow(QMainWindow):
         self.picker = ModelPicker(ModelLibrary(self.library, demo_folder))
         self.prompt_panel = PromptPanel()
         self.parameters = ParametersPanel()
+        self.parameters.hires.set_upscalers(list(library_upscalers(self.library)))
         self.result_view = ResultView()
         self.message_bar = MessageBar()
         self.generate_button = QPushButton("Generate")
@@ -368,6 +371,7 @@ class MainWindow(QMainWindow):
         self.library = Path(library)
         self.controller.set_library(self.library)
         self.picker.set_library(ModelLibrary(self.library, self._demo_folder))
+        self.parameters.hires.set_upscalers(list(library_upscalers(self.library)))
         self.api.apply(self.settings, self.library)
 
     def release_library(self) -> None:
