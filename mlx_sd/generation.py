@@ -9,6 +9,8 @@ Order of work:
    (A1111's strength rule: the tail of the full schedule from `schedules.img2img_sigmas`), the
    sampler over the CFG denoiser, progress with a latent preview after every step, then the VAE
    decode and, when inpainting, the composite over the init image.
+5. hires fix (mlx_sd.hires): after each batch's first pass, its latents are upscaled and a second,
+   img2img-like pass runs at the larger size with fresh per-seed noise, before the VAE decode.
 
 Noise draws per image (its own Philox stream, `noise.ImageNoise`): the first is the initial noise,
 the second the VAE posterior sample of the init image (img2img), later ones feed stochastic samplers.
