@@ -36,13 +36,21 @@ from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError,
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
+from convert.upscaler_reader import library_upscaler_reader
+
 from .history_record import request_params
 from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
 
 
+def _upscaler_reader(library: Path | None) -> Callable[[str], object] | None:
+    """Hires fix's upscaler models by name or file, from the library's upscalers/ (each read once)."""
+    return None if library is None else library_upscaler_reader(library)
+
+
 class PipelineLike(Protocol):
     precision: str  # of the CPU's products, set per job (mlx_sd.pipeline.Pipeline.precision)
+    read_upscaler: Callable[[str], object] | None  # hires fix's upscaler models, set per job
 
     def generate(
         self,
@@ -185,6 +193,7 @@ class GenerationWorker(QObject):
     def __init__(self, library: Path | None, loader: Loader = load_pipeline):
         super().__init__()
         self._library = library
+        self._read_upscaler = _upscaler_reader(library)
         self._loader = loader
         self._abort = threading.Event()
         self._pipeline: PipelineLike | None = None
@@ -232,6 +241,7 @@ class GenerationWorker(QObject):
         self.started.emit(job)
         pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
         pipeline.precision = job.precision
+        pipeline.read_upscaler = self._read_upscaler
         self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
         clock = ProgressClock()
 
@@ -348,6 +358,7 @@ class GenerationWorker(QObject):
         self.close_store()
         self._library = library
         self._use_library()
+        self._read_upscaler = _upscaler_reader(library)
 
     @Slot()
     def close_store(self) -> None:

@@ -67,6 +67,7 @@ from .generation_worker import (
     describe_error,
     load_pipeline,
 )
+from .hires_section import HIRES_FIELDS
 from .history_store import HistoryEntry
 from .kernel_warmup import KernelWarmup
 from .memory_question import ask_to_generate_anyway
@@ -89,7 +90,7 @@ SIDE_MIN_WIDTH = 340
 MINIMUM_SIZE = QSize(960, 600)
 DEFAULT_SIZE = QSize(1200, 760)
 # the request fields a history entry or an infotext brings back (batch settings stay the user's)
-RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength")
+RESTORED_FIELDS = ("sampler", "schedule", "steps", "cfg_scale", "width", "height", "seed", "clip_skip", "strength", *HIRES_FIELDS)
 
 
 def format_seconds(seconds: float) -> str:
@@ -346,8 +347,10 @@ class MainWindow(QMainWindow):
         self.generate_button.setEnabled(model is not None and not self.controller.busy)
 
     def refresh_upscalers(self) -> None:
-        """List the library's upscaler models in the Upscale control."""
-        self.result_view.set_upscalers({item.name: item.path for item in Library(self.library).items("upscalers")})
+        """List the library's upscaler models in the Upscale control and the Hires fix section."""
+        models = {item.name: item.path for item in Library(self.library).items("upscalers")}
+        self.result_view.set_upscalers(models)
+        self.parameters.hires.set_upscalers(list(models))
 
     def set_checkpoint_importer(self, importer: Callable[[Path], None] | None) -> None:
         """Dropped and chosen checkpoints go to `importer(path)` (the model manager's import)."""

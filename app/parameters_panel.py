@@ -37,6 +37,7 @@ from mlx_sd.samplers import SAMPLERS, sampler_by_name
 from mlx_sd.schedules import SCHEDULES, schedule_by_name
 
 from .collapsible_section import CollapsibleSection
+from .hires_section import HiresSection
 from .presets import ASPECTS, aspect_size, clean_params, resolve, size_step
 from .result_view import pil_to_qimage
 from .settings import Preset
@@ -296,10 +297,14 @@ class ParametersPanel(QWidget):
         self.advanced_form.addRow("VAE tiling", self.tiling)
         self.advanced_form.addRow("", self.low_memory)
         self.advanced = CollapsibleSection("Advanced", advanced)
+        self.hires = HiresSection()
+        self.hires.changed.connect(self._check_custom)
+        self.hires_section = CollapsibleSection("Hires fix", self.hires)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.init_image)
+        layout.addWidget(self.hires_section)
         layout.addWidget(self.advanced)
         layout.addStretch(1)
         self.set_aspect("square")
@@ -342,6 +347,7 @@ class ParametersPanel(QWidget):
             "aesthetic_score": round(self.aesthetic.value(), 2),
             "negative_aesthetic_score": round(self.negative_aesthetic.value(), 2),
             "vae_tiling": TILING[self.tiling.currentText()],
+            **self.hires.values(),
         }
 
     def preset_values(self) -> dict[str, Any]:
@@ -382,6 +388,7 @@ class ParametersPanel(QWidget):
                 spin.setValue(float(values[key]))
         if "vae_tiling" in values:
             self.tiling.setCurrentText(next((k for k, v in TILING.items() if v is values["vae_tiling"]), "Automatic"))
+        notes += self.hires.set_values(values)
         return notes
 
     # -- size ---------------------------------------------------------------------------------

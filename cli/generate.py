@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from cli.hires_options import add_hires_arguments, hires_fields, ineffective_hires_options
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
@@ -96,6 +97,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_vae_argument(parser)
     add_library_options(parser)
+    add_hires_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -170,7 +172,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--mask-blur has no effect without --mask")
     if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
-    return warnings
+    return warnings + ineffective_hires_options(args)
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
@@ -200,6 +202,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         mask=mask,
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
         vae=args.vae,
+        **hires_fields(args),
     )
 
 
@@ -288,7 +291,9 @@ def resource_error(exc: ValueError, err: TextIO) -> int:
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
     from convert.vae_file import read_vae
+    from convert.upscaler_reader import library_upscaler_reader
     from mlx_sd.device import check_precision
+    from mlx_sd.hires import upscaler_network
     from mlx_sd.generation import plan, resolve_seed
     from mlx_sd.library import LibraryError
     from mlx_sd.lora import LoraError
@@ -313,7 +318,11 @@ def run(args: argparse.Namespace) -> int:
         return resource_error(exc, err)
     config = read_config(folder)
     request = build_request(args, config.default_size)
-    request = plan(config, request).request  # every check before the weights load; canonical names
+    planned = plan(config, request)  # every check before the weights load; canonical names
+    request = planned.request
+    read_upscaler = library_upscaler_reader(library.root)
+    if planned.hires is not None:
+        upscaler_network(planned.hires, read_upscaler)  # a hires upscaler model is found and read now
     check_precision(args.precision)
     try:  # every LoRA name found before the weights load
         for lora in without_lora_tags(request)[1]:
@@ -330,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.use_vae(request.vae)  # read now: a VAE that cannot be used fails before the first step
     except ValueError as exc:
         return resource_error(exc, err)
+    pipe.read_upscaler = read_upscaler
     bar = ProgressBar(err)
     saved = 0
     started = time.perf_counter()

@@ -9,6 +9,8 @@ Order of work:
    (A1111's strength rule: the tail of the full schedule from `schedules.img2img_sigmas`), the
    sampler over the CFG denoiser, progress with a latent preview after every step, then the VAE
    decode and, when inpainting, the composite over the init image.
+5. hires fix (mlx_sd.hires): after each batch's first pass, its latents are upscaled and a second,
+   img2img-like pass runs at the larger size with fresh per-seed noise, before the VAE decode.
 
 Noise draws per image (its own Philox stream, `noise.ImageNoise`): the first is the initial noise,
 the second the VAE posterior sample of the init image (img2img), later ones feed stochastic samplers.
@@ -34,6 +36,7 @@ from .config import ModelConfig
 from .dash_negative import with_dash_lines_moved
 from .denoiser import Conditioning, Denoiser
 from .estimate import check_fits, machine_memory
+from .hires import HiresPlan, Start, plan_hires, upscaled_start, upscaler_network
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
@@ -62,6 +65,7 @@ class Plan:
     sigmas: np.ndarray  # the noise levels this run steps through (img2img: the schedule's tail)
     init: np.ndarray | None  # (H, W, 3) in [0, 1] at the requested size
     mask: np.ndarray | None  # (H, W) in [0, 1], blurred; 1 = repaint
+    hires: HiresPlan | None = None  # hires fix's second pass
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -139,7 +143,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
         if request.mask is not None:
             mask = _prepared("mask", prepare_mask, request.mask, request.width, request.height, request.mask_blur)
     canonical = dataclasses.replace(with_dash_lines_moved(request), sampler=sampler.name, schedule=schedule.name)
-    return Plan(canonical, sampler, sigmas, init, mask)
+    return Plan(canonical, sampler, sigmas, init, mask, plan_hires(config, canonical))
 
 
 def _infotext_model(pipe: "Pipeline") -> ModelConfig:
@@ -205,6 +209,11 @@ def generate(
     request = p.request
     if check_memory:  # off only when a user was asked and chose to go ahead (the app)
         check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
+    hires_network = None
+    if p.hires is not None:  # hires fix: its second pass must fit too, and its upscaler be readable
+        if check_memory:
+            check_fits(pipe.config, p.hires.request, pipe.estimate(p.hires.request), machine_memory())
+        hires_network = upscaler_network(p.hires, pipe.read_upscaler)
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     model = _infotext_model(pipe)
     vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs
@@ -243,17 +252,26 @@ def generate(
             pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
         )
     )
+    # hires fix's prompts are encoded now: low-memory mode releases the text encoders next
+    hires_sampler = None if p.hires is None else _hires_sampler(pipe, p, c_concat, on_progress, cancel)
     now = timed("text_encoders", now)
     if request.low_memory:
         pipe.release_text_encoders()
 
-    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel)
+    after = 0 if p.hires is None else len(p.hires.sigmas) - 1
+    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel, (0, after))
     images: list[Image.Image] = []
     for batch_index in range(request.batch_count):
         _check_cancel(cancel, f"before batch {batch_index + 1} of {request.batch_count}")
         batch_seeds = seeds[batch_index * request.batch_size : (batch_index + 1) * request.batch_size]
         latents = sampler(batch_index, batch_seeds)
         now = timed("sampling", now)
+        if hires_sampler is not None:
+            _check_cancel(cancel, "before the hires pass")
+            start = upscaled_start(codec, latents, p.hires, hires_network, request.vae_tiling)
+            now = timed("hires_upscale", now)
+            latents = hires_sampler(batch_index, batch_seeds, start)
+            now = timed("sampling", now)
         _check_cancel(cancel, "before the VAE decode")
         pixels = np.array(codec.decode(latents, request.vae_tiling))
         if p.mask is not None:
@@ -263,6 +281,26 @@ def generate(
 
     timings["total"] = time.perf_counter() - started
     return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings, resources.notices)
+
+
+def _hires_sampler(
+    pipe: "Pipeline", p: Plan, c_concat: mx.array | None, on_progress: ProgressFn | None, cancel: CancelFn | None
+) -> "_BatchSampler":
+    """Hires fix's second pass: a sampler over its own plan, with its prompts' schedule (A1111's
+    hires rules) and, for inpainting models, the txt2img conditioning at the hires size."""
+    assert p.hires is not None
+    second = p.hires.request
+    if c_concat is not None:
+        c_concat = inpainting_concat(
+            pipe.codec, None, None, second.height, second.width, second.batch_size, second.vae_tiling
+        )
+    conditionings = conditioning_schedule(
+        second, lambda prompt, negative: _conditioning(
+            pipe, dataclasses.replace(second, prompt=prompt, negative_prompt=negative), c_concat
+        ), p.request.steps,
+    )
+    hires_plan = Plan(second, p.hires.sampler, p.hires.sigmas, None, None)
+    return _BatchSampler(pipe, hires_plan, conditionings, None, on_progress, cancel, (len(p.sigmas) - 1, 0))
 
 
 class _BatchSampler:
@@ -277,9 +315,10 @@ class _BatchSampler:
         init_moments: mx.array | None,
         on_progress: ProgressFn | None,
         cancel: CancelFn | None,
+        steps_around: tuple[int, int] = (0, 0),  # steps of other passes before and after this one
     ):
         self.pipe, self.plan, self.init_moments = pipe, p, init_moments
-        self.on_progress, self.cancel = on_progress, cancel
+        self.on_progress, self.cancel, self.steps_around = on_progress, cancel, steps_around
         config = pipe.config
         noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
 
@@ -294,17 +333,18 @@ class _BatchSampler:
         if p.mask is not None and not config.is_inpainting:
             self.repaint = repaint_latent_mask(p.mask, request.height, request.width, factor)
 
-    def __call__(self, batch_index: int, seeds: list[int]) -> mx.array:
+    def __call__(self, batch_index: int, seeds: list[int], start: Start | None = None) -> mx.array:
+        """`start` gives the noise-free start latent of a hires pass (after the initial draw)."""
         request, sigmas = self.plan.request, self.plan.sigmas
         noise = ImageNoise(seeds, self.latent_shape)
         x = noise.initial()  # drawn even when replaced, so later draws do not depend on `latents`
         if request.latents is not None:
             x = latents_from_request(request.latents, self.latent_shape[-1])
         denoiser = stepwise(self.denoisers)
-        if self.init_moments is None:
+        if start is None and self.init_moments is None:
             x = x * float(sigmas[0])
         else:
-            original = self.pipe.codec.latents(self.init_moments, noise())
+            original = start(noise) if start is not None else self.pipe.codec.latents(self.init_moments, noise())
             x = original + x * float(sigmas[0])
             if self.repaint is not None:
                 denoiser = BlendedDenoiser(denoiser, original, self.repaint)
@@ -312,7 +352,9 @@ class _BatchSampler:
         def report(step: Step) -> None:
             if self.on_progress is not None:
                 preview = self.pipe.preview.image(step.denoised[0])
-                self.on_progress(Progress(step.step, step.total, batch_index, request.batch_count, preview))
+                before, after = self.steps_around
+                total = before + step.total + after
+                self.on_progress(Progress(before + step.step, total, batch_index, request.batch_count, preview))
 
         # A1111's SDE samplers draw from Brownian trees seeded per image; on an NVIDIA GPU, whose
         # randn the NV generator reproduces, the trees' draws are CUDA's too (mlx_sd.brownian)

@@ -21,8 +21,9 @@ from pathlib import PurePath
 from . import __version__
 from .composable import BLEND_INFOTEXT_KEY
 from .config import ModelConfig
+from .hires import hires_enabled, upscaler_label
 from .request import AND_BLENDS, GenerationRequest
-from .samplers import split_sampler_name
+from .samplers import sampler_by_name, split_sampler_name
 
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
@@ -98,9 +99,10 @@ def format_infotext(
         "Size": f"{request.width}x{request.height}",
         "Model hash": model_hash(model.source.sha256) if model and model.source.sha256 else None,
         "Model": (model_name(model) or None) if model else None,
-        "Denoising strength": _number(request.strength) if request.init_image is not None else None,
+        "Denoising strength": _number(request.strength) if request.init_image is not None else _hires_denoise(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Mask blur": request.mask_blur if request.mask is not None else None,
+        **_hires_params(request),
         **(extra or {}),
         "Version": VERSION,
     }
@@ -218,6 +220,8 @@ def request_from_infotext(
         changes["schedule"] = params.get("Schedule type", "Automatic").strip()
     if params.get("VAE", "").strip():  # models: A1111 writes the file's name; the library knows its stem
         changes["vae"] = checkpoint_stem(params["VAE"].strip())
+    if params:
+        changes.update(_hires_changes(params))
     if params.get("Sampler", "").strip():
         # Older infotexts combine the two ("DPM++ 2M Karras"); the schedule in the name wins.
         sampler, named_schedule = split_sampler_name(params["Sampler"])
@@ -229,3 +233,55 @@ def request_from_infotext(
         blend = params.get(BLEND_INFOTEXT_KEY, "weights").strip()
         changes["and_blend"] = blend if blend in AND_BLENDS else base.and_blend
     return dataclasses.replace(base, **changes)
+
+
+# -- hires fix (mlx_sd.hires): A1111's keys, written and read back ---------------------------------
+
+
+def _hires_denoise(request: GenerationRequest) -> str | None:
+    return _number(request.hires_denoise) if hires_enabled(request) else None
+
+
+def _hires_params(request: GenerationRequest) -> dict[str, object | None]:
+    """A1111's hires keys in its order; the prompts and sampler only when they differ from the first pass's."""
+    if not hires_enabled(request):
+        return {}
+    try:
+        sampler = sampler_by_name(request.hires_sampler).name if request.hires_sampler else request.sampler
+    except ValueError:
+        sampler = request.hires_sampler
+    resized = request.hires_width or request.hires_height
+    return {
+        "Hires sampler": sampler if sampler != request.sampler else None,
+        "Hires prompt": request.hires_prompt if request.hires_prompt not in ("", request.prompt) else None,
+        "Hires negative prompt": request.hires_negative
+        if request.hires_negative not in ("", request.negative_prompt) else None,
+        "Hires upscale": None if resized else _number(request.hires_scale),
+        "Hires resize": f"{request.hires_width}x{request.hires_height}" if resized else None,
+        "Hires steps": request.hires_steps or None,
+        "Hires upscaler": upscaler_label(request.hires_upscaler),
+    }
+
+
+def _hires_changes(params: dict[str, str]) -> dict[str, object]:
+    """The request's hires fields from a parameter line: hires fix off when it has no `Hires upscale`
+    or `Hires resize`, and what a hires infotext leaves out at its default."""
+    defaults = GenerationRequest()
+    names = ("hires_scale", "hires_width", "hires_height", "hires_upscaler", "hires_steps", "hires_denoise",
+             "hires_prompt", "hires_negative", "hires_sampler")
+    changes: dict[str, object] = {name: getattr(defaults, name) for name in names}
+    if "Hires upscale" not in params and "Hires resize-1" not in params:
+        return changes
+    numbers = {
+        "hires_scale": ("Hires upscale", float), "hires_width": ("Hires resize-1", int),
+        "hires_height": ("Hires resize-2", int), "hires_steps": ("Hires steps", int),
+        "hires_denoise": ("Denoising strength", float),
+    }
+    for name, (key, kind) in numbers.items():
+        value = _convert(params.get(key), kind)
+        if value is not None:
+            changes[name] = float(value) if kind is float else value
+    texts = {"hires_upscaler": "Hires upscaler", "hires_prompt": "Hires prompt",
+             "hires_negative": "Hires negative prompt", "hires_sampler": "Hires sampler"}
+    changes.update({name: params[key] for name, key in texts.items() if key in params})
+    return changes

@@ -89,6 +89,8 @@ class Pipeline:
     allow_pickle: bool = False
     _loras: PipelineLoras | None = field(default=None, init=False, repr=False)
     _textual_inversion: TextualInversion | None = field(default=None, init=False, repr=False)
+    # hires fix's upscaler models, name or file -> network: the caller's reader (convert.upscaler_file)
+    read_upscaler: Callable[[str], nn.Module] | None = field(default=None, repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)

@@ -76,6 +76,16 @@ class GenerationRequest:
     # models: the VAE to decode with: a library VAE name, a VAE file or a diffusers `vae` folder;
     # None or "Automatic" is the model's own (mlx_sd.vae_swap)
     vae: str | None = None
+    # hires fix (mlx_sd.hires): on when hires_scale or hires_width/hires_height is not 0
+    hires_scale: float = 0.0  # the first pass's size times this; hires_width/hires_height win when given
+    hires_width: int = 0  # 0: from hires_height and the aspect ratio (both 0: from hires_scale)
+    hires_height: int = 0
+    hires_upscaler: str = "Latent"  # a latent mode, Lanczos, Nearest, or an upscaler model's name or file
+    hires_steps: int = 0  # 0: as many as the first pass
+    hires_denoise: float = 0.7  # the second pass's img2img strength
+    hires_prompt: str = ""  # "": the prompt
+    hires_negative: str = ""  # "": the negative prompt
+    hires_sampler: str = ""  # "": the sampler
 
     @property
     def total_images(self) -> int:

@@ -20,11 +20,15 @@ from .request import GenerationRequest
 Encode = Callable[[str, str], Conditioning]  # (prompt, negative prompt) -> conditioning
 
 
-def conditioning_schedule(request: GenerationRequest, encode: Encode) -> list[tuple[int, Conditioning]]:
+def conditioning_schedule(
+    request: GenerationRequest, encode: Encode, first_pass_steps: int | None = None
+) -> list[tuple[int, Conditioning]]:
     """(last step, conditioning) pairs for the request's prompts over its steps; one entry for a
-    prompt without editing or alternation, and one `encode` call per distinct pair of texts."""
-    positive = part_schedule(request.prompt, request.steps)  # AND first, as A1111 splits it
-    negative = prompt_schedule(request.negative_prompt, request.steps)
+    prompt without editing or alternation, and one `encode` call per distinct pair of texts.
+    `first_pass_steps` makes it a hires pass's schedule (A1111's rules, mlx_sd.prompt_schedule)."""
+    steps = (request.steps,) if first_pass_steps is None else (first_pass_steps, request.steps)
+    positive = part_schedule(request.prompt, *steps)  # AND first, as A1111 splits it
+    negative = prompt_schedule(request.negative_prompt, *steps)
     ends = sorted({end for end, _ in positive} | {end for end, _ in negative})
     encoded: dict[tuple[str, str], Conditioning] = {}
     schedule = []

@@ -32,13 +32,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from convert.upscaler_reader import library_upscaler_reader
 from mlx_sd import __version__
 from mlx_sd.generation import plan
+from mlx_sd.hires import LATENT_UPSCALE_MODES
 from mlx_sd.infotext import parse_infotext
 from mlx_sd.model_format import read_config
 from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SAMPLERS
 from mlx_sd.schedules import SCHEDULES
+from mlx_sd.upscalers import CLASSIC_FILTERS
 
 from .exposure import DEFAULT_PORT, LOCAL_HOSTS
 from .images import decode_image, encode_png
@@ -69,7 +72,8 @@ class ServerConfig:
 def start_queue(config: ServerConfig, model: ServedModel) -> GenerationQueue:
     """The generation queue over the server's own executor, with `model` loaded when this returns."""
     recorder = HistoryRecorder(config.library) if config.record_history else None
-    queue = GenerationQueue(PipelineExecutor(config.precision), config.max_queued, recorder)
+    executor = PipelineExecutor(config.precision, library_upscaler_reader(config.library, files=False))
+    queue = GenerationQueue(executor, config.max_queued, recorder)
     try:
         queue.submit(model, None).result()
     except BaseException:
@@ -267,11 +271,12 @@ def _add_routes(app: FastAPI, server: ApiServer) -> None:
     @app.get(f"{api}/upscalers")
     def upscalers() -> list[dict[str, Any]]:
         found = [{"name": p.stem, "model_name": p.stem, "model_path": str(p), "model_url": None, "scale": None} for p in server.library.files("upscalers")]
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": None}, *found]
+        filters = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for name in CLASSIC_FILTERS]
+        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": None}, *filters, *found]
 
     @app.get(f"{api}/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, Any]]:
-        return []  # hires fix is not built yet: no latent upscaling to offer
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     @app.get(f"{api}/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:

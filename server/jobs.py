@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import mlx.nn as nn
 from PIL import Image
 
 from convert.vae_file import read_vae
@@ -49,8 +50,9 @@ class GenerationExecutor(Protocol):
 class PipelineExecutor:
     """The server's own executor: one `mlx_sd.pipeline.Pipeline`, replaced when another model is asked for."""
 
-    def __init__(self, precision: str = "float32"):
+    def __init__(self, precision: str = "float32", read_upscaler: Callable[[str], nn.Module] | None = None):
         self.precision = precision
+        self.read_upscaler = read_upscaler  # hires fix's upscaler models by name
         self.loaded: ServedModel | None = None
         self._pipeline: Pipeline | None = None
 
@@ -60,6 +62,7 @@ class PipelineExecutor:
         self._pipeline = self.loaded = None  # free the old model before loading the next
         self._pipeline = Pipeline.load(model.folder, precision=self.precision)
         self._pipeline.vae_reader = read_vae  # models: sd_vae, a library VAE file (server.library)
+        self._pipeline.read_upscaler = self.read_upscaler
         self.loaded = model
 
     def generate(

@@ -49,6 +49,15 @@ class Txt2ImgRequest(Lenient):
     script_name: str = ""
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+    # hires fix, with A1111's API defaults (enable_hr turns it on; denoising_strength above is its strength)
+    hr_scale: float = 2.0
+    hr_upscaler: str = ""  # "": A1111's default latent mode
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_sampler_name: str = ""
 
     @field_validator("override_settings")
     @classmethod

@@ -1,6 +1,6 @@
 """A1111 and OpenAI payloads -> the engine's `GenerationRequest`; results -> A1111's `info`.
 
-What a request asks for that the engine does not do yet (hires fix, face restoration, styles,
+What a request asks for that the engine does not do yet (face restoration, styles,
 other inpainting fills...) is not an error: it is listed in `info["not_applied"]`.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from mlx_sd import __version__
+from mlx_sd.hires import hires_enabled
 from mlx_sd.request import GenerationRequest, RequestError
 from mlx_sd.samplers import sampler_and_schedule
 
@@ -23,6 +24,7 @@ from .schema import Img2ImgRequest, OpenAIImageRequest, Txt2ImgRequest
 ORIGINAL_FILL = 1  # A1111's inpainting_fill "original": the only fill the engine implements
 DEFAULT_VAES = ("Automatic", "None", "")
 APPLIED_OVERRIDES = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "sd_vae"}
+A1111_HIRES_DENOISE = 0.75  # txt2img's denoising_strength when an API request leaves it out
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
 
@@ -74,6 +76,8 @@ def a1111_request(
         if mask is not None and payload.inpainting_mask_invert:
             mask = ImageOps.invert(mask.convert("L"))
         fields.update(init_image=init_image, mask=mask, strength=payload.denoising_strength, mask_blur=payload.mask_blur)
+    elif payload.enable_hr:
+        fields.update(hires_fields(payload))
     model = overrides.get("sd_model_checkpoint") or options.sd_model_checkpoint
     return Translated(GenerationRequest(**fields), str(model), _not_applied(payload, options, mask is not None))
 
@@ -89,7 +93,6 @@ def _vae(payload: Txt2ImgRequest, options: ServerOptions) -> str | None:
 
 def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bool) -> tuple[str, ...]:
     flags = {
-        "enable_hr": payload.enable_hr,
         "restore_faces": payload.restore_faces,
         "tiling": payload.tiling,
         "styles": bool(payload.styles),
@@ -104,6 +107,21 @@ def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bo
         flags["inpaint_full_res"] = inpainting and payload.inpaint_full_res
     ignored = sorted(f"override_settings.{key}" for key in payload.override_settings if key not in APPLIED_OVERRIDES)
     return tuple(name for name, asked in flags.items() if asked) + tuple(ignored)
+
+
+def hires_fields(payload: Txt2ImgRequest) -> dict[str, Any]:
+    """The engine's hires fields for A1111's `enable_hr` keys. Upscaler models are only ever names
+    (the server reads them from the library's upscalers/ folder), never paths."""
+    upscaler = payload.hr_upscaler or GenerationRequest().hires_upscaler
+    if any(separator in upscaler for separator in "/\\") or upscaler.startswith("."):
+        raise RequestError("hr_upscaler", upscaler, "a name from /sdapi/v1/latent-upscale-modes or /sdapi/v1/upscalers")
+    sampler = sampler_and_schedule(payload.hr_sampler_name, "Automatic")[0] if payload.hr_sampler_name else ""
+    return dict(
+        hires_scale=payload.hr_scale, hires_width=payload.hr_resize_x, hires_height=payload.hr_resize_y,
+        hires_upscaler=upscaler, hires_steps=payload.hr_second_pass_steps, hires_prompt=payload.hr_prompt,
+        hires_negative=payload.hr_negative_prompt, hires_sampler=sampler,
+        hires_denoise=A1111_HIRES_DENOISE if payload.denoising_strength is None else payload.denoising_strength,
+    )
 
 
 def openai_request(payload: OpenAIImageRequest, native_size: int) -> GenerationRequest:
@@ -151,7 +169,9 @@ def a1111_info(
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": request.strength if request.init_image is not None else None,
+        "denoising_strength": request.strength if request.init_image is not None else (
+            request.hires_denoise if hires_enabled(request) else None
+        ),
         "extra_generation_params": {"Schedule type": request.schedule},
         "index_of_first_image": 0,
         "infotexts": infotexts,

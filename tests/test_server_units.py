@@ -175,7 +175,7 @@ def test_sampler_names_and_what_is_not_applied() -> None:
     assert a1111_request(Txt2ImgRequest(), options).request.sampler == "Euler"  # A1111's default
     asked = Txt2ImgRequest(enable_hr=True, restore_faces=True, styles=["s"], override_settings={"sd_vae": "x.pt", "eta_noise_seed_delta": 31337})
     assert a1111_request(asked, options).not_applied == (
-        "enable_hr", "restore_faces", "styles", "override_settings.eta_noise_seed_delta"
+        "restore_faces", "styles", "override_settings.eta_noise_seed_delta"
     )
     overridden = a1111_request(Txt2ImgRequest(override_settings={"sd_model_checkpoint": "other", "CLIP_stop_at_last_layers": 3}), options)
     assert overridden.model == "other" and overridden.request.clip_skip == 3
