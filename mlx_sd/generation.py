@@ -38,11 +38,13 @@ from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
 from .noise import ImageNoise, image_seeds, latents_from_request
+from .outpaint import outpainted
 from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
 from .sdxl_conditioning import needs_time_ids, time_ids
 from .stepwise_conditioning import conditioning_schedule, stepwise
+from .variation import seed_variation, variation_parameters, with_resolved_variation_seed
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -113,6 +115,9 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     _check_image("init_image", request.init_image)
     _check_image("mask", request.mask)
     request.validate(config.vae.downscale)
+    if any(request.outpaint):  # outpainting is inpainting on the grown canvas (mlx_sd.outpaint)
+        picture = _prepared("init_image", prepare_init_image, request.init_image, request.width, request.height)
+        request = outpainted(request, picture)
     try:
         sampler = sampler_by_name(request.sampler)
     except ValueError:
@@ -204,9 +209,14 @@ def generate(
     request = p.request
     check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
+    p = dataclasses.replace(p, request=with_resolved_variation_seed(request, random_seed()))
+    request = p.request
     model = _infotext_model(pipe)
     extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
-    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]
+    infotexts = [
+        format_infotext(request, seed, model, {**extra, **variation_parameters(request, index)})
+        for index, seed in enumerate(seeds)
+    ]
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
 
@@ -289,7 +299,9 @@ class _BatchSampler:
 
     def __call__(self, batch_index: int, seeds: list[int]) -> mx.array:
         request, sigmas = self.plan.request, self.plan.sigmas
-        noise = ImageNoise(seeds, self.latent_shape)
+        start = batch_index * request.batch_size
+        variation = seed_variation(request, start, len(seeds), self.pipe.config.vae.downscale)
+        noise = ImageNoise(seeds, self.latent_shape, variation=variation)
         x = noise.initial()  # drawn even when replaced, so later draws do not depend on `latents`
         if request.latents is not None:
             x = latents_from_request(request.latents, self.latent_shape[-1])

@@ -22,6 +22,7 @@ from . import __version__
 from .config import ModelConfig
 from .request import GenerationRequest
 from .samplers import split_sampler_name
+from .variation import SEED_RESIZE_FROM, VARIATION_SEED, VARIATION_STRENGTH
 
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
@@ -192,6 +193,7 @@ def request_from_infotext(
         "steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
         "width": ("Size-1", int), "height": ("Size-2", int), "strength": ("Denoising strength", float),
         "mask_blur": ("Mask blur", int), "clip_skip": ("Clip skip", int),
+        "variation_seed": (VARIATION_SEED, int), "variation_strength": (VARIATION_STRENGTH, float),
     }
     for name, (key, kind) in numbers.items():
         value = _convert(params.get(key), kind)
@@ -202,6 +204,10 @@ def request_from_infotext(
         if "Clip skip" not in params:
             changes["clip_skip"] = 1
         changes["schedule"] = params.get("Schedule type", "Automatic").strip()
+        # variation seeds (A1111's reading): no strength means none, no `Seed resize from` the image's size
+        changes.setdefault("variation_strength", 0.0)
+        resize = [_convert(params.get(f"{SEED_RESIZE_FROM}-{side}"), int) for side in (1, 2)]
+        changes["resize_seed_from"] = tuple(resize) if None not in resize else (0, 0)
     if params.get("Sampler", "").strip():
         # Older infotexts combine the two ("DPM++ 2M Karras"); the schedule in the name wins.
         sampler, named_schedule = split_sampler_name(params["Sampler"])
