@@ -23,6 +23,7 @@ from typing import NoReturn, TextIO
 
 from PIL import Image
 
+from cli import generate_bigger
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
@@ -92,6 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU's products: float32 (default, exact) or bfloat16 (about 1.4x faster on CPUs with AVX512_BF16, "
         "as torch's bfloat16; slightly different images)",
     )  # fmt: skip
+    generate_bigger.add_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -128,7 +130,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--mask-blur has no effect without --mask")
     if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
-    return warnings
+    return warnings + generate_bigger.warnings(args)
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
@@ -155,6 +157,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         strength=DEFAULTS.strength if args.strength is None else args.strength,
         mask=mask,
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
+        **generate_bigger.request_fields(args),
     )
 
 
@@ -237,15 +240,20 @@ class StopOnInterrupt:
 def run(args: argparse.Namespace) -> int:
     # the engine loads only when the command runs, so `mlx-sd --help` stays fast
     from mlx_sd.device import check_precision
-    from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.generation import plan, random_seed, resolve_seed
     from mlx_sd.model_format import read_config
     from mlx_sd.model_paths import resolve_model_folder
     from mlx_sd.noise import image_seed
     from mlx_sd.output_files import check_output_folder, save_numbered
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.samplers import Cancelled
+    from mlx_sd.variation import batch_changes, with_resolved_variation_seed
 
     err = sys.stderr
+    problem = generate_bigger.problem(args)
+    if problem:
+        err.write(f"mlx-sd generate: error: {problem}\n")
+        return 2
     check_output_folder(args.output)
     for warning in ineffective_options(args):
         err.write(f"mlx-sd generate: warning: {warning}\n")
@@ -255,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
     request = plan(config, request).request  # every check before the weights load; canonical names
     check_precision(args.precision)
     seed = resolve_seed(request.seed)
+    request = with_resolved_variation_seed(request, random_seed())
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
@@ -265,8 +274,9 @@ def run(args: argparse.Namespace) -> int:
     with StopOnInterrupt(err) as stop:
         for batch_index in range(request.batch_count):
             # one call per batch, so finished batches are saved even if a later one is stopped
-            batch_seed = image_seed(seed, batch_index * request.batch_size)
-            batch = dataclasses.replace(request, seed=batch_seed, batch_count=1)
+            start = batch_index * request.batch_size
+            batch_seed = image_seed(seed, start)
+            batch = dataclasses.replace(request, seed=batch_seed, batch_count=1, **batch_changes(request, start))
             bar.start_batch(batch_index, request.batch_count)
             try:
                 result = pipe.generate(batch, on_progress=bar, cancel=stop)

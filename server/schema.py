@@ -49,6 +49,12 @@ class Txt2ImgRequest(Lenient):
     script_name: str = ""
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+    # variation seeds and the SDXL refiner (issue 21), A1111's names and defaults
+    subseed: int = -1
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
+    refiner_checkpoint: str = ""
+    refiner_switch_at: float = 0.8
 
     @field_validator("override_settings")
     @classmethod

@@ -147,3 +147,45 @@ def test_an_infotext_without_the_keys_means_no_variation() -> None:
     base = GenerationRequest(variation_seed=5, variation_strength=0.5, resize_seed_from=(512, 512))
     back = request_from_infotext("a cat\nSteps: 20, Seed: 3, Size: 512x512", base)
     assert back.variation_strength == 0.0 and back.resize_seed_from == (0, 0)
+
+
+def test_cli_flags_reach_every_batch_and_bad_values_stop_in_one_line(capsys, model_folders, tmp_path) -> None:
+    from cli.main import main
+    from mlx_sd.image_metadata import read_infotext
+
+    args = ["generate", "--model", str(model_folders["sd1"]), "a cube", "--steps", "2", "--width", "64",
+            "--height", "64", "--seed", "5", "--batch-count", "2", "--output", str(tmp_path)]
+    code = main(args + ["--variation-seed", "40", "--variation-strength", "0.25", "--resize-seed-from", "128x64"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    params = [parse_infotext(read_infotext(path)).params for path in out.split()]
+    assert [(p["Seed"], p["Variation seed"], p["Variation seed strength"]) for p in params] == [
+        ("5", "40", "0.25"), ("6", "41", "0.25")]
+    assert params[0]["Seed resize from-1"] == "128" and params[0]["Seed resize from-2"] == "64"
+    with pytest.raises(SystemExit) as stopped:  # a malformed value stops argument parsing
+        main(args + ["--resize-seed-from", "128by64"])
+    assert stopped.value.code == 2
+    for bad in (["--variation-strength", "2"], ["--variation-seed", "-5", "--variation-strength", "0.1"]):
+        assert main(args + bad) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 3 and "Traceback" not in err, err
+    assert "WIDTHxHEIGHT" in err and "128by64" in err and "variation_strength = 2.0" in err
+
+
+def test_api_keys_translate_and_come_back_in_info() -> None:
+    from server.schema import Txt2ImgRequest
+    from server.translate import ServerOptions, a1111_info, a1111_request
+
+    payload = Txt2ImgRequest(subseed=40, subseed_strength=0.3, seed_resize_from_w=512, seed_resize_from_h=768)
+    translated = a1111_request(payload, ServerOptions("demo"))
+    req = translated.request
+    assert (req.variation_seed, req.variation_strength, req.resize_seed_from) == (40, 0.3, (512, 768))
+    assert "subseed_strength" not in translated.not_applied
+    assert a1111_request(Txt2ImgRequest(seed_resize_from_w=512), ServerOptions("demo")).request.resize_seed_from == (0, 0)
+    texts = ["a\nSteps: 3, Seed: 7, Variation seed: 40, Variation seed strength: 0.3",
+             "a\nSteps: 3, Seed: 8, Variation seed: 41, Variation seed strength: 0.3"]
+    info = a1111_info(req, [7, 8], texts, "m", None, ())
+    assert (info["subseed"], info["all_subseeds"], info["subseed_strength"]) == (40, [40, 41], 0.3)
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (512, 768)
+    plain = a1111_info(GenerationRequest(), [7], ["a\nSteps: 3, Seed: 7, Size: 64x64"], "m", None, ())
+    assert (plain["all_subseeds"], plain["seed_resize_from_w"]) == ([7], -1)
