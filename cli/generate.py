@@ -250,16 +250,16 @@ def run(args: argparse.Namespace) -> int:
     from mlx_sd.variation import batch_changes, with_resolved_variation_seed
 
     err = sys.stderr
-    problem = generate_bigger.problem(args)
-    if problem:
-        err.write(f"mlx-sd generate: error: {problem}\n")
-        return 2
     check_output_folder(args.output)
     for warning in ineffective_options(args):
         err.write(f"mlx-sd generate: warning: {warning}\n")
     folder = resolve_model_folder(args.model)
     config = read_config(folder)
     request = build_request(args, config.default_size)
+    problem = generate_bigger.problem(args, request, config)
+    if problem:
+        err.write(f"mlx-sd generate: error: {problem}\n")
+        return 2
     request = plan(config, request).request  # every check before the weights load; canonical names
     check_precision(args.precision)
     seed = resolve_seed(request.seed)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlx_sd.request import GenerationRequest
+from mlx_sd.config import ModelConfig
+from mlx_sd.refiner import check_refiner
+from mlx_sd.request import GenerationRequest, RequestError
 
 DEFAULTS = GenerationRequest()
 
@@ -71,12 +73,17 @@ def request_fields(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def problem(args: argparse.Namespace) -> str | None:
-    """What makes these options unable to run, in one line, or None."""
+def problem(args: argparse.Namespace, request: GenerationRequest, config: ModelConfig) -> str | None:
+    """What makes these options unable to run with this model, in one line, or None."""
     if any(args.outpaint) and args.init_image is None:
         return "--outpaint extends an image: give it with --init-image"
     if any(args.outpaint) and args.mask is not None:
         return "--outpaint masks the new area itself: leave out --mask"
+    try:
+        request.validate_bigger()
+        check_refiner(config, request)
+    except RequestError as exc:
+        return str(exc)
     return None
 
 

@@ -39,6 +39,7 @@ from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
 from .noise import ImageNoise, image_seeds, latents_from_request
 from .outpaint import outpainted
+from .refiner import Refinement, check_refiner, refiner_parameters
 from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
@@ -127,6 +128,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     except ValueError:
         raise RequestError("schedule", request.schedule, "one of " + ", ".join(s.name for s in SCHEDULES)) from None
     _check_clip_skip(config, request.clip_skip)
+    check_refiner(config, request)
     if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
         raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
     try:
@@ -198,6 +200,30 @@ def _conditioning(
     return conditioning
 
 
+def _conditionings(
+    pipe: "Pipeline", request: GenerationRequest, c_concat: mx.array | None
+) -> list[tuple[int, Conditioning | ComposableConditioning]]:
+    """The conditioning for each stretch of steps: prompt editing and alternation make one per change."""
+    return conditioning_schedule(
+        request, lambda prompt, negative: _conditioning(
+            pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
+        )
+    )
+
+
+def _denoisers(
+    pipe: "Pipeline", conditionings: list[tuple[int, Conditioning | ComposableConditioning]], timesteps: str
+) -> list[tuple[int, Denoiser]]:
+    """The pipeline's model as a denoiser for each stretch of `conditionings`."""
+    config = pipe.config
+    noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
+
+    def make(conditioning: Conditioning) -> Denoiser:
+        return Denoiser(pipe.unet, noise_schedule, conditioning, config.prediction_type, timesteps, pipe.dtype)
+
+    return [(end, denoiser_for(conditioning, make)) for end, conditioning in conditionings]
+
+
 def generate(
     pipe: "Pipeline",
     request: GenerationRequest,
@@ -212,7 +238,7 @@ def generate(
     p = dataclasses.replace(p, request=with_resolved_variation_seed(request, random_seed()))
     request = p.request
     model = _infotext_model(pipe)
-    extra = {**INFOTEXT_EXTRA, **blend_parameters(request)}
+    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **refiner_parameters(pipe.config, request)}
     infotexts = [
         format_infotext(request, seed, model, {**extra, **variation_parameters(request, index)})
         for index, seed in enumerate(seeds)
@@ -241,16 +267,18 @@ def generate(
     init_moments = None if p.init is None else codec.encode(mx.array(p.init)[None], request.vae_tiling)
     if c_concat is not None or init_moments is not None:
         now = timed("vae_encode", now)
-    conditionings = conditioning_schedule(  # prompt editing and alternation: one entry per change
-        request, lambda prompt, negative: _conditioning(
-            pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
-        )
-    )
+    conditionings = _conditionings(pipe, request, c_concat)
     now = timed("text_encoders", now)
     if request.low_memory:
         pipe.release_text_encoders()
+    refinement = None
+    if request.refiner:  # the SDXL refiner takes over the schedule's last steps (mlx_sd.refiner)
+        refinement = Refinement(
+            pipe, request, len(p.sigmas) - 1,
+            lambda refiner: _denoisers(refiner, _conditionings(refiner, request, None), p.sampler.timesteps),
+        )
 
-    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel)
+    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel, refinement)
     images: list[Image.Image] = []
     for batch_index in range(request.batch_count):
         _check_cancel(cancel, f"before batch {batch_index + 1} of {request.batch_count}")
@@ -280,16 +308,12 @@ class _BatchSampler:
         init_moments: mx.array | None,
         on_progress: ProgressFn | None,
         cancel: CancelFn | None,
+        refinement: Refinement | None = None,
     ):
         self.pipe, self.plan, self.init_moments = pipe, p, init_moments
-        self.on_progress, self.cancel = on_progress, cancel
+        self.on_progress, self.cancel, self.refinement = on_progress, cancel, refinement
         config = pipe.config
-        noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
-
-        def make(conditioning: Conditioning) -> Denoiser:
-            return Denoiser(pipe.unet, noise_schedule, conditioning, config.prediction_type, p.sampler.timesteps, pipe.dtype)
-
-        self.denoisers = [(end, denoiser_for(conditioning, make)) for end, conditioning in conditionings]
+        self.denoisers = _denoisers(pipe, conditionings, p.sampler.timesteps)
         request = p.request
         factor = config.vae.downscale
         self.latent_shape = (request.height // factor, request.width // factor, config.vae.latent_channels)
@@ -306,6 +330,8 @@ class _BatchSampler:
         if request.latents is not None:
             x = latents_from_request(request.latents, self.latent_shape[-1])
         denoiser = stepwise(self.denoisers)
+        if self.refinement is not None:
+            denoiser = self.refinement.switching(denoiser)
         if self.init_moments is None:
             x = x * float(sigmas[0])
         else:

@@ -54,9 +54,9 @@ def outpaint_mask(width: int, height: int, sides: tuple[int, int, int, int], cov
 
 
 def _blurred(pixels: np.ndarray, radius: float) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] through Pillow's Gaussian blur, channel by channel in float."""
-    channels = [Image.fromarray(pixels[..., c].astype(np.float32), "F") for c in range(3)]
-    return np.stack([np.asarray(c.filter(ImageFilter.GaussianBlur(radius))) for c in channels], axis=-1)
+    """(H, W, 3) in [0, 1] through Pillow's Gaussian blur (in 8 bits: plenty for a fill)."""
+    blurred = to_image(pixels).filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(blurred, dtype=np.float32) / 255.0
 
 
 def _spectral_noise(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

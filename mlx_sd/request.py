@@ -110,7 +110,7 @@ class GenerationRequest:
             raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
         if self.and_blend not in AND_BLENDS:
             raise RequestError("and_blend", self.and_blend, "one of " + ", ".join(AND_BLENDS))
-        self._validate_bigger()
+        self.validate_bigger()
         if self.latents is not None:
             if not isinstance(self.latents, np.ndarray):
                 raise RequestError("latents", f"a {type(self.latents).__name__}", "a numpy array (or None)")
@@ -121,7 +121,7 @@ class GenerationRequest:
                     f"shape (batch_size, 4, height/{latent_factor}, width/{latent_factor}) = {expected}",
                 )
 
-    def _validate_bigger(self) -> None:
+    def validate_bigger(self) -> None:
         """Variation seeds, outpainting and the refiner (issue 21)."""
         largest = LARGEST_SEED - (self.total_images - 1)
         seed = self.variation_seed
