@@ -175,6 +175,19 @@ def _convert(value: str | None, kind: type) -> int | float | None:
     return int(number) if kind is int else number
 
 
+def _refiner_from_params(params: Mapping[str, str]) -> dict[str, object]:
+    """The SDXL refiner's fields: `Refiner` is A1111's "name [hash]"; the request wants the name."""
+    value = params.get("Refiner", "").strip()
+    name, bracket, short_hash = value[:-1].rpartition(" [") if value.endswith("]") else ("", "", "")
+    if bracket and short_hash and all(c in "0123456789abcdefABCDEF" for c in short_hash):
+        value = name
+    changes: dict[str, object] = {"refiner": value}
+    switch = _convert(params.get("Refiner switch at"), float)
+    if switch is not None:
+        changes["refiner_switch"] = float(switch)
+    return changes
+
+
 def request_from_infotext(
     source: str | Infotext, base: GenerationRequest = GenerationRequest()
 ) -> GenerationRequest:
@@ -208,6 +221,7 @@ def request_from_infotext(
         changes.setdefault("variation_strength", 0.0)
         resize = [_convert(params.get(f"{SEED_RESIZE_FROM}-{side}"), int) for side in (1, 2)]
         changes["resize_seed_from"] = tuple(resize) if None not in resize else (0, 0)
+        changes.update(_refiner_from_params(params))
     if params.get("Sampler", "").strip():
         # Older infotexts combine the two ("DPM++ 2M Karras"); the schedule in the name wins.
         sampler, named_schedule = split_sampler_name(params["Sampler"])
