@@ -20,8 +20,10 @@ from .library_folder import default_library_folder
 from .linux_libraries import xcb_problem
 from .main_window import MainWindow
 from .model_manager import install_model_manager
+from .outpaint_controls import install_outpaint_controls
 from .settings import AppSettings, library_path, load_settings
 from .settings_dialog import install_settings_dialog
+from .vary_control import install_vary_control
 
 APP_NAME = "mlx-sd"
 SETTINGS_FILE = "settings.json"
@@ -48,6 +50,8 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     history = install_history_browser(window)
     models = install_model_manager(window)
     install_blend_panel(window)
+    install_vary_control(window)
+    install_outpaint_controls(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library],
