@@ -102,9 +102,10 @@ class CLIPEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
 
-    def __call__(self, input_ids: mx.array, dtype: mx.Dtype | None = None) -> mx.array:
-        """Token + position embeddings, summed in `dtype` (None: the weights' dtype)."""
-        tokens = self.token_embedding(input_ids)
+    def __call__(self, input_ids: mx.array, dtype: mx.Dtype | None = None, tokens: mx.array | None = None) -> mx.array:
+        """Token + position embeddings, summed in `dtype` (None: the weights' dtype); `tokens`, when
+        given, replaces the token vectors (textual inversion puts its vectors among them)."""
+        tokens = self.token_embedding(input_ids) if tokens is None else tokens
         positions = self.position_embedding(mx.arange(input_ids.shape[1]))
         if dtype is not None:
             tokens, positions = tokens.astype(dtype), positions.astype(dtype)
@@ -157,7 +158,7 @@ class CLIPTextModel(nn.Module):
         projected = self.text_projection(pooled) if self.config.projection_dim is not None else None
         return CLIPOutput(hidden_states, last, pooled, projected)
 
-    def encode(self, input_ids: mx.array, clip_skip: int = 1) -> TextEmbedding:
+    def encode(self, input_ids: mx.array, clip_skip: int = 1, tokens: mx.array | None = None) -> TextEmbedding:
         """The family's cross-attention context and pooled embedding (see the module docstring).
 
         hidden = hidden_states[config.hidden_layer - (clip_skip - 1)], then the final LayerNorm if
@@ -170,7 +171,7 @@ class CLIPTextModel(nn.Module):
             raise ValueError(f"clip_skip must be from 1 to {deepest} for this {layers}-layer encoder, got {clip_skip}")
         selected = layers + 1 + index  # position in hidden_states; layers past it are only run for pooling
         needed = layers if self.config.projection_dim is not None else selected
-        hidden_states = self._hidden_states(input_ids, needed)
+        hidden_states = self._hidden_states(input_ids, needed, tokens)
         hidden = hidden_states[selected]
         if self.config.final_norm:
             hidden = self.text_model.final_layer_norm(hidden)
@@ -180,9 +181,9 @@ class CLIPTextModel(nn.Module):
             pooled = self.text_projection(self._pool(last, input_ids))
         return TextEmbedding(hidden, pooled)
 
-    def _hidden_states(self, input_ids: mx.array, num_layers: int) -> list[mx.array]:
+    def _hidden_states(self, input_ids: mx.array, num_layers: int, tokens: mx.array | None = None) -> list[mx.array]:
         self._check_ids(input_ids)
-        x = self.text_model.embeddings(input_ids, self.compute_dtype)
+        x = self.text_model.embeddings(input_ids, self.compute_dtype, tokens)
         mask = causal_mask(x.shape[1], x.dtype)
         states = [x]
         for layer in self.text_model.encoder.layers[:num_layers]:

@@ -2,7 +2,8 @@
 
 For each text encoder (docs/facts.md §5.2):
 1. the prompt is parsed into weighted fragments and BREAKs (`prompt_parser`); each fragment is
-   tokenised without BOS/EOS;
+   tokenised without BOS/EOS; a textual-inversion embedding's name becomes its vectors, one position
+   each, moved whole to the next chunk when they do not fit (mlx_sd.textual_inversion);
 2. tokens fill 75-token chunks; when a chunk is full and a comma lies within the last 20 tokens, the
    tokens after that comma move to the next chunk; BREAK closes the chunk early;
 3. each chunk becomes [BOS] + 75 tokens (padded with EOS) + [EOS]; for encoders whose pad id is not
@@ -19,26 +20,33 @@ vector is bigG's, from the first chunk. The refiner has bigG alone.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from .clip import CLIPTextModel
 from .prompt_parser import Break, parse_prompt_attention
+from .textual_inversion import EmbeddingMatch
 from .tokenizer import CLIPTokenizer
 
 CHUNK_TOKENS = 75  # text tokens per chunk; + BOS + EOS = 77 positions
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
 CACHE_SIZE = 16  # distinct prompts kept encoded
+PLACEHOLDER_ID = 0  # the id under an embedding's vectors (A1111's); never an EOS, so pooling is unchanged
+# (a fragment's tokens, a position) -> the embedding named there, for one text encoder
+EmbeddingFinder = Callable[[Sequence[int], int], EmbeddingMatch | None]
 
 
 @dataclass(frozen=True)
 class PromptChunk:
-    """One encoder input: 77 ids and the emphasis weight of each position."""
+    """One encoder input: 77 ids, the emphasis weight of each position, and the embeddings' vectors
+    that replace the token vectors from a text position on (0 = the first token after BOS)."""
 
     ids: tuple[int, ...]
     weights: tuple[float, ...]
+    embeddings: tuple[tuple[int, mx.array], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,29 +58,43 @@ class EncodedPrompt:
     pooled: mx.array | None = None
 
 
-def _close_chunk(ids: list[int], weights: list[float], tokenizer: CLIPTokenizer) -> PromptChunk:
+def _close_chunk(
+    ids: list[int], weights: list[float], tokenizer: CLIPTokenizer, embeddings: Sequence[tuple[int, mx.array]] = ()
+) -> PromptChunk:
     padding = CHUNK_TOKENS - len(ids)
     ids = [tokenizer.bos_id, *ids, *[tokenizer.eos_id] * padding, tokenizer.eos_id]
     weights = [1.0, *weights, *[1.0] * padding, 1.0]
     if tokenizer.pad_id != tokenizer.eos_id:
         first_eos = ids.index(tokenizer.eos_id)
         ids[first_eos + 1 :] = [tokenizer.pad_id] * (len(ids) - first_eos - 1)
-    return PromptChunk(tuple(ids), tuple(weights))
+    return PromptChunk(tuple(ids), tuple(weights), tuple(embeddings))
 
 
-def prompt_chunks(prompt: str, tokenizer: CLIPTokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
+def prompt_chunks(
+    prompt: str, tokenizer: CLIPTokenizer, comma_backtrack: int = COMMA_BACKTRACK, embeddings: EmbeddingFinder | None = None
+) -> list[PromptChunk]:
     """Split a prompt into 77-token chunks with per-token weights (A1111's tokenize_line)."""
     chunks: list[PromptChunk] = []
     ids: list[int] = []
     weights: list[float] = []
+    placed: list[tuple[int, mx.array]] = []  # embeddings of the current chunk
     last_comma = -1  # position in `ids` of the latest comma of the current chunk
+
+    def close(cut: int | None = None) -> None:
+        nonlocal ids, weights, placed, last_comma
+        cut = len(ids) if cut is None else cut
+        chunks.append(_close_chunk(ids[:cut], weights[:cut], tokenizer, [e for e in placed if e[0] < cut]))
+        placed = [(start - cut, vectors) for start, vectors in placed if start >= cut]
+        ids, weights, last_comma = ids[cut:], weights[cut:], -1
 
     for item in parse_prompt_attention(prompt):
         if isinstance(item, Break):
-            chunks.append(_close_chunk(ids, weights, tokenizer))
-            ids, weights, last_comma = [], [], -1
+            close()
             continue
-        for token in tokenizer.tokenize(item.text):
+        tokens = tokenizer.tokenize(item.text)
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             if token == tokenizer.comma_id:
                 last_comma = len(ids)
             elif (
@@ -81,19 +103,37 @@ def prompt_chunks(prompt: str, tokenizer: CLIPTokenizer, comma_backtrack: int = 
                 and last_comma != -1
                 and len(ids) - last_comma <= comma_backtrack
             ):
-                # The chunk is full: end it at the comma and carry the words after it over.
-                cut = last_comma + 1
-                chunks.append(_close_chunk(ids[:cut], weights[:cut], tokenizer))
-                ids, weights, last_comma = ids[cut:], weights[cut:], -1
+                close(last_comma + 1)  # the chunk is full: end it at the comma, carry the words after it over
             if len(ids) == CHUNK_TOKENS:
-                chunks.append(_close_chunk(ids, weights, tokenizer))
-                ids, weights, last_comma = [], [], -1
-            ids.append(token)
-            weights.append(item.weight)
+                close()
+            match = embeddings(tokens, position) if embeddings is not None else None
+            if match is None:
+                ids.append(token)
+                weights.append(item.weight)
+                position += 1
+                continue
+            count = match.vectors.shape[0]
+            if len(ids) + count > CHUNK_TOKENS:
+                close()
+            placed.append((len(ids), match.vectors))
+            ids.extend([PLACEHOLDER_ID] * count)
+            weights.extend([item.weight] * count)
+            position += match.length
 
     if ids or not chunks:
-        chunks.append(_close_chunk(ids, weights, tokenizer))
+        close()
     return chunks
+
+
+def token_vectors(model: CLIPTextModel, ids: mx.array, chunks: Sequence[PromptChunk]) -> mx.array | None:
+    """The token vectors of `ids` (N, 77) with the chunks' embeddings in place, None when there are none."""
+    if not any(chunk.embeddings for chunk in chunks):
+        return None
+    vectors = np.array(model.text_model.embeddings.token_embedding(ids).astype(mx.float32))
+    for row, chunk in enumerate(chunks):
+        for start, embedding in chunk.embeddings:
+            vectors[row, 1 + start : 1 + start + embedding.shape[0]] = np.array(embedding)  # after BOS
+    return mx.array(vectors)
 
 
 def apply_emphasis(hidden: mx.array, weights: mx.array) -> mx.array:
@@ -130,6 +170,7 @@ class PromptEncoder:
         *,
         force_zeros_for_empty_prompt: bool = False,
         comma_backtrack: int = COMMA_BACKTRACK,
+        embeddings: Sequence[EmbeddingFinder] | None = None,
     ):
         if not text_encoders or len(tokenizers) != len(text_encoders):
             raise ValueError(
@@ -137,6 +178,7 @@ class PromptEncoder:
                 f"got {len(tokenizers)} tokenizers and {len(text_encoders)} text encoders"
             )
         self.encoders = list(zip(tokenizers, text_encoders))
+        self.embeddings: Sequence[EmbeddingFinder | None] = embeddings or [None] * len(self.encoders)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.comma_backtrack = comma_backtrack
         self._cache: OrderedDict[tuple[str, int], EncodedPrompt] = OrderedDict()
@@ -146,8 +188,8 @@ class PromptEncoder:
         contexts: list[list[mx.array]] = [[] for _ in texts]
         pooled: list[mx.array | None] = [None] * len(texts)
         chunk_counts: list[int] | None = None
-        for tokenizer, model in self.encoders:
-            per_text = [prompt_chunks(text, tokenizer, self.comma_backtrack) for text in texts]
+        for (tokenizer, model), embeddings in zip(self.encoders, self.embeddings):
+            per_text = [prompt_chunks(text, tokenizer, self.comma_backtrack, embeddings) for text in texts]
             counts = [len(chunks) for chunks in per_text]
             if chunk_counts is not None and counts != chunk_counts:
                 raise ValueError(
@@ -157,7 +199,7 @@ class PromptEncoder:
             flat = [chunk for chunks in per_text for chunk in chunks]
             ids = mx.array([chunk.ids for chunk in flat], dtype=mx.int32)
             weights = mx.array([chunk.weights for chunk in flat], dtype=mx.float32)
-            output = model.encode(ids, clip_skip)
+            output = model.encode(ids, clip_skip, token_vectors(model, ids, flat))
             hidden = apply_emphasis(output.hidden, weights)
             start = 0
             for i, count in enumerate(counts):
@@ -171,6 +213,10 @@ class PromptEncoder:
         ]
         mx.eval([(r.context, r.pooled) if r.pooled is not None else r.context for r in results])
         return results
+
+    def clear_cache(self) -> None:
+        """Forget every encoding: the text encoders' weights or the embeddings changed."""
+        self._cache.clear()
 
     def _lookup(self, texts: Sequence[str], clip_skip: int) -> list[EncodedPrompt]:
         missing = list(dict.fromkeys(t for t in texts if (t, clip_skip) not in self._cache))

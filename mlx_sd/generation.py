@@ -37,6 +37,7 @@ from .estimate import check_fits, machine_memory
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
+from .library import Library
 from .noise import ImageNoise, image_seeds, latents_from_request
 from .outpaint import outpainted
 from .refiner import Refinement, check_refiner, refiner_parameters
@@ -109,8 +110,9 @@ def _prepared(name: str, prepare: Callable[..., np.ndarray], image: Image.Image,
         raise RequestError(name, f"a {image.mode} image Pillow cannot convert ({exc})", "a readable image") from None
 
 
-def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
-    """Check the request against the rules and this model; RequestError names field, value and rule."""
+def plan(config: ModelConfig, request: GenerationRequest, library: Library | None = None) -> Plan:
+    """Check the request against the rules and this model; RequestError names field, value and rule.
+    `library` finds a refiner named by the request (default: the default library folder's)."""
     if not isinstance(request, GenerationRequest):
         raise TypeError(f"expected a GenerationRequest, got {type(request).__name__}")
     _check_image("init_image", request.init_image)
@@ -128,7 +130,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     except ValueError:
         raise RequestError("schedule", request.schedule, "one of " + ", ".join(s.name for s in SCHEDULES)) from None
     _check_clip_skip(config, request.clip_skip)
-    check_refiner(config, request)
+    check_refiner(config, request, library)
     if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
         raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
     try:
@@ -231,25 +233,31 @@ def generate(
     cancel: CancelFn | None = None,
 ) -> GenerationResult:
     started = time.perf_counter()
-    p = plan(pipe.config, request)
+    p = plan(pipe.config, request, pipe.library)
     request = p.request
     check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
     p = dataclasses.replace(p, request=with_resolved_variation_seed(request, random_seed()))
     request = p.request
     model = _infotext_model(pipe)
-    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **refiner_parameters(pipe.config, request)}
-    infotexts = [
+    resources = pipe.use_resources(request)  # LoRAs merged, embeddings found (issue 17)
+    extra = {
+        **INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext, **refiner_parameters(pipe.config, request, pipe.library)
+    }
+    infotexts = [  # LoRA tags kept, as A1111
         format_infotext(request, seed, model, {**extra, **variation_parameters(request, index)})
         for index, seed in enumerate(seeds)
     ]
+    request = resources.request  # the text encoders never see the tags
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
 
     if p.init is not None and request.strength == 0:
         image = to_image(p.init)  # nothing to denoise: the input, converted and resized
         timings["total"] = time.perf_counter() - started
-        return GenerationResult([image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings)
+        return GenerationResult(
+            [image.copy() for _ in seeds], seeds, infotexts, mx.get_peak_memory(), timings, resources.notices
+        )
 
     def timed(stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -293,7 +301,7 @@ def generate(
         now = timed("vae_decode", now)
 
     timings["total"] = time.perf_counter() - started
-    return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings)
+    return GenerationResult(images, seeds, infotexts, mx.get_peak_memory(), timings, resources.notices)
 
 
 class _BatchSampler:

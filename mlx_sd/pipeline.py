@@ -7,16 +7,18 @@ models once: on the CPU its formulations are swapped in (mlx_sd.cpu.accelerate),
 device the UNet and VAE evaluate block by block so that a cancel takes effect inside a step
 (mlx_sd.block_evaluation). `Pipeline.generate(request)` runs a generation (mlx_sd.generation) with
 the CPU's products in the pipeline's `precision`; the text encoders can be released to save memory
-and are reloaded from the folder when next needed.
+and are reloaded from the folder when next needed. LoRAs and textual-inversion embeddings come from
+the pipeline's `library` (mlx_sd.library; `use_resources`).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -32,9 +34,13 @@ from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
 from .estimate import Estimate, estimate
 from .generation import generate
+from .library import Library
+from .lora.active import PipelineLoras, ResourcesInUse, without_lora_tags
 from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
 from .request import GenerationRequest, GenerationResult, Progress
+from .resource_hashes import hashes_value
+from .textual_inversion import EmbeddingMatch, TextualInversion
 from .tokenizer import CLIPTokenizer, TokenizerError
 from .module_swap import M
 from .unet import UNet2DConditionModel
@@ -77,6 +83,11 @@ class Pipeline:
     boundary: Boundary = field(default_factory=Boundary)  # between the UNet's and VAE's blocks
     # weight bytes by component and the UNet's weights per level, measured at load for `estimate`
     sizes: tuple[dict[str, int], list[int]] = field(default_factory=lambda: ({}, []), repr=False)
+    # LoRAs and embeddings (issue 17): looked up in `library`; pickles read only with `allow_pickle`
+    library: Library = field(default_factory=Library, repr=False)
+    allow_pickle: bool = False
+    _loras: PipelineLoras | None = field(default=None, init=False, repr=False)
+    _textual_inversion: TextualInversion | None = field(default=None, init=False, repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     # the SDXL refiner last used with this base model (mlx_sd.refiner), and whether the base's UNet
     # weights were released for it in low-memory mode
@@ -87,11 +98,13 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None, precision: str = "float32"
+        cls, folder: str | os.PathLike[str], dtype: mx.Dtype | str | None = None, precision: str = "float32",
+        library: Library | None = None, allow_pickle: bool = False,
     ) -> "Pipeline":
         """Load a converted model folder; `dtype` overrides the device policy's compute dtype;
         `precision` "bfloat16" makes the CPU's products bfloat16 (faster, not exact: factors rounded
-        to bfloat16, summed in float32, as torch's bfloat16 autocast).
+        to bfloat16, summed in float32, as torch's bfloat16 autocast). LoRAs and embeddings are looked
+        up in `library` (default: the default library folder's); `allow_pickle` lets them be pickles.
 
         Raises ValueError for a precision this machine cannot run (before reading anything),
         ModelFolderError for an unusable folder and model_format.WeightsError for weights that do
@@ -136,6 +149,8 @@ class Pipeline:
             cpu=cpu,
             boundary=boundary,
             sizes=({name: _bytes(model) for name, model in models.items()}, _parameters_per_level(models["unet"])),
+            library=library or Library(),
+            allow_pickle=allow_pickle,
         )
 
     def generate(
@@ -201,13 +216,54 @@ class Pipeline:
                     model = CLIPTextModel(text_config)
                     storage = dtype_from_name(self.config.dtype)
                     setattr(self, name, _load(model, self.folder, name, self.dtype, storage, self.cpu, self.boundary))
+                    if self._loras is not None:
+                        self._loras.reloaded(name, getattr(self, name))
                 pairs.append((getattr(self, TOKENIZER_FOR[name]), getattr(self, name)))
             self._prompt_encoder = PromptEncoder(
                 [tokenizer for tokenizer, _ in pairs],
                 [model for _, model in pairs],
                 force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+                embeddings=[functools.partial(self._find_embedding, name) for name in self.config.text_encoders],
             )
         return self._prompt_encoder
+
+    @property
+    def textual_inversion(self) -> TextualInversion:
+        """The library's embeddings for this model's tokenizers (made again when `library` or
+        `allow_pickle` changed)."""
+        ti = self._textual_inversion
+        if ti is None or ti.library is not self.library or ti.allow_pickle != self.allow_pickle:
+            tokenizers = {name: getattr(self, TOKENIZER_FOR[name]) for name in self.config.text_encoders}
+            self._textual_inversion = TextualInversion(self.library, tokenizers, self.allow_pickle)
+        return self._textual_inversion
+
+    def _find_embedding(self, component: str, tokens: Sequence[int], position: int) -> EmbeddingMatch | None:
+        return self.textual_inversion.find(component, tokens, position)
+
+    def use_resources(self, request: GenerationRequest) -> ResourcesInUse:
+        """Merge the LoRAs `request` asks for (its `loras` and its prompts' tags; none removes every LoRA)
+        and find the embeddings its prompts name. A LibraryError or LoraError (one line each) leaves the
+        models as they were. Returns the request without its LoRA tags and the infotext's hash entries."""
+        stripped, loras = without_lora_tags(request)
+        encoder = self.prompt_encoder()  # the text encoders loaded: LoRAs merge into them too
+        infotext: dict[str, str] = {}
+        notices: list[str] = []
+        changed = False
+        if loras or self._loras is not None:
+            if self._loras is None:
+                models = {name: getattr(self, name) for name in ("unet", *self.config.text_encoders)}
+                self._loras = PipelineLoras(models, self.config.family, self.config.unet.layers_per_block)
+            applied = self._loras.use(loras, self.library, self.allow_pickle)
+            changed, notices = applied.changed, applied.warnings
+            if applied.hashes:
+                infotext["Lora hashes"] = hashes_value(applied.hashes)
+        widths = {name: config.hidden_size for name, config in self.config.text_encoders.items()}
+        if self.textual_inversion.refresh(widths) or changed:
+            encoder.clear_cache()
+        used = self.textual_inversion.used([stripped.prompt, stripped.negative_prompt])
+        if used:
+            infotext["TI hashes"] = hashes_value(used)
+        return ResourcesInUse(stripped, infotext, [*notices, *self.library.notices()])
 
     def release_text_encoders(self) -> None:
         """Drop the text encoders (and the prompt cache) so MLX can free their memory."""

@@ -21,7 +21,7 @@ import mlx.core as mx
 from .config import ModelConfig
 from .infotext import model_hash, model_name
 from .model_format import read_config
-from .model_paths import resolve_model_folder
+from .library import Library
 from .request import GenerationRequest, RequestError
 from .stepwise_conditioning import StepwiseDenoiser, stepwise
 
@@ -44,12 +44,12 @@ class DenoiserLike(Protocol):
 MakeDenoisers = Callable[["Pipeline"], list[tuple[int, DenoiserLike]]]
 
 
-def refiner_folder(name: str) -> Path:
-    """Where the refiner named by a request lives (a model folder)."""
-    return resolve_model_folder(name)
+def refiner_folder(name: str, library: Library) -> Path:
+    """Where the refiner named by a request lives: a model folder, or a model of the library by name."""
+    return library.find("models", name)
 
 
-def check_refiner(config: ModelConfig, request: GenerationRequest) -> ModelConfig | None:
+def check_refiner(config: ModelConfig, request: GenerationRequest, library: Library | None = None) -> ModelConfig | None:
     """The refiner's config when the request names one it can use with `config`'s model; RequestError
     in one line otherwise. Reads only the refiner's model.json."""
     if not request.refiner:
@@ -57,7 +57,7 @@ def check_refiner(config: ModelConfig, request: GenerationRequest) -> ModelConfi
     if config.family != BASE_FAMILY:
         raise RequestError("refiner", request.refiner, f"a refiner for an {BASE_FAMILY} model; this model is {config.family}")
     try:
-        refiner = read_config(refiner_folder(request.refiner))
+        refiner = read_config(refiner_folder(request.refiner, library or Library()))
     except (ValueError, OSError) as exc:
         raise RequestError("refiner", request.refiner, f"an {REFINER_FAMILY} model folder ({exc})") from None
     if refiner.family != REFINER_FAMILY:
@@ -70,12 +70,12 @@ def switch_call(steps: int, switch: float) -> int:
     return min(steps, math.ceil(round(switch * steps, 9)))  # rounded: 0.8 * 20 is 16, not 16.000000000000004
 
 
-def refiner_parameters(config: ModelConfig, request: GenerationRequest) -> dict[str, str]:
+def refiner_parameters(config: ModelConfig, request: GenerationRequest, library: Library) -> dict[str, str]:
     """The infotext keys of a request's refiner (none without one)."""
-    refiner = check_refiner(config, request)
+    refiner = check_refiner(config, request, library)
     if refiner is None:
         return {}
-    name = model_name(refiner) or refiner_folder(request.refiner).name
+    name = model_name(refiner) or refiner_folder(request.refiner, library).name
     short_hash = f" [{model_hash(refiner.source.sha256)}]" if refiner.source.sha256 else ""
     return {"Refiner": name + short_hash, "Refiner switch at": f"{request.refiner_switch:g}"}
 
@@ -85,7 +85,7 @@ class Refinement:
 
     def __init__(self, pipe: "Pipeline", request: GenerationRequest, steps: int, make: MakeDenoisers):
         self.pipe, self.make = pipe, make
-        self.folder = refiner_folder(request.refiner)
+        self.folder = refiner_folder(request.refiner, pipe.library)
         self.low_memory = request.low_memory
         self.switch = switch_call(steps, request.refiner_switch)
         self._denoisers: list[tuple[int, DenoiserLike]] | None = None
@@ -118,7 +118,9 @@ class Refinement:
             refiner = self.pipe.refiner
             if refiner is None or refiner.folder != self.folder:
                 self.pipe.refiner = None
-                refiner = Pipeline.load(self.folder, dtype=self.pipe.dtype, precision=self.pipe.precision)
+                refiner = Pipeline.load(
+                    self.folder, dtype=self.pipe.dtype, precision=self.pipe.precision, library=self.pipe.library
+                )
                 self.pipe.refiner = refiner
             self._denoisers = self.make(refiner)
             if self.low_memory:

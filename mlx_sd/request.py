@@ -24,6 +24,16 @@ EXCERPT = 24  # characters of a text shown before the character it is refused fo
 AND_BLENDS = ("weights", "embedding")
 
 
+@dataclass(frozen=True)
+class LoraRequest:
+    """A LoRA for one generation, as A1111's `<lora:NAME:TE_W:UNET_W>` (`<lora:NAME:W>`: both W):
+    `name` is a library name (the file stem) or a file path."""
+
+    name: str
+    text_encoder_weight: float = 1.0
+    unet_weight: float = 1.0
+
+
 class RequestError(ValueError):
     """A request that cannot run; raised before any model runs."""
 
@@ -68,6 +78,8 @@ class GenerationRequest:
     outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # pixels added left, right, top, bottom of init_image
     refiner: str = ""  # an SDXL refiner model folder (or library name); "" = none
     refiner_switch: float = 0.8  # the fraction of the steps after which the refiner takes over
+    # LoRAs (issue 17): merged before the prompts are encoded, with those of the prompts' <lora:...> tags
+    loras: tuple[LoraRequest, ...] = ()
 
     @property
     def total_images(self) -> int:
@@ -111,6 +123,7 @@ class GenerationRequest:
         if self.and_blend not in AND_BLENDS:
             raise RequestError("and_blend", self.and_blend, "one of " + ", ".join(AND_BLENDS))
         self.validate_bigger()
+        _check_loras(self.loras)
         if self.latents is not None:
             if not isinstance(self.latents, np.ndarray):
                 raise RequestError("latents", f"a {type(self.latents).__name__}", "a numpy array (or None)")
@@ -184,6 +197,17 @@ def _check_text(name: str, text: object) -> None:
         ) from None
 
 
+def _check_loras(loras: object) -> None:
+    rule = "a tuple of LoraRequest(name, text_encoder_weight, unet_weight) with a name and finite weights"
+    if not isinstance(loras, tuple):
+        raise RequestError("loras", f"a {type(loras).__name__}", rule)
+    for lora in loras:
+        weights = (getattr(lora, "text_encoder_weight", None), getattr(lora, "unet_weight", None))
+        named = isinstance(lora, LoraRequest) and isinstance(lora.name, str) and lora.name.strip()
+        if not named or not all(_is_number(w) and np.isfinite(w) for w in weights):
+            raise RequestError("loras", lora, rule)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars included
 
@@ -206,3 +230,4 @@ class GenerationResult:
     infotexts: list[str]
     peak_memory_bytes: int = 0  # MLX's own peak-memory counter over the run
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    notices: list[str] = field(default_factory=list)  # LoRA keys matching no layer, duplicate library names

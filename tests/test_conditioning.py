@@ -301,9 +301,9 @@ class CountingModel:
     def __init__(self, model):
         self.model, self.rows = model, []
 
-    def encode(self, ids, clip_skip=1):
+    def encode(self, ids, clip_skip=1, tokens=None):
         self.rows.append(ids.shape[0])
-        return self.model.encode(ids, clip_skip)
+        return self.model.encode(ids, clip_skip, tokens)
 
 
 def test_identical_prompts_are_encoded_once(sd1):

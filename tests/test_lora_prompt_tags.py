@@ -3,17 +3,18 @@ import time
 import pytest
 
 from mlx_sd.lora import LoraError
-from mlx_sd.lora.prompt_tags import LoraTag, parse_lora_tags
+from mlx_sd.lora.prompt_tags import parse_lora_tags
+from mlx_sd.request import LoraRequest
 
 
 @pytest.mark.parametrize(
     "prompt, text, tags",
     [
-        ("a cat <lora:pixel:0.8>", "a cat ", [LoraTag("pixel", 0.8, 0.8)]),
-        ("<lora:pixel>, a cat", ", a cat", [LoraTag("pixel", 1.0, 1.0)]),
-        ("a <lora:a b:-1> cat <lora:x:0.25:0.5>", "a  cat ", [LoraTag("a b", -1.0, -1.0), LoraTag("x", 0.25, 0.5)]),
+        ("a cat <lora:pixel:0.8>", "a cat ", [LoraRequest("pixel", 0.8, 0.8)]),
+        ("<lora:pixel>, a cat", ", a cat", [LoraRequest("pixel", 1.0, 1.0)]),
+        ("a <lora:a b:-1> cat <lora:x:0.25:0.5>", "a  cat ", [LoraRequest("a b", -1.0, -1.0), LoraRequest("x", 0.25, 0.5)]),
         ("no tags (at:1.2) <hypernet:x:1>", "no tags (at:1.2) <hypernet:x:1>", []),
-        ("<lora:zero:0>", "", [LoraTag("zero", 0.0, 0.0)]),
+        ("<lora:zero:0>", "", [LoraRequest("zero", 0.0, 0.0)]),
     ],
 )
 def test_tags_are_parsed_and_removed(prompt, text, tags):

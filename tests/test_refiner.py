@@ -122,3 +122,17 @@ def test_cli_refiner_flag_runs_and_a_wrong_family_exits_2(capsys, model_folders,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mlx-sd generate: error: refiner = ") and "sdxl-refiner family" in err[-1]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_refiner_is_found_by_name_in_the_pipelines_library(base, model_folders, tmp_path) -> None:
+    from mlx_sd.library import Library
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-refiner").symlink_to(model_folders["sdxl-refiner"], target_is_directory=True)
+    base.library = Library(tmp_path)
+    result = base.generate(request(refiner="my-refiner", refiner_switch=0.5))
+    assert base.refiner.folder == tmp_path / "models" / "my-refiner"
+    assert "Refiner: my-refiner" in result.infotexts[0]  # a model converted without a source name: its folder's
+    with pytest.raises(RequestError) as caught:
+        base.generate(request(refiner="my-refinr"))
+    assert "closest: my-refiner" in str(caught.value)

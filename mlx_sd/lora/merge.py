@@ -100,8 +100,9 @@ class LoraMerger:
             made_for = " or ".join(FAMILY_LABELS[f] for f in sorted(families))
             raise LoraError(f"{lora.name} is a LoRA for {made_for}; the loaded model is {FAMILY_LABELS[self.family]}")
 
-    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport) -> dict[Key, mx.array]:
-        """Sum of user_weight * delta per parameter, in float32 and our layout; raises before any write."""
+    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport, components: set[str]) -> dict[Key, mx.array]:
+        """Sum of user_weight * delta per parameter of `components`, in float32 and our layout; raises
+        before any write."""
         sums: dict[Key, mx.array] = {}
         for use in uses:
             self._check_family(use.lora)
@@ -115,7 +116,7 @@ class LoraMerger:
                 matched += 1
                 component, path = resolved
                 weight = use.weight_for(component)
-                if weight == 0:
+                if weight == 0 or component not in components:
                     continue
                 for leaf, delta in self._module_deltas(module, component, path, parts, weight):
                     key = (component, f"{path}.{leaf}")
@@ -143,23 +144,31 @@ class LoraMerger:
                 raise LoraError(f"{module} changes a bias this layer does not have, or of another shape")
             yield "bias", weight * parts["diff_b"].astype(mx.float32)
 
-    def apply(self, uses: Sequence[LoraUse]) -> MergeReport:
-        """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA."""
+    def apply(self, uses: Sequence[LoraUse], components: Sequence[str] | None = None) -> MergeReport:
+        """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA.
+        With `components`, only those models change (the others keep what is merged into them)."""
         report = MergeReport()
-        sums = self._deltas(uses, report)
+        scope = set(self.models if components is None else components)
+        sums = self._deltas(uses, report, scope)
         merged = {key: (self._base(key).astype(mx.float32) + delta).astype(self._base(key).dtype)
                   for key, delta in sums.items()}  # fmt: skip
         for array in merged.values():  # every failure happens here, before the first write; one at a time
             mx.eval(array)  # so that only one float32 delta is alive at once
-        writes = {key: self._bases[key] for key in self._bases if key not in merged}
+        restored = [key for key in self._bases if key[0] in scope and key not in merged]
+        writes = {key: self._bases[key] for key in restored}
         for key in merged:
             self._bases.setdefault(key, self._current(key))
         writes.update(merged)
         self._write(writes)
-        for key in [key for key in self._bases if key not in merged]:
+        for key in restored:
             del self._bases[key]
         report.changed = len(merged)
         return report
+
+    def replace_model(self, component: str, model: nn.Module) -> None:
+        """`component` was loaded afresh (its original weights): forget what was merged into the old one."""
+        self.models[component] = model
+        self._bases = {key: base for key, base in self._bases.items() if key[0] != component}
 
     def remove_all(self) -> None:
         self.apply([])

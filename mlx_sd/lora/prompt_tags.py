@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
+from ..request import LoraRequest
 from .errors import LoraError
 
 _TAG_RE = re.compile(r"<lora:([^<>]*)>")
-
-
-@dataclass(frozen=True)
-class LoraTag:
-    name: str
-    text_encoder_weight: float = 1.0
-    unet_weight: float = 1.0
 
 
 def _weight(tag: str, text: str) -> float:
@@ -33,7 +26,7 @@ def _weight(tag: str, text: str) -> float:
     return value
 
 
-def _tag(match: re.Match[str]) -> LoraTag:
+def _tag(match: re.Match[str]) -> LoraRequest:
     tag = match.group(0)
     name, *weights = match.group(1).split(":")
     if not name.strip():
@@ -43,10 +36,10 @@ def _tag(match: re.Match[str]) -> LoraTag:
     values = [_weight(tag, text) for text in weights]
     if len(values) == 1:
         values *= 2
-    return LoraTag(name.strip(), *values)
+    return LoraRequest(name.strip(), *values)
 
 
-def parse_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+def parse_lora_tags(prompt: str) -> tuple[str, list[LoraRequest]]:
     """(prompt without its LoRA tags, the tags in order); a LoraError for a malformed tag."""
     tags = [_tag(match) for match in _TAG_RE.finditer(prompt)]
     return _TAG_RE.sub("", prompt), tags

@@ -1,0 +1,98 @@
+"""The LoRAs of a pipeline at generation time: what a request asks for (its `loras` and its prompts'
+`<lora:...>` tags), found in the library, merged once per change of the set, and named with A1111's
+short hashes for the infotext.
+
+The set is identified by each file's path, size and modification time and the user's weights, so
+generating again with the same LoRAs touches no weight, and a LoRA file replaced on disk is read again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.nn as nn
+
+from ..library import Library
+from ..request import GenerationRequest, LoraRequest
+from ..resource_hashes import lora_hash
+from .lora_file import LoraFile, read_lora
+from .merge import TEXT_ENCODERS, LoraMerger, LoraUse
+from .prompt_tags import parse_lora_tags
+
+
+def without_lora_tags(request: GenerationRequest) -> tuple[GenerationRequest, tuple[LoraRequest, ...]]:
+    """The request with its prompts' `<lora:...>` tags taken out, and every LoRA it asks for: its
+    `loras`, then the prompt's tags, then the negative prompt's. LoraError for a malformed tag."""
+    prompt, tags = parse_lora_tags(request.prompt)
+    negative, negative_tags = parse_lora_tags(request.negative_prompt)
+    stripped = dataclasses.replace(request, prompt=prompt, negative_prompt=negative)
+    return stripped, (*request.loras, *tags, *negative_tags)
+
+
+@dataclass(frozen=True)
+class ResourcesInUse:
+    """What Pipeline.use_resources found for a request."""
+
+    request: GenerationRequest  # without its prompts' LoRA tags: what the text encoders see
+    infotext: dict[str, str]  # `Lora hashes`, `TI hashes`
+    notices: list[str]  # for the user: LoRA keys that matched no layer, duplicate names in the library
+
+
+@dataclass(frozen=True)
+class AppliedLoras:
+    hashes: dict[str, str]  # LoRA name -> A1111's short hash, for `Lora hashes`
+    warnings: list[str]  # keys that matched no layer, as A1111 warns
+    changed: bool  # the merged weights changed: encodings made before are stale
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+class PipelineLoras:
+    """The LoRA set merged into one pipeline's models (component name -> model)."""
+
+    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int):
+        self.merger = LoraMerger(models, family, layers_per_block)
+        self._key: tuple[tuple[object, ...], ...] = ()
+        self._hashes: dict[str, str] = {}
+        self._text_encoder_uses: list[LoraUse] = []  # to merge again into a text encoder loaded afresh
+
+    def use(self, loras: Sequence[LoraRequest], library: Library, allow_pickle: bool = False) -> AppliedLoras:
+        """Make `loras` the merged set (none: every LoRA removed). A LibraryError or LoraError (one
+        line each) leaves the models exactly as they were."""
+        found = [(lora, library.find("loras", lora.name)) for lora in loras]
+        key = tuple((str(path), *_identity(path), lora.text_encoder_weight, lora.unet_weight) for lora, path in found)
+        if key == self._key:
+            return AppliedLoras(dict(self._hashes), [], False)
+        files: dict[Path, LoraFile] = {}
+        for _, path in found:
+            if path not in files:
+                files[path] = read_lora(path, allow_pickle)
+        uses = [LoraUse(files[path], lora.text_encoder_weight, lora.unet_weight) for lora, path in found]
+        report = self.merger.apply(uses)
+        self._key = key
+        self._hashes = {file.name: lora_hash(path, file.metadata) for path, file in files.items()}
+        self._text_encoder_uses = [use for use in map(self._text_encoder_part, uses) if use is not None]
+        return AppliedLoras(dict(self._hashes), report.warnings(), True)
+
+    def reloaded(self, component: str, model: nn.Module) -> None:
+        """A text encoder was loaded again from its file: merge the current set into it."""
+        self.merger.replace_model(component, model)
+        uses = [use for use in self._text_encoder_uses if use.text_encoder_weight != 0]
+        if uses:
+            self.merger.apply(uses, [component])
+
+    def _text_encoder_part(self, use: LoraUse) -> LoraUse | None:
+        """`use` with only its text encoders' layers (the UNet's tensors need not stay in memory)."""
+        index = self.merger.index
+        modules = {name: parts for name, parts in use.lora.modules.items()
+                   if (index.resolve(name) or ("",))[0] in TEXT_ENCODERS}  # fmt: skip
+        if not modules:
+            return None
+        return dataclasses.replace(use, lora=dataclasses.replace(use.lora, modules=modules, unknown_keys=[]))
