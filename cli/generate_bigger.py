@@ -5,7 +5,6 @@ combinations that cannot run, checked by `problem` before any weights load."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mlx_sd.config import ModelConfig
 from mlx_sd.refiner import check_refiner
@@ -53,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strength 0.8-1 suits it",
     )
     group.add_argument(
-        "--refiner", metavar="FOLDER", default=DEFAULTS.refiner,
-        help="an SDXL refiner model folder that takes over the last steps of an SDXL base model's schedule",
+        "--refiner", metavar="NAME|FOLDER", default=DEFAULTS.refiner,
+        help="an SDXL refiner (a library model's name or a model folder) that takes over the last steps of "
+        "an SDXL base model's schedule",
     )
     group.add_argument(
         "--refiner-switch", type=float, default=DEFAULTS.refiner_switch, metavar="FRACTION",
@@ -68,7 +68,7 @@ def request_fields(args: argparse.Namespace) -> dict[str, object]:
         "variation_strength": args.variation_strength,
         "resize_seed_from": args.resize_seed_from,
         "outpaint": args.outpaint,
-        "refiner": str(Path(args.refiner).expanduser()) if args.refiner else "",
+        "refiner": args.refiner,
         "refiner_switch": args.refiner_switch,
     }
 

@@ -136,3 +136,13 @@ def test_a_refiner_is_found_by_name_in_the_pipelines_library(base, model_folders
     with pytest.raises(RequestError) as caught:
         base.generate(request(refiner="my-refinr"))
     assert "closest: my-refiner" in str(caught.value)
+
+
+def test_api_keys_become_the_refiner_fields() -> None:
+    from server.schema import Txt2ImgRequest
+    from server.translate import ServerOptions, a1111_request
+
+    payload = Txt2ImgRequest(refiner_checkpoint="sd_xl_refiner_1.0", refiner_switch_at=0.7)
+    req = a1111_request(payload, ServerOptions("demo")).request
+    assert (req.refiner, req.refiner_switch) == ("sd_xl_refiner_1.0", 0.7)
+    assert a1111_request(Txt2ImgRequest(refiner_checkpoint="None"), ServerOptions("demo")).request.refiner == ""

@@ -166,7 +166,7 @@ def test_cli_flags_reach_every_batch_and_bad_values_stop_in_one_line(capsys, mod
         main(args + ["--resize-seed-from", "128by64"])
     assert stopped.value.code == 2
     for bad in (["--variation-strength", "2"], ["--variation-seed", "-5", "--variation-strength", "0.1"]):
-        assert main(args + bad) != 0
+        assert main(args + bad) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 3 and "Traceback" not in err, err
     assert "WIDTHxHEIGHT" in err and "128by64" in err and "variation_strength = 2.0" in err
