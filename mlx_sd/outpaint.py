@@ -63,9 +63,10 @@ def _spectral_noise(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean noise with the power spectrum of `pixels` (H, W, 3), channel by channel, scaled to
     unit standard deviation: the picture's kind of grain at random places."""
     centred = pixels - pixels.mean(axis=(0, 1))
-    magnitude = np.abs(np.fft.fft2(centred, axes=(0, 1)))
+    # the real FFT's half spectrum: the inverse of any phases given to it is real
+    magnitude = np.abs(np.fft.rfft2(centred, axes=(0, 1)))
     phase = np.exp(2j * np.pi * rng.random(magnitude.shape))
-    noise = np.real(np.fft.ifft2(magnitude * phase, axes=(0, 1)))
+    noise = np.fft.irfft2(magnitude * phase, s=pixels.shape[:2], axes=(0, 1))
     return noise / np.maximum(noise.std(axis=(0, 1)), 1e-6)
 
 
