@@ -91,7 +91,9 @@ def image_seeds(seed: int, count: int, start: int = 0) -> list[int]:
 
 def slerp(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """A1111's variation-seed interpolation of two (channels, height, width) noises: great-circle
-    steps of the vectors along the height axis, a straight line where they are nearly parallel."""
+    steps of the vectors along the height axis, a straight line where they are nearly parallel.
+    (A1111 weights that line the other way round; it is reached only when the two noises are all but
+    identical, as for a variation seed equal to the seed, where both ways give the same noise.)"""
     low_unit = low / np.linalg.norm(low, axis=1, keepdims=True)
     high_unit = high / np.linalg.norm(high, axis=1, keepdims=True)
     cosine = (low_unit * high_unit).sum(axis=1)
