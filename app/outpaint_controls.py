@@ -50,7 +50,9 @@ def extend(window, controls: OutpaintControls, side: str):  # window: app.main_w
         return None
     width, height = item.image.size
     change = functools.partial(
-        dataclasses.replace, init_image=item.image, width=width, height=height, mask=None, outpaint=controls.sides(side))
+        dataclasses.replace,
+        init_image=item.image, width=width, height=height, mask=None, outpaint=controls.sides(side),
+    )
     return window.generate_with(change)
 
 

@@ -242,7 +242,8 @@ def generate(
     model = _infotext_model(pipe)
     resources = pipe.use_resources(request)  # LoRAs merged, embeddings found (issue 17)
     extra = {
-        **INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext, **refiner_parameters(pipe.config, request, pipe.library)
+        **INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext,
+        **refiner_parameters(pipe.config, request, pipe.library),
     }
     infotexts = [  # LoRA tags kept, as A1111
         format_infotext(request, seed, model, {**extra, **variation_parameters(request, index)})

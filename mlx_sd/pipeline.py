@@ -286,7 +286,8 @@ class Pipeline:
         self.refiner = None
         gc.collect()
         storage = dtype_from_name(self.config.dtype)
-        fresh = _load(UNet2DConditionModel(self.config.unet), self.folder, "unet", self.dtype, storage, self.cpu, self.boundary)
+        unet = UNet2DConditionModel(self.config.unet)
+        fresh = _load(unet, self.folder, "unet", self.dtype, storage, self.cpu, self.boundary)
         self.unet.update(fresh.parameters())
         self.unet_released = False
 

@@ -49,19 +49,23 @@ def refiner_folder(name: str, library: Library) -> Path:
     return library.find("models", name)
 
 
-def check_refiner(config: ModelConfig, request: GenerationRequest, library: Library | None = None) -> ModelConfig | None:
+def check_refiner(
+    config: ModelConfig, request: GenerationRequest, library: Library | None = None
+) -> ModelConfig | None:
     """The refiner's config when the request names one it can use with `config`'s model; RequestError
     in one line otherwise. Reads only the refiner's model.json."""
     if not request.refiner:
         return None
     if config.family != BASE_FAMILY:
-        raise RequestError("refiner", request.refiner, f"a refiner for an {BASE_FAMILY} model; this model is {config.family}")
+        wanted = f"a refiner for an {BASE_FAMILY} model; this model is {config.family}"
+        raise RequestError("refiner", request.refiner, wanted)
     try:
         refiner = read_config(refiner_folder(request.refiner, library or Library()))
     except (ValueError, OSError) as exc:
         raise RequestError("refiner", request.refiner, f"an {REFINER_FAMILY} model folder ({exc})") from None
     if refiner.family != REFINER_FAMILY:
-        raise RequestError("refiner", request.refiner, f"a model of the {REFINER_FAMILY} family; this one is {refiner.family}")
+        wanted = f"a model of the {REFINER_FAMILY} family; this one is {refiner.family}"
+        raise RequestError("refiner", request.refiner, wanted)
     return refiner
 
 
