@@ -23,8 +23,10 @@ from .lora_panel import install_lora_panel
 from .vae_choice import install_vae_choice
 from .main_window import MainWindow
 from .model_manager import install_model_manager
+from .outpaint_controls import install_outpaint_controls
 from .settings import AppSettings, library_path, load_settings
 from .settings_dialog import install_settings_dialog
+from .vary_control import install_vary_control
 
 APP_NAME = "mlx-sd"
 SETTINGS_FILE = "settings.json"
@@ -53,6 +55,8 @@ def build_window(settings: AppSettings, settings_path: Path | None) -> MainWindo
     install_animation_panel(window, install_blend_panel(window))
     loras = install_lora_panel(window)
     vaes = install_vae_choice(window)
+    install_vary_control(window)
+    install_outpaint_controls(window)
     install_settings_dialog(
         window, settings_path, default_library(),
         releasers=[history.release, models.importer.shutdown], listeners=[history.set_library, loras.set_library, vaes.set_library],

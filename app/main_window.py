@@ -502,6 +502,14 @@ class MainWindow(QMainWindow):
             return job
         return self._start(job)
 
+    def generate_with(self, change: Callable[[GenerationRequest], GenerationRequest]) -> GenerationJob | None:
+        """Generate once with `change` applied after the other transforms (Vary, outpainting)."""
+        self.request_transforms.append(change)
+        try:
+            return self.generate()
+        finally:
+            self.request_transforms.remove(change)
+
     def _start(self, job: GenerationJob) -> GenerationJob:
         self._job = self.controller.start(job)
         self._started = time.monotonic()

@@ -24,6 +24,7 @@ from typing import NoReturn, TextIO
 from PIL import Image
 
 from cli.hires_options import add_hires_arguments, hires_fields, ineffective_hires_options
+from cli import variation_outpaint_refiner_options as more_options
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
@@ -98,6 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_vae_argument(parser)
     add_library_options(parser)
     add_hires_arguments(parser)
+    more_options.add_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -172,7 +174,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--mask-blur has no effect without --mask")
     if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
-    return warnings + ineffective_hires_options(args)
+    return warnings + ineffective_hires_options(args) + more_options.warnings(args)
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
@@ -203,6 +205,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
         vae=args.vae,
         **hires_fields(args),
+        **more_options.request_fields(args),
     )
 
 
@@ -294,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     from convert.upscaler_reader import library_upscaler_reader
     from mlx_sd.device import check_precision
     from mlx_sd.hires import upscaler_network
-    from mlx_sd.generation import plan, resolve_seed
+    from mlx_sd.generation import plan, random_seed, resolve_seed
     from mlx_sd.library import LibraryError
     from mlx_sd.lora import LoraError
     from mlx_sd.lora.active import without_lora_tags
@@ -305,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
     from mlx_sd.pipeline import Pipeline
     from mlx_sd.samplers import Cancelled
     from mlx_sd.vae_swap import vae_path
+    from mlx_sd.variation import batch_changes, with_resolved_variation_seed
 
     err = sys.stderr
     check_output_folder(args.output)
@@ -318,7 +322,11 @@ def run(args: argparse.Namespace) -> int:
         return resource_error(exc, err)
     config = read_config(folder)
     request = build_request(args, config.default_size)
-    planned = plan(config, request)  # every check before the weights load; canonical names
+    problem = more_options.problem(args, request, config)
+    if problem:
+        err.write(f"mlx-sd generate: error: {problem}\n")
+        return 2
+    planned = plan(config, request, library)  # every check before the weights load; canonical names
     request = planned.request
     read_upscaler = library_upscaler_reader(library.root)
     if planned.hires is not None:
@@ -330,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
     except (LoraError, LibraryError) as exc:
         return resource_error(exc, err)
     seed = resolve_seed(request.seed)
+    request = with_resolved_variation_seed(request, random_seed())
 
     err.write(f"loading {folder} ({config.family}, {config.prediction_type})\n")
     err.flush()
@@ -346,8 +355,9 @@ def run(args: argparse.Namespace) -> int:
     with StopOnInterrupt(err) as stop:
         for batch_index in range(request.batch_count):
             # one call per batch, so finished batches are saved even if a later one is stopped
-            batch_seed = image_seed(seed, batch_index * request.batch_size)
-            batch = dataclasses.replace(request, seed=batch_seed, batch_count=1)
+            start = batch_index * request.batch_size
+            batch_seed = image_seed(seed, start)
+            batch = dataclasses.replace(request, seed=batch_seed, batch_count=1, **batch_changes(request, start))
             bar.start_batch(batch_index, request.batch_count)
             try:
                 result = pipe.generate(batch, on_progress=bar, cancel=stop)

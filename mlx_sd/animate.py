@@ -18,11 +18,10 @@ from .composable import composed_prompt, prompt_parts
 from .config import ModelConfig
 from .generation import plan, resolve_seed
 from .infotext import quote
-from .noise import ImageNoise
+from .noise import ImageNoise, slerp
 from .request import AND_BLENDS, MAX_SEED, GenerationRequest, Progress, RequestError
 
 MAX_FRAMES = 1000
-NEARLY_PARALLEL = 0.9995  # A1111's slerp falls back to a straight line above this mean cosine
 
 
 @dataclass(frozen=True)
@@ -48,21 +47,6 @@ class Animation:
 def frame_position(index: int, frames: int) -> float:
     """t of frame `index`: 0 for the first frame, 1 for the last."""
     return index / (frames - 1) if frames > 1 else 0.0
-
-
-def slerp(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """A1111's variation-seed interpolation of two (channels, height, width) noises: great-circle
-    steps of the vectors along the height axis, a straight line where they are nearly parallel."""
-    low_unit = low / np.linalg.norm(low, axis=1, keepdims=True)
-    high_unit = high / np.linalg.norm(high, axis=1, keepdims=True)
-    cosine = (low_unit * high_unit).sum(axis=1)
-    if cosine.mean() > NEARLY_PARALLEL:
-        return low * (1.0 - t) + high * t
-    omega = np.arccos(np.clip(cosine, -1.0, 1.0))
-    sine = np.sin(omega)
-    low_factor = (np.sin((1.0 - t) * omega) / sine)[:, None, :]
-    high_factor = (np.sin(t * omega) / sine)[:, None, :]
-    return (low * low_factor + high * high_factor).astype(np.float32)
 
 
 def _noise(seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:

@@ -40,12 +40,16 @@ from .hires import HiresPlan, Start, plan_hires, upscaled_start, upscaler_networ
 from .image_prep import prepare_init_image, prepare_mask, to_image
 from .infotext import format_infotext
 from .inpaint import BlendedDenoiser, composite, inpainting_concat, repaint_latent_mask
+from .library import Library
 from .noise import ImageNoise, image_seeds, latents_from_request
+from .outpaint import outpainted
+from .refiner import Refinement, check_refiner, refiner_parameters
 from .request import MAX_SEED, RANDOM_SEED, GenerationRequest, GenerationResult, Progress, RequestError
 from .samplers import SAMPLERS, Cancelled, SamplerInfo, Step, sampler_by_name, sigmas_for
 from .schedules import SCHEDULES, NoiseSchedule, img2img_sigmas, schedule_by_name
 from .sdxl_conditioning import needs_time_ids, time_ids
 from .stepwise_conditioning import conditioning_schedule, stepwise
+from .variation import seed_variation, variation_parameters, with_resolved_variation_seed
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -110,13 +114,17 @@ def _prepared(name: str, prepare: Callable[..., np.ndarray], image: Image.Image,
         raise RequestError(name, f"a {image.mode} image Pillow cannot convert ({exc})", "a readable image") from None
 
 
-def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
-    """Check the request against the rules and this model; RequestError names field, value and rule."""
+def plan(config: ModelConfig, request: GenerationRequest, library: Library | None = None) -> Plan:
+    """Check the request against the rules and this model; RequestError names field, value and rule.
+    `library` finds a refiner named by the request (default: the default library folder's)."""
     if not isinstance(request, GenerationRequest):
         raise TypeError(f"expected a GenerationRequest, got {type(request).__name__}")
     _check_image("init_image", request.init_image)
     _check_image("mask", request.mask)
     request.validate(config.vae.downscale)
+    if any(request.outpaint):  # outpainting is inpainting on the grown canvas (mlx_sd.outpaint)
+        picture = _prepared("init_image", prepare_init_image, request.init_image, request.width, request.height)
+        request = outpainted(request, picture)
     try:
         sampler = sampler_by_name(request.sampler)
     except ValueError:
@@ -126,6 +134,7 @@ def plan(config: ModelConfig, request: GenerationRequest) -> Plan:
     except ValueError:
         raise RequestError("schedule", request.schedule, "one of " + ", ".join(s.name for s in SCHEDULES)) from None
     _check_clip_skip(config, request.clip_skip)
+    check_refiner(config, request, library)
     if request.latents is not None and not np.isfinite(np.asarray(request.latents, dtype=np.float64)).all():
         raise RequestError("latents", "an array holding NaN or inf", "finite numbers")
     try:
@@ -197,6 +206,30 @@ def _conditioning(
     return conditioning
 
 
+def _conditionings(
+    pipe: "Pipeline", request: GenerationRequest, c_concat: mx.array | None
+) -> list[tuple[int, Conditioning | ComposableConditioning]]:
+    """The conditioning for each stretch of steps: prompt editing and alternation make one per change."""
+    return conditioning_schedule(
+        request, lambda prompt, negative: _conditioning(
+            pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
+        )
+    )
+
+
+def _denoisers(
+    pipe: "Pipeline", conditionings: list[tuple[int, Conditioning | ComposableConditioning]], timesteps: str
+) -> list[tuple[int, Denoiser]]:
+    """The pipeline's model as a denoiser for each stretch of `conditionings`."""
+    config = pipe.config
+    noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
+
+    def make(conditioning: Conditioning) -> Denoiser:
+        return Denoiser(pipe.unet, noise_schedule, conditioning, config.prediction_type, timesteps, pipe.dtype)
+
+    return [(end, denoiser_for(conditioning, make)) for end, conditioning in conditionings]
+
+
 def generate(
     pipe: "Pipeline",
     request: GenerationRequest,
@@ -205,7 +238,7 @@ def generate(
     check_memory: bool = True,
 ) -> GenerationResult:
     started = time.perf_counter()
-    p = plan(pipe.config, request)
+    p = plan(pipe.config, request, pipe.library)
     request = p.request
     if check_memory:  # off only when a user was asked and chose to go ahead (the app)
         check_fits(pipe.config, request, pipe.estimate(request), machine_memory())
@@ -215,11 +248,22 @@ def generate(
             check_fits(pipe.config, p.hires.request, pipe.estimate(p.hires.request), machine_memory())
         hires_network = upscaler_network(p.hires, pipe.read_upscaler)
     seeds = image_seeds(resolve_seed(request.seed), request.total_images)
+    p = dataclasses.replace(p, request=with_resolved_variation_seed(request, random_seed()))
+    request = p.request
+    if p.hires is not None:  # the second pass bends its noise by the same variation seed
+        second = dataclasses.replace(p.hires.request, variation_seed=request.variation_seed)
+        p = dataclasses.replace(p, hires=dataclasses.replace(p.hires, request=second))
     model = _infotext_model(pipe)
     vae = pipe.use_vae(request.vae)  # models: swaps only the VAE, before any model runs
     resources = pipe.use_resources(request)  # LoRAs merged, embeddings found (issue 17)
-    extra = {**INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext, **(vae.infotext() if vae else {})}
-    infotexts = [format_infotext(request, seed, model, extra) for seed in seeds]  # LoRA tags kept, as A1111
+    extra = {
+        **INFOTEXT_EXTRA, **blend_parameters(request), **resources.infotext, **(vae.infotext() if vae else {}),
+        **refiner_parameters(pipe.config, request, pipe.library),
+    }
+    infotexts = [  # LoRA tags kept, as A1111
+        format_infotext(request, seed, model, {**extra, **variation_parameters(request, index)})
+        for index, seed in enumerate(seeds)
+    ]
     request = resources.request  # the text encoders never see the tags
     mx.reset_peak_memory()
     timings: dict[str, float] = {}
@@ -247,19 +291,21 @@ def generate(
     init_moments = None if p.init is None else codec.encode(mx.array(p.init)[None], request.vae_tiling)
     if c_concat is not None or init_moments is not None:
         now = timed("vae_encode", now)
-    conditionings = conditioning_schedule(  # prompt editing and alternation: one entry per change
-        request, lambda prompt, negative: _conditioning(
-            pipe, dataclasses.replace(request, prompt=prompt, negative_prompt=negative), c_concat
-        )
-    )
+    conditionings = _conditionings(pipe, request, c_concat)
     # hires fix's prompts are encoded now: low-memory mode releases the text encoders next
     hires_sampler = None if p.hires is None else _hires_sampler(pipe, p, c_concat, on_progress, cancel)
     now = timed("text_encoders", now)
     if request.low_memory:
         pipe.release_text_encoders()
+    refinement = None
+    if request.refiner:  # the SDXL refiner takes over the schedule's last steps (mlx_sd.refiner)
+        refinement = Refinement(
+            pipe, request, len(p.sigmas) - 1,
+            lambda refiner: _denoisers(refiner, _conditionings(refiner, request, None), p.sampler.timesteps),
+        )
 
     after = 0 if p.hires is None else len(p.hires.sigmas) - 1
-    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel, (0, after))
+    sampler = _BatchSampler(pipe, p, conditionings, init_moments, on_progress, cancel, (0, after), refinement)
     images: list[Image.Image] = []
     for batch_index in range(request.batch_count):
         _check_cancel(cancel, f"before batch {batch_index + 1} of {request.batch_count}")
@@ -316,16 +362,13 @@ class _BatchSampler:
         on_progress: ProgressFn | None,
         cancel: CancelFn | None,
         steps_around: tuple[int, int] = (0, 0),  # steps of other passes before and after this one
+        refinement: Refinement | None = None,
     ):
         self.pipe, self.plan, self.init_moments = pipe, p, init_moments
         self.on_progress, self.cancel, self.steps_around = on_progress, cancel, steps_around
+        self.refinement = refinement
         config = pipe.config
-        noise_schedule = NoiseSchedule.from_config(config.noise_schedule)
-
-        def make(conditioning: Conditioning) -> Denoiser:
-            return Denoiser(pipe.unet, noise_schedule, conditioning, config.prediction_type, p.sampler.timesteps, pipe.dtype)
-
-        self.denoisers = [(end, denoiser_for(conditioning, make)) for end, conditioning in conditionings]
+        self.denoisers = _denoisers(pipe, conditionings, p.sampler.timesteps)
         request = p.request
         factor = config.vae.downscale
         self.latent_shape = (request.height // factor, request.width // factor, config.vae.latent_channels)
@@ -336,11 +379,15 @@ class _BatchSampler:
     def __call__(self, batch_index: int, seeds: list[int], start: Start | None = None) -> mx.array:
         """`start` gives the noise-free start latent of a hires pass (after the initial draw)."""
         request, sigmas = self.plan.request, self.plan.sigmas
-        noise = ImageNoise(seeds, self.latent_shape)
+        first_image = batch_index * request.batch_size
+        variation = seed_variation(request, first_image, len(seeds), self.pipe.config.vae.downscale)
+        noise = ImageNoise(seeds, self.latent_shape, variation=variation)
         x = noise.initial()  # drawn even when replaced, so later draws do not depend on `latents`
         if request.latents is not None:
             x = latents_from_request(request.latents, self.latent_shape[-1])
         denoiser = stepwise(self.denoisers)
+        if self.refinement is not None:
+            denoiser = self.refinement.switching(denoiser)
         if start is None and self.init_moments is None:
             x = x * float(sigmas[0])
         else:

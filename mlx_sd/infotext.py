@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .hires import hires_enabled, upscaler_label
 from .request import AND_BLENDS, GenerationRequest
 from .samplers import sampler_by_name, split_sampler_name
+from .variation import SEED_RESIZE_FROM, VARIATION_SEED, VARIATION_STRENGTH
 
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION = f"mlx-sd v{__version__}"
@@ -190,6 +191,19 @@ def _convert(value: str | None, kind: type) -> int | float | None:
     return int(number) if kind is int else number
 
 
+def _refiner_from_params(params: Mapping[str, str]) -> dict[str, object]:
+    """The SDXL refiner's fields: `Refiner` is A1111's "name [hash]"; the request wants the name."""
+    value = params.get("Refiner", "").strip()
+    name, bracket, short_hash = value[:-1].rpartition(" [") if value.endswith("]") else ("", "", "")
+    if bracket and short_hash and all(c in "0123456789abcdefABCDEF" for c in short_hash):
+        value = name
+    changes: dict[str, object] = {"refiner": value}
+    switch = _convert(params.get("Refiner switch at"), float)
+    if switch is not None:
+        changes["refiner_switch"] = float(switch)
+    return changes
+
+
 def request_from_infotext(
     source: str | Infotext, base: GenerationRequest = GenerationRequest()
 ) -> GenerationRequest:
@@ -208,6 +222,7 @@ def request_from_infotext(
         "steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
         "width": ("Size-1", int), "height": ("Size-2", int), "strength": ("Denoising strength", float),
         "mask_blur": ("Mask blur", int), "clip_skip": ("Clip skip", int),
+        "variation_seed": (VARIATION_SEED, int), "variation_strength": (VARIATION_STRENGTH, float),
     }
     for name, (key, kind) in numbers.items():
         value = _convert(params.get(key), kind)
@@ -218,6 +233,11 @@ def request_from_infotext(
         if "Clip skip" not in params:
             changes["clip_skip"] = 1
         changes["schedule"] = params.get("Schedule type", "Automatic").strip()
+        # variation seeds (A1111's reading): no strength means none, no `Seed resize from` the image's size
+        changes.setdefault("variation_strength", 0.0)
+        resize = [_convert(params.get(f"{SEED_RESIZE_FROM}-{side}"), int) for side in (1, 2)]
+        changes["resize_seed_from"] = tuple(resize) if None not in resize else (0, 0)
+        changes.update(_refiner_from_params(params))
     if params.get("VAE", "").strip():  # models: A1111 writes the file's name; the library knows its stem
         changes["vae"] = checkpoint_stem(params["VAE"].strip())
     if params:

@@ -6,11 +6,17 @@ Draw number k of a generator (k = 0, 1, ...) uses the counter (k, 0, i, 0) for e
 64-bit seed as the key; the normal is sqrt(-2 ln u) * sin(2 pi v) from the counter's first two
 output words. Image k of a run uses seed + k and has its own generator: the first draw is its
 initial latent noise (in A1111's NCHW element order), later draws feed the stochastic samplers.
+
+Variation seeds (A1111's subseeds) bend that first draw: the image's noise is the spherical
+interpolation (`slerp`) from its seed's noise to its variation seed's by the variation strength;
+`Resize seed from` makes both at another latent size and places them centred in the image's first
+draw, so a picture found at one size keeps its composition at another.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import mlx.core as mx
@@ -24,6 +30,7 @@ _SHIFT32 = np.uint64(32)
 # itself runs in float64 and rounds the result to float32, which is what A1111 computes.
 _U_SCALE = float(np.float32(2.0**-32))
 _V_SCALE = float(np.float32(2.0**-32 * 6.2831855))
+NEARLY_PARALLEL = 0.9995  # A1111's slerp falls back to a straight line above this mean cosine
 
 
 def philox4x32(counter: np.ndarray, key: np.ndarray, rounds: int = 10) -> np.ndarray:
@@ -82,6 +89,54 @@ def image_seeds(seed: int, count: int, start: int = 0) -> list[int]:
     return [image_seed(seed, start + k) for k in range(count)]
 
 
+def slerp(t: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """A1111's variation-seed interpolation of two (channels, height, width) noises: great-circle
+    steps of the vectors along the height axis, a straight line where they are nearly parallel.
+    (A1111 weights that line the other way round; it is reached only when the two noises are all but
+    identical, as for a variation seed equal to the seed, where both ways give the same noise.)"""
+    low_unit = low / np.linalg.norm(low, axis=1, keepdims=True)
+    high_unit = high / np.linalg.norm(high, axis=1, keepdims=True)
+    cosine = (low_unit * high_unit).sum(axis=1)
+    if cosine.mean() > NEARLY_PARALLEL:
+        return low * (1.0 - t) + high * t
+    omega = np.arccos(np.clip(cosine, -1.0, 1.0))
+    sine = np.sin(omega)
+    low_factor = (np.sin((1.0 - t) * omega) / sine)[:, None, :]
+    high_factor = (np.sin(t * omega) / sine)[:, None, :]
+    return (low * low_factor + high * high_factor).astype(np.float32)
+
+
+def _centred_span(size: int, canvas: int) -> tuple[slice, slice]:
+    """(on the canvas, of the noise) along one axis for `place_centred`. The offset is floored, so a
+    larger noise with an odd excess is cut one short and leaves the canvas's last row (A1111's rule)."""
+    offset = (canvas - size) // 2
+    if offset >= 0:
+        return slice(offset, offset + size), slice(0, size)
+    kept = size + 2 * offset
+    return slice(0, kept), slice(-offset, -offset + kept)
+
+
+def place_centred(noise: np.ndarray, canvas: np.ndarray) -> np.ndarray:
+    """`noise` (c, h, w) over the middle of `canvas` (c, H, W), cropped where it is larger: A1111's
+    `Resize seed from`."""
+    rows, noise_rows = _centred_span(noise.shape[1], canvas.shape[1])
+    columns, noise_columns = _centred_span(noise.shape[2], canvas.shape[2])
+    placed = canvas.copy()
+    placed[:, rows, columns] = noise[:, noise_rows, noise_columns]
+    return placed
+
+
+@dataclass(frozen=True)
+class SeedVariation:
+    """How a batch's first draws are bent: `seeds` are the variation seeds, one per image; `strength`
+    0 keeps the image seeds' noise, 1 is the variation seeds'; `seed_size` (latent height, width)
+    the noise is made at, or None for the latent's own size."""
+
+    seeds: tuple[int, ...] = ()
+    strength: float = 0.0
+    seed_size: tuple[int, int] | None = None
+
+
 class ImageNoise:
     """Noise for a batch of images, one generator per image.
 
@@ -92,13 +147,19 @@ class ImageNoise:
     initial latents, still call `initial()` once (and drop it) so the sampler draws stay the seeds'.
     Latents are NHWC float32: (batch, height, width, channels) with `latent_shape` = (h, w, c)."""
 
-    def __init__(self, seeds: Sequence[int], latent_shape: tuple[int, int, int], eta_noise_seed_delta: int = 0):
+    def __init__(
+        self, seeds: Sequence[int], latent_shape: tuple[int, int, int], eta_noise_seed_delta: int = 0,
+        variation: SeedVariation = SeedVariation(),
+    ):
         if not seeds:
             raise ValueError("seeds is empty: expected one seed per image")
         if len(latent_shape) != 3:
             raise ValueError(f"latent_shape must be (height, width, channels), got {latent_shape}")
         self.seeds = [int(s) for s in seeds]
         self.latent_shape = tuple(int(d) for d in latent_shape)
+        if variation.strength and len(variation.seeds) != len(self.seeds):
+            raise ValueError(f"{len(variation.seeds)} variation seeds for {len(self.seeds)} images")
+        self.variation = variation
         self._initial = [PhiloxGenerator(s) for s in self.seeds]
         if eta_noise_seed_delta:
             self._steps = [PhiloxGenerator(s + eta_noise_seed_delta) for s in self.seeds]
@@ -112,7 +173,23 @@ class ImageNoise:
         return mx.array(np.stack(images))
 
     def initial(self) -> mx.array:
-        return self._draw(self._initial)
+        variation = self.variation
+        if not variation.strength and variation.seed_size in (None, self.latent_shape[:2]):
+            return self._draw(self._initial)
+        h, w, c = self.latent_shape
+        seed_shape = (c, *(variation.seed_size or (h, w)))
+        images = []
+        for index, (seed, generator) in enumerate(zip(self.seeds, self._initial)):
+            resized = seed_shape[1:] != (h, w)
+            # a resized seed's noise comes from a fresh generator (A1111), so that the image's own
+            # stream still starts with a full-size draw, which the noise is then placed over
+            noise = (PhiloxGenerator(seed) if resized else generator).randn(seed_shape)
+            if variation.strength:
+                noise = slerp(variation.strength, noise, PhiloxGenerator(variation.seeds[index]).randn(seed_shape))
+            if resized:
+                noise = place_centred(noise, generator.randn((c, h, w)))
+            images.append(noise.transpose(1, 2, 0))
+        return mx.array(np.stack(images))
 
     def __call__(self) -> mx.array:
         return self._draw(self._steps)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from .block_evaluation import Boundary, evaluate_blocks
 from .clip import CLIPTextModel
@@ -92,6 +92,10 @@ class Pipeline:
     # hires fix's upscaler models, name or file -> network: the caller's reader (convert.upscaler_file)
     read_upscaler: Callable[[str], nn.Module] | None = field(default=None, repr=False)
     _prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
+    # the SDXL refiner last used with this base model (mlx_sd.refiner), and whether the base's UNet
+    # weights were released for it in low-memory mode
+    refiner: "Pipeline | None" = field(default=None, init=False, repr=False)
+    unet_released: bool = field(default=False, init=False, repr=False)
     _codec: VAECodec | None = field(default=None, init=False, repr=False)
     _preview: tuple[VAECodec, PreviewMap] | None = field(default=None, init=False, repr=False)
     # models: the VAE chosen per generation (mlx_sd.vae_swap); an entry point sets `vae_reader`
@@ -176,6 +180,7 @@ class Pipeline:
         if self.cpu is not None:
             self.cpu.products = self.precision
         self.boundary.cancel = cancel
+        self.restore_unet()
         try:
             return generate(self, request, on_progress, cancel, check_memory)
         finally:
@@ -284,6 +289,25 @@ class Pipeline:
         self._prompt_encoder = None
         gc.collect()
         release_free_memory()
+
+    def release_unet(self) -> None:
+        """Free the UNet's weights in place (the refiner's low-memory mode); restore_unet reads them again."""
+        self.unet.update(tree_map(lambda array: mx.zeros((0,), array.dtype), self.unet.parameters()))
+        self.unet_released = True
+        gc.collect()
+        release_free_memory()
+
+    def restore_unet(self) -> None:
+        """Read the UNet's weights again if they were released; a loaded refiner is dropped first."""
+        if not self.unet_released:
+            return
+        self.refiner = None
+        gc.collect()
+        storage = dtype_from_name(self.config.dtype)
+        unet = UNet2DConditionModel(self.config.unet)
+        fresh = _load(unet, self.folder, "unet", self.dtype, storage, self.cpu, self.boundary)
+        self.unet.update(fresh.parameters())
+        self.unet_released = False
 
 
 def _load(

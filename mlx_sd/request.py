@@ -71,6 +71,13 @@ class GenerationRequest:
     low_memory: bool = False  # release the text encoders before the UNet runs
     dash_lines_negative: bool = False  # prompt lines starting with `-` go to the negative prompt
     and_blend: str = "weights"  # one of AND_BLENDS
+    # bigger pictures (issue 21): variation seeds, outpainting, the SDXL refiner
+    variation_seed: int = RANDOM_SEED  # -1 = random; used when variation_strength > 0; image k uses + k
+    variation_strength: float = 0.0  # 0 = the seed's noise, 1 = the variation seed's (spherical blend)
+    resize_seed_from: tuple[int, int] = (0, 0)  # (width, height) the seeds' noise is made at; (0, 0) = ours
+    outpaint: tuple[int, int, int, int] = (0, 0, 0, 0)  # pixels added left, right, top, bottom of init_image
+    refiner: str = ""  # an SDXL refiner model folder (or library name); "" = none
+    refiner_switch: float = 0.8  # the fraction of the steps after which the refiner takes over
     # LoRAs (issue 17): merged before the prompts are encoded, with those of the prompts' <lora:...> tags
     loras: tuple[LoraRequest, ...] = ()
     # models: the VAE to decode with: a library VAE name, a VAE file or a diffusers `vae` folder;
@@ -128,6 +135,7 @@ class GenerationRequest:
             raise RequestError("mask_blur", self.mask_blur, "a whole number of pixels from 0 to 64")
         if self.and_blend not in AND_BLENDS:
             raise RequestError("and_blend", self.and_blend, "one of " + ", ".join(AND_BLENDS))
+        self.validate_bigger()
         _check_loras(self.loras)
         if self.latents is not None:
             if not isinstance(self.latents, np.ndarray):
@@ -138,6 +146,52 @@ class GenerationRequest:
                     "latents", f"an array of shape {tuple(self.latents.shape)}",
                     f"shape (batch_size, 4, height/{latent_factor}, width/{latent_factor}) = {expected}",
                 )
+
+    def validate_bigger(self) -> None:
+        """Variation seeds, outpainting and the refiner (issue 21)."""
+        largest = LARGEST_SEED - (self.total_images - 1)
+        seed = self.variation_seed
+        if not isinstance(seed, int) or not (seed == RANDOM_SEED or 0 <= seed <= largest):
+            raise RequestError("variation_seed", seed, f"-1 (random) or a whole number from 0 to {largest}")
+        if not _is_number(self.variation_strength) or not 0.0 <= self.variation_strength <= 1.0:
+            raise RequestError("variation_strength", self.variation_strength, "a number from 0 to 1")
+        size = self.resize_seed_from
+        if not _is_pair(size) or (size != (0, 0) and not all(_is_size(side) for side in size)):
+            raise RequestError(
+                "resize_seed_from", size, f"(0, 0) or (width, height), multiples of 8 from {MIN_SIZE} to {MAX_SIZE}"
+            )
+        sides = self.outpaint
+        if not (isinstance(sides, tuple) and len(sides) == 4 and all(_is_whole(side) for side in sides)) or any(
+            side < 0 or side % 8 for side in sides
+        ):
+            raise RequestError("outpaint", sides, "(left, right, top, bottom) pixels, each a multiple of 8 from 0")
+        if any(sides):
+            if self.init_image is None:
+                raise RequestError("outpaint", sides, "outpainting extends an init_image: give one")
+            if self.mask is not None:
+                raise RequestError("mask", "a mask image", "no mask with outpaint (it masks the new area itself)")
+            grown = (self.width + sides[0] + sides[1], self.height + sides[2] + sides[3])
+            if max(grown) > MAX_SIZE:
+                raise RequestError(
+                    "outpaint", sides, f"a canvas of at most {MAX_SIZE}x{MAX_SIZE}; {self.width}x{self.height} "
+                    f"grows to {grown[0]}x{grown[1]}",
+                )
+        if not isinstance(self.refiner, str):
+            raise RequestError("refiner", f"a {type(self.refiner).__name__}", "a model folder or name (a str)")
+        if not _is_number(self.refiner_switch) or not 0.0 < self.refiner_switch < 1.0:
+            raise RequestError("refiner_switch", self.refiner_switch, "a number between 0 and 1 (exclusive)")
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(_is_whole(side) for side in value)
+
+
+def _is_size(value: int) -> bool:
+    return value % 8 == 0 and MIN_SIZE <= value <= MAX_SIZE
 
 
 def _check_text(name: str, text: object) -> None:

@@ -58,6 +58,12 @@ class Txt2ImgRequest(Lenient):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     hr_sampler_name: str = ""
+    # variation seeds and the SDXL refiner (issue 21), A1111's names and defaults
+    subseed: int = -1
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
+    refiner_checkpoint: str = ""
+    refiner_switch_at: float = 0.8
 
     @field_validator("override_settings")
     @classmethod

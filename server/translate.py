@@ -17,7 +17,9 @@ from PIL import Image, ImageOps
 from mlx_sd import __version__
 from mlx_sd.hires import hires_enabled
 from mlx_sd.request import GenerationRequest, RequestError
+from mlx_sd.infotext import parse_infotext
 from mlx_sd.samplers import sampler_and_schedule
+from mlx_sd.variation import VARIATION_SEED
 
 from .schema import Img2ImgRequest, OpenAIImageRequest, Txt2ImgRequest
 
@@ -78,8 +80,28 @@ def a1111_request(
         fields.update(init_image=init_image, mask=mask, strength=payload.denoising_strength, mask_blur=payload.mask_blur)
     elif payload.enable_hr:
         fields.update(hires_fields(payload))
+    fields.update(bigger_fields(payload))
     model = overrides.get("sd_model_checkpoint") or options.sd_model_checkpoint
     return Translated(GenerationRequest(**fields), str(model), _not_applied(payload, options, mask is not None))
+
+
+def bigger_fields(payload: Txt2ImgRequest) -> dict[str, Any]:
+    """Variation seeds and the refiner: A1111 turns either off with a value of 0 or less."""
+    resize = (payload.seed_resize_from_w, payload.seed_resize_from_h)
+    return {
+        "variation_seed": payload.subseed,
+        "variation_strength": payload.subseed_strength,
+        "resize_seed_from": resize if min(resize) > 0 else (0, 0),
+        "refiner": payload.refiner_checkpoint if payload.refiner_checkpoint not in ("", "None") else "",
+        "refiner_switch": payload.refiner_switch_at,
+    }
+
+
+def _variation_seeds(request: GenerationRequest, seeds: list[int], infotexts: list[str]) -> list[int]:
+    """The variation seed each image used (its infotext has the resolved one); its seed without them,
+    as A1111 reports."""
+    used = [parse_infotext(text).params.get(VARIATION_SEED) for text in infotexts]
+    return [int(value) if value is not None else seed for value, seed in zip(used, seeds)]
 
 
 def _vae(payload: Txt2ImgRequest, options: ServerOptions) -> str | None:
@@ -96,7 +118,6 @@ def _not_applied(payload: Txt2ImgRequest, options: ServerOptions, inpainting: bo
         "restore_faces": payload.restore_faces,
         "tiling": payload.tiling,
         "styles": bool(payload.styles),
-        "subseed_strength": payload.subseed_strength > 0,
         "script_name": bool(payload.script_name),
         "alwayson_scripts": any(payload.alwayson_scripts.values()),
     }
@@ -145,6 +166,8 @@ def a1111_info(
 ) -> dict[str, Any]:
     """The `info` of a txt2img/img2img response (sent as a JSON string), with A1111's keys."""
     count = len(seeds)
+    subseeds = _variation_seeds(request, seeds, infotexts)
+    resize = request.resize_seed_from if any(request.resize_seed_from) else (-1, -1)
     return {
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * count,
@@ -152,9 +175,9 @@ def a1111_info(
         "all_negative_prompts": [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
-        "subseed": seeds[0] if seeds else request.seed,
-        "all_subseeds": seeds,
-        "subseed_strength": 0,
+        "subseed": subseeds[0] if subseeds else request.variation_seed,
+        "all_subseeds": subseeds,
+        "subseed_strength": request.variation_strength,
         "width": request.width,
         "height": request.height,
         "sampler_name": request.sampler,
@@ -167,8 +190,8 @@ def a1111_info(
         "sd_model_hash": model_hash,
         "sd_vae_name": None,
         "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": resize[0],
+        "seed_resize_from_h": resize[1],
         "denoising_strength": request.strength if request.init_image is not None else (
             request.hires_denoise if hires_enabled(request) else None
         ),
