@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_sd.embeddings import read_embedding
-from mlx_sd.infotext import Infotext
+from mlx_sd.infotext import Infotext, resource_hashes
 from mlx_sd.library import LABELS, Library, LibraryItem
 from mlx_sd.lora import LoraError, read_lora
-from mlx_sd.resource_hashes import parse_hashes_value
 
 from mlx_sd.model_library import FAMILY_LABELS
 from .prompt_loras import prompt_loras
@@ -135,8 +134,8 @@ def missing_resources(info: Infotext, library: Library) -> list[str]:
     infotext uses and the library lacks; empty when all are there."""
     wanted = {
         "loras": [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
-        + list(parse_hashes_value(info.params.get("Lora hashes", ""))),
-        "embeddings": list(parse_hashes_value(info.params.get("TI hashes", ""))),
+        + list(resource_hashes(info.params, "Lora hashes")),
+        "embeddings": list(resource_hashes(info.params, "TI hashes")),
     }
     notes = []
     for kind, names in wanted.items():

@@ -59,8 +59,15 @@ class LibraryItem:
 
 
 class Library:
-    def __init__(self, root: Path | None = None, extra_folders: Mapping[str, Sequence[Path]] | None = None):
+    def __init__(
+        self,
+        root: Path | None = None,
+        extra_folders: Mapping[str, Sequence[Path]] | None = None,
+        names_only: bool = False,
+    ):
         self.root = Path(root).expanduser() if root is not None else default_library_folder()
+        # names_only: `find` takes no paths (the HTTP server: a client may name only what the library holds)
+        self.names_only = names_only
         extra = dict(extra_folders or {})
         for kind in extra:
             _check_kind(kind)
@@ -98,9 +105,8 @@ class Library:
         """An existing file (a folder for models) is used as is; anything else is a name looked up
         exactly, then ignoring case. Raises LibraryError naming the closest names."""
         _check_kind(kind)
-        given = Path(name_or_path).expanduser()
-        if _is_resource(kind, given):
-            return given
+        if not self.names_only and _is_resource(kind, Path(name_or_path).expanduser()):
+            return Path(name_or_path).expanduser()
         items = self.items(kind)
         by_name = {item.name: item.path for item in items}
         if name_or_path in by_name:
@@ -119,6 +125,8 @@ class Library:
     def _not_found(self, kind: str, name: str, names: list[str]) -> str:
         label = LABELS[kind]
         if os.sep in name or (os.altsep and os.altsep in name):
+            if self.names_only:
+                return f"{label}s are named, not given as paths: {name!r} (the names are in {self.folder(kind)})"
             return f"{label} file not found: {name}"
         folders = ", ".join(str(f) for f in self.search_folders(kind))
         if not names:

@@ -37,6 +37,7 @@ from mlx_sd import __version__
 from mlx_sd.generation import plan
 from mlx_sd.hires import LATENT_UPSCALE_MODES
 from mlx_sd.infotext import parse_infotext
+from mlx_sd.library import Library as ResourceLibrary
 from mlx_sd.model_format import read_config
 from mlx_sd.request import GenerationRequest
 from mlx_sd.samplers import SAMPLERS
@@ -72,7 +73,9 @@ class ServerConfig:
 def start_queue(config: ServerConfig, model: ServedModel) -> GenerationQueue:
     """The generation queue over the server's own executor, with `model` loaded when this returns."""
     recorder = HistoryRecorder(config.library) if config.record_history else None
-    executor = PipelineExecutor(config.precision, library_upscaler_reader(config.library, files=False))
+    executor = PipelineExecutor(
+        config.precision, library_upscaler_reader(config.library, files=False), ResourceLibrary(config.library, names_only=True)
+    )
     queue = GenerationQueue(executor, config.max_queued, recorder)
     try:
         queue.submit(model, None).result()
@@ -139,7 +142,7 @@ class ApiServer:
 
     def _checked(self, model: ServedModel, request: GenerationRequest) -> GenerationRequest:
         """The request with canonical sampler names, or RequestError: everything is checked before it queues."""
-        return plan(read_config(model.folder), request).request
+        return plan(read_config(model.folder), request, ResourceLibrary(self.config.library, names_only=True)).request
 
     async def _run(self, model: ServedModel, request: GenerationRequest | None) -> JobOutcome:
         return await asyncio.wrap_future(self.queue.submit(model, request))

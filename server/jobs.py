@@ -22,6 +22,7 @@ from PIL import Image
 
 from convert.vae_file import read_vae
 from mlx_sd.generation import resolve_seed
+from mlx_sd.library import Library
 from mlx_sd.noise import image_seeds
 from mlx_sd.pipeline import Pipeline
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress
@@ -50,8 +51,14 @@ class GenerationExecutor(Protocol):
 class PipelineExecutor:
     """The server's own executor: one `mlx_sd.pipeline.Pipeline`, replaced when another model is asked for."""
 
-    def __init__(self, precision: str = "float32", read_upscaler: Callable[[str], nn.Module] | None = None):
+    def __init__(
+        self,
+        precision: str = "float32",
+        read_upscaler: Callable[[str], nn.Module] | None = None,
+        library: Library | None = None,
+    ):
         self.precision = precision
+        self.library = library or Library(names_only=True)  # LoRAs, embeddings, refiners: by name only
         self.read_upscaler = read_upscaler  # hires fix's upscaler models by name
         self.loaded: ServedModel | None = None
         self._pipeline: Pipeline | None = None
@@ -60,7 +67,7 @@ class PipelineExecutor:
         if self.loaded == model:
             return
         self._pipeline = self.loaded = None  # free the old model before loading the next
-        self._pipeline = Pipeline.load(model.folder, precision=self.precision)
+        self._pipeline = Pipeline.load(model.folder, precision=self.precision, library=self.library)
         self._pipeline.vae_reader = read_vae  # models: sd_vae, a library VAE file (server.library)
         self._pipeline.read_upscaler = self.read_upscaler
         self.loaded = model

@@ -132,3 +132,17 @@ def test_the_app_folder_module_re_exports_the_engine_rule() -> None:
     from app import library_folder
 
     assert library_folder.default_library_folder is default_library_folder
+
+
+def test_a_names_only_library_refuses_paths_even_to_existing_files(tmp_path):
+    """The HTTP server's library: a client names what the library holds and cannot point at other files."""
+    outside = tmp_path / "elsewhere" / "secret.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"x")
+    (tmp_path / "lib" / "loras").mkdir(parents=True)
+    (tmp_path / "lib" / "loras" / "style.safetensors").write_bytes(b"x")
+    library = Library(tmp_path / "lib", names_only=True)
+    assert library.find("loras", "style") == tmp_path / "lib" / "loras" / "style.safetensors"
+    with pytest.raises(LibraryError, match="named, not given as paths"):
+        library.find("loras", str(outside))
+    assert Library(tmp_path / "lib").find("loras", str(outside)) == outside

@@ -6,20 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..library import SUFFIXES, Library
 from .resize import CLASSIC_FILTERS
 
 UPSCALERS_DIR = "upscalers"
-MODEL_SUFFIXES = (".pth", ".safetensors")  # how upscaler models are published
+MODEL_SUFFIXES = SUFFIXES[UPSCALERS_DIR]  # how upscaler models are published
 
 
 def library_upscalers(library: str | os.PathLike[str]) -> dict[str, Path]:
     """The upscaler models of a library, by name, sorted; an absent folder has none."""
-    folder = Path(library) / UPSCALERS_DIR
-    try:
-        files = [p for p in folder.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()]
-    except OSError:
-        return {}
-    return {p.stem: p for p in sorted(files, key=lambda p: p.name.lower())}
+    items = Library(Path(library)).items(UPSCALERS_DIR)
+    return {item.name: item.path for item in sorted(items, key=lambda item: item.name.lower())}
 
 
 def resolve_upscaler(choice: str, library: str | os.PathLike[str]) -> str | Path:
