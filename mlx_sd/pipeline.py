@@ -39,6 +39,7 @@ from .library import Library
 from .lora.active import PipelineLoras, ResourcesInUse, without_lora_tags
 from .model_format import TOKENIZER_FOR, LoadedFiles, ModelFolderError, load_weights, read_config, weights_file
 from .preview import PreviewMap, preview_map
+from .refiner import refiner_weight_bytes
 from .request import GenerationRequest, GenerationResult, Progress
 from .textual_inversion import EmbeddingMatch, TextualInversion
 from .tokenizer import CLIPTokenizer, TokenizerError
@@ -192,6 +193,8 @@ class Pipeline:
         component_bytes, per_level = self.sizes
         # low-memory mode drops the text encoders before the UNet runs
         weights = sum(size for name, size in component_bytes.items() if name in ("unet", "vae") or not request.low_memory)
+        refiner = refiner_weight_bytes(request, self.library)  # low-memory mode releases the base UNet for it
+        weights += max(0, refiner - component_bytes.get("unet", 0)) if request.low_memory else refiner
         device = "cpu" if self.cpu is not None else "gpu"
         threads = self.cpu.threads if self.cpu is not None else 1
         return estimate(self.config, request, weights, per_level, device, threads)

@@ -20,8 +20,9 @@ import mlx.core as mx
 
 from .config import ModelConfig
 from .infotext import model_hash, model_name
+from .library import Library, LibraryError
 from .model_format import read_config
-from .library import Library
+from .model_library import folder_size
 from .request import GenerationRequest, RequestError
 from .stepwise_conditioning import StepwiseDenoiser, stepwise
 
@@ -47,6 +48,16 @@ MakeDenoisers = Callable[["Pipeline"], list[tuple[int, DenoiserLike]]]
 def refiner_folder(name: str, library: Library) -> Path:
     """Where the refiner named by a request lives: a model folder, or a model of the library by name."""
     return library.find("models", name)
+
+
+def refiner_weight_bytes(request: GenerationRequest, library: Library) -> int:
+    """Bytes of the refiner's files (0 without one, or one not found): what loading it adds to memory."""
+    if not request.refiner:
+        return 0
+    try:
+        return folder_size(refiner_folder(request.refiner, library))
+    except LibraryError:
+        return 0
 
 
 def check_refiner(

@@ -146,3 +146,15 @@ def test_api_keys_become_the_refiner_fields() -> None:
     req = a1111_request(payload, ServerOptions("demo")).request
     assert (req.refiner, req.refiner_switch) == ("sd_xl_refiner_1.0", 0.7)
     assert a1111_request(Txt2ImgRequest(refiner_checkpoint="None"), ServerOptions("demo")).request.refiner == ""
+
+
+def test_the_memory_estimate_counts_the_refiners_weights(base, model_folders) -> None:
+    """A refiner loads beside the base, so its files count; in low-memory mode it replaces the base's UNet."""
+    from mlx_sd.model_library import folder_size
+
+    size = folder_size(model_folders["sdxl-refiner"])
+    plain, with_refiner = base.estimate(request()), base.estimate(refined(model_folders))
+    assert with_refiner.weights_bytes - plain.weights_bytes == size
+    low = dict(low_memory=True)
+    low_plain, low_refined = base.estimate(request(**low)), base.estimate(refined(model_folders, **low))
+    assert low_refined.weights_bytes - low_plain.weights_bytes == max(0, size - base.sizes[0]["unet"])
