@@ -1,6 +1,5 @@
 """HistoryListModel: lazy paging over the Qt-free store, roles, thumbnails, favourites, deletes."""
 
-import dataclasses
 
 import pytest
 from PIL import Image
@@ -9,6 +8,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QListView
 
 from app.history_model import STAR, HistoryListModel, HistoryRoles
+from app.history_record import request_params
 from app.history_store import Generation, HistoryQuery, HistoryStore
 from mlx_sd.infotext import format_infotext
 from mlx_sd.request import GenerationRequest
@@ -18,8 +18,7 @@ pytestmark = pytest.mark.qt_log_level_fail("WARNING")
 
 def record(store, prompt, seed, model="demo", created=0.0, colour=(200, 40, 40), **fields):
     request = GenerationRequest(prompt=prompt, negative_prompt="blurry", seed=seed, width=64, height=64, **fields)
-    params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)
-              if f.name not in ("init_image", "mask", "latents")}
+    params = request_params(request)  # the record the app and server write
     generation = Generation(prompt, "blurry", model, seed, 64, 64, params, format_infotext(request, seed), created)
     return store.add(Image.new("RGB", (64, 48), colour), generation)
 
