@@ -1,6 +1,5 @@
 """HistoryListModel: lazy paging over the Qt-free store, roles, thumbnails, favourites, deletes."""
 
-
 import pytest
 from PIL import Image
 from PySide6.QtCore import QModelIndex, Qt
