@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import safetensors.torch
@@ -209,6 +210,29 @@ def test_weight_zero_is_bit_identical_and_switching_is_exact(loaded, tmp_path):
     assert all(np.array_equal(switched[key], array) for key, array in model.weights().items())
     model.merger.remove_all()
     assert all(np.array_equal(before[key], array) for key, array in model.weights().items())
+
+
+def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
+    # a float16 model and the same weights widened to float32: merging in float16 (narrowed by
+    # mlx_sd.lora.half) gives the float32 merge cast by mlx, bit for bit; undo restores the originals
+    model = loaded("sd1")
+    path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
+    half = convert_model(tiny_models.diffusers("sd1"), tmp_path / "half", ConvertOptions(dtype="float16")).output
+    merged = {}
+    for dtype in ("float16", "float32"):
+        pipeline = Pipeline.load(half, dtype=dtype)
+        models = {name: getattr(pipeline, name) for name in ("unet", "text_encoder")}
+        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block)
+        before = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        assert merger.apply([LoraUse(read_lora(path), 0.7, -0.9)]).changed > 0
+        merged[dtype] = {(c, name): a for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        if dtype == "float16":
+            merger.remove_all()
+            restored = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+            assert all(np.array_equal(before[key], array) for key, array in restored.items())
+    for key, array in merged["float16"].items():
+        assert array.dtype == mx.float16
+        assert np.array_equal(np.array(array), np.array(merged["float32"][key].astype(mx.float16))), key
 
 
 def test_failed_lora_leaves_weights_untouched(loaded, tmp_path):
