@@ -219,20 +219,21 @@ def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
     path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
     half = convert_model(tiny_models.diffusers("sd1"), tmp_path / "half", ConvertOptions(dtype="float16")).output
     merged = {}
-    for dtype in ("float16", "float32"):
-        pipeline = Pipeline.load(half, dtype=dtype)
+    for dtype in (mx.float16, mx.float32):
+        pipeline = Pipeline.load(half, dtype="float16")
         models = {name: getattr(pipeline, name) for name in ("unet", "text_encoder")}
+        for component in models.values():
+            component.set_dtype(dtype)
         merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block)
         before = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
         assert merger.apply([LoraUse(read_lora(path), 0.7, -0.9)]).changed > 0
         merged[dtype] = {(c, name): a for c, m in models.items() for name, a in tree_flatten(m.parameters())}
-        if dtype == "float16":
-            merger.remove_all()
-            restored = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
-            assert all(np.array_equal(before[key], array) for key, array in restored.items())
-    for key, array in merged["float16"].items():
-        assert array.dtype == mx.float16
-        assert np.array_equal(np.array(array), np.array(merged["float32"][key].astype(mx.float16))), key
+        merger.remove_all()
+        restored = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        assert all(np.array_equal(before[key], array) for key, array in restored.items())
+    for key, array in merged[mx.float16].items():
+        assert array.dtype == mx.float16 and merged[mx.float32][key].dtype == mx.float32
+        assert np.array_equal(np.array(array), np.array(merged[mx.float32][key].astype(mx.float16))), key
 
 
 def test_failed_lora_leaves_weights_untouched(loaded, tmp_path):
