@@ -27,7 +27,9 @@ def _narrow_bits(values: mx.array, bits: mx.array) -> mx.array:
     magnitude = bits & 0x7FFFFFFF
     odd = (magnitude >> _MANTISSA_SHIFT) & 1  # adding 0xFFF + odd rounds the dropped bits to even
     normal = (magnitude - _REBIAS + 0xFFF + odd) >> _MANTISSA_SHIFT
-    subnormal = mx.round(mx.abs(values) * 2.0**24).astype(mx.uint32)  # in units of 2^-24; round: to even
+    # below 2^-14, in units of 2^-24: adding 2^23 leaves a float32 no fraction bits, so the FPU rounds
+    # to an integer, to even (mx.round does the same, element by element)
+    subnormal = (mx.abs(values) * 2.0**24 + 2.0**23).astype(mx.uint32) - (1 << 23)
     large = mx.where(magnitude > _INF32, _NAN16, _INF16)
     narrowed = mx.where(magnitude < _SMALLEST_NORMAL16, subnormal, mx.where(magnitude < _OVERFLOW, normal, large))
     return (narrowed | ((bits >> 16) & 0x8000)).astype(mx.uint16)
