@@ -18,7 +18,7 @@ import torch
 from mlx.utils import tree_flatten
 
 from convert import ConvertOptions, convert_model
-from mlx_sd.lora import LoraError, LoraMerger, LoraUse, read_lora
+from mlx_sd.lora import LoraError, LoraMerger, LoraUse, merge, read_lora
 from mlx_sd.pipeline import Pipeline
 
 RANK = 4
@@ -234,6 +234,23 @@ def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
     for key, array in merged[mx.float16].items():
         assert array.dtype == mx.float16 and merged[mx.float32][key].dtype == mx.float32
         assert np.array_equal(np.array(array), np.array(merged[mx.float32][key].astype(mx.float16))), key
+
+
+def test_merge_holds_one_group_of_float32_temporaries_at_a_time(loaded, tmp_path, monkeypatch):
+    # evaluated a layer at a time, the merge's memory peak is the merged weights plus one layer's
+    # temporaries, not a float32 delta of every layer at once (a second copy of the model)
+    monkeypatch.setattr(merge, "GROUP_BYTES", 1)
+    model = loaded("sd1")
+    path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
+    lora = read_lora(path)
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    model.merger.apply([LoraUse(lora)])
+    peak = mx.get_peak_memory() - before
+    changed = list(model.merger._bases.values())  # the originals of the merged weights: same sizes
+    model.merger.remove_all()
+    merged_bytes, largest = sum(a.nbytes for a in changed), max(a.nbytes for a in changed)
+    assert peak <= merged_bytes + 8 * largest, (peak, merged_bytes, largest)
 
 
 def test_failed_lora_leaves_weights_untouched(loaded, tmp_path):

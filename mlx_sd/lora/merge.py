@@ -174,7 +174,10 @@ class LoraMerger:
         scope = set(self.models if components is None else components)
         sums = self._deltas(uses, report, scope)
         merged = {key: _merged(self._base(key), delta) for key, delta in sums.items()}
-        _evaluate_in_groups(list(merged.values()))  # every failure happens here, before the first write
+        del sums  # a delta still referenced here would keep its float32 result after evaluation: all at once
+        # every failure happens here, before the first write; largest first, so that each layer's
+        # float32 temporaries fit in the heap's holes left by bigger ones instead of growing it (page faults)
+        _evaluate_in_groups(sorted(merged.values(), key=lambda array: array.nbytes, reverse=True))
         restored = [key for key in self._bases if key[0] in scope and key not in merged]
         writes = {key: self._bases[key] for key in restored}
         for key in merged:
