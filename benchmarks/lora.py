@@ -7,7 +7,7 @@ and one UNet step (float16, a small latent) with the LoRA merged against without
 `--repeats` each (merged weights keep the dtype, shape and layout, so the ratio should be 1).
 Then the reference on the same LoRA file: diffusers' `load_lora_weights` + `fuse_lora` on its own
 randomly initialised float16 models of the same architecture (reference.models), with the ratios of our
-apply to theirs. Reports peak RSS. Prints a table and, as its last line, one JSON object with every figure.
+apply to theirs. Reports our peak RSS (before the reference's models exist). Prints a table and, as its last line, one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -140,13 +140,13 @@ def main() -> None:
         figures["step_lora_s"], figures["step_plain_s"] = min(merged), min(plain)
         figures["step_ratio"] = min(merged) / min(plain)
         del merger, models  # before the reference's models
+        figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # ours
         figures.update(diffusers_fuse(config, paths[0]))
     reference_s = figures["diffusers_load_s"] + figures["diffusers_fuse_s"]
     figures["apply_vs_diffusers"] = figures["apply_s"] / reference_s
     figures["switch_vs_diffusers"] = figures["switch_s"] / reference_s
-    figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     for key, value in figures.items():
-        print(f"{key:>12}  {value:.2f}" if isinstance(value, float) else f"{key:>12}  {value}")
+        print(f"{key:>20}  {value:.2f}" if isinstance(value, float) else f"{key:>20}  {value}")
     print(json.dumps(figures))
 
 
