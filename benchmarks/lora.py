@@ -7,7 +7,8 @@ and one UNet step (float16, a small latent) with the LoRA merged against without
 `--repeats` each (merged weights keep the dtype, shape and layout, so the ratio should be 1).
 Then the reference on the same LoRA file: diffusers' `load_lora_weights` + `fuse_lora` on its own
 randomly initialised float16 models of the same architecture (reference.models), with the ratios of our
-apply to theirs. Reports our peak RSS (before the reference's models exist). Prints a table and, as its last line, one JSON object with every figure.
+apply to theirs. Reports our peak RSS (before the reference's models exist). Prints a table and, as
+its last line, one JSON object with every figure.
 """
 
 from __future__ import annotations
