@@ -5,7 +5,10 @@ random kohya LoRA of the given rank on every attention linear and every convolut
 text encoders' linears, then times: read + apply, switch to a second LoRA of the same shape, and remove;
 and one UNet step (float16, a small latent) with the LoRA merged against without, interleaved, best of
 `--repeats` each (merged weights keep the dtype, shape and layout, so the ratio should be 1).
-Reports peak RSS. Prints a table and, as its last line, one JSON object with every figure.
+Then the reference on the same LoRA file: diffusers' `load_lora_weights` + `fuse_lora` on its own
+randomly initialised float16 models of the same architecture (reference.models), with the ratios of our
+apply to theirs. Reports our peak RSS (before the reference's models exist). Prints a table and, as
+its last line, one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -76,6 +79,34 @@ def unet_step(models: dict, config, latent: int) -> float:
     return _timed(lambda: mx.eval(unet(sample, mx.array([500.0]), context, **extra)))
 
 
+def diffusers_fuse(config, path: Path) -> dict[str, float | int]:
+    """Seconds for diffusers' load_lora_weights and fuse_lora of the LoRA at `path` on float16 models of
+    `config`'s architecture (randomly initialised: the time does not depend on the values), and how many
+    layers it fused."""
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from reference.models import text_encoder, unet
+
+    torch.set_default_dtype(torch.float16)  # initialised in float16: no float32 copy of the UNet
+    try:
+        parts = {"unet": unet(config.unet), "text_encoder": text_encoder(config.text_encoder)}
+        if config.text_encoder_2 is not None:
+            parts["text_encoder_2"] = text_encoder(config.text_encoder_2)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    if "text_encoder_2" in parts:
+        pipe = StableDiffusionXLPipeline(vae=None, tokenizer=None, tokenizer_2=None, scheduler=None, **parts)
+    else:
+        pipe = StableDiffusionPipeline(vae=None, tokenizer=None, scheduler=None, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False, **parts)  # fmt: skip
+    figures: dict[str, float | int] = {"diffusers_load_s": _timed(lambda: pipe.load_lora_weights(str(path)))}
+    figures["diffusers_layers"] = sum(1 for model in parts.values() for name, _ in model.named_modules()
+                                      if name.endswith(".lora_A"))  # fmt: skip
+    figures["diffusers_fuse_s"] = _timed(lambda: pipe.fuse_lora(components=list(parts)))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(PRESET), default="sd15")
@@ -109,9 +140,14 @@ def main() -> None:
         merger.remove_all()
         figures["step_lora_s"], figures["step_plain_s"] = min(merged), min(plain)
         figures["step_ratio"] = min(merged) / min(plain)
-    figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        del merger, models  # before the reference's models
+        figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # ours
+        figures.update(diffusers_fuse(config, paths[0]))
+    reference_s = figures["diffusers_load_s"] + figures["diffusers_fuse_s"]
+    figures["apply_vs_diffusers"] = figures["apply_s"] / reference_s
+    figures["switch_vs_diffusers"] = figures["switch_s"] / reference_s
     for key, value in figures.items():
-        print(f"{key:>12}  {value:.2f}" if isinstance(value, float) else f"{key:>12}  {value}")
+        print(f"{key:>20}  {value:.2f}" if isinstance(value, float) else f"{key:>20}  {value}")
     print(json.dumps(figures))
 
 

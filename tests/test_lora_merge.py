@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import safetensors.torch
@@ -17,7 +18,7 @@ import torch
 from mlx.utils import tree_flatten
 
 from convert import ConvertOptions, convert_model
-from mlx_sd.lora import LoraError, LoraMerger, LoraUse, read_lora
+from mlx_sd.lora import LoraError, LoraMerger, LoraUse, merge, read_lora
 from mlx_sd.pipeline import Pipeline
 
 RANK = 4
@@ -209,6 +210,47 @@ def test_weight_zero_is_bit_identical_and_switching_is_exact(loaded, tmp_path):
     assert all(np.array_equal(switched[key], array) for key, array in model.weights().items())
     model.merger.remove_all()
     assert all(np.array_equal(before[key], array) for key, array in model.weights().items())
+
+
+def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
+    # a float16 model and the same weights widened to float32: merging in float16 (narrowed by
+    # mlx_sd.lora.half) gives the float32 merge cast by mlx, bit for bit; undo restores the originals
+    model = loaded("sd1")
+    path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
+    half = convert_model(tiny_models.diffusers("sd1"), tmp_path / "half", ConvertOptions(dtype="float16")).output
+    merged = {}
+    for dtype in (mx.float16, mx.float32):
+        pipeline = Pipeline.load(half, dtype="float16")
+        models = {name: getattr(pipeline, name) for name in ("unet", "text_encoder")}
+        for component in models.values():
+            component.set_dtype(dtype)
+        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block)
+        before = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        assert merger.apply([LoraUse(read_lora(path), 0.7, -0.9)]).changed > 0
+        merged[dtype] = {(c, name): a for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        merger.remove_all()
+        restored = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
+        assert all(np.array_equal(before[key], array) for key, array in restored.items())
+    for key, array in merged[mx.float16].items():
+        assert array.dtype == mx.float16 and merged[mx.float32][key].dtype == mx.float32
+        assert np.array_equal(np.array(array), np.array(merged[mx.float32][key].astype(mx.float16))), key
+
+
+def test_merge_holds_one_group_of_float32_temporaries_at_a_time(loaded, tmp_path, monkeypatch):
+    # evaluated a layer at a time, the merge's memory peak is the merged weights plus one layer's
+    # temporaries, not a float32 delta of every layer at once (a second copy of the model)
+    monkeypatch.setattr(merge, "GROUP_BYTES", 1)
+    model = loaded("sd1")
+    path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
+    lora = read_lora(path)
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    model.merger.apply([LoraUse(lora)])
+    peak = mx.get_peak_memory() - before
+    changed = list(model.merger._bases.values())  # the originals of the merged weights: same sizes
+    model.merger.remove_all()
+    merged_bytes, largest = sum(a.nbytes for a in changed), max(a.nbytes for a in changed)
+    assert peak <= merged_bytes + 8 * largest, (peak, merged_bytes, largest)
 
 
 def test_failed_lora_leaves_weights_untouched(loaded, tmp_path):
