@@ -230,6 +230,10 @@ class MainWindow(QMainWindow):
         self.parameters_scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.parameters_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.parameters_scroll.setMinimumHeight(120)
+        # never narrower than its rows (the horizontal bar is off): at 1024x640 the side panel clipped them
+        self.parameters_scroll.setMinimumWidth(
+            self.parameters.minimumSizeHint().width() + self.parameters_scroll.verticalScrollBar().sizeHint().width()
+        )
         # always there (empty when idle), one line high: a run starting or ending moves nothing
         self.progress.setFixedHeight(8)
         self.progress_label.setFixedHeight(self.progress_label.fontMetrics().height() + 2)

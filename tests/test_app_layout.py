@@ -344,3 +344,10 @@ def test_damaged_parameters_in_the_session_do_not_stop_the_window(qtbot, library
     window.restore_session()
     assert window.prompt_panel.prompt() == "kept" and window.parameters.values()["steps"] == 20
     assert "could not be restored" in window.statusBar().currentMessage()
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_the_parameter_rows_are_never_cut_off_at_the_right(qtbot, library: Path, width: int, height: int) -> None:
+    """The parameters scroll only vertically, so their viewport must be as wide as their widest row."""
+    window = sized_window(qtbot, library, width, height)
+    assert window.parameters_scroll.viewport().width() >= window.parameters.minimumSizeHint().width()
