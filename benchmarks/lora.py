@@ -27,6 +27,9 @@ from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
 from mlx_sd.config import preset
+from mlx_sd.cpu.lora_merge import CpuMerging
+from mlx_sd.cpu.options import CpuOptions
+from mlx_sd.device import current_device
 from mlx_sd.lora import LoraMerger, LoraUse, read_lora
 from mlx_sd.pipeline import build_models
 
@@ -127,7 +130,9 @@ def main() -> None:
         for seed, path in enumerate(paths):
             write_lora(path, targets, args.rank, seed, args.family)
         figures["file_mb"] = round(paths[0].stat().st_size / 2**20, 1)
-        merger = LoraMerger(models, config.family, config.unet.layers_per_block)
+        # as Pipeline.use_resources merges: with the compiled kernel on the CPU
+        merging = CpuMerging(CpuOptions.for_this_machine()) if current_device() == "cpu" else None
+        merger = LoraMerger(models, config.family, config.unet.layers_per_block, merging)
         figures["apply_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[0]))]))
         figures["switch_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[1]))]))
         unet_step(models, config, args.step_latent)  # warm-up

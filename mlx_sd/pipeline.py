@@ -29,6 +29,7 @@ from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
 from .config import ModelConfig
 from .cpu.accelerate import accelerate, weight_dtype
+from .cpu.lora_merge import CpuMerging
 from .cpu.memory import release_free_memory
 from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
@@ -273,7 +274,8 @@ class Pipeline:
         if loras or self._loras is not None:
             if self._loras is None:
                 models = {name: getattr(self, name) for name in ("unet", *self.config.text_encoders)}
-                self._loras = PipelineLoras(models, self.config.family, self.config.unet.layers_per_block)
+                merging = CpuMerging(self.cpu) if self.cpu is not None else None
+                self._loras = PipelineLoras(models, self.config.family, self.config.unet.layers_per_block, merging)
             applied = self._loras.use(loras, self.library, self.allow_pickle)
             changed, notices = applied.changed, applied.warnings
             if applied.hashes:

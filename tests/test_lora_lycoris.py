@@ -15,7 +15,11 @@ import safetensors.torch
 import torch
 from lycoris.functional import loha, lokr
 
+from mlx_sd.cpu import kernels
+from mlx_sd.cpu.lora_merge import CpuMerging
+from mlx_sd.cpu.options import CpuOptions
 from mlx_sd.lora import LoraError, LoraMerger, LoraUse, read_lora
+from mlx_sd.lora.merge import Merging
 
 
 class CachingConv(nn.Conv2d):
@@ -40,11 +44,21 @@ class Tiny(nn.Module):
         self.blocks = [Block()]
 
 
-def _model() -> tuple[Tiny, LoraMerger]:
+@pytest.fixture(params=["plain", "cpu kernel"])
+def merging(request) -> Merging:
+    """Each merge twice: as mlx ops, and as the CPU path merges (mlx_sd.cpu.lora_merge)."""
+    if request.param == "plain":
+        return Merging()
+    if not kernels.available():
+        pytest.skip(f"CPU kernels: {kernels.status().reason}")
+    return CpuMerging(CpuOptions(kernels=True, threads=2))
+
+
+def _model(merging: Merging) -> tuple[Tiny, LoraMerger]:
     mx.random.seed(0)
     model = Tiny()
     mx.eval(model.parameters())
-    return model, LoraMerger({"unet": model}, "sd1", layers_per_block=2)
+    return model, LoraMerger({"unet": model}, "sd1", layers_per_block=2, merging=merging)
 
 
 def _torch_weight(array: mx.array) -> torch.Tensor:
@@ -61,12 +75,12 @@ def _randn(*shape: int) -> torch.Tensor:
     return torch.randn(*shape) * 0.2
 
 
-def _check(tmp_path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+def _check(tmp_path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], merging: Merging) -> None:
     """Merging `state` at each weight adds weight * expected delta to each named layer."""
     path = tmp_path / "lyco.safetensors"
     safetensors.torch.save_file(state, str(path))
     for weight in (0.5, 1.0, -1.0):
-        model, merger = _model()
+        model, merger = _model(merging)
         before = {name: np.array(model.blocks[0][name].weight) for name in expected}
         merger.apply([LoraUse(read_lora(path), weight, weight)])
         for name, delta in expected.items():
@@ -78,7 +92,7 @@ def _check(tmp_path: Path, state: dict[str, torch.Tensor], expected: dict[str, t
 
 
 @pytest.mark.parametrize("tucker", [False, True])
-def test_loha_equals_lycoris(tmp_path, tucker):
+def test_loha_equals_lycoris(tmp_path, tucker, merging):
     torch.manual_seed(1)
     rank, alpha = 4, 2.0
     state, expected = {}, {}
@@ -97,11 +111,11 @@ def test_loha_equals_lycoris(tmp_path, tucker):
         expected["conv1"] = loha.diff_weight(c[1], c[0], c[3], c[2], None, None, gamma=alpha / rank)
     state.update({f"lora_unet_blocks_0_conv1.{n}": t for n, t in zip(names, c)})
     state["lora_unet_blocks_0_conv1.alpha"] = torch.tensor(alpha)
-    _check(tmp_path, state, expected)
+    _check(tmp_path, state, expected, merging)
 
 
 @pytest.mark.parametrize("variant", ["full", "w1_decomposed", "w2_decomposed", "w2_tucker"])
-def test_lokr_equals_lycoris(tmp_path, variant):
+def test_lokr_equals_lycoris(tmp_path, variant, merging):
     torch.manual_seed(2)
     rank, alpha = 2, 3.0
     state = {"lora_unet_blocks_0_to_q.alpha": torch.tensor(alpha), "lora_unet_blocks_0_conv1.alpha": torch.tensor(alpha)}
@@ -125,14 +139,14 @@ def test_lokr_equals_lycoris(tmp_path, variant):
             expected[layer] = lokr.kron_weight(*args, scale=alpha / rank)
         else:  # functional.lokr's gamma is alpha: it divides by the rank only when a side is decomposed
             expected[layer] = lokr.diff_weight(*args, gamma=alpha)
-    _check(tmp_path, state, expected)
+    _check(tmp_path, state, expected, merging)
 
 
-def test_full_diff_and_bias(tmp_path):
+def test_full_diff_and_bias(tmp_path, merging):
     diff, diff_b = _randn(8, 6, 3, 3), _randn(8)
     path = tmp_path / "full.safetensors"
     safetensors.torch.save_file({"lora_unet_blocks_0_conv1.diff": diff, "lora_unet_blocks_0_conv1.diff_b": diff_b}, str(path))
-    model, merger = _model()
+    model, merger = _model(merging)
     weight, bias = np.array(model.blocks[0].conv1.weight), np.array(model.blocks[0].conv1.bias)
     merger.apply([LoraUse(read_lora(path), 1.0, 0.5)])
     assert np.abs(np.array(model.blocks[0].conv1.weight) - (weight + 0.5 * _ours(diff))).max() <= 1e-6
@@ -141,8 +155,8 @@ def test_full_diff_and_bias(tmp_path):
     assert np.array_equal(np.array(model.blocks[0].conv1.bias), bias)
 
 
-def test_half_precision_storage_keeps_its_dtype(tmp_path):
-    model, merger = _model()
+def test_half_precision_storage_keeps_its_dtype(tmp_path, merging):
+    model, merger = _model(merging)
     model.blocks[0].to_q.weight = model.blocks[0].to_q.weight.astype(mx.float16)
     base = model.blocks[0].to_q.weight
     path = tmp_path / "lora.safetensors"
@@ -154,12 +168,12 @@ def test_half_precision_storage_keeps_its_dtype(tmp_path):
     assert model.blocks[0].to_q.weight is base  # the original array itself: exact
 
 
-def test_unmatched_keys_counted_and_nothing_matched_is_an_error(tmp_path):
+def test_unmatched_keys_counted_and_nothing_matched_is_an_error(tmp_path, merging):
     path = tmp_path / "odd.safetensors"
     tensors = {"lora_unet_blocks_0_to_q.lora_down.weight": _randn(2, 12), "lora_unet_blocks_0_to_q.lora_up.weight": _randn(8, 2),
                "lora_unet_nowhere.lora_down.weight": _randn(2, 3), "lora_unet_nowhere.lora_up.weight": _randn(3, 2)}  # fmt: skip
     safetensors.torch.save_file(tensors, str(path))
-    model, merger = _model()
+    model, merger = _model(merging)
     report = merger.apply([LoraUse(read_lora(path))])
     assert report.warnings() == ["odd: 1 keys match no layer of this model (e.g. lora_unet_nowhere)"]
     safetensors.torch.save_file({k: v for k, v in tensors.items() if "nowhere" in k}, str(path))
@@ -190,13 +204,13 @@ def test_bad_files_are_one_line_each(tmp_path):
 
 
 @pytest.mark.parametrize("wd_on_out", [False, True])
-def test_dora_equals_lycoris_weight_decompose(tmp_path, wd_on_out):
+def test_dora_equals_lycoris_weight_decompose(tmp_path, wd_on_out, merging):
     """At weight 1 LyCORIS' weight_decompose; at other weights A1111's blend W + w * (DoRA(W + dW) - W),
     which leaves weight 0 a no-op (LyCORIS' own merge keeps dW whole at 0)."""
     from lycoris.functional.general import weight_decompose
 
     torch.manual_seed(4)
-    model, _ = _model()
+    model, _ = _model(merging)
     state, expected = {}, {}
     for name, shape in (("to_q", (8, 12)), ("conv1", (8, 6, 3, 3))):
         base = _torch_weight(model.blocks[0][name].weight)
@@ -210,7 +224,7 @@ def test_dora_equals_lycoris_weight_decompose(tmp_path, wd_on_out):
     path = tmp_path / "dora.safetensors"
     safetensors.torch.save_file(state, str(path))
     for weight in (1.0, 0.5):
-        model, merger = _model()
+        model, merger = _model(merging)
         merger.apply([LoraUse(read_lora(path), weight, weight)])
         for name, (base, decomposed) in expected.items():
             want = _ours(base + weight * (decomposed - base))

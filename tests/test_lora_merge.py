@@ -18,11 +18,16 @@ import torch
 from mlx.utils import tree_flatten
 
 from convert import ConvertOptions, convert_model
+from mlx_sd.cpu.lora_merge import CpuMerging
 from mlx_sd.lora import LoraError, LoraMerger, LoraUse, merge, read_lora
 from mlx_sd.pipeline import Pipeline
 
 RANK = 4
 WEIGHTS = (0.5, 1.0, -1.0)
+
+
+def merging_of(pipeline: Pipeline) -> CpuMerging | None:
+    return CpuMerging(pipeline.cpu) if pipeline.cpu is not None else None
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
@@ -34,7 +39,8 @@ class Loaded:
         self.pipeline = Pipeline.load(ours, dtype="float32")
         p = self.pipeline
         self.models = {name: getattr(p, name) for name in COMPONENTS if getattr(p, name) is not None}
-        self.merger = LoraMerger(self.models, p.config.family, p.config.unet.layers_per_block)
+        # merged as the pipeline merges: in one pass of the compiled kernel on the CPU
+        self.merger = LoraMerger(self.models, p.config.family, p.config.unet.layers_per_block, merging_of(p))
 
     def weights(self) -> dict[tuple[str, str], np.ndarray]:
         return {(component, name): np.array(array) for component, model in self.models.items()
@@ -214,7 +220,8 @@ def test_weight_zero_is_bit_identical_and_switching_is_exact(loaded, tmp_path):
 
 def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
     # a float16 model and the same weights widened to float32: merging in float16 (narrowed by
-    # mlx_sd.lora.half) gives the float32 merge cast by mlx, bit for bit; undo restores the originals
+    # the CPU kernel or mlx_sd.lora.half) gives the float32 merge cast by mlx, bit for bit; undo
+    # restores the originals
     model = loaded("sd1")
     path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
     half = convert_model(tiny_models.diffusers("sd1"), tmp_path / "half", ConvertOptions(dtype="float16")).output
@@ -224,7 +231,7 @@ def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
         models = {name: getattr(pipeline, name) for name in ("unet", "text_encoder")}
         for component in models.values():
             component.set_dtype(dtype)
-        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block)
+        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block, merging_of(pipeline))
         before = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
         assert merger.apply([LoraUse(read_lora(path), 0.7, -0.9)]).changed > 0
         merged[dtype] = {(c, name): a for c, m in models.items() for name, a in tree_flatten(m.parameters())}

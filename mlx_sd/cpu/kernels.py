@@ -5,7 +5,8 @@ several single-threaded passes over scores that fit no cache. `csrc/fused_attent
 primitive that runs it as one cache-blocked kernel; `csrc/group_norm.cpp` does GroupNorm+SiLU in two
 vectorised passes (mlx's fused form takes five); `csrc/gemm.cpp` is a float32 GEMM for the CPU's
 full vector width, where the system BLAS may be pinned to a narrower one, blocked for this CPU's
-caches, with bfloat16 products on CPUs with AVX512_BF16; `csrc/mapped_weights.cpp` makes arrays on a
+caches, with bfloat16 products on CPUs with AVX512_BF16; `csrc/lora_merge.cpp` merges a LoRA into a
+weight in one pass (mlx_sd.cpu.lora_merge); `csrc/mapped_weights.cpp` makes arrays on a
 mapped weight file (mlx_sd.mapped_weights). Their speeds are in docs/performance.md. They
 are compiled against the installed mlx, as mlx's own `mx.compile` compiles its CPU kernels, with
 the system C++ compiler and the nanobind that mlx's Python bindings use, and cached per source,
@@ -227,3 +228,12 @@ def conv_taps(
 def group_norm(x: mx.array, weight: mx.array, bias: mx.array, groups: int, eps: float, silu: bool) -> mx.array:
     """GroupNorm of a float32 (batch, rows, channels) array with its affine, then SiLU if `silu`."""
     return _module().group_norm(x, weight, bias, groups, eps, silu)
+
+
+def lora_merge(
+    base: mx.array, delta: mx.array | None, up: mx.array | None, down: mx.array | None, threads: int = 1
+) -> mx.array:
+    """(base in float32 + delta + up @ down) in base's dtype, for a float16 or float32 base (rows, cols),
+    delta (rows, cols), up (rows, rank) and down (rank, cols), on the current CPU stream; the float16
+    result is astype's, bit for bit."""
+    return _module().lora_merge(base, delta, up, down, threads)

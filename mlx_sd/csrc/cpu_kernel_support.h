@@ -14,6 +14,10 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -46,6 +50,60 @@ inline void store(float* p, vfloat x) {
 
 inline vfloat splat(float x) {
   return x - vfloat{};
+}
+
+// kLanes float16 values as float32. GCC's vector conversion of _Float16 goes element by element
+// (GCC 12): F16C converts a vector in one instruction.
+inline vfloat load_half(const void* p) {
+  vfloat r;
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+  std::memcpy(&r, &f, sizeof r);
+#elif defined(__F16C__)
+  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+  std::memcpy(&r, &f, sizeof r);
+#else
+  _Float16 h[kLanes];
+  std::memcpy(h, p, sizeof h);
+  for (int e = 0; e < kLanes; ++e) r[e] = static_cast<float>(h[e]);
+#endif
+  return r;
+}
+
+// One float32 as float16 bits, as mlx's astype makes it: to nearest even, and every NaN 0x7D00
+// with its sign (the hardware keeps the payload instead).
+inline uint16_t half_bits(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if (x != x) return static_cast<uint16_t>(((bits >> 16) & 0x8000) | 0x7D00);
+  const _Float16 h = static_cast<_Float16>(x);
+  uint16_t out;
+  std::memcpy(&out, &h, sizeof out);
+  return out;
+}
+
+// kLanes float32 values stored as float16, each as half_bits makes it.
+inline void store_half(void* p, vfloat x) {
+#if defined(__AVX512F__)
+  __m512 f;
+  std::memcpy(&f, &x, sizeof f);
+  const __m256i h = _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const bool any_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q) != 0;
+#elif defined(__F16C__)
+  __m256 f;
+  std::memcpy(&f, &x, sizeof f);
+  const __m128i h = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const bool any_nan = _mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)) != 0;
+#else
+  uint16_t h[kLanes];
+  for (int e = 0; e < kLanes; ++e) h[e] = half_bits(x[e]);
+  const bool any_nan = false;
+#endif
+  std::memcpy(p, &h, kLanes * 2);
+  if (__builtin_expect(any_nan, 0)) {
+    uint16_t* out = static_cast<uint16_t*>(p);
+    for (int e = 0; e < kLanes; ++e) out[e] = half_bits(x[e]);
+  }
 }
 
 // 2**t, as mlx_sd.layers._exp2_in_range: its degree-5 polynomial (_EXP2) for the fraction times
@@ -108,6 +166,8 @@ mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::a
 mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
                     const std::vector<std::pair<int, int>>& taps, int threads, bool bf16);
 mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
+mx::array lora_merge(const mx::array& base, const std::optional<mx::array>& delta, const std::optional<mx::array>& up,
+                     const std::optional<mx::array>& down, int threads);
 
 // A file mapped into memory, unmapped with its last user (mapped_weights.cpp).
 struct Mapping {

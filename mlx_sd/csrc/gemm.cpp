@@ -144,10 +144,7 @@ vfloat load_as_float(const T* p) {
     std::memcpy(&f, &bits, sizeof f);
     return f;
   } else {
-    typedef _Float16 vhalf __attribute__((vector_size(kLanes * 2)));
-    vhalf h;
-    std::memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, vfloat);
+    return load_half(p);
   }
 }
 

@@ -39,4 +39,7 @@ NB_MODULE(_mlx_sd_cpu_kernels, m) {
   m.def("group_norm", &mlx_sd::group_norm, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("groups"), nb::arg("eps"),
         nb::arg("silu") = false,
         "GroupNorm of float32 (batch, rows, channels) x with its affine, then SiLU if asked, on mlx's CPU stream");
+  m.def("lora_merge", &mlx_sd::lora_merge, nb::arg("base"), nb::arg("delta") = nb::none(), nb::arg("up") = nb::none(),
+        nb::arg("down") = nb::none(), nb::arg("threads") = 1,
+        "(base in float32 + delta + up @ down) in base's dtype, for a float16 or float32 base (rows, cols), on mlx's CPU stream");
 }

@@ -19,7 +19,7 @@ from ..library import Library, file_identity
 from ..request import GenerationRequest, LoraRequest
 from ..resource_hashes import lora_hash
 from .lora_file import LoraFile, read_lora
-from .merge import TEXT_ENCODERS, LoraMerger, LoraUse
+from .merge import TEXT_ENCODERS, LoraMerger, LoraUse, Merging
 from .prompt_tags import parse_lora_tags
 
 
@@ -51,8 +51,9 @@ class AppliedLoras:
 class PipelineLoras:
     """The LoRA set merged into one pipeline's models (component name -> model)."""
 
-    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int):
-        self.merger = LoraMerger(models, family, layers_per_block)
+    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int,
+                 merging: Merging | None = None):
+        self.merger = LoraMerger(models, family, layers_per_block, merging)
         self._key: tuple[tuple[object, ...], ...] = ()
         self._hashes: dict[str, str] = {}
         self._text_encoder_uses: list[LoraUse] = []  # to merge again into a text encoder loaded afresh

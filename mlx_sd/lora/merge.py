@@ -5,7 +5,8 @@ layers and for the CPU's substitutes alike: each changed weight becomes
 
     stored = (base.astype(float32) + sum of user_weight * delta).astype(base.dtype)
 
-computed in float32 whatever the storage dtype, and written back in the base's dtype. The bases of the
+computed in float32 whatever the storage dtype, and written back in the base's dtype (`Merging`; the CPU
+path computes the same in one pass, mlx_sd.cpu.lora_merge). The bases of the
 touched weights (only those) are kept, so undoing restores them bit for bit; switching LoRAs recomputes
 from the bases. A weight of 0 touches nothing, so it is bit-identical to no LoRA.
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import mlx.nn as nn
 
-from .deltas import dora, weight_delta
+from .deltas import LayerDelta, dora, weight_delta
 from .errors import LoraError
 from .half import narrow
 from .lora_file import FAMILY_LABELS, LoraFile
@@ -61,21 +62,24 @@ class MergeReport:
                 for name, (count, example) in self.unmatched.items()]  # fmt: skip
 
 
-def _fit(delta: mx.array, shape: tuple[int, ...], module: str) -> mx.array:
+def _fit(delta: LayerDelta, shape: tuple[int, ...], module: str) -> LayerDelta:
     """A delta for a parameter of `shape`: a 1x1 conv's delta fits a linear layer and the other way round."""
     if delta.shape == shape:
         return delta
-    if delta.size != math.prod(shape):
+    if math.prod(delta.shape) != math.prod(shape):
         torch_shape = (shape[0], shape[-1], *shape[1:-1]) if len(shape) == 4 else shape
-        found = (delta.shape[0], delta.shape[-1], *delta.shape[1:-1]) if delta.ndim == 4 else delta.shape
+        found = (delta.shape[0], delta.shape[-1], *delta.shape[1:-1]) if len(delta.shape) == 4 else delta.shape
         raise LoraError(f"{module} changes a layer of shape {list(torch_shape)} by one of shape {list(found)}")
-    return delta.reshape(shape)
+    return delta.reshaped(shape)
 
 
-def _merged(base: mx.array, delta: mx.array) -> mx.array:
-    """(base in float32 + delta) in the base's dtype; float16 through the vectorised cast (mlx's is scalar)."""
-    total = base.astype(mx.float32) + delta
-    return narrow(total) if base.dtype == mx.float16 else total.astype(base.dtype)
+class Merging:
+    """How a merged weight is computed: (base in float32 + delta) in the base's dtype, as mlx ops,
+    float16 through the vectorised cast (mlx's is scalar on the CPU)."""
+
+    def merged(self, base: mx.array, delta: LayerDelta) -> mx.array:
+        total = base.astype(mx.float32) + delta.materialized()
+        return narrow(total) if base.dtype == mx.float16 else total.astype(base.dtype)
 
 
 def _evaluate_in_groups(arrays: Sequence[mx.array]) -> None:
@@ -103,8 +107,10 @@ def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 class LoraMerger:
     """The LoRAs merged into one pipeline's models (by component name: unet, text_encoder, text_encoder_2)."""
 
-    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int):
+    def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int,
+                 merging: Merging | None = None):
         self.models = dict(models)
+        self.merging = merging or Merging()
         self.family = family
         self.index = LayerIndex(self.models, layers_per_block)
         self._bases: dict[Key, mx.array] = {}  # the original of every weight we have changed
@@ -122,10 +128,10 @@ class LoraMerger:
             made_for = " or ".join(FAMILY_LABELS[f] for f in sorted(families))
             raise LoraError(f"{lora.name} is a LoRA for {made_for}; the loaded model is {FAMILY_LABELS[self.family]}")
 
-    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport, components: set[str]) -> dict[Key, mx.array]:
+    def _deltas(self, uses: Sequence[LoraUse], report: MergeReport, components: set[str]) -> dict[Key, LayerDelta]:
         """Sum of user_weight * delta per parameter of `components`, in float32 and our layout; raises
         before any write."""
-        sums: dict[Key, mx.array] = {}
+        sums: dict[Key, LayerDelta] = {}
         for use in uses:
             self._check_family(use.lora)
             unmatched = list(use.lora.unknown_keys)
@@ -143,7 +149,7 @@ class LoraMerger:
                 for leaf, delta in self._module_deltas(module, component, path, parts, weight):
                     key = (component, f"{path}.{leaf}")
                     sums[key] = sums[key] + delta if key in sums else delta
-            if matched == 0:
+            if matched == 0 and unmatched:  # no layers at all: a file of bundled embeddings only
                 raise LoraError(f"{use.lora.name} matches no layer of this model (e.g. {unmatched[0]})")
             if unmatched:
                 report.unmatched[use.lora.name] = (len(unmatched), unmatched[0])
@@ -158,13 +164,13 @@ class LoraMerger:
         if delta is not None:
             delta = _fit(delta, base.shape, module)
             if dora_scale is not None:
-                delta = weight * dora(delta, base.astype(mx.float32), dora_scale)
+                delta = LayerDelta(base.shape, weight * dora(delta.materialized(), base.astype(mx.float32), dora_scale))
             yield "weight", delta
         if "diff_b" in parts:
             owner, _ = _owner(self.models[component], f"{path}.weight")
             if "bias" not in owner or owner["bias"].shape != parts["diff_b"].shape:
                 raise LoraError(f"{module} changes a bias this layer does not have, or of another shape")
-            yield "bias", weight * parts["diff_b"].astype(mx.float32)
+            yield "bias", LayerDelta(owner["bias"].shape, weight * parts["diff_b"].astype(mx.float32))
 
     def apply(self, uses: Sequence[LoraUse], components: Sequence[str] | None = None) -> MergeReport:
         """Make `uses` the merged set (replacing the previous one); an empty list removes every LoRA.
@@ -172,7 +178,7 @@ class LoraMerger:
         report = MergeReport()
         scope = set(self.models if components is None else components)
         sums = self._deltas(uses, report, scope)
-        merged = {key: _merged(self._base(key), delta) for key, delta in sums.items()}
+        merged = {key: self.merging.merged(self._base(key), delta) for key, delta in sums.items()}
         del sums  # a delta still referenced here would keep its float32 result after evaluation: all at once
         # every failure happens here, before the first write; largest first, so that each layer's
         # float32 temporaries fit in the heap's holes left by bigger ones instead of growing it (page faults)
