@@ -131,12 +131,12 @@ class InfoCache:
 
 def missing_resources(info: Infotext, library: Library) -> list[str]:
     """Notes naming the LoRAs (tags in the prompts, `Lora hashes`) and embeddings (`TI hashes`) that an
-    infotext uses and the library lacks; empty when all are there."""
-    wanted = {
-        "loras": [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
-        + list(resource_hashes(info.params, "Lora hashes")),
-        "embeddings": list(resource_hashes(info.params, "TI hashes")),
-    }
+    infotext uses and the library lacks; empty when all are there. An embedding bundled in a LoRA has the
+    LoRA's name for its hash (A1111): the LoRA stands for it."""
+    loras = [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
+    loras += list(resource_hashes(info.params, "Lora hashes"))
+    embeddings = [name for name, short in resource_hashes(info.params, "TI hashes").items() if short not in loras]
+    wanted = {"loras": loras, "embeddings": embeddings}
     notes = []
     for kind, names in wanted.items():
         have = {item.name.casefold() for item in library.items(kind)}

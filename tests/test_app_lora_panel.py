@@ -186,6 +186,14 @@ def test_unsuitable_reason_needs_both_families() -> None:
     ]
 
 
+def test_an_embedding_bundled_in_a_lora_is_not_looked_for_in_the_library(tmp_path: Path) -> None:
+    # A1111 writes a bundled embedding's LoRA in place of its hash: only the LoRA must be in the library
+    text = 'a mytoken, other <lora:pivot:1>\nSteps: 1, Seed: 1, Size: 8x8, TI hashes: "mytoken: pivot, other: 0123456789ab"'
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "pivot.safetensors").write_bytes(b"")
+    assert missing_resources(parse_infotext(text), Library(tmp_path)) == ["the embedding is not in the library: other"]
+
+
 def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: MainWindow, library: Path, monkeypatch) -> None:
     import threading
     import time
