@@ -7,7 +7,8 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
 - `refresh_models(select)` after a model was imported, renamed or deleted;
 - `apply_settings(settings)` after the settings dialog (which saved them), `update_settings(settings)` to
-  apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
+  apply and save a change made elsewhere (the default model), both emitting `settingsApplied(settings)`;
+  `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
@@ -116,6 +117,7 @@ def progress_text(report: StepReport) -> str:
 class MainWindow(QMainWindow):
     imageRecorded = Signal(object)  # HistoryEntry
     resourcesChanged = Signal(str)  # a library folder ("loras", "vae", ...) got a file from a drop
+    settingsApplied = Signal(object)  # AppSettings, once the window uses them
 
     def __init__(
         self,
@@ -186,6 +188,7 @@ class MainWindow(QMainWindow):
         self.resource_importer.copied.connect(self._on_resource_copied)
         self.resource_importer.failed.connect(lambda text: self.show_error("The file was not added to the library", text))
         self.drop_filter = DropFilter(self)
+        self.drop_filter.allow_pickle = settings.allow_pickle
         self.drop_filter.dropped.connect(self.handle_drop)
         self.setAcceptDrops(True)
         self.installEventFilter(self.drop_filter)
@@ -384,8 +387,10 @@ class MainWindow(QMainWindow):
         self.result_view.output_format = settings.output_format
         self.result_view.upscale_tile = settings.upscale_tile
         self.parameters.low_memory.setChecked(settings.low_memory)
+        self.drop_filter.allow_pickle = settings.allow_pickle
         self._refresh_presets()
         self.api.apply(settings, self.library)
+        self.settingsApplied.emit(settings)
 
     def _set_low_memory(self, on: bool) -> None:
         if on != self.settings.low_memory:
@@ -495,7 +500,7 @@ class MainWindow(QMainWindow):
         job = GenerationJob(
             request, model.path, model.name,
             device=self.settings.compute_device, preview_every=self.settings.preview_every,
-            precision=self.settings.cpu_precision,
+            precision=self.settings.cpu_precision, allow_pickle=self.settings.allow_pickle,
         )
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.tabs.setCurrentIndex(0)
@@ -653,7 +658,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Starting from {name} ({image.width} x {image.height})", 5000)
 
     def use_image_file_as_source(self, path: str | Path) -> None:
-        item = classify_file(Path(path))
+        item = classify_file(Path(path), self.settings.allow_pickle)
         if item.image is None:
             self.show_error("The image cannot be used as a source", item.message)
             return

@@ -14,3 +14,7 @@ def pickle_refusal(path: Path) -> str:
         "Prefer a .safetensors version of this model; if you trust this file, add --allow-pickle "
         "(it is then read with torch's weights-only unpickler, which never runs code)"
     )
+
+
+def is_pickle(path: Path) -> bool:
+    return path.suffix.lower() in PICKLE_SUFFIXES

@@ -74,8 +74,9 @@ def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
     assert plain.kind is DropKind.IMAGE and plain.infotext is None
     assert classify_file(files["checkpoint"]).kind is DropKind.CHECKPOINT
     assert classify_file(files["diffusers"]).kind is DropKind.CHECKPOINT
+    assert "pickle checkpoint" in classify_file(files["pickle"], allow_pickle=True).message  # unreadable: not imported
     expected = {
-        "pickle": "pickle checkpoint",
+        "pickle": "model.ckpt is a pickle file, which can run code when it is opened: enable 'Allow pickle files'",
         "text": "notes.txt is not an image or a checkpoint",
         "damaged": "damaged.png could not be read as an image",
         "folder": "some folder is a folder",
@@ -317,10 +318,10 @@ def test_a_slow_file_is_read_on_a_worker_while_the_window_stays_responsive(
     readers: list[threading.Thread] = []
     classify = drop_handler.classify_file
 
-    def slow(path: Path):
+    def slow(path: Path, allow_pickle: bool = False):
         readers.append(threading.current_thread())
         release.wait(10)
-        return classify(path)
+        return classify(path, allow_pickle)
 
     monkeypatch.setattr(drop_handler, "classify_file", slow)
     spy = QSignalSpy(window.drop_filter.dropped)

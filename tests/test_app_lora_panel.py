@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from app.lora_info import ResourceInfo, missing_resources, trigger_words
 from app.lora_panel import LoraPanel, ResourceListModel, install_lora_panel
 from app.main_window import MainWindow
+from app.settings import AppSettings
 from app.drop_handler import classify_file
 from app.prompt_loras import add_lora, add_word, prompt_loras, remove_lora, set_lora_weight
 from app_support import QT_MARKS, fake_model_folder, open_window
@@ -203,10 +204,10 @@ def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: Ma
     threads: list[str] = []
     real = lora_panel.read_info
 
-    def slow_read(item):
+    def slow_read(item, allow_pickle=False):
         threads.append(threading.current_thread().name)
         time.sleep(0.3)
-        return real(item)
+        return real(item, allow_pickle)
 
     monkeypatch.setattr(lora_panel, "read_info", slow_read)
     started = time.perf_counter()
@@ -247,6 +248,44 @@ def test_the_model_finds_loras_in_the_apps_library_and_notices_show(qtbot, libra
     other = tmp_path / "moved"
     window.set_library(other)
     qtbot.waitUntil(lambda: pipeline.library.root == other)
+
+
+def test_a_pickle_lora_is_read_only_when_the_setting_allows_it(qtbot, window: MainWindow, library: Path) -> None:
+    import dataclasses
+
+    import torch
+
+    from test_app_drop_library import LORA_KEY
+
+    torch.save({f"{LORA_KEY}.lora_down.weight": torch.zeros(4, 768), f"{LORA_KEY}.lora_up.weight": torch.zeros(320, 4)},
+               library / "loras" / "pickled.pt")
+    panel = _panel(qtbot, window)
+    row = _row(panel, "pickled")
+    reason = "a pickle file: enable 'Allow pickle files' in Settings to use it"
+    assert row.data() == f"pickled\nLoRA · {reason}"
+    assert row.data(Qt.ItemDataRole.ToolTipRole) == reason and row.data(Qt.ItemDataRole.ForegroundRole) is not None
+    assert not row.flags() & Qt.ItemFlag.ItemIsEnabled  # greyed: a click adds nothing
+    window.apply_settings(dataclasses.replace(window.settings, allow_pickle=True))
+    panel.wait()
+    qtbot.waitUntil(lambda: _row(panel, "pickled").data() == "pickled\nLoRA · SD 1.x")
+    assert _row(panel, "pickled").flags() & Qt.ItemFlag.ItemIsEnabled
+    window.apply_settings(dataclasses.replace(window.settings, allow_pickle=False))  # answered from the cache
+    assert _row(panel, "pickled").data() == f"pickled\nLoRA · {reason}"
+
+
+def test_generation_reads_pickles_as_the_setting_says(qtbot, library: Path) -> None:
+    import dataclasses
+
+    from app_support import ScriptedPipeline
+
+    pipeline = ScriptedPipeline()
+    window = open_window(qtbot, library, pipeline, settings=AppSettings(allow_pickle=True))
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    for allowed in (True, False):
+        window.apply_settings(dataclasses.replace(window.settings, allow_pickle=allowed))
+        with qtbot.waitSignal(window.controller.finished, timeout=20_000):
+            window.generate()
+        assert pipeline.allow_pickle is allowed
 
 
 def test_a_missing_lora_in_the_prompt_fails_in_one_line_with_a_real_model(qtbot, tmp_path: Path) -> None:
