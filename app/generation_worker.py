@@ -33,6 +33,7 @@ from mlx_sd.estimate import TooLargeError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.library import Library
 from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError, WeightsError
+from mlx_sd.pickle_files import PickleRefused
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
@@ -41,6 +42,12 @@ from convert.upscaler_reader import library_upscaler_reader
 from .history_record import request_params
 from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
+
+
+PICKLES_OFF = (
+    "{name} is a pickle file, which can run code when it is opened. If you trust it, enable 'Allow pickle files' "
+    "in Settings (it is then read with a weights-only unpickler), or use a .safetensors version."
+)
 
 
 def _upscaler_reader(library: Path | None) -> Callable[[str], object] | None:
@@ -153,6 +160,8 @@ def describe_error(exc: BaseException) -> UserMessage:
     """What went wrong, in words a user can act on."""
     if isinstance(exc, RequestError):
         return UserMessage("These settings cannot be generated", f"{exc}.")
+    if isinstance(exc, PickleRefused):
+        return UserMessage("Pickle files are not allowed", PICKLES_OFF.format(name=exc.path.name))
     if isinstance(exc, PrecisionError):
         return UserMessage("This CPU precision is not available here", f"{exc}, under CPU precision in Settings.")
     if isinstance(exc, (ModelFolderError, WeightsError)):

@@ -288,6 +288,33 @@ def test_generation_reads_pickles_as_the_setting_says(qtbot, library: Path) -> N
         assert pipeline.allow_pickle is allowed
 
 
+def test_a_refused_pickle_says_which_setting_allows_it(qtbot, library: Path, tmp_path: Path) -> None:
+    import mlx.core as mx
+    import torch
+
+    from app.generation_worker import describe_error
+    from app_support import ScriptedPipeline
+    from convert.vae_file import read_vae
+    from mlx_sd.lora import LoraError, read_lora
+    from model_folders import CONFIGS
+
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "style.pt")
+    (tmp_path / "vae.ckpt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(LoraError) as lora:
+        read_lora(tmp_path / "style.pt")
+    with pytest.raises(ValueError) as vae:
+        read_vae(tmp_path / "vae.ckpt", CONFIGS["sd1"], mx.float32)
+    for refusal, name in ((lora.value, "style.pt"), (vae.value, "vae.ckpt")):
+        message = describe_error(refusal)  # the CLI's words name --allow-pickle; the app's, its setting
+        assert message.title == "Pickle files are not allowed" and message.detail.startswith(f"{name} is a pickle file")
+        assert "'Allow pickle files' in Settings" in message.detail and "--allow-pickle" not in message.detail
+    window = open_window(qtbot, library, ScriptedPipeline(fail=lora.value))
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    with qtbot.waitSignal(window.controller.failed, timeout=20_000):
+        window.generate()
+    assert window.message_bar.kind == "error" and "'Allow pickle files' in Settings" in window.message_bar.text()
+
+
 def test_a_missing_lora_in_the_prompt_fails_in_one_line_with_a_real_model(qtbot, tmp_path: Path) -> None:
     from app.generation_worker import load_pipeline
     from app_support import write_tiny_model
