@@ -462,5 +462,5 @@ def install_lora_panel(window: MainWindow) -> LoraPanel:
     current = window.picker.current()
     panel.set_family(current.family if current is not None else None)
     window.resourcesChanged.connect(lambda kind: panel.refresh() if kind in PANEL_KINDS else None)
-    window.restore_notes.append(lambda info: missing_resources(info, panel.library))
+    window.restore_hooks.append(lambda _request, info: missing_resources(info, panel.library) if info else [])
     return panel

@@ -12,9 +12,10 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
-- `restore_notes`: checks of a restored infotext that return notes (the LoRA panel's missing LoRAs);
+- `restore_hooks`: functions given each restored request and, when it came from an image's parameters, its
+  infotext (None for a history entry's `reuse_request`), returning notes for the window's message (the
+  Blend tab's restored blend, the LoRA panel's missing LoRAs, the VAE choice's);
 - `resourcesChanged(kind)` after a dropped LoRA, embedding, VAE or upscaler was copied into the library;
-- `restore_hooks`: functions given each restored request (`reuse_request`), returning notes (the Blend tab's);
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -114,6 +115,10 @@ def progress_text(report: StepReport) -> str:
     return text
 
 
+# A restored request and the infotext it came from (None when it came from the history) -> notes
+RestoreHook = Callable[[GenerationRequest, Infotext | None], list[str]]
+
+
 class MainWindow(QMainWindow):
     imageRecorded = Signal(object)  # HistoryEntry
     resourcesChanged = Signal(str)  # a library folder ("loras", "vae", ...) got a file from a drop
@@ -144,9 +149,7 @@ class MainWindow(QMainWindow):
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
-        # checks of a restored infotext, each giving notes (e.g. the LoRAs it uses that the library lacks)
-        self.restore_notes: list[Callable[[Infotext], list[str]]] = []
-        self.restore_hooks: list[Callable[[GenerationRequest], list[str]]] = []
+        self.restore_hooks: list[RestoreHook] = []  # each gives notes (e.g. the LoRAs the library lacks)
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -669,15 +672,14 @@ class MainWindow(QMainWindow):
         returns notes on what could not be restored."""
         info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
-        notes = self.reuse_request(request, info.params.get("Model"))
-        for check in self.restore_notes:
-            notes += check(info)
+        notes = self.reuse_request(request, info.params.get("Model"), info)
         detail = "; ".join(notes)
         self.show_info(f"Parameters restored from {source}", detail[:1].upper() + detail[1:] + ("." if notes else ""))
         return notes
 
-    def reuse_request(self, request: GenerationRequest, model: str | None = None) -> list[str]:
-        """Put a request's prompts and parameters into the window (and select its model when present)."""
+    def reuse_request(self, request: GenerationRequest, model: str | None = None, info: Infotext | None = None) -> list[str]:
+        """Put a request's prompts and parameters into the window (and select its model when present);
+        `info` is the infotext it was read from, if any. Returns notes on what could not be restored."""
         notes: list[str] = []
         if model:
             found = next((m for m in self.picker.models() if m.name == model), None) or self.picker.find_by_source(model)
@@ -688,7 +690,7 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_prompts(request.prompt, request.negative_prompt)
         notes += self.parameters.set_values({key: getattr(request, key) for key in RESTORED_FIELDS})
         for hook in self.restore_hooks:
-            notes += hook(request)
+            notes += hook(request, info)
         return notes
 
     def reuse_seed(self, seed: int) -> None:

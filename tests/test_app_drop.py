@@ -1,6 +1,7 @@
 """Drag and drop anywhere on the window, and paste: images become the img2img source, images with
 parameters (ours or A1111's) offer to restore them, checkpoints go to the import, the rest is explained."""
 
+import dataclasses
 import threading
 import time
 import zlib
@@ -200,6 +201,18 @@ def test_dropped_png_with_our_parameters_restores_them(window: MainWindow, files
     assert "Parameters restored from ours.png" in bar.text()
     request = window.build_request()
     assert request.prompt == "masterpiece, a red cube"
+
+
+def test_restore_hooks_get_the_request_and_the_infotext_it_came_from(window: MainWindow, files: dict[str, Path]) -> None:
+    seen = []
+    window.restore_hooks.append(lambda request, info: seen.append((request.seed, info)) or ["a hook's note"])
+    assert drop(window.result_view.canvas, file_mime(files["ours"]))
+    window.message_bar.trigger("Restore Parameters")
+    [(seed, info)] = seen
+    assert seed == 77 and info.params["Seed"] == "77"
+    assert "A hook's note." in window.message_bar.text()
+    assert window.reuse_request(dataclasses.replace(window.build_request(), seed=5)) == ["a hook's note"]
+    assert seen[1] == (5, None)  # a history entry's request: no infotext
 
 
 def test_dropped_a1111_png_restores_and_selects_its_model(window: MainWindow, files: dict[str, Path]) -> None:
