@@ -52,7 +52,7 @@ class WorkerExecutor:
         job = GenerationJob(
             request, self._model.folder, self._model.name, self._controller.next_job_id(),
             device=settings.compute_device, preview_every=settings.preview_every, precision=settings.cpu_precision,
-            outside=True,
+            allow_pickle=settings.allow_pickle, outside=True,
         )
         self._job = job
         return self._on_worker(lambda worker: worker.run_outside(job, on_progress, cancel))

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from mlx_sd.composable import composed_prompt, prompt_parts
+from mlx_sd.infotext import Infotext
 from mlx_sd.request import GenerationRequest
 
 BLEND_LABELS = {"weights": "Composable weights", "embedding": "Embedding interpolation"}
@@ -118,7 +119,7 @@ class BlendPanel(QWidget):
             return request
         return dataclasses.replace(request, prompt=self.blend_prompt(), and_blend=self.mode_combo.currentData())
 
-    def restore(self, request: GenerationRequest) -> list[str]:
+    def restore(self, request: GenerationRequest, _info: Infotext | None) -> list[str]:
         """Show the request's blend in the rows and turn it on, or turn the blend off when its prompt
         is no blend; returns a note for the window's message."""
         parts = prompt_parts(request.prompt)

@@ -4,8 +4,9 @@ drops anywhere on it.
 - an image becomes the image-to-image source;
 - an image carrying generation parameters (ours or A1111's) offers to restore them;
 - a `.safetensors` checkpoint or a diffusers folder goes to the model import;
-- a LoRA, embedding, VAE or upscaler model (`.safetensors`, or a small `.pt`/`.pth` read with the
-  weights-only unpickler), recognised from its keys, is copied into the library (app.library_import);
+- a LoRA, embedding, VAE or upscaler model (`.safetensors`, or, with Settings > Allow pickle files, a
+  small `.pt`/`.pth` read with the weights-only unpickler), recognised from its keys, is copied into the
+  library (app.library_import);
 - anything else gets a message saying what can be dropped.
 
 Reading a file (decoding the image, parsing its metadata) runs on a worker thread, never on the UI
@@ -32,7 +33,7 @@ from mlx_sd.pickle_files import PICKLE_SUFFIXES
 
 from mlx_sd.library import LABELS, SUFFIXES
 
-from .library_import import RESOURCE_KINDS, LibraryImportError, classify_weights
+from .library_import import RESOURCE_KINDS, LibraryImportError, PicklesNotAllowed, classify_weights
 from .result_view import qimage_to_pil
 
 CHECKPOINT_SUFFIXES = (".safetensors",)  # what the app imports (pickles only through the CLI)
@@ -67,7 +68,8 @@ class DropItem:
         return self.path.name if self.path is not None else "the image"
 
 
-def classify_file(path: Path) -> DropItem:
+def classify_file(path: Path, allow_pickle: bool = False) -> DropItem:
+    """What the file at `path` is; a small pickle is unpickled (weights only) to see only with `allow_pickle`."""
     path = Path(path)
     if not path.exists():
         return DropItem(DropKind.UNSUPPORTED, path, message=f"{path} does not exist (was it moved or deleted?).")
@@ -78,7 +80,9 @@ def classify_file(path: Path) -> DropItem:
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES or suffix in PICKLE_SUFFIXES:
         try:
-            kind = classify_weights(path)
+            kind = classify_weights(path, allow_pickle)
+        except PicklesNotAllowed as exc:
+            return DropItem(DropKind.UNSUPPORTED, path, message=str(exc))
         except LibraryImportError as exc:
             if suffix in CHECKPOINT_SUFFIXES:
                 return DropItem(DropKind.UNSUPPORTED, path, message=str(exc))
@@ -135,7 +139,7 @@ def source_of(mime: QMimeData) -> DropSource:
     return DropSource()
 
 
-def classify_source(source: DropSource) -> DropItem:
+def classify_source(source: DropSource, allow_pickle: bool = False) -> DropItem:
     """What a drop is; reads files, so it runs on a worker thread in the app."""
     if source.url_count:
         if not source.paths:
@@ -143,7 +147,7 @@ def classify_source(source: DropSource) -> DropItem:
                 DropKind.UNSUPPORTED,
                 message=f"{source.first_url} is not a file on this computer; save it first, then drop the file.",
             )
-        item = classify_file(source.paths[0])
+        item = classify_file(source.paths[0], allow_pickle)
         if source.url_count > 1 and item.kind is not DropKind.UNSUPPORTED:
             return dataclasses.replace(item, message=f"Used {item.name}; drop one file at a time.")
         return item
@@ -164,13 +168,14 @@ class _Classified(QObject):
 
 
 class _ClassifyJob(QRunnable):
-    def __init__(self, source: DropSource, signals: _Classified):
+    def __init__(self, source: DropSource, allow_pickle: bool, signals: _Classified):
         super().__init__()
         self.source = source
+        self.allow_pickle = allow_pickle
         self.signals = signals
 
     def run(self) -> None:
-        self.signals.done.emit(classify_source(self.source))
+        self.signals.done.emit(classify_source(self.source, self.allow_pickle))
 
 
 class DropFilter(QObject):
@@ -184,13 +189,14 @@ class DropFilter(QObject):
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)  # one drop at a time: results arrive in the order dropped
         self._pending: set[_Classified] = set()  # alive until their result is delivered
+        self.allow_pickle = False  # Settings > Allow pickle files: small pickles are unpickled to see what they are
 
     def classify(self, mime: QMimeData) -> None:
         """Read what `mime` holds on a worker thread; `dropped` is emitted with the result."""
         signals = _Classified()
         signals.done.connect(self._deliver)  # queued: this object lives on the UI thread
         self._pending.add(signals)
-        self._pool.start(_ClassifyJob(source_of(mime), signals))
+        self._pool.start(_ClassifyJob(source_of(mime), self.allow_pickle, signals))
 
     @Slot(object)
     def _deliver(self, item: DropItem) -> None:

@@ -33,6 +33,7 @@ from mlx_sd.estimate import TooLargeError
 from mlx_sd.generation import is_out_of_memory
 from mlx_sd.library import Library
 from mlx_sd.model_format import MODEL_JSON, ModelChangedError, ModelFolderError, WeightsError
+from mlx_sd.pickle_files import PickleRefused
 from mlx_sd.request import GenerationRequest, GenerationResult, Progress, RequestError
 from mlx_sd.samplers import Cancelled
 
@@ -43,6 +44,12 @@ from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
 
 
+PICKLES_OFF = (
+    "{name} is a pickle file, which can run code when it is opened. If you trust it, enable 'Allow pickle files' "
+    "in Settings (it is then read with a weights-only unpickler), or use a .safetensors version."
+)
+
+
 def _upscaler_reader(library: Path | None) -> Callable[[str], object] | None:
     """Hires fix's upscaler models by name or file, from the library's upscalers/ (each read once)."""
     return None if library is None else library_upscaler_reader(library)
@@ -51,6 +58,7 @@ def _upscaler_reader(library: Path | None) -> Callable[[str], object] | None:
 class PipelineLike(Protocol):
     precision: str  # of the CPU's products, set per job (mlx_sd.pipeline.Pipeline.precision)
     read_upscaler: Callable[[str], object] | None  # hires fix's upscaler models, set per job
+    allow_pickle: bool  # read .pt/.ckpt LoRAs, embeddings and VAEs, set per job (Settings)
 
     def generate(
         self,
@@ -86,6 +94,13 @@ def generate_options(check_memory: bool) -> dict[str, bool]:
     return {} if check_memory else {"check_memory": False}
 
 
+def _configure(pipeline: PipelineLike, job: "GenerationJob", read_upscaler: Callable[[str], object] | None) -> None:
+    """What a job sets on the loaded pipeline: none of it needs the model loaded again."""
+    pipeline.precision = job.precision
+    pipeline.allow_pickle = job.allow_pickle
+    pipeline.read_upscaler = read_upscaler
+
+
 OutsideWork = Callable[["GenerationWorker"], object]  # run on the generation thread, given the worker
 
 
@@ -98,6 +113,7 @@ class GenerationJob:
     device: str = "gpu"
     preview_every: int = 1  # send a live preview every N steps, 0 = never
     precision: str = "float32"  # of the CPU's products; changing it needs no reload
+    allow_pickle: bool = False  # Settings > Allow pickle files; changing it needs no reload
     outside: bool = False  # from the API, not the window's Generate
     check_memory: bool = True  # False once the user chose to go ahead past the memory estimate
 
@@ -144,6 +160,8 @@ def describe_error(exc: BaseException) -> UserMessage:
     """What went wrong, in words a user can act on."""
     if isinstance(exc, RequestError):
         return UserMessage("These settings cannot be generated", f"{exc}.")
+    if isinstance(exc, PickleRefused):
+        return UserMessage("Pickle files are not allowed", PICKLES_OFF.format(name=exc.path.name))
     if isinstance(exc, PrecisionError):
         return UserMessage("This CPU precision is not available here", f"{exc}, under CPU precision in Settings.")
     if isinstance(exc, (ModelFolderError, WeightsError)):
@@ -240,8 +258,7 @@ class GenerationWorker(QObject):
         """Generate `job` with its model loaded, reporting each step to the window (and to `on_progress`)."""
         self.started.emit(job)
         pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
-        pipeline.precision = job.precision
-        pipeline.read_upscaler = self._read_upscaler
+        _configure(pipeline, job, self._read_upscaler)
         self.status.emit("Encoding the prompt…")  # what the pipeline does before its first step
         clock = ProgressClock()
 
@@ -259,7 +276,7 @@ class GenerationWorker(QObject):
             # weights no longer match them, so load them again, once; a damaged file then fails to load.
             self._pipeline = self._pipeline_key = None
             pipeline = self._pipeline_for(job.model_folder, job.model_name, job.device)
-            pipeline.precision = job.precision
+            _configure(pipeline, job, self._read_upscaler)
             return pipeline.generate(job.request, on_progress=progressed, cancel=cancel, **options)
 
     def _pipeline_for(self, model_folder: Path, model_name: str, device: str) -> PipelineLike:

@@ -20,7 +20,7 @@ from convert.detect import weights_kind
 from convert.errors import ConversionError
 from convert.upscaler_file import detect_upscaler
 from mlx_sd.library import KINDS
-from mlx_sd.pickle_files import PICKLE_SUFFIXES
+from mlx_sd.pickle_files import is_pickle
 from mlx_sd.safetensors_header import HeaderError, read_header
 
 RESOURCE_KINDS = tuple(kind for kind in KINDS if kind != "models")  # library folders of single files
@@ -33,6 +33,16 @@ Shapes = dict[str, tuple[int, ...]]
 
 class LibraryImportError(ValueError):
     """A file that cannot be read or copied; the message is one line for the user."""
+
+
+class PicklesNotAllowed(LibraryImportError):
+    """A small pickle while Settings > Allow pickle files is off: it is not unpickled to see what it is."""
+
+    def __init__(self, path: Path):
+        super().__init__(
+            f"{path.name} is a pickle file, which can run code when it is opened: enable 'Allow pickle files' in "
+            "Settings to add it (it is then read with a weights-only unpickler), or use a .safetensors version."
+        )
 
 
 def kind_of_shapes(shapes: Shapes, name: str) -> str:
@@ -57,19 +67,22 @@ def _pickle_shapes(path: Path) -> Iterator[Shapes]:
 
     try:
         yield {k: tuple(v.shape) for k, v in PickleCheckpoint(path).tensors.items()}
-        yield {k: tuple(v.shape) for k, v in read_tensors(path, allow_pickle=True).tensors.items()}
+        yield {k: tuple(v.shape) for k, v in read_tensors(path, allow_pickle=True).tensors.items()}  # allowed by the caller
     except (ConversionError, LoraError) as exc:
         raise LibraryImportError(str(exc)) from None
 
 
-def classify_weights(path: Path) -> str:
+def classify_weights(path: Path, allow_pickle: bool = False) -> str:
     """What the weights file at `path` is: "models", one of RESOURCE_KINDS, or "" when unknown.
-    A large pickle counts as a model (it is never unpickled just to find out). LibraryImportError
-    when the file cannot be read."""
+    A large pickle counts as a model (it is never unpickled just to find out); a small one is unpickled
+    (weights only) with `allow_pickle`, else PicklesNotAllowed. LibraryImportError when the file cannot
+    be read."""
     try:
-        if path.suffix.lower() in PICKLE_SUFFIXES:
+        if is_pickle(path):
             if path.stat().st_size > PICKLE_READ_LIMIT:
                 return "models"
+            if not allow_pickle:
+                raise PicklesNotAllowed(path)
             candidates: Iterable[Shapes] = _pickle_shapes(path)
         else:
             candidates = [{k: tuple(v.shape) for k, v in read_header(path).tensors.items()}]

@@ -1,7 +1,8 @@
 """What the LoRA panel shows about each LoRA and embedding of the library: the families it is for, its
 trigger words, its preview image, or the one-line problem of a damaged file. Qt-free; reading a file
 takes a while (its tensors are read), so the app calls `read_info` on a worker and keeps the answers in
-an `InfoCache` keyed by the file's path, modification time and size.
+an `InfoCache` keyed by the file's path, modification time and size (and, for a pickle, whether pickles
+are allowed: Settings > Allow pickle files).
 
 Also the check behind restoring a PNG's parameters: which LoRAs and embeddings it names are missing.
 """
@@ -18,6 +19,7 @@ from mlx_sd.embeddings import read_embedding
 from mlx_sd.infotext import Infotext, resource_hashes
 from mlx_sd.library import LABELS, Library, LibraryItem
 from mlx_sd.lora import LoraError, read_lora
+from mlx_sd.pickle_files import is_pickle
 
 from mlx_sd.model_library import FAMILY_LABELS
 from .prompt_loras import prompt_loras
@@ -27,8 +29,9 @@ PREVIEW_SUFFIXES = (".preview.png", ".png")  # beside NAME.safetensors, as A1111
 # A single-encoder embedding's width -> the family whose text encoder has it; a pair is SDXL's.
 _EMBEDDING_FAMILIES = {768: "sd1", 1024: "sd2"}
 _PAIR = frozenset({"text_encoder", "text_encoder_2"})
+PICKLE_OFF = "a pickle file: enable 'Allow pickle files' in Settings to use it"
 
-CacheKey = tuple[str, int, int]
+CacheKey = tuple[str, int, int, bool]  # path, modification time, size, whether it was read as a pickle
 
 
 @dataclass(frozen=True)
@@ -41,23 +44,25 @@ class ResourceInfo:
     preview: Path | None = None
     error: str = ""  # the file's one-line problem
     loaded: bool = True  # False until the file has been read
+    refused: str = ""  # why it was not read (a pickle while pickles are not allowed)
 
     def unsuitable_for(self, family: str | None) -> str:
         """Why it cannot be used with a model of `family` ("" when it can, or when either is unknown)."""
-        if self.error:
-            return self.error
+        if self.error or self.refused:
+            return self.error or self.refused
         if not family or not self.families or family in self.families:
             return ""
         made_for = " or ".join(sorted(FAMILY_LABELS.get(f, f) for f in self.families))
         return f"This {LABELS[self.kind]} is for {made_for}; the model is {FAMILY_LABELS.get(family, family)}"
 
 
-def cache_key(path: Path) -> CacheKey | None:
+def cache_key(path: Path, allow_pickle: bool = False) -> CacheKey | None:
+    """What `read_info(item, allow_pickle)`'s answer depends on; None for a file that is gone."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return (str(path), stat.st_mtime_ns, stat.st_size)
+    return (str(path), stat.st_mtime_ns, stat.st_size, allow_pickle and is_pickle(path))
 
 
 def preview_of(path: Path) -> Path | None:
@@ -98,16 +103,19 @@ def embedding_families(components: dict[str, int]) -> frozenset[str]:
     return frozenset({family}) if family else frozenset()
 
 
-def read_info(item: LibraryItem) -> ResourceInfo:
+def read_info(item: LibraryItem, allow_pickle: bool = False) -> ResourceInfo:
     """Everything the panel shows about one LoRA or embedding; a damaged file gives its problem in
-    `error`, never an exception. Pickles are read with the weights-only unpickler (which runs no code)."""
+    `error`, never an exception. Pickles are read (with the weights-only unpickler, which runs no code)
+    only with `allow_pickle`; otherwise `refused` says how to allow them."""
     preview = preview_of(item.path)
+    if is_pickle(item.path) and not allow_pickle:
+        return ResourceInfo(item.kind, item.name, item.path, preview=preview, refused=PICKLE_OFF)
     try:
         if item.kind == "loras":
-            lora = read_lora(item.path, allow_pickle=True)
+            lora = read_lora(item.path, allow_pickle)
             families, triggers = frozenset(lora.families()), trigger_words(lora.metadata)
         else:
-            embedding = read_embedding(item.path, allow_pickle=True)
+            embedding = read_embedding(item.path, allow_pickle)
             families = embedding_families({c: v.shape[1] for c, v in embedding.vectors.items()})
             triggers = ()
     except (LoraError, OSError, MemoryError) as exc:
@@ -131,12 +139,12 @@ class InfoCache:
 
 def missing_resources(info: Infotext, library: Library) -> list[str]:
     """Notes naming the LoRAs (tags in the prompts, `Lora hashes`) and embeddings (`TI hashes`) that an
-    infotext uses and the library lacks; empty when all are there."""
-    wanted = {
-        "loras": [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
-        + list(resource_hashes(info.params, "Lora hashes")),
-        "embeddings": list(resource_hashes(info.params, "TI hashes")),
-    }
+    infotext uses and the library lacks; empty when all are there. An embedding bundled in a LoRA has the
+    LoRA's name for its hash (A1111): the LoRA stands for it."""
+    loras = [t.name for t in prompt_loras(f"{info.prompt}\n{info.negative_prompt}")]
+    loras += list(resource_hashes(info.params, "Lora hashes"))
+    embeddings = [name for name, short in resource_hashes(info.params, "TI hashes").items() if short not in loras]
+    wanted = {"loras": loras, "embeddings": embeddings}
     notes = []
     for kind, names in wanted.items():
         have = {item.name.casefold() for item in library.items(kind)}

@@ -2,7 +2,8 @@
 LoRAs and embeddings with their family, trigger words and preview, searchable; a click adds
 `<lora:NAME:1>` (or the embedding's name) to the prompt, the context menu to the negative prompt; the LoRAs the prompt uses show as chips whose
 slider edits the tag's weight in the text. Items for another family than the model's are greyed, with
-the reason as tooltip; a damaged file shows its one-line problem.
+the reason as tooltip; a damaged file shows its one-line problem, and a pickle (`.pt`, `.ckpt`) is read only
+while Settings > Allow pickle files is on (else it is greyed, saying so).
 
 Listing the folders is quick and runs on the UI thread; reading each file (app.lora_info.read_info) runs
 on a worker, one file at a time, and is cached by path, modification time and size.
@@ -10,6 +11,7 @@ on a worker, one file at a time, and is cached by path, modification time and si
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +46,11 @@ from PySide6.QtWidgets import (
 )
 
 from mlx_sd.library import LABELS, Library, LibraryItem
+from mlx_sd.pickle_files import is_pickle
 
 from mlx_sd.model_library import FAMILY_LABELS
 
-from .lora_info import InfoCache, ResourceInfo, cache_key, folder_hint, missing_resources, read_info
+from .lora_info import CacheKey, InfoCache, ResourceInfo, cache_key, folder_hint, missing_resources, read_info
 from .prompt_loras import add_lora, add_word, format_weight, prompt_loras, remove_lora, set_lora_weight
 
 if TYPE_CHECKING:
@@ -65,24 +68,38 @@ Index = QModelIndex | QPersistentModelIndex
 # -- reading files on a worker ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One file to read: where its answer goes in the cache, and how pickles are read."""
+
+    path: str
+    key: CacheKey | None
+    allow_pickle: bool
+
+    @property
+    def token(self) -> tuple[str, bool]:
+        """One read at a time per file and way of reading it."""
+        return self.path, self.key is not None and self.key[3]
+
+
 class _ReadSignals(QObject):
-    read = Signal(object, object, object)  # cache key, ResourceInfo, QImage | None (the preview's thumbnail)
+    read = Signal(object, object, object)  # _Read, ResourceInfo, QImage | None (the preview's thumbnail)
 
 
 class _ReadJob(QRunnable):
-    def __init__(self, item: LibraryItem, key: tuple[str, int, int] | None, signals: _ReadSignals):
+    def __init__(self, item: LibraryItem, read: _Read, signals: _ReadSignals):
         super().__init__()
-        self.item, self.key, self.signals = item, key, signals
+        self.item, self.read, self.signals = item, read, signals
 
     def run(self) -> None:
-        info = read_info(self.item)
+        info = read_info(self.item, self.read.allow_pickle)
         thumbnail = None
         if info.preview is not None:
             image = QImage(str(info.preview))  # QImage (not QPixmap) may be made off the UI thread
             if not image.isNull():
                 thumbnail = image.scaled(ICON_SIZE, ICON_SIZE, Qt.AspectRatioMode.KeepAspectRatio,
                                          Qt.TransformationMode.SmoothTransformation)
-        self.signals.read.emit(self.key, info, thumbnail)
+        self.signals.read.emit(self.read, info, thumbnail)
 
 
 # -- the list ---------------------------------------------------------------------------------
@@ -137,9 +154,11 @@ class ResourceListModel(QAbstractListModel):
 
     @staticmethod
     def detail(info: ResourceInfo) -> str:
-        """The line under the name: kind, family and trigger words, or the file's problem."""
+        """The line under the name: kind, family and trigger words, or the file's problem, or why it was not read."""
         if info.error:
             return f"⚠ {info.error}"
+        if info.refused:
+            return f"{LABELS[info.kind]} · {info.refused}"
         parts = [LABELS[info.kind]]
         if not info.loaded:
             parts.append("reading…")
@@ -250,9 +269,10 @@ class LoraPanel(QWidget):
     """The panel over one prompt box. `set_library`, `set_family` and `refresh` keep it current."""
 
     def __init__(self, library: Path, prompt_edit: QPlainTextEdit, negative_edit: QPlainTextEdit | None = None,
-                 parent: QWidget | None = None):
+                 parent: QWidget | None = None, allow_pickle: bool = False):
         super().__init__(parent)
         self.library = Library(library)
+        self.allow_pickle = allow_pickle  # Settings > Allow pickle files
         self.prompt_edit = prompt_edit
         self.negative_edit = negative_edit  # where the context menu's "Add to Negative Prompt" writes
         self.cache = InfoCache()
@@ -260,7 +280,7 @@ class LoraPanel(QWidget):
         self._pool.setMaxThreadCount(1)  # header reading stays in the background, one file at a time
         self._signals = _ReadSignals(self)
         self._signals.read.connect(self._on_read)
-        self._queued: set[str] = set()
+        self._queued: set[tuple[str, bool]] = set()  # the tokens of the reads under way
         self._chips: dict[str, LoraChip] = {}
 
         self.search = QLineEdit()
@@ -316,6 +336,12 @@ class LoraPanel(QWidget):
         self.library = Library(library)
         self.refresh()
 
+    def set_allow_pickle(self, allowed: bool) -> None:
+        """Read pickles (or stop reading them) from now on: their rows are read again."""
+        if allowed != self.allow_pickle:
+            self.allow_pickle = allowed
+            self.refresh()
+
     def set_family(self, family: str | None) -> None:
         """The loaded model's family ("sd1", "sdxl", ...): items for another one are greyed."""
         self.model.set_family(family or None)
@@ -325,13 +351,14 @@ class LoraPanel(QWidget):
         rows = []
         for kind in PANEL_KINDS:
             for item in self.library.items(kind):
-                key = cache_key(item.path)
+                key = cache_key(item.path, self.allow_pickle)
                 info = self.cache.get(key)
                 if info is None:
                     info = ResourceInfo(kind, item.name, item.path, loaded=False)
-                    if str(item.path) not in self._queued:
-                        self._queued.add(str(item.path))
-                        self._pool.start(_ReadJob(item, key, self._signals))
+                    read = _Read(str(item.path), key, self.allow_pickle)
+                    if read.token not in self._queued:
+                        self._queued.add(read.token)
+                        self._pool.start(_ReadJob(item, read, self._signals))
                 rows.append(info)
         self.model.set_rows(rows)
         empty = not rows
@@ -347,10 +374,11 @@ class LoraPanel(QWidget):
         self._pool.waitForDone()
 
     @Slot(object, object, object)
-    def _on_read(self, key: tuple[str, int, int] | None, info: ResourceInfo, thumbnail: QImage | None) -> None:
-        self._queued.discard(str(info.path))
-        self.cache.put(key, info)
-        self.model.update_info(info, thumbnail)
+    def _on_read(self, read: _Read, info: ResourceInfo, thumbnail: QImage | None) -> None:
+        self._queued.discard(read.token)
+        self.cache.put(read.key, info)
+        if read.allow_pickle == self.allow_pickle or not is_pickle(info.path):  # else a read the new way is queued
+            self.model.update_info(info, thumbnail)
 
     def showEvent(self, event: QShowEvent) -> None:
         self.refresh()  # files put in the folders meanwhile (by Finder, or a drop) show up
@@ -426,11 +454,13 @@ class LoraPanel(QWidget):
 def install_lora_panel(window: MainWindow) -> LoraPanel:
     """The panel as a "LoRAs" tab of the main window, following its model, library and drops; a
     restored PNG names the LoRAs and embeddings it uses that the library lacks."""
-    panel = LoraPanel(window.library, window.prompt_panel.prompt_edit, window.prompt_panel.negative_edit)
+    panel = LoraPanel(window.library, window.prompt_panel.prompt_edit, window.prompt_panel.negative_edit,
+                      allow_pickle=window.settings.allow_pickle)
+    window.settingsApplied.connect(lambda settings: panel.set_allow_pickle(settings.allow_pickle))
     window.add_panel("LoRAs", panel)
     window.picker.modelChanged.connect(lambda model: panel.set_family(model.family if model is not None else None))
     current = window.picker.current()
     panel.set_family(current.family if current is not None else None)
     window.resourcesChanged.connect(lambda kind: panel.refresh() if kind in PANEL_KINDS else None)
-    window.restore_notes.append(lambda info: missing_resources(info, panel.library))
+    window.restore_hooks.append(lambda _request, info: missing_resources(info, panel.library) if info else [])
     return panel

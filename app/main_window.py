@@ -7,13 +7,15 @@ Where the rest of the app plugs in (the history browser, model manager and setti
 - `set_checkpoint_importer(fn)`: dropped or chosen checkpoints are handed to `fn(path)`;
 - `refresh_models(select)` after a model was imported, renamed or deleted;
 - `apply_settings(settings)` after the settings dialog (which saved them), `update_settings(settings)` to
-  apply and save a change made elsewhere (the default model); `release_library()` before moving the library;
+  apply and save a change made elsewhere (the default model), both emitting `settingsApplied(settings)`;
+  `release_library()` before moving the library;
 - `reuse_request(request, model)`, `reuse_seed(seed)`, `use_image_file_as_source(path)` for history actions;
 - `show_history_entry(entry)` shows a history image large in the result view;
 - `request_transforms`: functions each request from the widgets passes through (the Blend tab's);
-- `restore_notes`: checks of a restored infotext that return notes (the LoRA panel's missing LoRAs);
+- `restore_hooks`: functions given each restored request and, when it came from an image's parameters, its
+  infotext (None for a history entry's `reuse_request`), returning notes for the window's message (the
+  Blend tab's restored blend, the LoRA panel's missing LoRAs, the VAE choice's);
 - `resourcesChanged(kind)` after a dropped LoRA, embedding, VAE or upscaler was copied into the library;
-- `restore_hooks`: functions given each restored request (`reuse_request`), returning notes (the Blend tab's);
 - `imageRecorded(HistoryEntry)` is emitted for every image recorded in the history.
 
 With the setting `serve_api` the window serves the A1111 API on localhost (`api`, app.api_service);
@@ -113,9 +115,14 @@ def progress_text(report: StepReport) -> str:
     return text
 
 
+# A restored request and the infotext it came from (None when it came from the history) -> notes
+RestoreHook = Callable[[GenerationRequest, Infotext | None], list[str]]
+
+
 class MainWindow(QMainWindow):
     imageRecorded = Signal(object)  # HistoryEntry
     resourcesChanged = Signal(str)  # a library folder ("loras", "vae", ...) got a file from a drop
+    settingsApplied = Signal(object)  # AppSettings, once the window uses them
 
     def __init__(
         self,
@@ -142,9 +149,7 @@ class MainWindow(QMainWindow):
         self._started = 0.0
         self._menus: dict[str, QMenu] = {}
         self.request_transforms: list[Callable[[GenerationRequest], GenerationRequest]] = []
-        # checks of a restored infotext, each giving notes (e.g. the LoRAs it uses that the library lacks)
-        self.restore_notes: list[Callable[[Infotext], list[str]]] = []
-        self.restore_hooks: list[Callable[[GenerationRequest], list[str]]] = []
+        self.restore_hooks: list[RestoreHook] = []  # each gives notes (e.g. the LoRAs the library lacks)
 
         self.controller = GenerationController(self.library, loader, self)
         self.controller.status.connect(self._on_status)
@@ -186,6 +191,7 @@ class MainWindow(QMainWindow):
         self.resource_importer.copied.connect(self._on_resource_copied)
         self.resource_importer.failed.connect(lambda text: self.show_error("The file was not added to the library", text))
         self.drop_filter = DropFilter(self)
+        self.drop_filter.allow_pickle = settings.allow_pickle
         self.drop_filter.dropped.connect(self.handle_drop)
         self.setAcceptDrops(True)
         self.installEventFilter(self.drop_filter)
@@ -384,8 +390,10 @@ class MainWindow(QMainWindow):
         self.result_view.output_format = settings.output_format
         self.result_view.upscale_tile = settings.upscale_tile
         self.parameters.low_memory.setChecked(settings.low_memory)
+        self.drop_filter.allow_pickle = settings.allow_pickle
         self._refresh_presets()
         self.api.apply(settings, self.library)
+        self.settingsApplied.emit(settings)
 
     def _set_low_memory(self, on: bool) -> None:
         if on != self.settings.low_memory:
@@ -495,7 +503,7 @@ class MainWindow(QMainWindow):
         job = GenerationJob(
             request, model.path, model.name,
             device=self.settings.compute_device, preview_every=self.settings.preview_every,
-            precision=self.settings.cpu_precision,
+            precision=self.settings.cpu_precision, allow_pickle=self.settings.allow_pickle,
         )
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.tabs.setCurrentIndex(0)
@@ -653,7 +661,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Starting from {name} ({image.width} x {image.height})", 5000)
 
     def use_image_file_as_source(self, path: str | Path) -> None:
-        item = classify_file(Path(path))
+        item = classify_file(Path(path), self.settings.allow_pickle)
         if item.image is None:
             self.show_error("The image cannot be used as a source", item.message)
             return
@@ -664,15 +672,14 @@ class MainWindow(QMainWindow):
         returns notes on what could not be restored."""
         info = parse_infotext(infotext) if isinstance(infotext, str) else infotext
         request = request_from_infotext(info, self.build_request())
-        notes = self.reuse_request(request, info.params.get("Model"))
-        for check in self.restore_notes:
-            notes += check(info)
+        notes = self.reuse_request(request, info.params.get("Model"), info)
         detail = "; ".join(notes)
         self.show_info(f"Parameters restored from {source}", detail[:1].upper() + detail[1:] + ("." if notes else ""))
         return notes
 
-    def reuse_request(self, request: GenerationRequest, model: str | None = None) -> list[str]:
-        """Put a request's prompts and parameters into the window (and select its model when present)."""
+    def reuse_request(self, request: GenerationRequest, model: str | None = None, info: Infotext | None = None) -> list[str]:
+        """Put a request's prompts and parameters into the window (and select its model when present);
+        `info` is the infotext it was read from, if any. Returns notes on what could not be restored."""
         notes: list[str] = []
         if model:
             found = next((m for m in self.picker.models() if m.name == model), None) or self.picker.find_by_source(model)
@@ -683,7 +690,7 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_prompts(request.prompt, request.negative_prompt)
         notes += self.parameters.set_values({key: getattr(request, key) for key in RESTORED_FIELDS})
         for hook in self.restore_hooks:
-            notes += hook(request)
+            notes += hook(request, info)
         return notes
 
     def reuse_seed(self, seed: int) -> None:

@@ -48,6 +48,7 @@ class AppSettings:
     api_port: int = DEFAULT_PORT  # A1111's
     model_vaes: dict[str, str] = field(default_factory=dict)  # model name -> its VAE (a library VAE's name)
     upscale_tile: int = DEFAULT_TILE  # input pixels a side an upscaler model runs on at once (0: whole pictures)
+    allow_pickle: bool = False  # read .pt/.ckpt LoRAs, embeddings and VAEs (weights-only unpickler)
 
     def validated(self) -> "AppSettings":
         """A copy with every out-of-range value replaced by its default."""

@@ -1,7 +1,8 @@
 """The settings dialog: library folder (moving it keeps the history and the models), default model,
 precision of imported models, low-memory mode, compute device (GPU or CPU, as MLX offers), the CPU's
 precision (bfloat16 products where the CPU has AVX512_BF16), live preview frequency, output format, the
-upscaler models' tile size, and serving the A1111 API on localhost (with its port).
+upscaler models' tile size, reading pickle files (`.pt`, `.ckpt`), and serving the A1111 API on localhost
+(with its port).
 
 The dialog edits a copy of the typed `AppSettings` it is given and, on OK, writes them with
 `save_settings` and emits `settings_saved`; fields it does not show (presets, prompt prefix and suffix)
@@ -60,6 +61,11 @@ FORMAT_LABELS = {"png": "PNG (lossless, parameters in the file)", "jpeg": "JPEG"
 MAX_PREVIEW_EVERY = 100
 MAX_UPSCALE_TILE = 2048
 SERVE_API_TEXT = "Serve the A1111 API on localhost"
+ALLOW_PICKLE_TEXT = "Allow pickle files (.pt, .ckpt)"
+ALLOW_PICKLE_TIP = (
+    "LoRAs, embeddings and VAEs in pickle files are read with a weights-only unpickler, "
+    "but enable this only for files you trust."
+)
 
 LibraryMover = Callable[[Path, Path], None]
 
@@ -167,6 +173,10 @@ class SettingsDialog(QDialog):
         self.tile_spin.setValue(min(settings.upscale_tile, MAX_UPSCALE_TILE))
         self.tile_spin.setToolTip("Upscaler models run on tiles of this many pixels a side: smaller tiles use less memory")
 
+        self.allow_pickle_check = QCheckBox(ALLOW_PICKLE_TEXT)
+        self.allow_pickle_check.setChecked(settings.allow_pickle)
+        self.allow_pickle_check.setToolTip(ALLOW_PICKLE_TIP)
+
         self.serve_api_check = QCheckBox(SERVE_API_TEXT)
         self.serve_api_check.setChecked(settings.serve_api)
         self.api_port_spin = QSpinBox()
@@ -187,6 +197,7 @@ class SettingsDialog(QDialog):
         form.addRow("Live preview", self.preview_spin)
         form.addRow("Save images as", self.format_combo)
         form.addRow("Upscaler tile size", self.tile_spin)
+        form.addRow("Pickle files", self.allow_pickle_check)
         form.addRow("A1111 API", self.serve_api_check)
         form.addRow("API port", self.api_port_spin)
         form.addRow("", _note(
@@ -222,6 +233,7 @@ class SettingsDialog(QDialog):
             preview_every=self.preview_spin.value(),
             output_format=self.format_combo.currentData(),
             upscale_tile=self.tile_spin.value(),
+            allow_pickle=self.allow_pickle_check.isChecked(),
             serve_api=self.serve_api_check.isChecked(),
             api_port=self.api_port_spin.value(),
         ).validated()

@@ -64,9 +64,9 @@ class VaeChoice(QComboBox):
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         return dataclasses.replace(request, vae=self.vae())
 
-    def restore(self, info: Infotext) -> list[str]:
+    def restore(self, _request: GenerationRequest, info: Infotext | None) -> list[str]:
         """Select a restored infotext's VAE when the library has it; a note when it does not."""
-        named = info.params.get("VAE", "").strip()
+        named = info.params.get("VAE", "").strip() if info is not None else ""
         if not named:
             return []
         stem = checkpoint_stem(named)
@@ -97,5 +97,5 @@ def install_vae_choice(window: MainWindow) -> VaeChoice:
     choice.activated.connect(remember)
     window.resourcesChanged.connect(lambda kind: choice.refresh() if kind == "vae" else None)
     window.request_transforms.append(choice.apply)
-    window.restore_notes.append(choice.restore)
+    window.restore_hooks.append(choice.restore)
     return choice

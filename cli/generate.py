@@ -24,7 +24,7 @@ from typing import NoReturn, TextIO
 from PIL import Image
 
 from cli.hires_options import add_hires_arguments, hires_fields, ineffective_hires_options
-from cli import variation_outpaint_refiner_options as more_options
+from cli import variation_outpaint_refiner_options
 from mlx_sd.composable import prompt_parts
 from mlx_sd.device import PRECISIONS
 from mlx_sd.image_metadata import UNDECODABLE, open_image
@@ -99,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_vae_argument(parser)
     add_library_options(parser)
     add_hires_arguments(parser)
-    more_options.add_arguments(parser)
+    variation_outpaint_refiner_options.add_arguments(parser)
 
     def one_line_error(message: str) -> NoReturn:
         parser.exit(2, f"mlx-sd generate: error: {message} (see mlx-sd generate --help)\n")
@@ -174,7 +174,7 @@ def ineffective_options(args: argparse.Namespace) -> list[str]:
         warnings.append("--mask-blur has no effect without --mask")
     if args.negative and args.cfg <= 1 and not prompt_parts(args.prompt).composable:  # AND uses it at any scale
         warnings.append(f"--negative has no effect with --cfg {args.cfg:g} (guidance needs a scale above 1)")
-    return warnings + ineffective_hires_options(args) + more_options.warnings(args)
+    return warnings + ineffective_hires_options(args) + variation_outpaint_refiner_options.warnings(args)
 
 
 def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequest:
@@ -205,7 +205,7 @@ def build_request(args: argparse.Namespace, default_size: int) -> GenerationRequ
         mask_blur=DEFAULTS.mask_blur if args.mask_blur is None else args.mask_blur,
         vae=args.vae,
         **hires_fields(args),
-        **more_options.request_fields(args),
+        **variation_outpaint_refiner_options.request_fields(args),
     )
 
 
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         return resource_error(exc, err)
     config = read_config(folder)
     request = build_request(args, config.default_size)
-    problem = more_options.problem(args, request, config)
+    problem = variation_outpaint_refiner_options.problem(args, request, config)
     if problem:
         err.write(f"mlx-sd generate: error: {problem}\n")
         return 2

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import mlx.core as mx
 from mlx_sd.dtypes import safetensors_code
-from mlx_sd.pickle_files import pickle_refusal
+from mlx_sd.pickle_files import PickleRefused, pickle_refusal
 
 from .errors import ConversionError
 from .safetensors_file import TensorInfo, hash_file, to_mx
@@ -29,8 +29,12 @@ def _safetensors_dtype(dtype: torch.dtype) -> str:
     return safetensors_code(name) or name
 
 
+class ConversionPickleRefused(PickleRefused, ConversionError):
+    """A pickle checkpoint (or VAE) while pickles are not allowed."""
+
+
 def refuse_pickle(path: Path) -> ConversionError:
-    return ConversionError(pickle_refusal(path))
+    return ConversionPickleRefused(pickle_refusal(path), path)
 
 
 class PickleCheckpoint:

@@ -5,7 +5,8 @@
   diffusers' `learned_embeds.bin` one `(width,)` vector.
 - `.safetensors`: `emb_params` (n, width); SDXL embeddings a pair `clip_l` (n, 768) and `clip_g` (n, 1280),
   for the first and second text encoder.
-- LoRAs may bundle embeddings (`bundle_emb.<name>.<any of the above>`, mlx_sd.lora.LoraFile.embeddings).
+- LoRAs may bundle embeddings (`bundle_emb.<name>.<any of the above>`, mlx_sd.lora.LoraFile.embeddings),
+  usable while their LoRA is (`BundledEmbedding`, mlx_sd.textual_inversion).
 
 Each of the n vectors stands for one token of the prompt (A1111 counts them in its 75-token chunks).
 """
@@ -28,7 +29,7 @@ _SINGLE_KEYS = ("emb_params", "string_to_param.*")
 
 @dataclass(frozen=True)
 class Embedding:
-    name: str  # the word that stands for it in a prompt: the file name without its extension
+    name: str  # the file name without its extension, the word for it in prompts (a bundled one's says its LoRA)
     vectors: dict[str, mx.array]  # text encoder component -> (n, width) float32; one entry unless a pair
 
     @property
@@ -60,6 +61,19 @@ def embedding_from_tensors(name: str, tensors: Mapping[str, mx.array]) -> Embedd
         shapes = ", ".join(str(list(v.shape)) for v in vectors.values())
         raise LoraError(f"{name}: embedding vectors must be (count, width) and the pair's counts equal; found {shapes}")
     return Embedding(name, vectors)
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: the same LoRA set gives the same objects
+class BundledEmbedding:
+    """An embedding a LoRA file carries, named `name` in prompts while that LoRA is in the request."""
+
+    name: str
+    lora: str  # the LoRA's name: A1111 writes it in `TI hashes` in place of the embedding's hash
+    tensors: Mapping[str, mx.array]  # the keys after `bundle_emb.<name>.`
+
+    def embedding(self) -> Embedding:
+        """Its vectors; a LoraError naming the LoRA too when they are not an embedding's."""
+        return embedding_from_tensors(f"{self.name} (bundled in the LoRA {self.lora})", self.tensors)
 
 
 def read_embedding(path: str | Path, allow_pickle: bool = False) -> Embedding:

@@ -33,6 +33,7 @@ from .cpu.lora_merge import CpuMerging
 from .cpu.memory import release_free_memory
 from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
+from .embeddings import BundledEmbedding
 from .estimate import Estimate, estimate
 from .generation import generate
 from .infotext import hashes_value
@@ -264,24 +265,25 @@ class Pipeline:
 
     def use_resources(self, request: GenerationRequest) -> ResourcesInUse:
         """Merge the LoRAs `request` asks for (its `loras` and its prompts' tags; none removes every LoRA)
-        and find the embeddings its prompts name. A LibraryError or LoraError (one line each) leaves the
+        and find the embeddings its prompts name, those the LoRAs bundle too. A LibraryError or LoraError (one line each) leaves the
         models as they were. Returns the request without its LoRA tags and the infotext's hash entries."""
         stripped, loras = without_lora_tags(request)
         encoder = self.prompt_encoder()  # the text encoders loaded: LoRAs merge into them too
         infotext: dict[str, str] = {}
         notices: list[str] = []
         changed = False
+        bundled: dict[str, BundledEmbedding] = {}
         if loras or self._loras is not None:
             if self._loras is None:
                 models = {name: getattr(self, name) for name in ("unet", *self.config.text_encoders)}
                 merging = CpuMerging(self.cpu) if self.cpu is not None else None
                 self._loras = PipelineLoras(models, self.config.family, self.config.unet.layers_per_block, merging)
             applied = self._loras.use(loras, self.library, self.allow_pickle)
-            changed, notices = applied.changed, applied.warnings
+            changed, notices, bundled = applied.changed, applied.warnings, applied.embeddings
             if applied.hashes:
                 infotext["Lora hashes"] = hashes_value(applied.hashes)
         widths = {name: config.hidden_size for name, config in self.config.text_encoders.items()}
-        if self.textual_inversion.refresh(widths) or changed:
+        if self.textual_inversion.refresh(widths, bundled) or changed:
             encoder.clear_cache()
         used = self.textual_inversion.used([stripped.prompt, stripped.negative_prompt])
         if used:

@@ -6,6 +6,11 @@ embedding's vectors take their place (the longest name first). Each vector count
 
 Only the embeddings a prompt names are read; each is remembered until its file changes. An embedding
 of another width than the model's text encoders is refused in one line when a prompt names it.
+
+The embeddings bundled in the request's LoRAs are known by their bundled names as long as those LoRAs
+are in the requests (`refresh`), as A1111 registers them when it loads the LoRA. A library embedding of
+the same name wins: A1111 skips a bundled one whose name the embeddings folder already has. `TI hashes`
+names a bundled one's LoRA in place of a hash (A1111's default, `lora_bundled_ti_to_infotext`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .embeddings import read_embedding, token_vectors
+from .embeddings import BundledEmbedding, read_embedding, token_vectors
 from .library import Library, file_identity
 from .lora.errors import LoraError
 from .prompt_parser import Fragment, parse_prompt_attention
@@ -43,22 +48,28 @@ class TextualInversion:
         self.allow_pickle = allow_pickle
         self.widths: dict[str, int] = {}
         self._paths: dict[str, Path] | None = None  # name -> file; None before the first refresh
+        self._bundled: dict[str, BundledEmbedding] = {}  # the LoRAs' in use, less the names the library has
+        self._bundled_vectors: dict[str, dict[str, mx.array]] = {}  # of those named so far
         self._lookup: dict[str, dict[int, list[tuple[tuple[int, ...], str]]]] = {}  # component -> first id -> names
         self._loaded: dict[Path, tuple[tuple[int, int] | None, dict[str, mx.array]]] = {}  # file -> (identity, vectors)
 
-    def refresh(self, widths: Mapping[str, int]) -> bool:
-        """List the folders again; whether the embeddings changed since the last call (encodings stale)."""
+    def refresh(self, widths: Mapping[str, int], bundled: Mapping[str, BundledEmbedding] | None = None) -> bool:
+        """List the folders again and take `bundled` (the request's LoRAs' embeddings by name) as the
+        bundled ones in use; whether the embeddings changed since the last call (encodings stale)."""
         items = self.library.items("embeddings")
         paths = {item.name: item.path for item in items}
         identities = {path: file_identity(path) for path in paths.values()}
         stale = [path for path, (identity, _) in self._loaded.items() if identities.get(path) != identity]
         for path in stale:
             del self._loaded[path]
-        changed = bool(stale) or paths != self._paths or dict(widths) != self.widths
-        if paths != self._paths:
-            self._paths = paths
-            self._lookup = {component: _lookup(tokenizer, paths) for component, tokenizer in self.tokenizers.items()}
-        self.widths = dict(widths)
+        bundled = {name: embedding for name, embedding in (bundled or {}).items() if name not in paths}
+        changed = bool(stale) or paths != self._paths or dict(widths) != self.widths or bundled != self._bundled
+        if paths != self._paths or bundled.keys() != self._bundled.keys():
+            names = [*paths, *bundled]  # the library's first: of two names alike once tokenised, it wins
+            self._lookup = {component: _lookup(tokenizer, names) for component, tokenizer in self.tokenizers.items()}
+        if bundled != self._bundled or dict(widths) != self.widths:
+            self._bundled_vectors = {}
+        self._paths, self._bundled, self.widths = paths, bundled, dict(widths)
         return changed
 
     def find(self, component: str, tokens: Sequence[int], position: int) -> EmbeddingMatch | None:
@@ -72,6 +83,10 @@ class TextualInversion:
         return None
 
     def vectors(self, name: str) -> dict[str, mx.array]:
+        if name in self._bundled:
+            if name not in self._bundled_vectors:
+                self._bundled_vectors[name] = token_vectors(self._bundled[name].embedding(), self.widths)
+            return self._bundled_vectors[name]
         path = (self._paths or {})[name]
         identity = file_identity(path)
         if path not in self._loaded or self._loaded[path][0] != identity:
@@ -80,8 +95,8 @@ class TextualInversion:
         return self._loaded[path][1]
 
     def used(self, texts: Sequence[str]) -> dict[str, str]:
-        """The embeddings `texts` name -> A1111's short hash (for `TI hashes`), in order of first use;
-        reads them, so an unusable one is refused before anything runs."""
+        """The embeddings `texts` name -> A1111's short hash (for `TI hashes`; a bundled one's LoRA name),
+        in order of first use; reads them, so an unusable one is refused before anything runs."""
         component, tokenizer = next(iter(self.tokenizers.items()))
         used: dict[str, str] = {}
         for text in texts:
@@ -95,15 +110,18 @@ class TextualInversion:
                     if match is None:
                         position += 1
                         continue
-                    used.setdefault(match.name, embedding_hash((self._paths or {})[match.name]))
+                    if match.name not in used:
+                        bundled = self._bundled.get(match.name)
+                        used[match.name] = bundled.lora if bundled else embedding_hash((self._paths or {})[match.name])
                     position += match.length
         return used
 
 
-def _lookup(tokenizer: CLIPTokenizer, paths: Mapping[str, Path]) -> dict[int, list[tuple[tuple[int, ...], str]]]:
-    """First token id -> (the name's ids, name), longest names first (A1111's ids_lookup)."""
+def _lookup(tokenizer: CLIPTokenizer, names: Sequence[str]) -> dict[int, list[tuple[tuple[int, ...], str]]]:
+    """First token id -> (the name's ids, name), longest names first (A1111's ids_lookup; of equal
+    lengths, the earlier name first)."""
     lookup: dict[int, list[tuple[tuple[int, ...], str]]] = {}
-    for name in paths:
+    for name in names:
         ids = tuple(tokenizer.tokenize(name))
         if ids:
             lookup.setdefault(ids[0], []).append((ids, name))

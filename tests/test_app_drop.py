@@ -1,6 +1,7 @@
 """Drag and drop anywhere on the window, and paste: images become the img2img source, images with
 parameters (ours or A1111's) offer to restore them, checkpoints go to the import, the rest is explained."""
 
+import dataclasses
 import threading
 import time
 import zlib
@@ -74,8 +75,9 @@ def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
     assert plain.kind is DropKind.IMAGE and plain.infotext is None
     assert classify_file(files["checkpoint"]).kind is DropKind.CHECKPOINT
     assert classify_file(files["diffusers"]).kind is DropKind.CHECKPOINT
+    assert "pickle checkpoint" in classify_file(files["pickle"], allow_pickle=True).message  # unreadable: not imported
     expected = {
-        "pickle": "pickle checkpoint",
+        "pickle": "model.ckpt is a pickle file, which can run code when it is opened: enable 'Allow pickle files'",
         "text": "notes.txt is not an image or a checkpoint",
         "damaged": "damaged.png could not be read as an image",
         "folder": "some folder is a folder",
@@ -201,6 +203,18 @@ def test_dropped_png_with_our_parameters_restores_them(window: MainWindow, files
     assert request.prompt == "masterpiece, a red cube"
 
 
+def test_restore_hooks_get_the_request_and_the_infotext_it_came_from(window: MainWindow, files: dict[str, Path]) -> None:
+    seen = []
+    window.restore_hooks.append(lambda request, info: seen.append((request.seed, info)) or ["a hook's note"])
+    assert drop(window.result_view.canvas, file_mime(files["ours"]))
+    window.message_bar.trigger("Restore Parameters")
+    [(seed, info)] = seen
+    assert seed == 77 and info.params["Seed"] == "77"
+    assert "A hook's note." in window.message_bar.text()
+    assert window.reuse_request(dataclasses.replace(window.build_request(), seed=5)) == ["a hook's note"]
+    assert seen[1] == (5, None)  # a history entry's request: no infotext
+
+
 def test_dropped_a1111_png_restores_and_selects_its_model(window: MainWindow, files: dict[str, Path]) -> None:
     assert drop(window.prompt_panel.prompt_edit.viewport(), file_mime(files["a1111"]))
     window.message_bar.trigger("Restore Parameters")
@@ -317,10 +331,10 @@ def test_a_slow_file_is_read_on_a_worker_while_the_window_stays_responsive(
     readers: list[threading.Thread] = []
     classify = drop_handler.classify_file
 
-    def slow(path: Path):
+    def slow(path: Path, allow_pickle: bool = False):
         readers.append(threading.current_thread())
         release.wait(10)
-        return classify(path)
+        return classify(path, allow_pickle)
 
     monkeypatch.setattr(drop_handler, "classify_file", slow)
     spy = QSignalSpy(window.drop_filter.dropped)

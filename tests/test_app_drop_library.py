@@ -13,9 +13,11 @@ from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
 from app.drop_handler import DropKind, classify_file
-from app.library_import import LibraryImportError, classify_weights, copy_into_library
+from app.library_import import LibraryImportError, PicklesNotAllowed, classify_weights, copy_into_library
 from app.main_window import MainWindow
+from app.settings import AppSettings
 from app_support import QT_MARKS, open_window
+from test_app_drop import drop, file_mime
 from mlx_sd.upscalers import CompactConfig, build_upscaler
 
 pytestmark = QT_MARKS
@@ -81,8 +83,9 @@ def test_files_are_classified_by_their_keys(resources: dict[str, Path], tmp_path
         assert classify_weights(resources[kind]) == kind
         item = classify_file(resources[kind])
         assert item.kind is DropKind.RESOURCE and item.resource == kind
-    assert classify_weights(resources["pt_embedding"]) == "embeddings"
-    assert classify_weights(resources["pth_upscaler"]) == "upscalers"
+    assert classify_weights(resources["pt_embedding"], allow_pickle=True) == "embeddings"
+    assert classify_weights(resources["pth_upscaler"], allow_pickle=True) == "upscalers"
+    assert classify_file(resources["pt_embedding"], allow_pickle=True).resource == "embeddings"
     checkpoint = tmp_path / "lora-named.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((4, 4, 3, 3), np.float32)}, str(checkpoint))
     assert classify_file(checkpoint).kind is DropKind.CHECKPOINT  # a checkpoint is imported as before
@@ -138,6 +141,33 @@ def test_dropped_resources_land_in_their_library_folders(qtbot, resources: dict[
 
 def test_a_resource_with_a_suffix_the_library_does_not_list_is_explained(tmp_path: Path) -> None:
     torch.save({f"{LORA_KEY}.lora_down.weight": torch.zeros(4, 768)}, tmp_path / "style.bin")  # loras/ lists no .bin
-    item = classify_file(tmp_path / "style.bin")
+    item = classify_file(tmp_path / "style.bin", allow_pickle=True)
     assert item.kind is DropKind.UNSUPPORTED
     assert item.message.startswith("style.bin is a LoRA, but the library uses LoRA files ending in .safetensors")
+
+
+def test_pickles_are_not_unpickled_unless_the_setting_allows_them(qtbot, resources: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import convert.pickle_file
+    import mlx_sd.lora.files
+
+    def unpickled(*args, **kwargs):
+        raise AssertionError("a pickle was unpickled with the setting off")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert.pickle_file.PickleCheckpoint, "__init__", unpickled)
+        patch.setattr(mlx_sd.lora.files, "_read_pickle", unpickled)
+        for key in ("pt_embedding", "pth_upscaler"):
+            with pytest.raises(PicklesNotAllowed):
+                classify_weights(resources[key])
+            item = classify_file(resources[key])
+            assert item.kind is DropKind.UNSUPPORTED and "\n" not in item.message
+            assert item.message.startswith(f"{resources[key].name} is a pickle file") and "'Allow pickle files'" in item.message
+    library = tmp_path / "library"
+    window = open_window(qtbot, library)
+    assert drop(window.result_view.canvas, file_mime(resources["pt_embedding"]))  # read by the window's worker
+    assert window.message_bar.kind == "error" and "'Allow pickle files'" in window.message_bar.text()
+    window.apply_settings(AppSettings(allow_pickle=True))
+    with qtbot.waitSignal(window.resourcesChanged, timeout=10_000):
+        assert drop(window.result_view.canvas, file_mime(resources["pt_embedding"]))
+    assert (library / "embeddings" / "EasyNegative.pt").is_file()

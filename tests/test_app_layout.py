@@ -78,13 +78,13 @@ def _name(widget: QWidget) -> str:
 
 
 @pytest.mark.parametrize("width,height", SIZES)
-def test_prompt_generate_and_image_are_on_screen(qtbot, library: Path, width: int, height: int) -> None:
+def test_prompt_generate_and_image_are_on_screen(qtbot, library: Path, tmp_path: Path, width: int, height: int) -> None:
     window = sized_window(qtbot, library, width, height)
     window.prompt_panel.prompt_edit.setPlainText("a lighthouse at dusk, oil painting")
     window.result_view.set_results([ResultItem(noise_image(3, 64, 64), 3, "a lighthouse")])
     QApplication.processEvents()
     shot = window.grab()
-    folder = Path(os.environ.get("APP_SCREENSHOTS", "") or qtbot_tmp(window))
+    folder = Path(os.environ.get("APP_SCREENSHOTS", "") or tmp_path)  # pytest removes its old tmp_paths
     assert shot.save(str(folder / f"app-{width}x{height}.png"))
 
     assert window.size() == QSize(width, height)  # the window's minimum fits
@@ -111,12 +111,6 @@ def test_overlap_check_finds_overlaps(qtbot) -> None:
     assert overlapping_siblings(root) == []
     second.setGeometry(first.geometry())  # what a layout never does
     assert overlapping_siblings(root) == [("QLabel(first)", "QLabel(second)")]
-
-
-def qtbot_tmp(window: QWidget) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="app-shots-")
 
 
 def test_the_wheel_edits_only_a_focused_control(qtbot, library: Path) -> None:

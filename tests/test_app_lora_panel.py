@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from app.lora_info import ResourceInfo, missing_resources, trigger_words
 from app.lora_panel import LoraPanel, ResourceListModel, install_lora_panel
 from app.main_window import MainWindow
+from app.settings import AppSettings
 from app.drop_handler import classify_file
 from app.prompt_loras import add_lora, add_word, prompt_loras, remove_lora, set_lora_weight
 from app_support import QT_MARKS, fake_model_folder, open_window
@@ -186,6 +187,14 @@ def test_unsuitable_reason_needs_both_families() -> None:
     ]
 
 
+def test_an_embedding_bundled_in_a_lora_is_not_looked_for_in_the_library(tmp_path: Path) -> None:
+    # A1111 writes a bundled embedding's LoRA in place of its hash: only the LoRA must be in the library
+    text = 'a mytoken, other <lora:pivot:1>\nSteps: 1, Seed: 1, Size: 8x8, TI hashes: "mytoken: pivot, other: 0123456789ab"'
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "pivot.safetensors").write_bytes(b"")
+    assert missing_resources(parse_infotext(text), Library(tmp_path)) == ["the embedding is not in the library: other"]
+
+
 def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: MainWindow, library: Path, monkeypatch) -> None:
     import threading
     import time
@@ -195,10 +204,10 @@ def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: Ma
     threads: list[str] = []
     real = lora_panel.read_info
 
-    def slow_read(item):
+    def slow_read(item, allow_pickle=False):
         threads.append(threading.current_thread().name)
         time.sleep(0.3)
-        return real(item)
+        return real(item, allow_pickle)
 
     monkeypatch.setattr(lora_panel, "read_info", slow_read)
     started = time.perf_counter()
@@ -239,6 +248,71 @@ def test_the_model_finds_loras_in_the_apps_library_and_notices_show(qtbot, libra
     other = tmp_path / "moved"
     window.set_library(other)
     qtbot.waitUntil(lambda: pipeline.library.root == other)
+
+
+def test_a_pickle_lora_is_read_only_when_the_setting_allows_it(qtbot, window: MainWindow, library: Path) -> None:
+    import dataclasses
+
+    import torch
+
+    from test_app_drop_library import LORA_KEY
+
+    torch.save({f"{LORA_KEY}.lora_down.weight": torch.zeros(4, 768), f"{LORA_KEY}.lora_up.weight": torch.zeros(320, 4)},
+               library / "loras" / "pickled.pt")
+    panel = _panel(qtbot, window)
+    row = _row(panel, "pickled")
+    reason = "a pickle file: enable 'Allow pickle files' in Settings to use it"
+    assert row.data() == f"pickled\nLoRA · {reason}"
+    assert row.data(Qt.ItemDataRole.ToolTipRole) == reason and row.data(Qt.ItemDataRole.ForegroundRole) is not None
+    assert not row.flags() & Qt.ItemFlag.ItemIsEnabled  # greyed: a click adds nothing
+    window.apply_settings(dataclasses.replace(window.settings, allow_pickle=True))
+    panel.wait()
+    qtbot.waitUntil(lambda: _row(panel, "pickled").data() == "pickled\nLoRA · SD 1.x")
+    assert _row(panel, "pickled").flags() & Qt.ItemFlag.ItemIsEnabled
+    window.apply_settings(dataclasses.replace(window.settings, allow_pickle=False))  # answered from the cache
+    assert _row(panel, "pickled").data() == f"pickled\nLoRA · {reason}"
+
+
+def test_generation_reads_pickles_as_the_setting_says(qtbot, library: Path) -> None:
+    import dataclasses
+
+    from app_support import ScriptedPipeline
+
+    pipeline = ScriptedPipeline()
+    window = open_window(qtbot, library, pipeline, settings=AppSettings(allow_pickle=True))
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    for allowed in (True, False):
+        window.apply_settings(dataclasses.replace(window.settings, allow_pickle=allowed))
+        with qtbot.waitSignal(window.controller.finished, timeout=20_000):
+            window.generate()
+        assert pipeline.allow_pickle is allowed
+
+
+def test_a_refused_pickle_says_which_setting_allows_it(qtbot, library: Path, tmp_path: Path) -> None:
+    import mlx.core as mx
+    import torch
+
+    from app.generation_worker import describe_error
+    from app_support import ScriptedPipeline
+    from convert.vae_file import read_vae
+    from mlx_sd.lora import LoraError, read_lora
+    from model_folders import CONFIGS
+
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "style.pt")
+    (tmp_path / "vae.ckpt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(LoraError) as lora:
+        read_lora(tmp_path / "style.pt")
+    with pytest.raises(ValueError) as vae:
+        read_vae(tmp_path / "vae.ckpt", CONFIGS["sd1"], mx.float32)
+    for refusal, name in ((lora.value, "style.pt"), (vae.value, "vae.ckpt")):
+        message = describe_error(refusal)  # the CLI's words name --allow-pickle; the app's, its setting
+        assert message.title == "Pickle files are not allowed" and message.detail.startswith(f"{name} is a pickle file")
+        assert "'Allow pickle files' in Settings" in message.detail and "--allow-pickle" not in message.detail
+    window = open_window(qtbot, library, ScriptedPipeline(fail=lora.value))
+    window.parameters.set_values({"steps": 1, "width": 64, "height": 64})
+    with qtbot.waitSignal(window.controller.failed, timeout=20_000):
+        window.generate()
+    assert window.message_bar.kind == "error" and "'Allow pickle files' in Settings" in window.message_bar.text()
 
 
 def test_a_missing_lora_in_the_prompt_fails_in_one_line_with_a_real_model(qtbot, tmp_path: Path) -> None:

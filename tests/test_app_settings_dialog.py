@@ -58,11 +58,15 @@ def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library)
     first.cpu_precision_combo.setCurrentIndex(first.cpu_precision_combo.findData("bfloat16"))
     first.preview_spin.setValue(0)
     first.format_combo.setCurrentIndex(first.format_combo.findData("webp"))
+    assert not first.allow_pickle_check.isChecked(), "pickles are off by default"
+    assert "weights-only unpickler" in first.allow_pickle_check.toolTip()
+    first.allow_pickle_check.setChecked(True)
     with qtbot.waitSignal(first.settings_saved) as saved:
         first.accept()
     assert first.result() == QDialog.DialogCode.Accepted
     expected = AppSettings(default_model="demo", precision="bfloat16", low_memory=True, compute_device="cpu",
-                           cpu_precision="bfloat16", preview_every=0, output_format="webp", prompt_suffix="8k")
+                           cpu_precision="bfloat16", preview_every=0, output_format="webp", prompt_suffix="8k",
+                           allow_pickle=True)
     assert saved.args == [expected] and load_settings(path) == expected
     # the next start: a new dialog over the settings read back from the file
     second = make_dialog(qtbot, load_settings(path), path, default_library)
@@ -73,6 +77,7 @@ def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library)
     assert second.cpu_precision_combo.currentData() == "bfloat16"
     assert second.preview_spin.value() == 0 and second.preview_spin.text() == "Off"
     assert second.format_combo.currentData() == "webp"
+    assert second.allow_pickle_check.isChecked()
     assert second.settings() == expected
 
 

@@ -1,6 +1,7 @@
 """The LoRAs of a pipeline at generation time: what a request asks for (its `loras` and its prompts'
 `<lora:...>` tags), found in the library, merged once per change of the set, and named with A1111's
-short hashes for the infotext.
+short hashes for the infotext. The embeddings the set's files bundle are handed on to the textual
+inversion (mlx_sd.textual_inversion), which makes them usable for exactly the requests that ask for their LoRA.
 
 The set is identified by each file's path, size and modification time and the user's weights, so
 generating again with the same LoRAs touches no weight, and a LoRA file replaced on disk is read again.
@@ -9,12 +10,13 @@ generating again with the same LoRAs touches no weight, and a LoRA file replaced
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.nn as nn
 
+from ..embeddings import BundledEmbedding
 from ..library import Library, file_identity
 from ..request import GenerationRequest, LoraRequest
 from ..resource_hashes import lora_hash
@@ -46,6 +48,7 @@ class AppliedLoras:
     hashes: dict[str, str]  # LoRA name -> A1111's short hash, for `Lora hashes`
     warnings: list[str]  # keys that matched no layer, as A1111 warns
     changed: bool  # the merged weights changed: encodings made before are stale
+    embeddings: dict[str, BundledEmbedding]  # name -> the embedding the set's files bundle under it
 
 
 class PipelineLoras:
@@ -56,6 +59,7 @@ class PipelineLoras:
         self.merger = LoraMerger(models, family, layers_per_block, merging)
         self._key: tuple[tuple[object, ...], ...] = ()
         self._hashes: dict[str, str] = {}
+        self._embeddings: dict[str, BundledEmbedding] = {}
         self._text_encoder_uses: list[LoraUse] = []  # to merge again into a text encoder loaded afresh
 
     def use(self, loras: Sequence[LoraRequest], library: Library, allow_pickle: bool = False) -> AppliedLoras:
@@ -64,17 +68,19 @@ class PipelineLoras:
         found = [(lora, library.find("loras", lora.name)) for lora in loras]
         key = tuple((str(path), file_identity(path), lora.text_encoder_weight, lora.unet_weight) for lora, path in found)
         if key == self._key:
-            return AppliedLoras(dict(self._hashes), [], False)
+            return AppliedLoras(dict(self._hashes), [], False, dict(self._embeddings))
         files: dict[Path, LoraFile] = {}
         for _, path in found:
             if path not in files:
                 files[path] = read_lora(path, allow_pickle)
         uses = [LoraUse(files[path], lora.text_encoder_weight, lora.unet_weight) for lora, path in found]
-        report = self.merger.apply(uses)
+        # a file of bundled embeddings alone has no layer to merge
+        report = self.merger.apply([use for use in uses if use.lora.modules or use.lora.unknown_keys])
         self._key = key
         self._hashes = {file.name: lora_hash(path, file.metadata) for path, file in files.items()}
         self._text_encoder_uses = [use for use in map(self._text_encoder_part, uses) if use is not None]
-        return AppliedLoras(dict(self._hashes), report.warnings(), True)
+        self._embeddings = bundled_embeddings(files.values())
+        return AppliedLoras(dict(self._hashes), report.warnings(), True, dict(self._embeddings))
 
     def reloaded(self, component: str, model: nn.Module) -> None:
         """A text encoder was loaded again from its file: merge the current set into it."""
@@ -91,3 +97,13 @@ class PipelineLoras:
         if not modules:
             return None
         return dataclasses.replace(use, lora=dataclasses.replace(use.lora, modules=modules, unknown_keys=[]))
+
+
+def bundled_embeddings(files: Iterable[LoraFile]) -> dict[str, BundledEmbedding]:
+    """The embeddings `files` bundle by name; of two LoRAs bundling one name, the first asked for keeps it
+    (A1111 skips a bundled name already registered when it loads the LoRAs in the prompt's order)."""
+    found: dict[str, BundledEmbedding] = {}
+    for file in files:
+        for name, tensors in file.embeddings.items():
+            found.setdefault(name, BundledEmbedding(name, file.name, tensors))
+    return found

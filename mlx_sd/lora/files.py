@@ -12,11 +12,15 @@ from pathlib import Path
 import mlx.core as mx
 from safetensors import SafetensorError, safe_open
 
-from ..pickle_files import PICKLE_SUFFIXES, pickle_refusal
+from ..pickle_files import PICKLE_SUFFIXES, PickleRefused, pickle_refusal
 from .errors import LoraError
 
 # Keys only a whole checkpoint has: a model passed where a LoRA was expected.
 _CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
+
+
+class LoraPickleRefused(PickleRefused, LoraError):
+    """A LoRA or embedding in a pickle while pickles are not allowed."""
 
 
 @dataclass
@@ -58,7 +62,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> TensorFile:
     # torch's weights-only unpickler (as the converter uses) builds only tensors and plain containers.
     # Nested dicts (an embedding's `string_to_param`) flatten to dotted keys.
     if not allow_pickle:
-        raise LoraError(pickle_refusal(path))
+        raise LoraPickleRefused(pickle_refusal(path), path)
     import torch
 
     try:
