@@ -74,8 +74,7 @@ class PipelineLoras:
             if path not in files:
                 files[path] = read_lora(path, allow_pickle)
         uses = [LoraUse(files[path], lora.text_encoder_weight, lora.unet_weight) for lora, path in found]
-        # a file of bundled embeddings alone has no layer to merge
-        report = self.merger.apply([use for use in uses if use.lora.modules or use.lora.unknown_keys])
+        report = self.merger.apply(uses)
         self._key = key
         self._hashes = {file.name: lora_hash(path, file.metadata) for path, file in files.items()}
         self._text_encoder_uses = [use for use in map(self._text_encoder_part, uses) if use is not None]
