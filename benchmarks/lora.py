@@ -3,7 +3,8 @@
 Builds the family's UNet and text encoders with random float16 weights (no checkpoint needed), writes a
 random kohya LoRA of the given rank on every attention linear and every convolution (LoCon) and on the
 text encoders' linears, then times: read + apply, switch to a second LoRA of the same shape, and remove;
-and one UNet step (float16, a small latent) with the LoRA merged against without, interleaved, best of
+with the kernel's CPU time and page faults of each (the merged weights are new memory); and one UNet
+step (float16, a small latent) with the LoRA merged against without, interleaved, best of
 `--repeats` each (merged weights keep the dtype, shape and layout, so the ratio should be 1).
 Then the reference on the same LoRA file: diffusers' `load_lora_weights` + `fuse_lora` on its own
 randomly initialised float16 models of the same architecture (reference.models), with the ratios of our
@@ -70,6 +71,16 @@ def _timed(action) -> float:
     return time.perf_counter() - start
 
 
+def _timed_with_faults(action) -> tuple[float, float, int]:
+    """Seconds of `action`, the CPU seconds the kernel spent on it (mostly page faults of the merged
+    weights' new memory: on a VM whose memory was never touched since it booted these dominate) and
+    its page faults."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = _timed(action)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return seconds, after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt
+
+
 def unet_step(models: dict, config, latent: int) -> float:
     """Seconds for one UNet call on a (1, latent, latent, 4) float16 sample."""
     unet = models["unet"]
@@ -133,8 +144,9 @@ def main() -> None:
         # as Pipeline.use_resources merges: with the compiled kernel on the CPU
         merging = CpuMerging(CpuOptions.for_this_machine()) if current_device() == "cpu" else None
         merger = LoraMerger(models, config.family, config.unet.layers_per_block, merging)
-        figures["apply_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[0]))]))
-        figures["switch_s"] = _timed(lambda: merger.apply([LoraUse(read_lora(paths[1]))]))
+        for name, path in (("apply", paths[0]), ("switch", paths[1])):
+            seconds, system, faults = _timed_with_faults(lambda: merger.apply([LoraUse(read_lora(path))]))
+            figures.update({f"{name}_s": seconds, f"{name}_system_s": system, f"{name}_page_faults": faults})
         unet_step(models, config, args.step_latent)  # warm-up
         merged, plain = [], []
         for _ in range(args.repeats):  # interleaved: the machine's load changes alike for both

@@ -276,6 +276,29 @@ def test_failed_lora_leaves_weights_untouched(loaded, tmp_path):
     model.merger.remove_all()
 
 
+def test_a_switch_reuses_the_previous_sets_memory_and_a_failed_evaluation_leaves_no_lora(loaded, tmp_path, monkeypatch):
+    # the previous set is undone before the new one is evaluated: its buffers are freed first, so
+    # the new weights take their memory (the active memory never holds two merged sets)
+    model = loaded("sd1")
+    path = kohya_lora(model.reference(), tmp_path / "a.safetensors", sdxl=False)
+    before = model.weights()
+    model.merger.apply([LoraUse(read_lora(path), 0.5, 0.5)])
+    mx.reset_peak_memory()
+    active = mx.get_active_memory()
+    model.merger.apply([LoraUse(read_lora(path), -0.5, -0.5)])
+    merged_bytes = sum(array.nbytes for array in model.merger._bases.values())
+    assert mx.get_peak_memory() - active < merged_bytes, (mx.get_peak_memory() - active, merged_bytes)
+
+    def out_of_memory(arrays):
+        raise RuntimeError("[malloc] Unable to allocate 1048576 bytes.")
+
+    monkeypatch.setattr(merge, "_evaluate_in_groups", out_of_memory)
+    with pytest.raises(LoraError, match="Unable to allocate.*no LoRA is applied now") as caught:
+        model.merger.apply([LoraUse(read_lora(path))])
+    assert "\n" not in str(caught.value) and not model.merger.any_merged()
+    assert all(np.array_equal(before[key], array) for key, array in model.weights().items())
+
+
 def test_other_family_is_refused_naming_both(loaded, tmp_path):
     sd1, sdxl = loaded("sd1"), loaded("sdxl")
     path = kohya_lora(sdxl.reference(), tmp_path / "xl.safetensors", sdxl=True)

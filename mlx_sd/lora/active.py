@@ -20,6 +20,7 @@ from ..embeddings import BundledEmbedding
 from ..library import Library, file_identity
 from ..request import GenerationRequest, LoraRequest
 from ..resource_hashes import lora_hash
+from .errors import LoraError
 from .lora_file import LoraFile, read_lora
 from .merge import TEXT_ENCODERS, LoraMerger, LoraUse, Merging
 from .prompt_tags import parse_lora_tags
@@ -57,7 +58,7 @@ class PipelineLoras:
     def __init__(self, models: Mapping[str, nn.Module], family: str, layers_per_block: int,
                  merging: Merging | None = None):
         self.merger = LoraMerger(models, family, layers_per_block, merging)
-        self._key: tuple[tuple[object, ...], ...] = ()
+        self._key: tuple[tuple[object, ...], ...] | None = ()
         self._hashes: dict[str, str] = {}
         self._embeddings: dict[str, BundledEmbedding] = {}
         self._text_encoder_uses: list[LoraUse] = []  # to merge again into a text encoder loaded afresh
@@ -74,7 +75,12 @@ class PipelineLoras:
             if path not in files:
                 files[path] = read_lora(path, allow_pickle)
         uses = [LoraUse(files[path], lora.text_encoder_weight, lora.unet_weight) for lora, path in found]
-        report = self.merger.apply(uses)
+        try:
+            report = self.merger.apply(uses)
+        except LoraError:
+            if not self.merger.any_merged():  # it failed after undoing the previous set: merge afresh next time
+                self._key = None
+            raise
         self._key = key
         self._hashes = {file.name: lora_hash(path, file.metadata) for path, file in files.items()}
         self._text_encoder_uses = [use for use in map(self._text_encoder_part, uses) if use is not None]

@@ -14,8 +14,9 @@ Hook: after a weight changes, every module owning a changed parameter that has a
 method is called, so substitutes that cache something derived from their weights (a transformed
 Winograd filter, a packed GEMM operand) drop it.
 
-Everything is resolved, checked and evaluated before the first write: a LoRA that fails leaves the
-models exactly as they were.
+Everything is resolved and checked before the first write: a LoRA that fails leaves the models exactly
+as they were. Only the evaluation comes after the previous set is undone (its memory is reused); if it
+fails (out of memory) the models are left with no LoRA, and the error says so.
 """
 
 from __future__ import annotations
@@ -177,22 +178,32 @@ class LoraMerger:
         With `components`, only those models change (the others keep what is merged into them)."""
         report = MergeReport()
         scope = set(self.models if components is None else components)
-        sums = self._deltas(uses, report, scope)
+        sums = self._deltas(uses, report, scope)  # every check: a LoRA that fails here changes nothing
         merged = {key: self.merging.merged(self._base(key), delta) for key, delta in sums.items()}
         del sums  # a delta still referenced here would keep its float32 result after evaluation: all at once
-        # every failure happens here, before the first write; largest first, so that each layer's
-        # float32 temporaries fit in the heap's holes left by bigger ones instead of growing it (page faults)
-        _evaluate_in_groups(sorted(merged.values(), key=lambda array: array.nbytes, reverse=True))
-        restored = [key for key in self._bases if key[0] in scope and key not in merged]
-        writes = {key: self._bases[key] for key in restored}
+        # the previous set goes first: its merged weights are freed and the new ones take their memory
+        # (a switch faults in no new pages, and the peak is the bases plus one merged set, not two)
+        restored = [key for key in self._bases if key[0] in scope]
+        self._write({key: self._bases[key] for key in restored})
+        try:
+            # largest first, so that each layer's float32 temporaries fit in the heap's holes left by
+            # bigger ones instead of growing it (page faults)
+            _evaluate_in_groups(sorted(merged.values(), key=lambda array: array.nbytes, reverse=True))
+        except (RuntimeError, MemoryError, ValueError) as error:  # out of memory, in practice
+            for key in restored:
+                del self._bases[key]
+            raise LoraError(f"merging the LoRAs failed ({error}); no LoRA is applied now") from error
         for key in merged:
             self._bases.setdefault(key, self._current(key))
-        writes.update(merged)
-        self._write(writes)
+        self._write(merged)
         for key in restored:
-            del self._bases[key]
+            if key not in merged:
+                del self._bases[key]
         report.changed = len(merged)
         return report
+
+    def any_merged(self) -> bool:
+        return bool(self._bases)
 
     def replace_model(self, component: str, model: nn.Module) -> None:
         """`component` was loaded afresh (its original weights): forget what was merged into the old one."""
