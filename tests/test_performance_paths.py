@@ -375,8 +375,10 @@ CONVS = {
     "3x3 shifted matmuls": (16, 24, 3, 1, 1, True, (2, 5, convolution.SHIFTED_CONV_MIN_WIDTH), {}),
     "3x3 shifted, tall and odd": (8, 12, 3, 1, 1, False, (1, 17, convolution.SHIFTED_CONV_MIN_WIDTH + 3), {}),
     "3x3 narrow, the compiled GEMM's shifted taps": (16, 24, 3, 1, 1, True, (2, 6, 10), {}),
-    "3x3 narrower: mx.conv2d": (16, 24, 3, 1, 1, True, (2, 6, convolution.SHIFTED_KERNEL_MIN_WIDTH - 1), {}),
-    "3x3 stride 2: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70), WINOGRAD_EVERYWHERE),
+    "3x3 narrower: the compiled GEMM's taps, mx.conv2d without": (16, 24, 3, 1, 1, True, (2, 6, 3), {}),
+    "3x3 stride 2, odd height: mx.conv2d": (16, 16, 3, 2, 1, True, (1, 9, 70), WINOGRAD_EVERYWHERE),
+    "3x3 stride 2, phases with stacked taps": (16, 24, 3, 2, 1, True, (2, 10, 12), {}),
+    "3x3 stride 2, phases tap by tap": (40, 8, 3, 2, 1, False, (1, 4, 6), {}),
     "3x3 unpadded: mx.conv2d": (16, 16, 3, 1, 0, True, (1, 6, 70), WINOGRAD_EVERYWHERE),
 }
 
@@ -403,14 +405,17 @@ def test_conv_formulations_match_torch(case, monkeypatch):
 @pytest.mark.parametrize("options", [KERNELS, MLX_OPS], ids=["compiled GEMM", "mlx matmul"])
 def test_each_conv_case_takes_its_path(options, monkeypatch):
     taken = []
-    for name in ("conv1x1", "conv3x3_winograd", "conv3x3_shifted"):
+    for name in ("conv1x1", "conv3x3_winograd", "conv3x3_shifted", "conv3x3_stride2"):
         original = getattr(convolution, name)
         monkeypatch.setattr(convolution, name, lambda *a, name=name, original=original: taken.append(name) or original(*a))
     expected = {
         "1x1 matmul": "conv1x1", "3x3 winograd in bands": "conv3x3_winograd",
         "3x3 winograd, odd height: shifted": "conv3x3_shifted", "3x3 shifted matmuls": "conv3x3_shifted",
         "3x3 narrow, the compiled GEMM's shifted taps": "conv3x3_shifted" if options.kernels else None,
-        "3x3 narrower: mx.conv2d": None, "3x3 stride 2: mx.conv2d": None,
+        "3x3 narrower: the compiled GEMM's taps, mx.conv2d without": "conv3x3_shifted" if options.kernels else None,
+        "3x3 stride 2, odd height: mx.conv2d": None,
+        "3x3 stride 2, phases with stacked taps": "conv3x3_stride2" if options.kernels else None,
+        "3x3 stride 2, phases tap by tap": "conv3x3_stride2" if options.kernels else None,
     }
     for case, path in expected.items():
         cin, cout, kernel, stride, padding, bias, (batch, height, width), constants = CONVS[case]
@@ -432,7 +437,8 @@ UPSAMPLES = {
 
 
 @pytest.mark.parametrize("case", list(UPSAMPLES))
-def test_upsample_conv_matches_torch_interpolate_then_conv(case):
+def test_upsample_conv_matches_torch_interpolate_then_conv(case, monkeypatch):
+    monkeypatch.setattr(convolution, "UPSAMPLE_PHASES_MIN_PIXELS", 1)  # the phases at test sizes
     channels, bias, (batch, height, width), size = UPSAMPLES[case]
     upsample = layers.Upsample2D(channels)
     upsample.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
@@ -455,10 +461,12 @@ def test_upsample_conv_on_the_cpu_skips_the_upsampled_image(monkeypatch):
         monkeypatch.setattr(cls, "__call__", lambda self, x: taken.append(x.shape) or mx.zeros((1,)))
     upsample = layers.Upsample2D(8)
     fast = on_cpu(upsample, KERNELS)
+    monkeypatch.setattr(convolution, "UPSAMPLE_PHASES_MIN_PIXELS", 24)
     assert fast(rand(1, 4, 6, 8)).shape == (1, 8, 12, 8) and taken == []
     fast(rand(1, 4, 6, 8), (7, 12))  # cropped: the upsampled image, then conv
+    fast(rand(1, 4, 5, 8))  # too small to gain: the upsampled image, then conv
     upsample(rand(1, 4, 6, 8))
-    assert taken == [(1, 7, 12, 8), (1, 8, 12, 8)]
+    assert taken == [(1, 7, 12, 8), (1, 8, 10, 8), (1, 8, 12, 8)]
 
 
 def test_shifted_conv_runs_without_the_patch_buffer():

@@ -6,10 +6,13 @@ float32, with stride 1 and "same" padding:
 - 1x1: a plain matmul;
 - 3x3 with many channels on a large enough map (winograd_wins): Winograd F(2x2, 3x3), 16 GEMMs with
   2.25x fewer multiplications than the direct form, in bands of rows to bound memory;
-- other 3x3 on a wide enough image: nine matmuls of the shifted image, accumulated in the GEMM
-  itself (no patch buffer); the compiled GEMM takes them in one call;
-- nearest 2x upsampling then 3x3: four 2x2 convolutions of the small image (upsample_conv3x3);
-- everything else (narrow maps, strides, other paddings): mx.conv2d.
+- other 3x3 (with mlx's matmul: on a wide enough image): nine matmuls of the shifted image,
+  accumulated in the GEMM itself (no patch buffer); the compiled GEMM takes them in one call;
+- nearest 2x upsampling then 3x3 on a large enough image: four 2x2 convolutions of the small
+  image (upsample_conv3x3);
+- 3x3 with stride 2 (the UNet's and VAE's downsamplers), with the compiled GEMM: the shifted taps
+  of the four phase images (conv3x3_stride2);
+- everything else (other strides and paddings, odd sizes at stride 2): mx.conv2d.
 Measured speeds are in docs/performance.md.
 """
 
@@ -22,7 +25,10 @@ from .machine import cache_sizes
 from .options import CpuOptions, product
 
 SHIFTED_CONV_MIN_WIDTH = 64  # below this the extra two columns per row and nine small GEMMs lose
-SHIFTED_KERNEL_MIN_WIDTH = 8  # with the compiled GEMM (one call for all taps, no padded copy)
+# (the compiled GEMM takes every width: one call for all taps, no padded copy, no patch buffer)
+# Below this many input pixels (batch x height x width) combining the 3x3 weights into the four
+# phases' 2x2 weights, at every call, costs more than the products it saves: SD's 4x4 and 8x8 levels.
+UPSAMPLE_PHASES_MIN_PIXELS = 256
 # Winograd F(2x2, 3x3) loses below these sizes: with few input or output channels the transforms
 # (memory passes) outweigh the saved multiplications; on small maps (SD's 8x8 level) transforming
 # the weights at every call does.
@@ -39,7 +45,7 @@ def winograd_band_bytes() -> int:
 
 
 def shifted_min_width(options: CpuOptions) -> int:
-    return SHIFTED_KERNEL_MIN_WIDTH if options.kernels else SHIFTED_CONV_MIN_WIDTH
+    return 1 if options.kernels else SHIFTED_CONV_MIN_WIDTH
 
 
 def winograd_wins(options: CpuOptions, pixels: int, channels: int, out_channels: int) -> bool:
@@ -188,3 +194,34 @@ def upsample_conv3x3(options: CpuOptions, x: mx.array, weight: mx.array, bias: m
     out = shifted_matmuls(options, x, convolutions, bias)
     phases = [mx.stack(out[2 * a : 2 * a + 2], axis=3) for a in range(2)]  # (batch, height, width, 2 columns, out)
     return mx.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
+
+
+# Stride 2, padding 1: output row y reads input rows 2y - 1, 2y, 2y + 1, i.e. the odd rows' image at
+# y - 1 (kernel row 0), the even rows' at y (kernel row 1) and the odd rows' at y (kernel row 2).
+# Phase (0 even, 1 odd) -> its (kernel row, offset in the phase image); the same for columns.
+_STRIDE2_TAPS = {0: ((1, 0),), 1: ((0, -1), (2, 0))}
+
+
+def conv3x3_stride2(options: CpuOptions, x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    """3x3, stride 2, padding 1 of x (batch, height, width, in) with even height and width, by the
+    compiled GEMM: the sum over the four phase images (even/odd rows x even/odd columns, each a
+    quarter of x) of their taps, zeros outside (mx.conv2d gathers a patch buffer and multiplies on one
+    thread). A phase's taps run in one call on its weights stacked, or, where the stacked copy of
+    the weights would outweigh adding the partial outputs (more weights than output pixels), one
+    call per tap on the weights in place."""
+    batch, height, width, channels = x.shape
+    stack = batch * (height // 2) * (width // 2) > channels
+    threads = options.kernel_threads()
+    out = None
+    for row_phase, row_taps in _STRIDE2_TAPS.items():
+        for column_phase, column_taps in _STRIDE2_TAPS.items():
+            phase = x[:, row_phase::2, column_phase::2]
+            taps = [(i, j, (dy, dx)) for i, dy in row_taps for j, dx in column_taps]
+            groups = [taps] if stack else [[tap] for tap in taps]
+            for group in groups:
+                per_tap = [weight[:, i, j, :].T for i, j, _ in group]  # (in, out) views
+                stacked = per_tap[0] if len(per_tap) == 1 else mx.concatenate(per_tap, axis=0)
+                first_bias = bias if out is None else None
+                y = kernels.conv_taps(phase, stacked, first_bias, [offset for _, _, offset in group], threads, options.bf16)
+                out = y if out is None else out + y
+    return out

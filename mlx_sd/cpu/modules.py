@@ -31,35 +31,38 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class CpuConv2d(nn.Conv2d):
-    """1x1 and "same" 3x3 convolutions as matrix products (mlx_sd.cpu.convolution)."""
+    """1x1, "same" 3x3 and stride-2 3x3 convolutions as matrix products (mlx_sd.cpu.convolution)."""
 
     options: CpuOptions
 
     def __call__(self, x: mx.array) -> mx.array:
-        if x.dtype == mx.float32:
-            kernel, bias = self.weight.shape[1], self.get("bias")
-            plain = _pair(self.stride) == (1, 1) and _pair(self.dilation) == (1, 1) and self.groups == 1
-            if plain and kernel == 1 and _pair(self.padding) == (0, 0):
+        if x.dtype == mx.float32 and _pair(self.dilation) == (1, 1) and self.groups == 1:
+            kernel, bias, stride, padding = self.weight.shape[1], self.get("bias"), _pair(self.stride), _pair(self.padding)
+            batch, height, width, channels = x.shape
+            even = height % 2 == 0 and width % 2 == 0
+            if stride == (1, 1) and kernel == 1 and padding == (0, 0):
                 return convolution.conv1x1(self.options, x, self.weight, bias)
-            if plain and kernel == 3 and _pair(self.padding) == (1, 1):
-                batch, height, width, channels = x.shape
-                even = height % 2 == 0 and width % 2 == 0
+            if stride == (1, 1) and kernel == 3 and padding == (1, 1):
                 if even and convolution.winograd_wins(self.options, batch * height * width, channels, self.weight.shape[0]):
                     return convolution.conv3x3_winograd(self.options, x, self.weight, bias)
                 if width >= convolution.shifted_min_width(self.options):
                     return convolution.conv3x3_shifted(self.options, x, self.weight, bias)
+            if stride == (2, 2) and kernel == 3 and padding == (1, 1) and even and self.options.kernels:
+                return convolution.conv3x3_stride2(self.options, x, self.weight, bias)
         return super().__call__(x)
 
 
 class CpuUpsample2D(Upsample2D):
-    """Without the upsampled image where nothing is cropped (convolution.upsample_conv3x3); a crop
-    changes what the zero padding borders, so a cropped one runs as the plain module."""
+    """Without the upsampled image where nothing is cropped and the image is large enough
+    (convolution.upsample_conv3x3); a crop changes what the zero padding borders, so a cropped one
+    runs as the plain module, as does a small image."""
 
     options: CpuOptions
 
     def __call__(self, x: mx.array, size: tuple[int, int] | None = None) -> mx.array:
         whole = size is None or tuple(size) == (2 * x.shape[1], 2 * x.shape[2])
-        if x.dtype == mx.float32 and whole and self.conv.weight.shape[1:3] == (3, 3):
+        large = x.shape[0] * x.shape[1] * x.shape[2] >= convolution.UPSAMPLE_PHASES_MIN_PIXELS
+        if x.dtype == mx.float32 and whole and large and self.conv.weight.shape[1:3] == (3, 3):
             return convolution.upsample_conv3x3(self.options, x, self.conv.weight, self.conv.get("bias"))
         return super().__call__(x, size)
 
