@@ -42,12 +42,9 @@ from convert.upscaler_reader import library_upscaler_reader
 from .history_record import request_params
 from .history_store import Generation, HistoryEntry, HistoryError, HistoryStore
 from .result_view import pil_to_qimage
+from .settings import PICKLES_OFF
 
 
-PICKLES_OFF = (
-    "{name} is a pickle file, which can run code when it is opened. If you trust it, enable 'Allow pickle files' "
-    "in Settings (it is then read with a weights-only unpickler), or use a .safetensors version."
-)
 
 
 def _upscaler_reader(library: Path | None) -> Callable[[str], object] | None:

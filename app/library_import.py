@@ -23,6 +23,8 @@ from mlx_sd.library import KINDS
 from mlx_sd.pickle_files import is_pickle
 from mlx_sd.safetensors_header import HeaderError, read_header
 
+from .settings import PICKLES_OFF
+
 RESOURCE_KINDS = tuple(kind for kind in KINDS if kind != "models")  # library folders of single files
 # Pickles are unpickled (weights only) to see their keys: LoRAs, embeddings, VAEs and upscalers are all
 # smaller than this, and a multi-gigabyte checkpoint is not read just to refuse it.
@@ -39,10 +41,7 @@ class PicklesNotAllowed(LibraryImportError):
     """A small pickle while Settings > Allow pickle files is off: it is not unpickled to see what it is."""
 
     def __init__(self, path: Path):
-        super().__init__(
-            f"{path.name} is a pickle file, which can run code when it is opened: enable 'Allow pickle files' in "
-            "Settings to add it (it is then read with a weights-only unpickler), or use a .safetensors version."
-        )
+        super().__init__(PICKLES_OFF.format(name=path.name))
 
 
 def kind_of_shapes(shapes: Shapes, name: str) -> str:

@@ -22,6 +22,13 @@ PRECISIONS = ("float16", "bfloat16", "float32")
 DEVICES = ("gpu", "cpu")
 
 
+
+# What the app says of a pickle while Settings > Allow pickle files is off ({name}: the file's name).
+PICKLES_OFF = (
+    "{name} is a pickle file, which can run code when it is opened. If you trust it, enable 'Allow pickle files' "
+    "in Settings (it is then read with a weights-only unpickler), or use a .safetensors version."
+)
+
 @dataclass
 class Preset:
     """A named set of generation parameters (the built-in ones and the user's own)."""

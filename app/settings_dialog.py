@@ -63,8 +63,8 @@ MAX_UPSCALE_TILE = 2048
 SERVE_API_TEXT = "Serve the A1111 API on localhost"
 ALLOW_PICKLE_TEXT = "Allow pickle files (.pt, .ckpt)"
 ALLOW_PICKLE_TIP = (
-    "LoRAs, embeddings and VAEs in pickle files are read with a weights-only unpickler, "
-    "but enable this only for files you trust."
+    "LoRAs, embeddings and VAEs in pickle files, and upscaler models dropped on the window, are read "
+    "with a weights-only unpickler, but enable this only for files you trust."
 )
 
 LibraryMover = Callable[[Path, Path], None]

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
 from mlx_sd.config import preset
-from mlx_sd.cpu.lora_merge import CpuMerging
+from mlx_sd.cpu.lora_merge import merging_for
 from mlx_sd.cpu.options import CpuOptions
 from mlx_sd.device import current_device
 from mlx_sd.lora import LoraMerger, LoraUse, read_lora
@@ -142,7 +142,7 @@ def main() -> None:
             write_lora(path, targets, args.rank, seed, args.family)
         figures["file_mb"] = round(paths[0].stat().st_size / 2**20, 1)
         # as Pipeline.use_resources merges: with the compiled kernel on the CPU
-        merging = CpuMerging(CpuOptions.for_this_machine()) if current_device() == "cpu" else None
+        merging = merging_for(CpuOptions.for_this_machine() if current_device() == "cpu" else None)
         merger = LoraMerger(models, config.family, config.unet.layers_per_block, merging)
         for name, path in (("apply", paths[0]), ("switch", paths[1])):
             seconds, system, faults = _timed_with_faults(lambda: merger.apply([LoraUse(read_lora(path))]))

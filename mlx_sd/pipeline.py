@@ -29,7 +29,7 @@ from .clip import CLIPTextModel
 from .conditioning import PromptEncoder
 from .config import ModelConfig
 from .cpu.accelerate import accelerate, weight_dtype
-from .cpu.lora_merge import CpuMerging
+from .cpu.lora_merge import merging_for
 from .cpu.memory import release_free_memory
 from .cpu.options import CpuOptions
 from .device import check_precision, compute_dtype, current_device, dtype_from_name
@@ -265,8 +265,9 @@ class Pipeline:
 
     def use_resources(self, request: GenerationRequest) -> ResourcesInUse:
         """Merge the LoRAs `request` asks for (its `loras` and its prompts' tags; none removes every LoRA)
-        and find the embeddings its prompts name, those the LoRAs bundle too. A LibraryError or LoraError (one line each) leaves the
-        models as they were. Returns the request without its LoRA tags and the infotext's hash entries."""
+        and find the embeddings its prompts name, those the LoRAs bundle too. A LibraryError or
+        LoraError (one line each) leaves the models as they were (PipelineLoras.use says when not).
+        Returns the request without its LoRA tags and the infotext's hash entries."""
         stripped, loras = without_lora_tags(request)
         encoder = self.prompt_encoder()  # the text encoders loaded: LoRAs merge into them too
         infotext: dict[str, str] = {}
@@ -276,7 +277,7 @@ class Pipeline:
         if loras or self._loras is not None:
             if self._loras is None:
                 models = {name: getattr(self, name) for name in ("unet", *self.config.text_encoders)}
-                merging = CpuMerging(self.cpu) if self.cpu is not None else None
+                merging = merging_for(self.cpu)
                 self._loras = PipelineLoras(models, self.config.family, self.config.unet.layers_per_block, merging)
             applied = self._loras.use(loras, self.library, self.allow_pickle)
             changed, notices, bundled = applied.changed, applied.warnings, applied.embeddings

@@ -97,7 +97,7 @@ class VaeSwap:
         if path is None:
             self._own = self._swapped = None
             return own, None
-        key = (path.resolve(), FileIdentity.of(path))
+        key = (path.resolve(), FileIdentity.of(path), allow_pickle)  # a pickle read while allowed: not once refused
         if self._swapped is not None and self._swapped[0] == key:
             return self._swapped[2], self._swapped[1]
         if reader is None:

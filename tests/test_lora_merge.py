@@ -18,16 +18,13 @@ import torch
 from mlx.utils import tree_flatten
 
 from convert import ConvertOptions, convert_model
-from mlx_sd.cpu.lora_merge import CpuMerging
+from mlx_sd.cpu.lora_merge import merging_for
 from mlx_sd.lora import LoraError, LoraMerger, LoraUse, merge, read_lora
 from mlx_sd.pipeline import Pipeline
 
 RANK = 4
 WEIGHTS = (0.5, 1.0, -1.0)
 
-
-def merging_of(pipeline: Pipeline) -> CpuMerging | None:
-    return CpuMerging(pipeline.cpu) if pipeline.cpu is not None else None
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
@@ -40,7 +37,7 @@ class Loaded:
         p = self.pipeline
         self.models = {name: getattr(p, name) for name in COMPONENTS if getattr(p, name) is not None}
         # merged as the pipeline merges: in one pass of the compiled kernel on the CPU
-        self.merger = LoraMerger(self.models, p.config.family, p.config.unet.layers_per_block, merging_of(p))
+        self.merger = LoraMerger(self.models, p.config.family, p.config.unet.layers_per_block, merging_for(p.cpu))
 
     def weights(self) -> dict[tuple[str, str], np.ndarray]:
         return {(component, name): np.array(array) for component, model in self.models.items()
@@ -231,7 +228,7 @@ def test_float16_merge_is_the_float32_merge_cast(loaded, tiny_models, tmp_path):
         models = {name: getattr(pipeline, name) for name in ("unet", "text_encoder")}
         for component in models.values():
             component.set_dtype(dtype)
-        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block, merging_of(pipeline))
+        merger = LoraMerger(models, pipeline.config.family, pipeline.config.unet.layers_per_block, merging_for(pipeline.cpu))
         before = {(c, name): np.array(a) for c, m in models.items() for name, a in tree_flatten(m.parameters())}
         assert merger.apply([LoraUse(read_lora(path), 0.7, -0.9)]).changed > 0
         merged[dtype] = {(c, name): a for c, m in models.items() for name, a in tree_flatten(m.parameters())}
@@ -293,7 +290,7 @@ def test_a_switch_reuses_the_previous_sets_memory_and_a_failed_evaluation_leaves
         raise RuntimeError("[malloc] Unable to allocate 1048576 bytes.")
 
     monkeypatch.setattr(merge, "_evaluate_in_groups", out_of_memory)
-    with pytest.raises(LoraError, match="Unable to allocate.*no LoRA is applied now") as caught:
+    with pytest.raises(LoraError, match=r"Unable to allocate 1048576 bytes\.\); no LoRA is applied now") as caught:
         model.merger.apply([LoraUse(read_lora(path))])
     assert "\n" not in str(caught.value) and not model.merger.any_merged()
     assert all(np.array_equal(before[key], array) for key, array in model.weights().items())

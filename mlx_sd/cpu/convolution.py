@@ -10,7 +10,7 @@ float32, with stride 1 and "same" padding:
   accumulated in the GEMM itself (no patch buffer); the compiled GEMM takes them in one call;
 - nearest 2x upsampling then 3x3 on a large enough image: four 2x2 convolutions of the small
   image (upsample_conv3x3);
-- 3x3 with stride 2 (the UNet's and VAE's downsamplers), with the compiled GEMM: the shifted taps
+- 3x3 with stride 2 and padding 1 (the UNet's downsamplers), with the compiled GEMM: the shifted taps
   of the four phase images (conv3x3_stride2);
 - everything else (other strides and paddings, odd sizes at stride 2): mx.conv2d.
 Measured speeds are in docs/performance.md.
@@ -215,7 +215,7 @@ def conv3x3_stride2(options: CpuOptions, x: mx.array, weight: mx.array, bias: mx
     out = None
     for row_phase, row_taps in _STRIDE2_TAPS.items():
         for column_phase, column_taps in _STRIDE2_TAPS.items():
-            phase = x[:, row_phase::2, column_phase::2]
+            phase = mx.contiguous(x[:, row_phase::2, column_phase::2])  # once for all its taps' calls
             taps = [(i, j, (dy, dx)) for i, dy in row_taps for j, dx in column_taps]
             groups = [taps] if stack else [[tap] for tap in taps]
             for group in groups:

@@ -27,5 +27,10 @@ class CpuMerging(Merging):
             return super().merged(base, delta)
         rows = base.shape[0] if base.ndim > 1 else 1
         dense = None if delta.dense is None else delta.dense.reshape(rows, -1)
-        out = kernels.lora_merge(base.reshape(rows, -1), dense, delta.up, delta.down, self.options.threads)
+        out = kernels.lora_merge(base.reshape(rows, -1), dense, delta.up, delta.down, self.options.kernel_threads())
         return out.reshape(base.shape)
+
+
+def merging_for(cpu: CpuOptions | None) -> Merging | None:
+    """How a pipeline with these CPU options merges LoRAs (None: as mlx ops, on the GPU)."""
+    return CpuMerging(cpu) if cpu is not None else None

@@ -62,10 +62,11 @@ inline vfloat load_half(const void* p) {
 #elif defined(__F16C__)
   const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(static_cast<const __m128i*>(p)));
   std::memcpy(&r, &f, sizeof r);
-#else
-  _Float16 h[kLanes];
-  std::memcpy(h, p, sizeof h);
-  for (int e = 0; e < kLanes; ++e) r[e] = static_cast<float>(h[e]);
+#else  // e.g. NEON, where compilers vectorise the conversion
+  typedef _Float16 vhalf __attribute__((vector_size(kLanes * 2)));
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  r = __builtin_convertvector(h, vfloat);
 #endif
   return r;
 }

@@ -65,9 +65,12 @@ class PipelineLoras:
 
     def use(self, loras: Sequence[LoraRequest], library: Library, allow_pickle: bool = False) -> AppliedLoras:
         """Make `loras` the merged set (none: every LoRA removed). A LibraryError or LoraError (one
-        line each) leaves the models exactly as they were."""
+        line each) leaves the models as they were, or, when the merge itself failed (out of memory),
+        with no LoRA."""
         found = [(lora, library.find("loras", lora.name)) for lora in loras]
-        key = tuple((str(path), file_identity(path), lora.text_encoder_weight, lora.unet_weight) for lora, path in found)
+        # with pickles allowed or not: a pickle read while they were allowed is not used once they are not
+        key = tuple((str(path), file_identity(path), lora.text_encoder_weight, lora.unet_weight, allow_pickle)
+                    for lora, path in found)  # fmt: skip
         if key == self._key:
             return AppliedLoras(dict(self._hashes), [], False, dict(self._embeddings))
         files: dict[Path, LoraFile] = {}
@@ -92,7 +95,11 @@ class PipelineLoras:
         self.merger.replace_model(component, model)
         uses = [use for use in self._text_encoder_uses if use.text_encoder_weight != 0]
         if uses:
-            self.merger.apply(uses, [component])
+            try:
+                self.merger.apply(uses, [component])
+            except LoraError:
+                self._key = None  # this text encoder has no LoRA now: merge the set afresh next time
+                raise
 
     def _text_encoder_part(self, use: LoraUse) -> LoraUse | None:
         """`use` with only its text encoders' layers (the UNet's tensors need not stay in memory)."""

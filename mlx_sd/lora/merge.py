@@ -192,7 +192,9 @@ class LoraMerger:
         except (RuntimeError, MemoryError, ValueError) as error:  # out of memory, in practice
             for key in restored:
                 del self._bases[key]
-            raise LoraError(f"merging the LoRAs failed ({error}); no LoRA is applied now") from error
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = "" if components is None else f" to the {' and '.join(sorted(scope))}"
+            raise LoraError(f"merging the LoRAs failed ({cause}); no LoRA is applied{where} now") from error
         for key in merged:
             self._bases.setdefault(key, self._current(key))
         self._write(merged)
