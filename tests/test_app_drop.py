@@ -77,7 +77,7 @@ def test_classify_files(files: dict[str, Path], tmp_path: Path) -> None:
     assert classify_file(files["diffusers"]).kind is DropKind.CHECKPOINT
     assert "pickle checkpoint" in classify_file(files["pickle"], allow_pickle=True).message  # unreadable: not imported
     expected = {
-        "pickle": "model.ckpt is a pickle file, which can run code when it is opened: enable 'Allow pickle files'",
+        "pickle": "model.ckpt is a pickle file, which can run code when it is opened. If you trust it, enable 'Allow pickle files'",
         "text": "notes.txt is not an image or a checkpoint",
         "damaged": "damaged.png could not be read as an image",
         "folder": "some folder is a folder",
