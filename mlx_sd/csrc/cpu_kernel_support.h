@@ -34,6 +34,25 @@ constexpr int kLanes = 8;
 #endif
 
 typedef float vfloat __attribute__((vector_size(kLanes * 4)));
+
+// The register tile of the products (gemm.cpp, lora_merge.cpp): kTileRows rows x kTileVectors vectors
+// of columns, in 24 of AVX-512's 32 registers or 12 of AVX2's 16.
+#if defined(__AVX512F__)
+constexpr int kTileRows = 12;
+#else
+constexpr int kTileRows = 6;
+#endif
+constexpr int kTileVectors = 2;
+constexpr int kTileCols = kTileVectors * kLanes;
+
+// The caches of the CPU the kernels are built on (mlx_sd.cpu.kernels passes the sizes sysfs reports;
+// the defaults are a current x86 core's).
+#ifndef MLX_SD_L2_BYTES
+#define MLX_SD_L2_BYTES (512 * 1024)
+#endif
+#ifndef MLX_SD_L3_BYTES
+#define MLX_SD_L3_BYTES (16 * 1024 * 1024)
+#endif
 typedef int32_t vint __attribute__((vector_size(kLanes * 4)));
 
 constexpr float kLog2E = 1.4426950408889634f;

@@ -34,21 +34,9 @@
 namespace mlx_sd {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kRows = 12;  // micro-tile: 12 rows x 2 vectors of columns in 24 accumulators
-#else
-constexpr int kRows = 6;   // 12 accumulators fit AVX2's 16 registers
-#endif
-constexpr int kColVectors = 2;
-constexpr int kCols = kColVectors * kLanes;
-// Block sizes from the caches of the CPU the kernels are built on (mlx_sd.cpu.kernels passes the
-// sizes sysfs reports; the defaults are a current x86 core's).
-#ifndef MLX_SD_L2_BYTES
-#define MLX_SD_L2_BYTES (512 * 1024)
-#endif
-#ifndef MLX_SD_L3_BYTES
-#define MLX_SD_L3_BYTES (16 * 1024 * 1024)
-#endif
+constexpr int kRows = kTileRows;  // micro-tile (cpu_kernel_support.h)
+constexpr int kColVectors = kTileVectors;
+constexpr int kCols = kTileCols;
 constexpr int clamp_down(long value, int low, int high, int multiple) {
   return static_cast<int>(std::max<long>(low, std::min<long>(high, value)) / multiple * multiple);
 }

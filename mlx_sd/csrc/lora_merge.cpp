@@ -17,17 +17,6 @@
 namespace mlx_sd {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kTileRows = 12;  // 12 x 2 vectors: 24 accumulators of AVX-512's 32 registers
-#else
-constexpr int kTileRows = 6;   // 6 x 2 vectors: 12 accumulators of AVX2's 16
-#endif
-constexpr int kTileVectors = 2;
-constexpr int kTileCols = kTileVectors * kLanes;
-#ifndef MLX_SD_L2_BYTES
-#define MLX_SD_L2_BYTES (512 * 1024)
-#endif
-
 struct Merge {
   const void* base;
   bool half;  // base and out are float16, else float32
