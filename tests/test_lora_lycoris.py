@@ -246,3 +246,25 @@ def test_family_from_keys_and_shapes(tmp_path, keys, families):
     path = tmp_path / "f.safetensors"
     safetensors.torch.save_file({key: torch.zeros(shape) for key, shape in keys.items()}, str(path))
     assert read_lora(path).families() == families
+
+
+def test_several_loras_on_one_layer_add_up(tmp_path, merging):
+    # two plain LoRAs (their factors stacked into one product) and a full diff on the same layer
+    (down1, up1), (down2, up2), diff = (_randn(2, 12), _randn(8, 2)), (_randn(3, 12), _randn(8, 3)), _randn(8, 12)
+    files = {
+        "a": {"lora_unet_blocks_0_to_q.lora_down.weight": down1, "lora_unet_blocks_0_to_q.lora_up.weight": up1},
+        "b": {"lora_unet_blocks_0_to_q.lora_down.weight": down2, "lora_unet_blocks_0_to_q.lora_up.weight": up2,
+              "lora_unet_blocks_0_to_q.alpha": torch.tensor(1.5)},  # alpha / rank: 0.5
+        "c": {"lora_unet_blocks_0_to_q.diff": diff},
+    }  # fmt: skip
+    loras = {}
+    for name, tensors in files.items():
+        safetensors.torch.save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+        loras[name] = read_lora(tmp_path / f"{name}.safetensors")
+    model, merger = _model(merging)
+    before = np.array(model.blocks[0].to_q.weight)
+    merger.apply([LoraUse(loras["a"], 0.5, 0.5), LoraUse(loras["b"], -1.0, -1.0), LoraUse(loras["c"], 2.0, 2.0)])
+    want = before + 0.5 * (up1 @ down1).numpy() - 0.5 * (up2 @ down2).numpy() + 2.0 * diff.numpy()
+    assert np.abs(np.array(model.blocks[0].to_q.weight) - want).max() <= 1e-5
+    merger.remove_all()
+    assert np.array_equal(np.array(model.blocks[0].to_q.weight), before)
