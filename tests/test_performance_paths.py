@@ -258,6 +258,28 @@ def test_geglu_fused_matches_mlx():
     assert np.abs(np.array(elementwise.geglu(value, gate) - value * nn.gelu(gate))).max() < TOLERANCE
 
 
+@pytest.mark.parametrize("weights", [mx.float32, mx.float16])
+def test_layer_norm_kernel_matches_mlx(weights):
+    norm = nn.LayerNorm(323)
+    norm.weight, norm.bias = rand(323, seed=3).astype(weights), rand(323, seed=4).astype(weights)
+    x = rand(2, 33, 323, seed=5, scale=4.0) + 3.0  # an offset mean, channels past the vector width
+    fast = on_cpu(norm, KERNELS)
+    assert type(fast) is not nn.LayerNorm
+    assert np.abs(np.array(fast(x) - norm(x))).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_geglu_kernel_matches_mlx(threads):
+    # the halves of one projection, channels not a multiple of the vector width (the scalar tail too)
+    projected = mx.concatenate([rand(2, 33, 323, seed=1), rand(2, 33, 323, seed=2, scale=8.0)], axis=-1)
+    value, gate = mx.split(projected, 2, axis=-1)
+    ours = elementwise.geglu_on_threads(projected, threads)
+    assert ours.shape == (2, 33, 323)
+    assert np.abs(np.array(ours - value * nn.gelu(gate))).max() < TOLERANCE
+    mlx_ops = elementwise.geglu(value, gate)
+    assert np.abs(np.array(ours - mlx_ops)).max() < 1e-6 * max(1.0, np.abs(np.array(mlx_ops)).max())  # the same rational
+
+
 def test_half_precision_keeps_the_plain_modules():
     norm = layers.GroupNormSiLU(4, 16)
     norm.weight, norm.bias = norm.weight.astype(mx.float16), norm.bias.astype(mx.float16)

@@ -15,20 +15,23 @@ from ..layers import DotProductAttention, GroupNorm, GroupNormSiLU, Upsample2D
 from ..module_swap import M, as_class, replace_modules
 from ..unet import GEGLU, UNet2DConditionModel
 from .modules import (
-    CpuAttention, CpuConv2d, CpuGEGLU, CpuGroupNorm, CpuGroupNormSiLU, CpuLinear, CpuUpsample2D, StreamSplitUNet,
+    CpuAttention, CpuConv2d, CpuGEGLU, CpuGroupNorm, CpuGroupNormSiLU, CpuLayerNorm, CpuLinear, CpuUpsample2D,
+    StreamSplitUNet,
 )
 from .options import CpuOptions
 
 
 def _equivalents(options: CpuOptions) -> dict[type, type]:
-    """Plain class -> CPU class. Linear layers only with the compiled GEMM (mlx's matmul is the
-    system BLAS already); the UNet's batch split only without the kernels (StreamSplitUNet)."""
+    """Plain class -> CPU class. Linear layers and LayerNorm only with the compiled kernels (mlx's
+    matmul is the system BLAS already; its LayerNorm is exact, only single-threaded); the UNet's batch
+    split only without the kernels (StreamSplitUNet)."""
     equivalents = {
         nn.Conv2d: CpuConv2d, Upsample2D: CpuUpsample2D, GroupNorm: CpuGroupNorm, GroupNormSiLU: CpuGroupNormSiLU,
         DotProductAttention: CpuAttention, GEGLU: CpuGEGLU,
     }
     if options.kernels:
         equivalents[nn.Linear] = CpuLinear
+        equivalents[nn.LayerNorm] = CpuLayerNorm
     else:
         equivalents[UNet2DConditionModel] = StreamSplitUNet
     return equivalents

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from . import kernels
+
 LOG2E = 1.4426950408889634
 # Adding and subtracting 1.5 * 2**23 rounds a float32 of magnitude below 2**22 to an integer.
 _ROUND = 12582912.0
@@ -109,6 +111,14 @@ def gelu(x: mx.array) -> mx.array:
 def geglu(value: mx.array, gate: mx.array) -> mx.array:
     """value * gelu(gate) in one pass after the bump argument."""
     return _geglu_poly(value, gate, _gelu_argument(gate))
+
+
+def geglu_on_threads(projected: mx.array, threads: int) -> mx.array:
+    """geglu of the two halves of `projected` (..., 2 x channels) in one pass of the compiled kernel
+    on `threads` threads (mlx's element-wise kernels take one)."""
+    rows = projected.reshape(-1, projected.shape[-1])
+    out = kernels.geglu(rows, _GELU_P, _GELU_Q, _GELU_LIMIT, threads)
+    return out.reshape(*projected.shape[:-1], projected.shape[-1] // 2)
 
 
 def softmax_numerator(scores: mx.array, peak: mx.array) -> mx.array:

@@ -237,3 +237,14 @@ def lora_merge(
     delta (rows, cols), up (rows, rank) and down (rank, cols), on the current CPU stream; the float16
     result is astype's, bit for bit."""
     return _module().lora_merge(base, delta, up, down, threads)
+
+
+def geglu(x: mx.array, p: tuple[float, ...], q: tuple[float, ...], limit: float, threads: int = 1) -> mx.array:
+    """value * gelu(gate) of a float32 (rows, 2 x channels) x, value and gate its halves, gelu as
+    mlx_sd.cpu.elementwise's rational (numerator p, denominator q, zero bump from `limit`)."""
+    return _module().geglu(x, list(p), list(q), limit, threads)
+
+
+def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float, threads: int = 1) -> mx.array:
+    """LayerNorm of each row of a float32 (rows, channels) array with its affine, on `threads` threads."""
+    return _module().layer_norm(x, weight, bias, eps, threads)

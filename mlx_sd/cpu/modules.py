@@ -153,13 +153,29 @@ def chunked_attention(
     return out.reshape(batch, heads, queries, dim).astype(dtype)
 
 
-class CpuGEGLU(GEGLU):
-    """value * gelu(gate) in one vectorised pass (elementwise.geglu)."""
+class CpuLayerNorm(nn.LayerNorm):
+    """Each row normalised on every core by the compiled kernel (mlx's CPU LayerNorm is a reduction
+    and element-wise passes, each on one thread)."""
 
     options: CpuOptions
 
     def __call__(self, x: mx.array) -> mx.array:
-        value, gate = mx.split(self.proj(x), 2, axis=-1)
+        if x.dtype == mx.float32 and self.options.kernels and "weight" in self and "bias" in self:
+            rows = x.reshape(-1, x.shape[-1])
+            return kernels.layer_norm(rows, self.weight, self.bias, self.eps, self.options.kernel_threads()).reshape(x.shape)
+        return super().__call__(x)
+
+
+class CpuGEGLU(GEGLU):
+    """value * gelu(gate) in one pass: the compiled kernel on every core, or mlx's (elementwise.geglu)."""
+
+    options: CpuOptions
+
+    def __call__(self, x: mx.array) -> mx.array:
+        projected = self.proj(x)
+        if projected.dtype == mx.float32 and self.options.kernels:
+            return elementwise.geglu_on_threads(projected, self.options.kernel_threads())
+        value, gate = mx.split(projected, 2, axis=-1)
         return elementwise.geglu(value, gate) if value.dtype == mx.float32 else value * nn.gelu(gate)
 
 

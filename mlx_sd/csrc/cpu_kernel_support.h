@@ -186,6 +186,8 @@ mx::array gemm(const mx::array& a, const mx::array& b, const std::optional<mx::a
 mx::array conv_taps(const mx::array& x, const mx::array& b, const std::optional<mx::array>& bias,
                     const std::vector<std::pair<int, int>>& taps, int threads, bool bf16);
 mx::array group_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, int groups, float eps, bool silu);
+mx::array geglu(const mx::array& x, const std::vector<float>& p, const std::vector<float>& q, float limit, int threads);
+mx::array layer_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, float eps, int threads);
 mx::array lora_merge(const mx::array& base, const std::optional<mx::array>& delta, const std::optional<mx::array>& up,
                      const std::optional<mx::array>& down, int threads);
 

@@ -42,4 +42,9 @@ NB_MODULE(_mlx_sd_cpu_kernels, m) {
   m.def("lora_merge", &mlx_sd::lora_merge, nb::arg("base"), nb::arg("delta") = nb::none(), nb::arg("up") = nb::none(),
         nb::arg("down") = nb::none(), nb::arg("threads") = 1,
         "(base in float32 + delta + up @ down) in base's dtype, for a float16 or float32 base (rows, cols), on mlx's CPU stream");
+  m.def("geglu", &mlx_sd::geglu, nb::arg("x"), nb::arg("p"), nb::arg("q"), nb::arg("limit"), nb::arg("threads") = 1,
+        "value * gelu(gate) of float32 x (rows, 2 x channels) split into value and gate, gelu(g) = relu(g) - p(|g|) / q(|g|) "
+        "below limit, on mlx's CPU stream");
+  m.def("layer_norm", &mlx_sd::layer_norm, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("eps"),
+        nb::arg("threads") = 1, "LayerNorm of each row of float32 x (rows, channels) with its affine, on mlx's CPU stream");
 }
