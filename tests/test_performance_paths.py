@@ -11,7 +11,6 @@ here is timed (speed is measured by `python -m benchmarks.run`).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -98,36 +97,19 @@ def load_on_this_thread(tmp_path) -> str:
     return "loaded"
 
 
-def _page_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _fresh_pages_for(shape: tuple[int, ...]) -> int:
-    """Page faults taken by evaluating a new float32 array of `shape`."""
-    before = _page_faults()
-    array = mx.ones(shape)
-    mx.eval(array)
-    return _page_faults() - before
-
-
-def test_cpu_allocator_reuses_freed_buffers_without_page_faults():
+def test_setup_names_the_allocator_it_sets_up():
     if device.gpu_available():
-        assert mlx_sd.setup() == "gpu allocator"
-        return
-    assert mlx_sd.setup() == ("heap" if cpu_memory._glibc() is not None else "mlx cache")
-    pages = (256 << 20) // 4096
-    first = _fresh_pages_for((64, 1 << 20))  # 256 MiB, freed on return
-    # glibc alone would map a fresh 256 MiB and fault each of its pages in again
-    assert _fresh_pages_for((64, 1 << 20)) < pages // 20 < first
-    # another size reuses the same memory too (mlx's own cache only takes sizes within 8 KB)
-    assert _fresh_pages_for((48, 1 << 20)) < pages // 20
+        expected = "gpu allocator"
+    else:
+        expected = "heap" if cpu_memory._glibc() is not None else "mlx cache"
+    assert mlx_sd.setup() == expected
 
 
-THREAD_REUSE = """
-import resource, threading
+ALLOCATOR_REUSE = """
+import json, resource, sys, threading
 import mlx_sd
 import mlx.core as mx
-mlx_sd.setup()  # as the app does before its generation thread starts
+mlx_sd.setup()  # as the CLI and the app do before they generate
 
 def fresh_pages(shape):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -135,18 +117,27 @@ def fresh_pages(shape):
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 faults = []
-worker = threading.Thread(target=lambda: faults.extend(fresh_pages((n, 1 << 20)) for n in (64, 64, 48)))
-worker.start()
-worker.join()
-print(faults)
+measure = lambda: faults.extend(fresh_pages((n, 1 << 20)) for n in (64, 64, 48))
+if sys.argv[1] == "thread":
+    worker = threading.Thread(target=measure)
+    worker.start()
+    worker.join()
+else:
+    measure()
+print(json.dumps(faults))
 """
 
 
 @pytest.mark.skipif(cpu_memory._glibc() is None or device.gpu_available(), reason="glibc's heap on mlx's CPU")
-def test_a_generation_thread_reuses_freed_buffers_too():
-    """The app generates on its own thread: without one shared arena, a thread's glibc arena
-    serves every request above 64 MB with a fresh mmap. Run in a fresh process, as the app starts."""
-    done = subprocess.run([sys.executable, "-c", THREAD_REUSE], capture_output=True, text=True, timeout=120, check=False)
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_the_cpu_allocator_reuses_freed_buffers_without_page_faults(where):
+    """A freed 256 MiB buffer serves the next one of that size and a smaller one, without faulting
+    its pages in again (glibc alone would map fresh memory; mlx's own cache only takes sizes within
+    8 KB). Also on a thread of its own, as the app generates: without one shared arena, a thread's
+    glibc arena serves every request above 64 MB with a fresh mmap. In a fresh process: in a long one
+    the heap's best fit may be another free chunk, whose pages were never touched."""
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR_REUSE, where], capture_output=True, text=True,
+                          timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     first, again, smaller = json.loads(done.stdout.strip().splitlines()[-1])
     pages = (256 << 20) // 4096
@@ -535,6 +526,23 @@ def test_unet_and_vae_agree_across_paths(constants, monkeypatch):
     for unet_cpu, vae_cpu in cpu_outputs:
         assert np.abs(unet_cpu - unet_plain).max() < 1e-4
         assert np.abs(vae_cpu - vae_plain).max() < 1e-4
+
+
+def test_an_image_computes_the_same_bits_alone_or_in_a_batch(monkeypatch):
+    """Which formulation a layer takes depends on the image, never on the batch: an image made in a
+    batch of 3 is the one its seed makes alone (the user regenerating it from its infotext). Each
+    threshold sits between one 8x8 latent's size and the batch's. (Through mlx's matmul the BLAS
+    picks its kernels by the number of rows, so there the last bits may differ.)"""
+    options = KERNELS
+    for name, value in {"UPSAMPLE_PHASES_MIN_PIXELS": 32, "WINOGRAD_MIN_CHANNELS": 1, "WINOGRAD_MIN_PIXELS": 100,
+                        "WINOGRAD_KERNEL_MIN_CHANNELS": 1, "WINOGRAD_KERNEL_MIN_PIXELS": 100}.items():
+        monkeypatch.setattr(convolution, name, value)
+    unet = on_cpu(UNet2DConditionModel(TINY_UNET), options)  # its stride-2 8x8 -> 4x4: 16 pixels, 32 channels
+    sample, context, steps = rand(3, 8, 8, 4, seed=16), rand(3, 77, 32, seed=17), mx.array([10.0, 500.0, 900.0])
+    together = np.array(unet(sample, steps, context))
+    for k in range(3):
+        alone = np.array(unet(sample[k : k + 1], steps[k : k + 1], context[k : k + 1]))
+        assert np.array_equal(alone[0], together[k]), k
 
 
 def test_a_batch_is_split_over_the_worker_streams_and_gives_the_same_result():

@@ -26,16 +26,19 @@ from .options import CpuOptions, product
 
 SHIFTED_CONV_MIN_WIDTH = 64  # below this the extra two columns per row and nine small GEMMs lose
 # (the compiled GEMM takes every width: one call for all taps, no padded copy, no patch buffer)
-# Below this many input pixels (batch x height x width) combining the 3x3 weights into the four
-# phases' 2x2 weights, at every call, costs more than the products it saves: SD's 4x4 and 8x8 levels.
-UPSAMPLE_PHASES_MIN_PIXELS = 256
+# Every choice of formulation below depends on one image's size, never on the batch's: summing in
+# another order changes the last bits, and an image made in a batch must be the one its seed makes
+# alone. Sizes in pixels are height x width.
+# Below this input size combining the 3x3 weights into the four phases' 2x2 weights, at every
+# call, costs more than the products it saves: SD's 4x4 and 8x8 levels.
+UPSAMPLE_PHASES_MIN_PIXELS = 128
 # Winograd F(2x2, 3x3) loses below these sizes: with few input or output channels the transforms
 # (memory passes) outweigh the saved multiplications; on small maps (SD's 8x8 level) transforming
 # the weights at every call does.
 WINOGRAD_MIN_CHANNELS = 128  # input and output
-WINOGRAD_MIN_PIXELS = 512  # batch * height * width
+WINOGRAD_MIN_PIXELS = 128
 WINOGRAD_KERNEL_MIN_CHANNELS = 512  # input, against the compiled GEMM
-WINOGRAD_KERNEL_MIN_PIXELS = 4096
+WINOGRAD_KERNEL_MIN_PIXELS = 2048
 
 
 def winograd_band_bytes() -> int:
@@ -49,8 +52,8 @@ def shifted_min_width(options: CpuOptions) -> int:
 
 
 def winograd_wins(options: CpuOptions, pixels: int, channels: int, out_channels: int) -> bool:
-    """Whether Winograd beats the shifted matmuls for a 3x3 convolution of `pixels` (batch x height
-    x width). Its transforms are single-threaded memory passes: against mlx's matmul it wins with
+    """Whether Winograd beats the shifted matmuls for a 3x3 convolution of images of `pixels`
+    (height x width). Its transforms are single-threaded memory passes: against mlx's matmul it wins with
     many channels of both; against the compiled GEMM, which takes the nine taps in one call on
     every core, only with wide inputs on large maps (SD's 64x64 640-channel UNet and 128x128 VAE);
     against its bfloat16 products never."""
@@ -207,10 +210,10 @@ def conv3x3_stride2(options: CpuOptions, x: mx.array, weight: mx.array, bias: mx
     compiled GEMM: the sum over the four phase images (even/odd rows x even/odd columns, each a
     quarter of x) of their taps, zeros outside (mx.conv2d gathers a patch buffer and multiplies on one
     thread). A phase's taps run in one call on its weights stacked, or, where the stacked copy of
-    the weights would outweigh adding the partial outputs (more weights than output pixels), one
-    call per tap on the weights in place."""
-    batch, height, width, channels = x.shape
-    stack = batch * (height // 2) * (width // 2) > channels
+    the weights would outweigh adding the partial outputs (more weights than an image's output
+    pixels), one call per tap on the weights in place."""
+    height, width, channels = x.shape[1:]
+    stack = (height // 2) * (width // 2) > channels
     threads = options.kernel_threads()
     out = None
     for row_phase, row_taps in _STRIDE2_TAPS.items():

@@ -38,12 +38,12 @@ class CpuConv2d(nn.Conv2d):
     def __call__(self, x: mx.array) -> mx.array:
         if x.dtype == mx.float32 and _pair(self.dilation) == (1, 1) and self.groups == 1:
             kernel, bias, stride, padding = self.weight.shape[1], self.get("bias"), _pair(self.stride), _pair(self.padding)
-            batch, height, width, channels = x.shape
+            height, width, channels = x.shape[1:]
             even = height % 2 == 0 and width % 2 == 0
             if stride == (1, 1) and kernel == 1 and padding == (0, 0):
                 return convolution.conv1x1(self.options, x, self.weight, bias)
             if stride == (1, 1) and kernel == 3 and padding == (1, 1):
-                if even and convolution.winograd_wins(self.options, batch * height * width, channels, self.weight.shape[0]):
+                if even and convolution.winograd_wins(self.options, height * width, channels, self.weight.shape[0]):
                     return convolution.conv3x3_winograd(self.options, x, self.weight, bias)
                 if width >= convolution.shifted_min_width(self.options):
                     return convolution.conv3x3_shifted(self.options, x, self.weight, bias)
@@ -61,7 +61,7 @@ class CpuUpsample2D(Upsample2D):
 
     def __call__(self, x: mx.array, size: tuple[int, int] | None = None) -> mx.array:
         whole = size is None or tuple(size) == (2 * x.shape[1], 2 * x.shape[2])
-        large = x.shape[0] * x.shape[1] * x.shape[2] >= convolution.UPSAMPLE_PHASES_MIN_PIXELS
+        large = x.shape[1] * x.shape[2] >= convolution.UPSAMPLE_PHASES_MIN_PIXELS
         if x.dtype == mx.float32 and whole and large and self.conv.weight.shape[1:3] == (3, 3):
             return convolution.upsample_conv3x3(self.options, x, self.conv.weight, self.conv.get("bias"))
         return super().__call__(x, size)
