@@ -26,9 +26,6 @@ from .prompt_loras import prompt_loras
 
 TRIGGER_COUNT = 4  # the most frequent training tags shown
 PREVIEW_SUFFIXES = (".preview.png", ".png")  # beside NAME.safetensors, as A1111's Extra Networks looks
-# A single-encoder embedding's width -> the family whose text encoder has it; a pair is SDXL's.
-_EMBEDDING_FAMILIES = {768: "sd1", 1024: "sd2"}
-_PAIR = frozenset({"text_encoder", "text_encoder_2"})
 PICKLE_OFF = "a pickle file: enable 'Allow pickle files' in Settings to use it"
 
 CacheKey = tuple[str, int, int, bool]  # path, modification time, size, whether it was read as a pickle
@@ -45,6 +42,7 @@ class ResourceInfo:
     error: str = ""  # the file's one-line problem
     loaded: bool = True  # False until the file has been read
     refused: str = ""  # why it was not read (a pickle while pickles are not allowed)
+    size: str = ""  # an embedding's vectors and width ("2 vectors of width 768")
 
     def unsuitable_for(self, family: str | None) -> str:
         """Why it cannot be used with a model of `family` ("" when it can, or when either is unknown)."""
@@ -95,14 +93,6 @@ def trigger_words(metadata: dict[str, str], count: int = TRIGGER_COUNT) -> tuple
     return tuple(words[:count])
 
 
-def embedding_families(components: dict[str, int]) -> frozenset[str]:
-    """The families an embedding with these text-encoder widths (component -> width) is for."""
-    if set(components) == _PAIR:
-        return frozenset({"sdxl"})
-    family = _EMBEDDING_FAMILIES.get(components.get("text_encoder", 0))
-    return frozenset({family}) if family else frozenset()
-
-
 def read_info(item: LibraryItem, allow_pickle: bool = False) -> ResourceInfo:
     """Everything the panel shows about one LoRA or embedding; a damaged file gives its problem in
     `error`, never an exception. Pickles are read (with the weights-only unpickler, which runs no code)
@@ -113,14 +103,14 @@ def read_info(item: LibraryItem, allow_pickle: bool = False) -> ResourceInfo:
     try:
         if item.kind == "loras":
             lora = read_lora(item.path, allow_pickle)
-            families, triggers = frozenset(lora.families()), trigger_words(lora.metadata)
+            families, triggers, size = frozenset(lora.families()), trigger_words(lora.metadata), ""
         else:
             embedding = read_embedding(item.path, allow_pickle)
-            families = embedding_families({c: v.shape[1] for c, v in embedding.vectors.items()})
-            triggers = ()
+            families = frozenset({embedding.family} - {""})
+            triggers, size = (), embedding.shape_phrase()
     except (LoraError, OSError, MemoryError) as exc:
         return ResourceInfo(item.kind, item.name, item.path, preview=preview, error=str(exc).splitlines()[0])
-    return ResourceInfo(item.kind, item.name, item.path, families, triggers, preview)
+    return ResourceInfo(item.kind, item.name, item.path, families, triggers, preview, size=size)
 
 
 class InfoCache:

@@ -157,8 +157,9 @@ class SettingsDialog(QDialog):
         self.preview_spin.setRange(0, MAX_PREVIEW_EVERY)
         self.preview_spin.setSpecialValueText("Off")
         self.preview_spin.setPrefix("every ")
-        self.preview_spin.setSuffix(" steps")
+        self.preview_spin.valueChanged.connect(self._name_preview_unit)
         self.preview_spin.setValue(min(settings.preview_every, MAX_PREVIEW_EVERY))
+        self._name_preview_unit(self.preview_spin.value())
 
         self.format_combo = QComboBox()
         for name in OUTPUT_FORMATS:
@@ -237,6 +238,9 @@ class SettingsDialog(QDialog):
             serve_api=self.serve_api_check.isChecked(),
             api_port=self.api_port_spin.value(),
         ).validated()
+
+    def _name_preview_unit(self, every: int) -> None:
+        self.preview_spin.setSuffix(" step" if every == 1 else " steps")
 
     def choose_library(self) -> None:
         start = self.library_edit.text() or str(self._default_library)

@@ -25,6 +25,9 @@ from .lora.files import read_tensors, refuse_checkpoint
 # SDXL pairs: file key -> the text encoder it is for.
 _PAIR = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 _SINGLE_KEYS = ("emb_params", "string_to_param.*")
+# A single text encoder's width -> the family whose text encoder has it (SD 1.x's CLIP ViT-L/14, SD 2.x's
+# OpenCLIP ViT-H/14); a pair is SDXL's.
+_FAMILY_BY_WIDTH = {768: "sd1", 1024: "sd2"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,31 @@ class Embedding:
     def count(self) -> int:
         """Tokens it takes in the prompt."""
         return next(iter(self.vectors.values())).shape[0]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Text encoder component -> the width of its vectors."""
+        return {component: int(v.shape[1]) for component, v in self.vectors.items()}
+
+    @property
+    def width_label(self) -> str:
+        """"768", or a pair's "768+1280"."""
+        return "+".join(str(width) for width in self.widths.values())
+
+    @property
+    def family(self) -> str:
+        """The family whose text encoders take it ("sd1", "sd2", "sdxl"); "" for another width."""
+        if set(self.vectors) == set(_PAIR.values()):
+            return "sdxl"
+        return _FAMILY_BY_WIDTH.get(self.widths.get("text_encoder", 0), "")
+
+    def shape_phrase(self) -> str:
+        return vectors_phrase(self.count, self.width_label)
+
+
+def vectors_phrase(count: int, width_label: str) -> str:
+    """An embedding's size in words: "1 vector of width 768", "3 vectors of width 768+1280"."""
+    return f"{count} {'vector' if count == 1 else 'vectors'} of width {width_label}"
 
 
 def embedding_from_tensors(name: str, tensors: Mapping[str, mx.array]) -> Embedding:

@@ -11,15 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .embeddings import read_embedding
+from .embeddings import read_embedding, vectors_phrase
 from .library import KINDS, Library
 from .lora import read_lora
 from .model_library import FAMILY_LABELS, ModelInfo, ModelLibrary
 from .pickle_files import PICKLE_SUFFIXES
 from .safetensors_header import read_header
 
-# An embedding's width tells the text encoder it was trained for
-EMBEDDING_FAMILIES = {768: "sd1", 1024: "sd2"}
 Details = dict[str, "str | int | list[str]"]
 
 
@@ -36,7 +34,7 @@ class ListedItem:
         """The details as one short phrase ("SDXL", "2 vectors of width 768 (SD 1.x)")."""
         if self.kind == "embeddings" and "vectors" in self.details:
             family = f" ({self.details['family']})" if self.details.get("family") else ""
-            return f"{self.details['vectors']} vectors of width {self.details['width']}{family}"
+            return f"{vectors_phrase(int(self.details['vectors']), str(self.details['width']))}{family}"
         family = self.details.get("family") or []
         parts = [*(family if isinstance(family, list) else [family]), self.details.get("note", "")]
         return ", ".join(str(part) for part in parts if part)
@@ -76,9 +74,7 @@ def _details(kind: str, path: Path, allow_pickle: bool) -> Details:
         return {"family": [FAMILY_LABELS.get(f, f) for f in families] or ["unknown"]}
     if kind == "embeddings":
         embedding = read_embedding(path, allow_pickle)
-        widths = [int(v.shape[1]) for v in embedding.vectors.values()]
-        family = "sdxl" if len(widths) == 2 else EMBEDDING_FAMILIES.get(widths[0], "")
-        return {"vectors": embedding.count, "width": "+".join(str(w) for w in widths), "family": FAMILY_LABELS.get(family, "")}
+        return {"vectors": embedding.count, "width": embedding.width_label, "family": FAMILY_LABELS.get(embedding.family, "")}
     if path.suffix.lower() == ".safetensors":
         read_header(path)  # a truncated or damaged file is found here
     return {}

@@ -69,7 +69,7 @@ def test_the_panel_lists_family_triggers_preview_and_problems(qtbot, window: Mai
     assert _shown(panel) == ["broken", "watercolor", "xl-detail", "EasyNegative"]
     assert _row(panel, "watercolor").data() == "watercolor\nLoRA · SD 1.x · ink sketch, watercolor, paper"
     assert _row(panel, "xl-detail").data().startswith("xl-detail\nLoRA · SDXL")
-    assert _row(panel, "EasyNegative").data() == "EasyNegative\nembedding · SD 1.x"
+    assert _row(panel, "EasyNegative").data() == "EasyNegative\nembedding · SD 1.x · 2 vectors of width 768"
     preview = _row(panel, "watercolor").data(Qt.ItemDataRole.DecorationRole).pixmap(48, 48).toImage()
     assert preview.pixelColor(24, 24).red() == 200  # the preview beside the file, not the blank of the others
     assert _row(panel, "xl-detail").data(Qt.ItemDataRole.DecorationRole).pixmap(48, 48).toImage().pixelColor(24, 24).alpha() == 0

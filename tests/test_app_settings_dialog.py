@@ -46,6 +46,10 @@ def test_shows_the_settings_and_keeps_what_it_does_not_show(qtbot, tmp_path, def
     assert dialog.precision_combo.currentData() == "float16"
     assert dialog.preview_spin.value() == 3 and dialog.preview_spin.text() == "every 3 steps"
     assert dialog.settings() == settings
+    dialog.preview_spin.setValue(1)
+    assert dialog.preview_spin.text() == "every 1 step"
+    dialog.preview_spin.setValue(2)
+    assert dialog.preview_spin.text() == "every 2 steps"
 
 
 def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library):

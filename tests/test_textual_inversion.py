@@ -3,6 +3,7 @@ text encoder (A1111 .pt and .safetensors), SDXL pairs, bundled embeddings, and t
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import safetensors.torch
@@ -54,6 +55,18 @@ def test_sdxl_pair_and_wrong_width(tmp_path):
     assert read_embedding(sd2).vectors["text_encoder"].shape == (1, 1024)  # SD2's width
     with pytest.raises(LoraError, match="width 1024; the loaded model's text encoder has width 128"):
         token_vectors(read_embedding(sd2), SD1)
+
+
+def test_the_family_follows_the_text_encoders_widths_and_the_size_is_in_words():
+    cases = {
+        "sd1": ({"emb_params": mx.zeros((1, 768))}, "1 vector of width 768"),
+        "sd2": ({"emb_params": mx.zeros((3, 1024))}, "3 vectors of width 1024"),
+        "sdxl": ({"clip_l": mx.zeros((2, 768)), "clip_g": mx.zeros((2, 1280))}, "2 vectors of width 768+1280"),
+        "": ({"emb_params": mx.zeros((2, 128))}, "2 vectors of width 128"),  # a width no family's encoder has
+    }
+    for family, (tensors, words) in cases.items():
+        embedding = embedding_from_tensors("e", tensors)
+        assert (embedding.family, embedding.shape_phrase()) == (family, words)
 
 
 def test_single_vector_and_bundled_in_a_lora(tmp_path):
