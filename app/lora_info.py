@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_sd.embeddings import read_embedding
+from mlx_sd.embeddings import bundle_phrase, lora_families, read_embedding
 from mlx_sd.infotext import Infotext, resource_hashes
 from mlx_sd.library import LABELS, Library, LibraryItem
 from mlx_sd.lora import LoraError, read_lora
@@ -42,7 +42,7 @@ class ResourceInfo:
     error: str = ""  # the file's one-line problem
     loaded: bool = True  # False until the file has been read
     refused: str = ""  # why it was not read (a pickle while pickles are not allowed)
-    size: str = ""  # an embedding's vectors and width ("2 vectors of width 768")
+    note: str = ""  # an embedding's vectors and width ("2 vectors of width 768"), the embeddings a LoRA bundles
 
     def unsuitable_for(self, family: str | None) -> str:
         """Why it cannot be used with a model of `family` ("" when it can, or when either is unknown)."""
@@ -103,14 +103,15 @@ def read_info(item: LibraryItem, allow_pickle: bool = False) -> ResourceInfo:
     try:
         if item.kind == "loras":
             lora = read_lora(item.path, allow_pickle)
-            families, triggers, size = frozenset(lora.families()), trigger_words(lora.metadata), ""
+            families, triggers = frozenset(lora_families(lora)), trigger_words(lora.metadata)
+            note = bundle_phrase(lora)
         else:
             embedding = read_embedding(item.path, allow_pickle)
             families = frozenset({embedding.family} - {""})
-            triggers, size = (), embedding.shape_phrase()
+            triggers, note = (), embedding.shape_phrase()
     except (LoraError, OSError, MemoryError) as exc:
         return ResourceInfo(item.kind, item.name, item.path, preview=preview, error=str(exc).splitlines()[0])
-    return ResourceInfo(item.kind, item.name, item.path, families, triggers, preview, size=size)
+    return ResourceInfo(item.kind, item.name, item.path, families, triggers, preview, note=note)
 
 
 class InfoCache:

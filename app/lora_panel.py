@@ -164,8 +164,8 @@ class ResourceListModel(QAbstractListModel):
             parts.append("reading…")
         elif info.families:
             parts.append(" / ".join(sorted(FAMILY_LABELS.get(f, f) for f in info.families)))
-        if info.size:
-            parts.append(info.size)
+        if info.note:
+            parts.append(info.note)
         if info.triggers:
             parts.append(", ".join(info.triggers))
         return " · ".join(parts)

@@ -21,6 +21,7 @@ import mlx.core as mx
 
 from .lora.errors import LoraError
 from .lora.files import read_tensors, refuse_checkpoint
+from .lora.lora_file import LoraFile
 
 # SDXL pairs: file key -> the text encoder it is for.
 _PAIR = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
@@ -89,6 +90,19 @@ def embedding_from_tensors(name: str, tensors: Mapping[str, mx.array]) -> Embedd
         shapes = ", ".join(str(list(v.shape)) for v in vectors.values())
         raise LoraError(f"{name}: embedding vectors must be (count, width) and the pair's counts equal; found {shapes}")
     return Embedding(name, vectors)
+
+
+def lora_families(lora: LoraFile) -> set[str]:
+    """The families a LoRA file is for: its layers' (LoraFile.families), or, where they do not tell
+    (a file of bundled embeddings only), its bundled embeddings' widths. LoraError for a bundle that
+    is not an embedding."""
+    bundled = {embedding_from_tensors(name, tensors).family for name, tensors in lora.embeddings.items()}
+    return lora.families() or bundled - {""}
+
+
+def bundle_phrase(lora: LoraFile) -> str:
+    """The embeddings a LoRA file bundles, in words ("bundles EasyNegative, bad-hands"); "" for none."""
+    return f"bundles {', '.join(sorted(lora.embeddings))}" if lora.embeddings else ""
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: the same LoRA set gives the same objects

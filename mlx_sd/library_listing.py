@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .embeddings import read_embedding, vectors_phrase
+from .embeddings import bundle_phrase, lora_families, read_embedding, vectors_phrase
 from .library import KINDS, Library
 from .lora import read_lora
 from .model_library import FAMILY_LABELS, ModelInfo, ModelLibrary
@@ -70,8 +70,11 @@ def _resource(kind: str, name: str, path: Path, allow_pickle: bool) -> ListedIte
 
 def _details(kind: str, path: Path, allow_pickle: bool) -> Details:
     if kind == "loras":
-        families = sorted(read_lora(path, allow_pickle).families())
-        return {"family": [FAMILY_LABELS.get(f, f) for f in families] or ["unknown"]}
+        lora = read_lora(path, allow_pickle)
+        details: Details = {"family": [FAMILY_LABELS.get(f, f) for f in sorted(lora_families(lora))] or ["unknown"]}
+        if lora.embeddings:
+            details["embeddings"], details["note"] = sorted(lora.embeddings), bundle_phrase(lora)
+        return details
     if kind == "embeddings":
         embedding = read_embedding(path, allow_pickle)
         return {"vectors": embedding.count, "width": embedding.width_label, "family": FAMILY_LABELS.get(embedding.family, "")}

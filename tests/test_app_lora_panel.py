@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from app.lora_info import ResourceInfo, missing_resources, trigger_words
+from app.lora_info import ResourceInfo, missing_resources, read_info, trigger_words
 from app.lora_panel import LoraPanel, ResourceListModel, install_lora_panel
 from app.main_window import MainWindow
 from app.settings import AppSettings
@@ -19,7 +20,7 @@ from app.prompt_loras import add_lora, add_word, prompt_loras, remove_lora, set_
 from app_support import QT_MARKS, fake_model_folder, open_window
 from mlx_sd.image_metadata import save_image
 from mlx_sd.infotext import parse_infotext
-from mlx_sd.library import Library
+from mlx_sd.library import Library, LibraryItem
 from test_app_drop_library import write_embedding, write_lora
 
 pytestmark = QT_MARKS
@@ -193,6 +194,13 @@ def test_an_embedding_bundled_in_a_lora_is_not_looked_for_in_the_library(tmp_pat
     (tmp_path / "loras").mkdir()
     (tmp_path / "loras" / "pivot.safetensors").write_bytes(b"")
     assert missing_resources(parse_infotext(text), Library(tmp_path)) == ["the embedding is not in the library: other"]
+
+
+def test_a_lora_of_bundled_embeddings_names_them_and_their_family(tmp_path: Path) -> None:
+    path = tmp_path / "negatives.safetensors"
+    mx.save_safetensors(str(path), {"bundle_emb.EasyNegative.emb_params": mx.zeros((2, 768))})
+    info = read_info(LibraryItem("loras", "negatives", path))
+    assert info.families == {"sd1"} and ResourceListModel.detail(info) == "LoRA · SD 1.x · bundles EasyNegative"
 
 
 def test_files_are_read_off_the_ui_thread_and_once_per_version(qtbot, window: MainWindow, library: Path, monkeypatch) -> None:

@@ -43,6 +43,10 @@ def library(tmp_path_factory) -> Path:
         "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": mx.zeros((4, 768)),
         "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": mx.zeros((3072, 4)),
     })
+    save(root / "loras" / "negatives-xl.safetensors", {  # bundled embeddings only: their widths tell the family
+        "bundle_emb.xl-bad.clip_l": mx.zeros((2, 768)), "bundle_emb.xl-bad.clip_g": mx.zeros((2, 1280)),
+        "bundle_emb.blurry.clip_l": mx.zeros((1, 768)), "bundle_emb.blurry.clip_g": mx.zeros((1, 1280)),
+    })
     truncated(save(root / "loras" / "cut.safetensors", {f"{SD1_LORA_KEY}.lora_down.weight": mx.zeros((4, 768))}))
     (root / "loras" / "old.pt").write_bytes(b"not read")
     save(root / "embeddings" / "EasyNegative.safetensors", {"emb_params": mx.zeros((2, 768))})
@@ -69,6 +73,7 @@ def test_the_tables_name_family_size_and_problems(library, capsys) -> None:
     assert any(line[:2] == ["broken", "0"] and "problem:" in line for line in lines)
     assert out.count("\n  ink-sd1 ") == 1 and "SD 1.x" in out.split("\n  ink-sd1 ")[1].splitlines()[0]
     assert "SDXL" in out.split("\n  pixel-xl ")[1].splitlines()[0]
+    assert "SDXL, bundles blurry, xl-bad" in out.split("\n  negatives-xl ")[1].splitlines()[0]
     assert "problem: cut.safetensors cannot be read" in out
     assert "a pickle, not read (--allow-pickle reads it)" in out.split("\n  old ")[1].splitlines()[0]
     assert "2 vectors of width 768 (SD 1.x)" in out and "3 vectors of width 768+1280 (SDXL)" in out
@@ -85,6 +90,7 @@ def test_json_lists_every_kind_with_sizes_in_bytes(library, capsys) -> None:
     by_name = {item["name"]: item for kind in ("models", "loras", "embeddings", "vae", "upscalers") for item in listing[kind]}
     assert by_name["tiny-sd1"]["family"] == "SD 1.x" and by_name["tiny-sd1"]["problem"] is None
     assert by_name["ink-sd1"]["family"] == ["SD 1.x"] and by_name["pixel-xl"]["family"] == ["SDXL"]
+    assert by_name["negatives-xl"]["family"] == ["SDXL"] and by_name["negatives-xl"]["embeddings"] == ["blurry", "xl-bad"]
     assert {k: by_name["EasyNegative"][k] for k in ("vectors", "width", "family")} == {"vectors": 2, "width": "768", "family": "SD 1.x"}
     assert by_name["vae-ft-mse"]["size_bytes"] == (library / "vae" / "vae-ft-mse.safetensors").stat().st_size
     assert by_name["cut"]["problem"].startswith("cut.safetensors cannot be read")
@@ -122,7 +128,7 @@ def test_the_server_lists_the_shared_librarys_vae_folder(library) -> None:
 
     served = ServedLibrary(library)
     assert [p.name for p in served.files("vae")] == ["vae-ft-mse.safetensors"]
-    assert [p.stem for p in served.files("loras")] == ["cut", "ink-sd1", "old", "pixel-xl"]
+    assert [p.stem for p in served.files("loras")] == ["cut", "ink-sd1", "negatives-xl", "old", "pixel-xl"]
 
 
 # ---------------------------------------------------------------------------------------------
