@@ -202,7 +202,7 @@ class SettingsDialog(QDialog):
         form.addRow("A1111 API", self.serve_api_check)
         form.addRow("API port", self.api_port_spin)
         form.addRow("", _note(
-            "For SillyTavern, Open WebUI and scripts on this computer: http://127.0.0.1:<port>. "
+            "For SillyTavern, Open WebUI and scripts on this computer, at<br>http://127.0.0.1:&lt;port&gt;. "
             "They share the app's model and queue, and their images go into the history."
         ))
         self.message = QLabel(wordWrap=True)
@@ -214,6 +214,14 @@ class SettingsDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(self.message)
         layout.addWidget(buttons)
+        self._fit_wrapped_text()
+
+    def _fit_wrapped_text(self) -> None:
+        """Qt's minimum size counts a wrapped label as one line: at the narrowest width the notes
+        would be cut off. The minimum height is what the layout needs at that width."""
+        self.setMinimumSize(0, 0)
+        width = self.minimumSizeHint().width()
+        self.setMinimumSize(width, self.layout().totalHeightForWidth(width))
 
     def settings(self) -> AppSettings:
         """The settings the widgets show, on top of the ones given (fields not shown are kept)."""
@@ -302,6 +310,7 @@ class SettingsDialog(QDialog):
     def _show_message(self, text: str) -> None:
         self.message.setText(text)
         self.message.show()
+        self._fit_wrapped_text()
 
 
 def _different(a: Path, b: Path) -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QDialog, QFileDialog, QLabel, QMessageBox
 
 from app.history_store import Generation, HistoryStore
 from mlx_sd.model_library import ModelInfo
@@ -50,6 +50,17 @@ def test_shows_the_settings_and_keeps_what_it_does_not_show(qtbot, tmp_path, def
     assert dialog.preview_spin.text() == "every 1 step"
     dialog.preview_spin.setValue(2)
     assert dialog.preview_spin.text() == "every 2 steps"
+
+
+def test_at_its_smallest_every_note_is_whole(qtbot, tmp_path, default_library):
+    dialog = make_dialog(qtbot, AppSettings(), tmp_path / "settings.json", default_library)
+    dialog.resize(dialog.minimumSize())
+    qtbot.waitUntil(lambda: dialog.size() == dialog.minimumSize())
+    notes = [label for label in dialog.findChildren(QLabel) if label.wordWrap() and label.text()]
+    assert len(notes) == 2  # the library's and the API's
+    for label in notes:
+        assert label.height() >= label.heightForWidth(label.width()), label.text()
+        assert label.mapTo(dialog, label.rect().bottomLeft()).y() <= dialog.height()
 
 
 def test_settings_are_restored_after_a_restart(qtbot, tmp_path, default_library):
