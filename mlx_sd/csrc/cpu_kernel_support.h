@@ -154,6 +154,16 @@ void run_on_threads(int threads, const Work& work) {
   for (auto& helper : helpers) helper.join();
 }
 
+// work(begin, end) over [0, total) in one part per thread, cut at multiples of `unit` (a register
+// tile's rows: no tile straddles two threads); no more parts than units.
+template <class Work>
+void run_on_parts(int64_t total, int threads, int64_t unit, const Work& work) {
+  const int64_t units = (total + unit - 1) / unit;
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units)));
+  const int64_t size = (units + parts - 1) / parts * unit;
+  run_on_threads(parts, [&](int t) { work(std::min(total, t * size), std::min(total, (t + 1) * size)); });
+}
+
 // The base of mlx-sd's primitives: they have CPU code only (the GPU keeps mlx's own kernels).
 class CpuOnlyPrimitive : public mx::Primitive {
  public:

@@ -59,9 +59,7 @@ class Geglu : public CpuOnlyPrimitive {
     auto& encoder = encoder_for(inputs, out);
     encoder.dispatch([x = x.data<float>(), out = out.data<float>(), rows = static_cast<int64_t>(x.shape(0)),
                       half = static_cast<int64_t>(x.shape(1) / 2), f = f_, threads = threads_]() {
-      const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
-      const int64_t share = (rows + parts - 1) / parts;
-      run_on_threads(parts, [&](int t) { geglu_rows(x, out, std::min(rows, t * share), std::min(rows, (t + 1) * share), half, f); });
+      run_on_parts(rows, threads, 1, [&](int64_t begin, int64_t end) { geglu_rows(x, out, begin, end, half, f); });
     });
   }
 

@@ -430,20 +430,18 @@ void gemm_part(const Problem& pr, Range rows_part, Range cols_part) {
   gemm_blocks<Float32Products>(pr, rows_part, cols_part);  // tap_product refuses bf16 where it is not built
 }
 
-// Part t of `count` of [0, total), cut at multiples of `unit`.
-Range share(int total, int count, int t, int unit) {
-  const int size = round_up((total + count - 1) / count, unit);
-  return {std::min(total, t * size), std::min(total, (t + 1) * size)};
-}
-
 // Threads split the rows; with few rows (each thread packs all of B it uses) they split the columns.
 void gemm(const Problem& pr, int threads) {
   const bool by_rows = pr.rows >= kSplitColumnsBelowRows * threads || pr.cols < kCols * threads;
-  threads = std::max(1, std::min(threads, by_rows ? (pr.rows + kRows - 1) / kRows : (pr.cols + kCols - 1) / kCols));
-  run_on_threads(threads, [&](int t) {
-    if (by_rows) gemm_part(pr, share(pr.rows, threads, t, kRows), {0, pr.cols});
-    else gemm_part(pr, {0, pr.rows}, share(pr.cols, threads, t, kCols));
-  });
+  if (by_rows) {
+    run_on_parts(pr.rows, threads, kRows, [&](int64_t begin, int64_t end) {
+      gemm_part(pr, {static_cast<int>(begin), static_cast<int>(end)}, {0, pr.cols});
+    });
+  } else {
+    run_on_parts(pr.cols, threads, kCols, [&](int64_t begin, int64_t end) {
+      gemm_part(pr, {0, pr.rows}, {static_cast<int>(begin), static_cast<int>(end)});
+    });
+  }
 }
 
 BType b_type(const mx::array& b) {

@@ -61,11 +61,7 @@ class LayerNormKernel : public CpuOnlyPrimitive {
     encoder.dispatch([x = x.data<float>(), weight = inputs[1].data<float>(), bias = inputs[2].data<float>(),
                       out = out.data<float>(), rows = static_cast<int64_t>(x.shape(0)), n = static_cast<int64_t>(x.shape(1)),
                       eps = eps_, threads = threads_]() {
-      const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, rows)));
-      const int64_t share = (rows + parts - 1) / parts;
-      run_on_threads(parts, [&](int t) {
-        normalize_rows(x, weight, bias, out, std::min(rows, t * share), std::min(rows, (t + 1) * share), n, eps);
-      });
+      run_on_parts(rows, threads, 1, [&](int64_t begin, int64_t end) { normalize_rows(x, weight, bias, out, begin, end, n, eps); });
     });
   }
 

@@ -102,11 +102,7 @@ void merge_rows(const Merge& m, int64_t row_begin, int64_t row_end) {
 }
 
 void merge(const Merge& m, int threads) {
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, m.rows / kTileRows)));
-  const int64_t share = ((m.rows + threads - 1) / threads + kTileRows - 1) / kTileRows * kTileRows;  // whole tiles
-  run_on_threads(threads, [&](int t) {
-    merge_rows(m, std::min(m.rows, t * share), std::min(m.rows, (t + 1) * share));
-  });
+  run_on_parts(m.rows, threads, kTileRows, [&](int64_t begin, int64_t end) { merge_rows(m, begin, end); });
 }
 
 class LoraMerge : public CpuOnlyPrimitive {
