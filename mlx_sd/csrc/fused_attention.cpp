@@ -8,10 +8,12 @@
 //
 // Layout: q (B, N, d), k (B, M, d), v (B, M, d), float32, row-contiguous; B = batch x heads.
 // Scores are kept transposed (key-major), so the softmax over keys runs across whole vectors of
-// queries and both products broadcast one operand from its natural layout: nothing is repacked
-// but a d x block copy of the queries.
+// queries and both products broadcast one operand: the keys from their natural layout, the values
+// from a copy transposed once per call (channel-major). Besides that only a d x block copy of the
+// queries is made.
 
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 
 #include "cpu_kernel_support.h"
@@ -29,6 +31,7 @@ constexpr int kKeyRows = 6;
 constexpr int kChannelRows = 6;
 #endif
 constexpr int kBlock = kQueryVectors * kLanes;  // queries per block
+constexpr int kTransposeKeys = 64;
 
 // scores[j, :] = k[j, :d] . qt[:d, :] for Rows consecutive keys (qt: d x kBlock)
 template <int Rows>
@@ -46,15 +49,15 @@ inline void score_tile(const float* k, int d, const float* qt, float* scores) {
     for (int n = 0; n < kQueryVectors; ++n) store(scores + r * kBlock + n * kLanes, acc[r][n]);
 }
 
-// out_t[c, :] = sum_j v[j, c] weights[j, :] for Rows consecutive channels (v row stride d)
+// out_t[c, :] = sum_j v_t[c, j] weights[j, :] for Rows consecutive channels (v_t: channels x keys)
 template <int Rows>
-inline void value_tile(const float* v, int d, const float* weights, int keys, float* out_t) {
+inline void value_tile(const float* v_t, const float* weights, int keys, float* out_t) {
   vfloat acc[Rows][kQueryVectors] = {};
   for (int j = 0; j < keys; ++j) {
     vfloat w[kQueryVectors];
     for (int n = 0; n < kQueryVectors; ++n) w[n] = load(weights + static_cast<size_t>(j) * kBlock + n * kLanes);
     for (int r = 0; r < Rows; ++r) {
-      const float value = v[static_cast<size_t>(j) * d + r];
+      const float value = v_t[static_cast<size_t>(r) * keys + j];
       for (int n = 0; n < kQueryVectors; ++n) acc[r][n] += value * w[n];
     }
   }
@@ -67,9 +70,9 @@ struct Scratch {
   Scratch(int keys, int d) : q_t(static_cast<size_t>(d) * kBlock), scores(static_cast<size_t>(keys) * kBlock), out_t(static_cast<size_t>(d) * kBlock) {}
 };
 
-// Queries [first, first + kBlock) of one (batch, head) pair: q (N, d), k (M, d), v (M, d) -> out (N, d).
+// Queries [first, first + kBlock) of one (batch, head) pair: q (N, d), k (M, d), v_t (d, M) -> out (N, d).
 // `scale` includes log2(e).
-void attend_block(const float* q, const float* k, const float* v, float* out, int first, int queries, int keys, int d, float scale, Scratch& s) {
+void attend_block(const float* q, const float* k, const float* v_t, float* out, int first, int queries, int keys, int d, float scale, Scratch& s) {
   const int rows = std::min(kBlock, queries - first);
   for (int c = 0; c < d; ++c)
     for (int i = 0; i < kBlock; ++i)
@@ -98,8 +101,9 @@ void attend_block(const float* q, const float* k, const float* v, float* out, in
     }
 
   int c = 0;
-  for (; c + kChannelRows <= d; c += kChannelRows) value_tile<kChannelRows>(v + c, d, s.scores.data(), keys, s.out_t.data() + c * kBlock);
-  for (; c < d; ++c) value_tile<1>(v + c, d, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+  for (; c + kChannelRows <= d; c += kChannelRows)
+    value_tile<kChannelRows>(v_t + static_cast<size_t>(c) * keys, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+  for (; c < d; ++c) value_tile<1>(v_t + static_cast<size_t>(c) * keys, s.scores.data(), keys, s.out_t.data() + c * kBlock);
 
   float inverse[kBlock];
   for (int n = 0; n < kQueryVectors; ++n)
@@ -112,12 +116,21 @@ void attend_block(const float* q, const float* k, const float* v, float* out, in
 void attend(const float* q, const float* k, const float* v, float* out, int pairs, int queries, int keys, int d, float scale, int threads) {
   const int blocks_per_pair = (queries + kBlock - 1) / kBlock;
   const int blocks = pairs * blocks_per_pair;
+  // v transposed once per pair: a block's products then read each value channel along the keys
+  // (v's rows would bring a cache line per key for a few channels, pushing the scores out of L2)
+  const std::unique_ptr<float[]> v_t(new float[static_cast<size_t>(pairs) * keys * d]);  // uninitialised: all written
+  run_on_parts(pairs, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair)
+      for (int first = 0; first < keys; first += kTransposeKeys)  // these keys' rows stay in cache across channels
+        for (int c = 0; c < d; ++c)
+          for (int j = first; j < std::min(keys, first + kTransposeKeys); ++j) v_t[(pair * d + c) * keys + j] = v[(pair * keys + j) * d + c];
+  });
   threads = std::max(1, std::min(threads, blocks));
-  auto work = [=](int first_block) {
+  auto work = [&](int first_block) {
     Scratch scratch(keys, d);
     for (int b = first_block; b < blocks; b += threads) {
       const size_t pair = b / blocks_per_pair;
-      attend_block(q + pair * queries * d, k + pair * keys * d, v + pair * keys * d, out + pair * queries * d,
+      attend_block(q + pair * queries * d, k + pair * keys * d, v_t.get() + pair * keys * d, out + pair * queries * d,
                    (b % blocks_per_pair) * kBlock, queries, keys, d, scale, scratch);
     }
   };
