@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include <stdexcept>
 
 #include "cpu_kernel_support.h"
@@ -65,6 +67,22 @@ inline void value_tile(const float* v_t, const float* weights, int keys, float* 
     for (int n = 0; n < kQueryVectors; ++n) store(out_t + r * kBlock + n * kLanes, acc[r][n]);
 }
 
+// tile<Rows>(first) for [0, total) in tiles of `Full` rows and one tile of the remainder (a pass
+// over the keys per tile: four single-row passes would cost more than one of four rows).
+template <int Full, class Tile>
+inline void in_tiles(int total, const Tile& tile) {
+  int first = 0;
+  for (; first + Full <= total; first += Full) tile(std::integral_constant<int, Full>{}, first);
+  const int rest = total - first;
+  if constexpr (Full > 1) {
+    if (rest > 0) {
+      [&]<int... R>(std::integer_sequence<int, R...>) {
+        ((rest == R + 1 ? tile(std::integral_constant<int, R + 1>{}, first) : void()), ...);
+      }(std::make_integer_sequence<int, Full - 1>{});
+    }
+  }
+}
+
 struct Scratch {
   std::vector<float> q_t, scores, out_t;
   Scratch(int keys, int d) : q_t(static_cast<size_t>(d) * kBlock), scores(static_cast<size_t>(keys) * kBlock), out_t(static_cast<size_t>(d) * kBlock) {}
@@ -78,21 +96,21 @@ void attend_block(const float* q, const float* k, const float* v_t, float* out, 
     for (int i = 0; i < kBlock; ++i)
       s.q_t[c * kBlock + i] = i < rows ? q[static_cast<size_t>(first + i) * d + c] * scale : 0.0f;
 
-  int j = 0;
-  for (; j + kKeyRows <= keys; j += kKeyRows) score_tile<kKeyRows>(k + static_cast<size_t>(j) * d, d, s.q_t.data(), s.scores.data() + static_cast<size_t>(j) * kBlock);
-  for (; j < keys; ++j) score_tile<1>(k + static_cast<size_t>(j) * d, d, s.q_t.data(), s.scores.data() + static_cast<size_t>(j) * kBlock);
+  in_tiles<kKeyRows>(keys, [&](auto rows, int j) {
+    score_tile<rows>(k + static_cast<size_t>(j) * d, d, s.q_t.data(), s.scores.data() + static_cast<size_t>(j) * kBlock);
+  });
 
   vfloat peak[kQueryVectors], total[kQueryVectors];
   for (int n = 0; n < kQueryVectors; ++n) {
     peak[n] = load(s.scores.data() + n * kLanes);
     total[n] = vfloat{};
   }
-  for (j = 1; j < keys; ++j)
+  for (int j = 1; j < keys; ++j)
     for (int n = 0; n < kQueryVectors; ++n) {
       const vfloat x = load(s.scores.data() + static_cast<size_t>(j) * kBlock + n * kLanes);
       peak[n] = x > peak[n] ? x : peak[n];
     }
-  for (j = 0; j < keys; ++j)
+  for (int j = 0; j < keys; ++j)
     for (int n = 0; n < kQueryVectors; ++n) {
       float* p = s.scores.data() + static_cast<size_t>(j) * kBlock + n * kLanes;
       const vfloat e = exp2_clamped(load(p) - peak[n]);
@@ -100,16 +118,15 @@ void attend_block(const float* q, const float* k, const float* v_t, float* out, 
       total[n] += e;
     }
 
-  int c = 0;
-  for (; c + kChannelRows <= d; c += kChannelRows)
-    value_tile<kChannelRows>(v_t + static_cast<size_t>(c) * keys, s.scores.data(), keys, s.out_t.data() + c * kBlock);
-  for (; c < d; ++c) value_tile<1>(v_t + static_cast<size_t>(c) * keys, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+  in_tiles<kChannelRows>(d, [&](auto rows, int c) {
+    value_tile<rows>(v_t + static_cast<size_t>(c) * keys, s.scores.data(), keys, s.out_t.data() + c * kBlock);
+  });
 
   float inverse[kBlock];
   for (int n = 0; n < kQueryVectors; ++n)
     for (int e = 0; e < kLanes; ++e) inverse[n * kLanes + e] = 1.0f / total[n][e];
   for (int i = 0; i < rows; ++i)
-    for (c = 0; c < d; ++c) out[static_cast<size_t>(first + i) * d + c] = s.out_t[c * kBlock + i] * inverse[i];
+    for (int c = 0; c < d; ++c) out[static_cast<size_t>(first + i) * d + c] = s.out_t[c * kBlock + i] * inverse[i];
 }
 
 // Every block of queries of every (batch, head) pair, dealt round-robin to `threads` threads.
